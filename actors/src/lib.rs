@@ -1,0 +1,2 @@
+//! medmoe actor supervisor (stub until its own issue).
+#![deny(missing_docs)]

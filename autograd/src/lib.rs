@@ -1,0 +1,2 @@
+//! medmoe Tensor, devices, tape, ops.
+#![deny(missing_docs)]

@@ -1,0 +1,49 @@
+//! Elementwise ops: residual add and scaling.
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 14;
+
+/// `out = a + b`.
+pub fn add_forward(out: &mut [f32], a: &[f32], b: &[f32]) {
+    assert!(out.len() == a.len() && a.len() == b.len(), "add: length mismatch");
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = a + b;
+            }
+        });
+}
+
+/// `dst += scale * src` (the backward of add with `scale = 1`, and of scaling).
+pub fn axpy(dst: &mut [f32], scale: f32, src: &[f32]) {
+    assert_eq!(dst.len(), src.len(), "axpy: length mismatch");
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| {
+            for (d, &s) in d.iter_mut().zip(s) {
+                *d = s.mul_add(scale, *d);
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::rand_vec;
+
+    #[test]
+    fn add_and_axpy_match_scalar_loops() {
+        let n = 40_000 + 17;
+        let a = rand_vec(n, 1);
+        let b = rand_vec(n, 2);
+        let mut out = vec![0.0; n];
+        add_forward(&mut out, &a, &b);
+        let mut acc = a.clone();
+        axpy(&mut acc, 0.5, &b);
+        for i in 0..n {
+            assert_eq!(out[i], a[i] + b[i]);
+            assert_eq!(acc[i], b[i].mul_add(0.5, a[i]));
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Matrix multiply through the `gemm` crate, with every transpose the backward passes need.
+//!
+//! `matmul(dst, a, b, m, k, n, Trans, Trans, acc)` computes `dst[m,n] (+)= op(a)[m,k] · op(b)[k,n]`
+//! where `op(a)` reads `a` as `[m,k]` (no transpose) or as the transpose of a stored `[k,m]`.
+//! Transposes cost nothing: they are strides handed to `gemm`.
+
+/// Whether an operand is read as stored or transposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trans {
+    /// Operand is stored in the shape the product needs.
+    No,
+    /// Operand is stored transposed (`[k,m]` for the left, `[n,k]` for the right).
+    Yes,
+}
+
+/// Row and column strides of an operand of logical shape `[rows, cols]`.
+fn strides(rows: usize, cols: usize, t: Trans) -> (isize, isize) {
+    match t {
+        Trans::No => (cols as isize, 1),
+        Trans::Yes => (1, rows as isize),
+    }
+}
+
+/// `dst[m,n] = op(a)[m,k] · op(b)[k,n]`, or `+=` when `accumulate`.
+///
+/// Panics if a slice is shorter than its shape says (a programming error, never user input).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    dst: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: Trans,
+    tb: Trans,
+    accumulate: bool,
+) {
+    assert!(dst.len() >= m * n, "matmul: dst too short");
+    assert!(a.len() >= m * k, "matmul: a too short");
+    assert!(b.len() >= k * n, "matmul: b too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let (a_rs, a_cs) = strides(m, k, ta);
+    let (b_rs, b_cs) = strides(k, n, tb);
+    let threads = rayon::current_num_threads();
+    // Small products do not pay for thread hand-off.
+    let par = if threads > 1 && (m * n * k) >= (1 << 16) {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above guarantee every strided access stays inside the slices;
+    // dst does not alias a or b (distinct borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            // gemm's alpha scales dst and beta the product (the reverse of BLAS).
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Naive triple loop reference of [`matmul`] accumulating in f64.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_naive(
+    dst: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: Trans,
+    tb: Trans,
+    accumulate: bool,
+) {
+    let (a_rs, a_cs) = strides(m, k, ta);
+    let (b_rs, b_cs) = strides(k, n, tb);
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0f64;
+            for p in 0..k {
+                let av = a[(i as isize * a_rs + p as isize * a_cs) as usize];
+                let bv = b[(p as isize * b_rs + j as isize * b_cs) as usize];
+                s += av as f64 * bv as f64;
+            }
+            let d = &mut dst[i * n + j];
+            *d = if accumulate { *d + s as f32 } else { s as f32 };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::{assert_close, rand_vec};
+
+    #[test]
+    fn matches_naive_on_awkward_sizes_and_all_transposes() {
+        for &(m, k, n) in &[(1, 1, 1), (7, 13, 5), (33, 65, 17), (129, 31, 70), (64, 0, 3)] {
+            for ta in [Trans::No, Trans::Yes] {
+                for tb in [Trans::No, Trans::Yes] {
+                    for acc in [false, true] {
+                        let a = rand_vec(m * k, 1);
+                        let b = rand_vec(k * n, 2);
+                        let init = rand_vec(m * n, 3);
+                        let mut fast = init.clone();
+                        let mut slow = init.clone();
+                        matmul(&mut fast, &a, &b, m, k, n, ta, tb, acc);
+                        matmul_naive(&mut slow, &a, &b, m, k, n, ta, tb, acc);
+                        assert_close(&fast, &slow, 1e-5, 1e-5, &format!("gemm {m}x{k}x{n} {ta:?}{tb:?} acc={acc}"));
+                    }
+                }
+            }
+        }
+    }
+}

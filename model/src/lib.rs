@@ -1,0 +1,2 @@
+//! medmoe model.
+#![deny(missing_docs)]
