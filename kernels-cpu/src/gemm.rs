@@ -21,7 +21,8 @@ fn strides(rows: usize, cols: usize, t: Trans) -> (isize, isize) {
     }
 }
 
-/// `dst[m,n] = op(a)[m,k] · op(b)[k,n]`, or `+=` when `accumulate`.
+/// `dst[m,n] = op(a)[m,k] · op(b)[k,n]`, or `+=` when `accumulate`, on all threads of the
+/// current rayon pool (small products run on one).
 ///
 /// Panics if a slice is shorter than its shape says (a programming error, never user input).
 #[allow(clippy::too_many_arguments)]
@@ -35,6 +36,38 @@ pub fn matmul(
     ta: Trans,
     tb: Trans,
     accumulate: bool,
+) {
+    matmul_threads(dst, a, b, m, k, n, ta, tb, accumulate, rayon::current_num_threads());
+}
+
+/// [`matmul`] on the calling thread only: for tiles inside an already parallel loop.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_single(
+    dst: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: Trans,
+    tb: Trans,
+    accumulate: bool,
+) {
+    matmul_threads(dst, a, b, m, k, n, ta, tb, accumulate, 1);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_threads(
+    dst: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: Trans,
+    tb: Trans,
+    accumulate: bool,
+    threads: usize,
 ) {
     assert!(dst.len() >= m * n, "matmul: dst too short");
     assert!(a.len() >= m * k, "matmul: a too short");
@@ -50,7 +83,6 @@ pub fn matmul(
     }
     let (a_rs, a_cs) = strides(m, k, ta);
     let (b_rs, b_cs) = strides(k, n, tb);
-    let threads = rayon::current_num_threads();
     // Small products do not pay for thread hand-off.
     let par = if threads > 1 && (m * n * k) >= (1 << 16) {
         gemm::Parallelism::Rayon(threads)
@@ -131,6 +163,9 @@ mod tests {
                         let mut fast = init.clone();
                         let mut slow = init.clone();
                         matmul(&mut fast, &a, &b, m, k, n, ta, tb, acc);
+                        let mut single = init.clone();
+                        matmul_single(&mut single, &a, &b, m, k, n, ta, tb, acc);
+                        assert_eq!(single, fast, "single-threaded differs");
                         matmul_naive(&mut slow, &a, &b, m, k, n, ta, tb, acc);
                         assert_close(&fast, &slow, 1e-5, 1e-5, &format!("gemm {m}x{k}x{n} {ta:?}{tb:?} acc={acc}"));
                     }
