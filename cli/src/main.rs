@@ -1,1 +1,50 @@
-fn main() {}
+//! `moe-cli`: the medmoe command line. The binary is glue; the work lives in the library crates.
+
+mod cmd;
+mod ids;
+mod presets;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// medmoe: turn dense LLMs into Mixture-of-Experts models and train them, in Rust.
+#[derive(Parser)]
+#[command(name = "moe-cli", version, about, long_about = None)]
+struct Cli {
+    /// Worker threads for the kernels (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a model directory's config, tensor table and parameter counts.
+    Inspect(cmd::inspect::Args),
+    /// Run a model on token ids and write the logits [B,T,V] f32 to a safetensors file.
+    Logits(cmd::logits::Args),
+    /// Measure speed: GEMM GFLOP/s or a full training step; prints JSON lines.
+    Bench(cmd::bench::Args),
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build_global()?;
+    match cli.command {
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Logits(a) => cmd::logits::run(a),
+        Command::Bench(a) => cmd::bench::run(a, threads),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Errors of the autograd crate.
+
+/// What can go wrong building or running a graph on caller-provided data.
+#[derive(Debug, thiserror::Error)]
+pub enum AutogradError {
+    /// Two shapes that must agree do not.
+    #[error("{op}: shape mismatch: {msg}")]
+    Shape {
+        /// The op that checked.
+        op: &'static str,
+        /// What disagreed.
+        msg: String,
+    },
+    /// A token id or index outside its range.
+    #[error("{op}: {msg}")]
+    Index {
+        /// The op that checked.
+        op: &'static str,
+        /// What was out of range.
+        msg: String,
+    },
+    /// A parameter name that the table does not hold.
+    #[error("unknown parameter `{0}`")]
+    UnknownParam(String),
+}
+
+/// Result with [`AutogradError`].
+pub type Result<T> = std::result::Result<T, AutogradError>;

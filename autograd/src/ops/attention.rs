@@ -1,0 +1,58 @@
+//! Causal grouped-query attention (tiled kernel; the log-sum-exp is saved for backward).
+
+use super::ensure;
+use crate::error::Result;
+use crate::tape::Tape;
+use crate::tensor::Tensor;
+use kernels_cpu::attention::{attention_backward, attention_forward, AttnDims};
+use std::sync::Arc;
+
+/// `q [B*T, H*Dh]`, `k`/`v [B*T, KV*Dh]` → `[B*T, H*Dh]`; `seg [B*T]` (optional) restricts
+/// attention to tokens of the same packed document.
+pub fn attention(
+    tape: &Tape,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    seg: Option<&Arc<[u32]>>,
+    dims: AttnDims,
+) -> Result<Tensor> {
+    let n = dims.b * dims.t;
+    ensure(
+        q.numel() == n * dims.h * dims.dh
+            && k.numel() == n * dims.kv * dims.dh
+            && v.shape() == k.shape()
+            && dims.kv > 0
+            && dims.h % dims.kv == 0
+            && seg.is_none_or(|s| s.len() == n),
+        "attention",
+        || format!("q {:?} k {:?} v {:?} for {dims:?}", q.shape(), k.shape(), v.shape()),
+    )?;
+    let mut out = vec![0f32; q.numel()];
+    let mut lse = vec![0f32; dims.b * dims.h * dims.t];
+    attention_forward(&mut out, &mut lse, &q.f32s(), &k.f32s(), &v.f32s(), seg.map(|s| &s[..]), dims);
+    let out = Tensor::from_vec(out, q.shape());
+    if !tape.needs_grad(&[q, k, v]) {
+        return Ok(out);
+    }
+    let (qs, ks, vs, os, seg) = (q.clone(), k.clone(), v.clone(), out.clone(), seg.cloned());
+    Ok(tape.record(out, &[q, k, v], move |dy, g| {
+        let (mut dq, mut dk, mut dv) = (g.take(&qs), g.take(&ks), g.take(&vs));
+        attention_backward(
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            dy,
+            &os.f32s(),
+            &lse,
+            &qs.f32s(),
+            &ks.f32s(),
+            &vs.f32s(),
+            seg.as_ref().map(|s| &s[..]),
+            dims,
+        );
+        g.put(&qs, dq);
+        g.put(&ks, dk);
+        g.put(&vs, dv);
+    }))
+}

@@ -1,0 +1,26 @@
+//! Token embedding lookup.
+
+use super::ensure;
+use crate::error::{AutogradError, Result};
+use crate::tape::Tape;
+use crate::tensor::Tensor;
+use kernels_cpu::embedding::{embedding_backward, embedding_forward};
+use std::sync::Arc;
+
+/// `ids [N]` rows of `table [V, D]` → `[N, D]`; an id `>= V` is an error.
+pub fn embedding(tape: &Tape, ids: &[u32], table: &Tensor) -> Result<Tensor> {
+    ensure(table.shape().len() == 2, "embedding", || format!("table {:?}", table.shape()))?;
+    let (v, d) = (table.shape()[0], table.shape()[1]);
+    if let Some((i, &bad)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= v) {
+        return Err(AutogradError::Index {
+            op: "embedding",
+            msg: format!("token id {bad} at position {i} is outside the vocabulary of {v}"),
+        });
+    }
+    let mut out = vec![0f32; ids.len() * d];
+    embedding_forward(&mut out, ids, &table.f32s(), d);
+    let (tt, ids) = (table.clone(), Arc::<[u32]>::from(ids));
+    Ok(tape.record(Tensor::from_vec(out, &[ids.len(), d]), &[table], move |dy, g| {
+        g.accumulate(&tt, |dt| embedding_backward(dt, dy, &ids, d));
+    }))
+}

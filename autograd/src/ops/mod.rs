@@ -1,0 +1,36 @@
+//! Differentiable ops: each runs a kernels-cpu forward and records the matching backward.
+
+mod attention;
+mod elementwise;
+mod embedding;
+mod linear;
+mod loss;
+mod norm;
+mod rope;
+mod swiglu;
+
+pub use attention::attention;
+pub use elementwise::add;
+pub use embedding::embedding;
+pub use linear::linear;
+pub use loss::{lm_head_cross_entropy, CrossEntropyOutput};
+pub use norm::rmsnorm;
+pub use rope::rope;
+pub use swiglu::swiglu;
+
+use crate::error::{AutogradError, Result};
+use crate::tensor::Tensor;
+
+/// Checks a condition on shapes, or returns a shape error from `op`.
+pub(crate) fn ensure(cond: bool, op: &'static str, msg: impl FnOnce() -> String) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(AutogradError::Shape { op, msg: msg() })
+    }
+}
+
+/// Rows of a tensor seen as `[rows, last_dim]`.
+pub(crate) fn rows(t: &Tensor) -> usize {
+    t.numel() / t.last_dim().max(1)
+}

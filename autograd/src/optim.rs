@@ -1,0 +1,34 @@
+//! Optimisers over a [`ParamTable`]'s flat buffer.
+
+use crate::params::ParamTable;
+use kernels_cpu::adamw::{adamw_step, AdamWConfig};
+
+/// AdamW with decoupled weight decay; moments are flat vectors matching the table layout.
+#[derive(Clone, Debug)]
+pub struct AdamW {
+    /// Hyper-parameters (the learning rate may change every step).
+    pub cfg: AdamWConfig,
+    /// First moments, one per parameter element.
+    pub m: Vec<f32>,
+    /// Second moments.
+    pub v: Vec<f32>,
+    /// Steps taken (bias correction uses `step` after increment).
+    pub step: u64,
+}
+
+impl AdamW {
+    /// Zero moments for `params`.
+    pub fn new(params: &ParamTable, cfg: AdamWConfig) -> Self {
+        AdamW { cfg, m: vec![0.0; params.numel()], v: vec![0.0; params.numel()], step: 0 }
+    }
+
+    /// One update with flat gradients `grads` (layout of `params`). Returns false (and does
+    /// nothing) for half-precision tables, which are frozen.
+    pub fn step(&mut self, params: &mut ParamTable, grads: &[f32]) -> bool {
+        assert_eq!(grads.len(), self.m.len(), "AdamW: gradient length");
+        let Some(p) = params.flat_mut() else { return false };
+        self.step += 1;
+        adamw_step(p, grads, &mut self.m, &mut self.v, &self.cfg, self.step);
+        true
+    }
+}

@@ -1,0 +1,154 @@
+//! Reverse-mode tape: ops record a backward closure that accumulates into their inputs'
+//! gradients; [`Tape::backward`] runs them in reverse. An inference tape records nothing.
+
+use crate::tensor::{Tensor, TensorId};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// A backward closure: gets the output's gradient and accumulates into the inputs'.
+type BackwardFn = Box<dyn FnOnce(&[f32], &mut Gradients)>;
+
+struct Node {
+    out: TensorId,
+    backward: BackwardFn,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_id: usize,
+    nodes: Vec<Node>,
+}
+
+/// Records ops for backward (or, built with [`Tape::inference`], records nothing).
+pub struct Tape {
+    recording: bool,
+    inner: RefCell<Inner>,
+}
+
+impl Default for Tape {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tape {
+    /// A recording tape.
+    pub fn new() -> Self {
+        Tape { recording: true, inner: RefCell::default() }
+    }
+
+    /// A no-op tape: ops run forward only, nothing is saved for backward.
+    pub fn inference() -> Self {
+        Tape { recording: false, inner: RefCell::default() }
+    }
+
+    /// Whether ops are recorded.
+    pub fn is_recording(&self) -> bool {
+        self.recording
+    }
+
+    /// Number of recorded ops.
+    pub fn len(&self) -> usize {
+        self.inner.borrow().nodes.len()
+    }
+
+    /// True when nothing has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn fresh_id(&self) -> TensorId {
+        let mut inner = self.inner.borrow_mut();
+        inner.next_id += 1;
+        TensorId(inner.next_id)
+    }
+
+    /// Marks `t` as a leaf that receives a gradient (a parameter). No-op when not recording.
+    pub fn leaf(&self, t: &Tensor) -> Tensor {
+        if !self.recording {
+            return t.clone().with_id(None);
+        }
+        t.clone().with_id(Some(self.fresh_id()))
+    }
+
+    /// Whether an op over `inputs` must be recorded.
+    pub fn needs_grad(&self, inputs: &[&Tensor]) -> bool {
+        self.recording && inputs.iter().any(|t| t.requires_grad())
+    }
+
+    /// Gives `out` an identity and records `backward` for it when any input requires a grad;
+    /// otherwise returns `out` untracked and drops `backward` (and what it saved).
+    pub fn record(
+        &self,
+        out: Tensor,
+        inputs: &[&Tensor],
+        backward: impl FnOnce(&[f32], &mut Gradients) + 'static,
+    ) -> Tensor {
+        if !self.needs_grad(inputs) {
+            return out.with_id(None);
+        }
+        let id = self.fresh_id();
+        self.inner.borrow_mut().nodes.push(Node { out: id, backward: Box::new(backward) });
+        out.with_id(Some(id))
+    }
+
+    /// Runs backward from a scalar `loss` (seed gradient 1) and returns the leaves' gradients.
+    /// Intermediate gradients and saved activations are freed as soon as they are used.
+    pub fn backward(self, loss: &Tensor) -> Gradients {
+        self.backward_with(loss, &[1.0])
+    }
+
+    /// Runs backward seeded with `dloss` (same length as `loss`).
+    pub fn backward_with(self, loss: &Tensor, dloss: &[f32]) -> Gradients {
+        assert_eq!(loss.numel(), dloss.len(), "backward seed length");
+        let mut grads = Gradients::default();
+        let Some(loss_id) = loss.id else { return grads };
+        grads.map.insert(loss_id, dloss.to_vec());
+        let nodes = std::mem::take(&mut self.inner.borrow_mut().nodes);
+        for node in nodes.into_iter().rev() {
+            if let Some(g) = grads.map.remove(&node.out) {
+                (node.backward)(&g, &mut grads);
+            }
+        }
+        grads
+    }
+}
+
+/// Gradients by tensor identity, filled by backward.
+#[derive(Default)]
+pub struct Gradients {
+    map: HashMap<TensorId, Vec<f32>>,
+}
+
+impl Gradients {
+    /// The gradient of a leaf (`None` if it got none).
+    pub fn get(&self, t: &Tensor) -> Option<&[f32]> {
+        t.id.and_then(|id| self.map.get(&id)).map(|v| v.as_slice())
+    }
+
+    /// Removes and returns the gradient of a leaf.
+    pub fn remove(&mut self, t: &Tensor) -> Option<Vec<f32>> {
+        t.id.and_then(|id| self.map.remove(&id))
+    }
+
+    /// Runs `f` on the (zero-initialised if new) gradient buffer of `t`, if `t` requires one.
+    pub fn accumulate(&mut self, t: &Tensor, f: impl FnOnce(&mut [f32])) {
+        if let Some(id) = t.id {
+            let buf = self.map.entry(id).or_insert_with(|| vec![0.0; t.numel()]);
+            f(buf);
+        }
+    }
+
+    /// Takes the gradient buffer of `t` out so several can be borrowed at once (zeros when new,
+    /// or a scratch buffer when `t` requires no gradient); give it back with [`Gradients::put`].
+    pub fn take(&mut self, t: &Tensor) -> Vec<f32> {
+        t.id.and_then(|id| self.map.remove(&id)).unwrap_or_else(|| vec![0.0; t.numel()])
+    }
+
+    /// Returns a buffer taken with [`Gradients::take`] (dropped if `t` requires no gradient).
+    pub fn put(&mut self, t: &Tensor, buf: Vec<f32>) {
+        if let Some(id) = t.id {
+            self.map.insert(id, buf);
+        }
+    }
+}

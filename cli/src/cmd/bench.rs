@@ -1,0 +1,150 @@
+//! `moe-cli bench`: speed measurements printed as one JSON line each, with the same keys as the
+//! Python references in tools/ so the two can be compared in one run (tools/bench_*.sh).
+
+use crate::presets::preset_config;
+use crate::progress::bar;
+use anyhow::{bail, Context, Result};
+use autograd::optim::AdamW;
+use autograd::DType;
+use kernels_cpu::adamw::AdamWConfig;
+use kernels_cpu::check::rand_vec;
+use kernels_cpu::gemm::{matmul, Trans};
+use model::init::qwen3_init;
+use model::train::train_step;
+use model::{Qwen3, TokenBatch};
+use serde_json::json;
+use std::time::Instant;
+
+/// Arguments of `bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(clap::Subcommand)]
+enum What {
+    /// f32 GEMM GFLOP/s, A[M,K] · B[K,N], median of repeated runs.
+    Gemm {
+        /// Comma-separated MxKxN shapes.
+        #[arg(long, default_value = "2048x256x768,2048x768x256,512x2048x6144")]
+        shapes: String,
+        /// Timed repetitions per shape (after warm-up).
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+    },
+    /// One training step (forward + backward + AdamW) of a preset model on random tokens.
+    Step {
+        /// Model preset (configs/presets/).
+        #[arg(long, default_value = "tiny-dense")]
+        preset: String,
+        /// Sequences per step.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        /// Timed steps (the median is reported).
+        #[arg(long, default_value_t = 6)]
+        steps: usize,
+        /// Untimed warm-up steps.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+    },
+}
+
+/// Runs the chosen benchmark.
+pub fn run(a: Args, threads: usize) -> Result<()> {
+    match a.what {
+        What::Gemm { shapes, reps } => bench_gemm(&shapes, reps, threads),
+        What::Step { preset, batch, seq, steps, warmup } => bench_step(&preset, batch, seq, steps, warmup, threads),
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+/// Peak resident set size of this process in MiB (VmHWM), if the OS reports it.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
+    let dims: Vec<usize> = s
+        .split('x')
+        .map(|d| d.trim().parse::<usize>().with_context(|| format!("shape `{s}`: `{d}` is not a size")))
+        .collect::<Result<_>>()?;
+    match dims[..] {
+        [m, k, n] if m > 0 && k > 0 && n > 0 => Ok((m, k, n)),
+        _ => bail!("shape `{s}` must be MxKxN with positive sizes"),
+    }
+}
+
+fn bench_gemm(shapes: &str, reps: usize, threads: usize) -> Result<()> {
+    for s in shapes.split(',') {
+        let (m, k, n) = parse_shape(s)?;
+        let (a, b) = (rand_vec(m * k, 1), rand_vec(k * n, 2));
+        let mut c = vec![0f32; m * n];
+        for _ in 0..3 {
+            matmul(&mut c, &a, &b, m, k, n, Trans::No, Trans::No, false);
+        }
+        let times: Vec<f64> = (0..reps.max(1))
+            .map(|_| {
+                let t0 = Instant::now();
+                matmul(&mut c, &a, &b, m, k, n, Trans::No, Trans::No, false);
+                t0.elapsed().as_secs_f64()
+            })
+            .collect();
+        let gflops = 2.0 * (m * k * n) as f64 / median(times) / 1e9;
+        println!(
+            "{}",
+            json!({"bench": "gemm", "impl": "medmoe", "m": m, "k": k, "n": n, "threads": threads, "gflops": gflops})
+        );
+    }
+    Ok(())
+}
+
+fn bench_step(preset: &str, b: usize, t: usize, steps: usize, warmup: usize, threads: usize) -> Result<()> {
+    let config = preset_config(preset)?;
+    if t > config.max_position_embeddings {
+        bail!("--seq {t} exceeds the preset's max_position_embeddings {}", config.max_position_embeddings);
+    }
+    let v = config.vocab_size as u32;
+    let mut model = Qwen3::from_init(config, DType::F32, qwen3_init(0, 0.02));
+    let cfg = AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.05 };
+    let mut opt = AdamW::new(&model.params, cfg);
+    let steps = steps.max(1);
+    let pb = bar((warmup + steps) as u64, "bench step");
+    let mut times = Vec::with_capacity(steps);
+    let mut last_loss = 0.0;
+    for i in 0..warmup + steps {
+        let ids: Vec<u32> = rand_vec(b * t, 100 + i as u64).iter().map(|&x| ((x + 1.0) * 0.5 * v as f32) as u32 % v).collect();
+        let targets: Vec<i32> = (0..b * t)
+            .map(|j| if (j + 1) % t == 0 { -100 } else { ids[j + 1] as i32 })
+            .collect();
+        let batch = TokenBatch::new(ids, b, t)?;
+        let t0 = Instant::now();
+        let stats = train_step(&mut model, &mut opt, &batch, &targets)?;
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        last_loss = stats.loss;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let step_s = median(times);
+    println!(
+        "{}",
+        json!({
+            "bench": "step", "impl": "medmoe", "preset": preset, "batch": b, "seq": t, "threads": threads,
+            "tokens_per_s": (b * t) as f64 / step_s, "step_s": step_s,
+            "peak_rss_mb": peak_rss_mb(), "loss": last_loss,
+        })
+    );
+    Ok(())
+}

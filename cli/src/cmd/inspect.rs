@@ -1,0 +1,64 @@
+//! `moe-cli inspect <model-dir>`: config, tensor table, parameter counts.
+
+use anyhow::Result;
+use model::qwen3::param_specs;
+use model::safetensors_io::Checkpoint;
+use model::Qwen3Config;
+use std::path::PathBuf;
+
+/// Arguments of `inspect`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model directory (HF layout: config.json + model.safetensors or sharded with an index).
+    pub model_dir: PathBuf,
+}
+
+/// Prints the report; the model is memory-mapped, nothing is copied.
+pub fn run(a: Args) -> Result<()> {
+    let config = Qwen3Config::from_file(&a.model_dir.join("config.json"))?;
+    let ckpt = Checkpoint::open(&a.model_dir)?;
+    let c = &config;
+    println!("model      {}", a.model_dir.display());
+    println!("type       qwen3 (dense)");
+    println!(
+        "shape      vocab {} | hidden {} | layers {} | heads {} / kv {} x head_dim {} | ffn {}",
+        c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+        c.intermediate_size
+    );
+    println!(
+        "norm/rope  rms_norm_eps {:e} | rope_theta {} | max_position {} | tied embeddings {}",
+        c.rms_norm_eps, c.rope_theta, c.max_position_embeddings, c.tie_word_embeddings
+    );
+    println!("dtype      {}", c.torch_dtype.as_deref().unwrap_or("(not given)"));
+    println!("files      {} ({:.1} MiB)", ckpt.files().len(), ckpt.total_bytes() as f64 / (1 << 20) as f64);
+    println!();
+    println!("{:<56} {:>5}  {:<16} {:>12}  file", "tensor", "dtype", "shape", "params");
+    for name in ckpt.names() {
+        let info = ckpt.info(name).expect("listed name");
+        let file = ckpt.path_of(name).and_then(|p| p.file_name()).map(|f| f.to_string_lossy()).unwrap_or_default();
+        println!(
+            "{:<56} {:>5}  {:<16} {:>12}  {}",
+            name,
+            info.dtype.name(),
+            format!("{:?}", info.shape),
+            info.numel(),
+            file
+        );
+    }
+    let specs = param_specs(c);
+    let count = |pred: &dyn Fn(&str) -> bool| -> usize {
+        specs.iter().filter(|(n, _)| pred(n)).map(|(_, s)| s.iter().product::<usize>()).sum()
+    };
+    let total = count(&|_| true);
+    let embed = count(&|n| n.contains("embed_tokens") || n.starts_with("lm_head"));
+    let ffn = count(&|n| n.contains(".mlp."));
+    let attn = count(&|n| n.contains(".self_attn."));
+    println!();
+    println!("parameters  total {total} ({:.2} M)", total as f64 / 1e6);
+    println!("            embeddings + lm_head {embed} | attention {attn} | ffn {ffn} | non-embedding {}", total - embed);
+    let missing: Vec<&str> = specs.iter().map(|(n, _)| n.as_str()).filter(|n| ckpt.info(n).is_none()).collect();
+    if !missing.is_empty() {
+        println!("missing     {} tensors the config needs, e.g. `{}`", missing.len(), missing[0]);
+    }
+    Ok(())
+}

@@ -1,0 +1,41 @@
+// THROWAWAY timing harness for attention (not to be committed).
+use kernels_cpu::attention::*;
+use kernels_cpu::check::rand_vec;
+use std::time::Instant;
+
+fn bench(d: AttnDims, threads: usize, reps: usize) {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let q = rand_vec(d.b * d.t * d.h * d.dh, 1);
+    let k = rand_vec(d.b * d.t * d.kv * d.dh, 2);
+    let v = rand_vec(d.b * d.t * d.kv * d.dh, 3);
+    let dout = rand_vec(q.len(), 4);
+    let mut out = vec![0.0; q.len()];
+    let mut lse = vec![0.0; d.b * d.h * d.t];
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+    let mut tf = vec![]; let mut tb = vec![];
+    pool.install(|| {
+        for _ in 0..reps + 1 {
+            let s = Instant::now();
+            attention_forward(&mut out, &mut lse, &q, &k, &v, None, d);
+            tf.push(s.elapsed().as_secs_f64());
+            let s = Instant::now();
+            attention_backward(&mut dq, &mut dk, &mut dv, &dout, &out, &lse, &q, &k, &v, None, d);
+            tb.push(s.elapsed().as_secs_f64());
+        }
+    });
+    tf.remove(0); tb.remove(0);
+    tf.sort_by(|a, b| a.partial_cmp(b).unwrap()); tb.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (f, b) = (tf[0], tb[0]);
+    let (fm, bm) = (tf[tf.len() / 2], tb[tb.len() / 2]);
+    let flops = 2.0 * 2.0 * (d.b * d.h * d.t * d.t * d.dh) as f64 / 2.0;
+    println!("{d:?} threads={threads}: fwd min {:.2} ms med {:.2} ms ({:.1} GFLOP/s) | bwd min {:.2} ms med {:.2} ms ({:.1} GFLOP/s at 2.5x fwd flops)",
+        f * 1e3, fm * 1e3, flops / f / 1e9, b * 1e3, bm * 1e3, 2.5 * flops / b / 1e9);
+}
+
+fn main() {
+    let small = AttnDims { b: 8, t: 256, h: 8, kv: 2, dh: 32 };
+    let big = AttnDims { b: 1, t: 2048, h: 16, kv: 8, dh: 128 };
+    let which = std::env::args().nth(1).unwrap_or_default();
+    if which != "big" { bench(small, 2, 20); bench(small, 1, 10); }
+    if which != "small" { bench(big, 2, 3); }
+}

@@ -1,0 +1,36 @@
+//! One optimisation step: forward, backward, AdamW.
+
+use crate::batch::TokenBatch;
+use crate::error::Result;
+use crate::qwen3::Qwen3;
+use autograd::optim::AdamW;
+use autograd::Tape;
+
+/// What a step measured.
+#[derive(Clone, Copy, Debug)]
+pub struct StepStats {
+    /// Mean loss before the update.
+    pub loss: f32,
+    /// Global L2 norm of the gradient.
+    pub grad_norm: f32,
+    /// Tokens that counted towards the loss.
+    pub tokens: usize,
+}
+
+/// Gradients of the mean loss, flat in the layout of `model.params`, plus the loss.
+pub fn loss_and_grads(model: &Qwen3, batch: &TokenBatch, targets: &[i32]) -> Result<(f32, usize, Vec<f32>)> {
+    let tape = Tape::new();
+    let bound = model.bind(&tape);
+    let out = model.loss(&tape, &bound, batch, targets)?;
+    let loss = out.loss.item();
+    let mut grads = tape.backward(&out.loss);
+    Ok((loss, out.count, model.params.flat_grads(&bound.leaves, &mut grads)))
+}
+
+/// Forward + backward + one AdamW update.
+pub fn train_step(model: &mut Qwen3, opt: &mut AdamW, batch: &TokenBatch, targets: &[i32]) -> Result<StepStats> {
+    let (loss, tokens, grads) = loss_and_grads(model, batch, targets)?;
+    let grad_norm = grads.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt() as f32;
+    opt.step(&mut model.params, &grads);
+    Ok(StepStats { loss, grad_norm, tokens })
+}

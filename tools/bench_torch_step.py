@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""PyTorch/transformers training-step reference for `moe-cli bench step`.
+
+Builds a transformers Qwen3ForCausalLM (float32, eager attention, CPU) for a preset, then times full
+training steps on random token batches: forward with labels + backward + AdamW step + zero_grad.
+--warmup untimed steps, then --steps timed steps; step_s is the median. Prints one JSON line:
+  {"bench":"step","impl":"pytorch","preset":..,"batch":..,"seq":..,"threads":..,
+   "tokens_per_s":..,"step_s":..,"peak_rss_mb":..,...}
+tokens_per_s = batch*seq/step_s; peak_rss_mb = getrusage(RUSAGE_SELF).ru_maxrss / 1024.
+
+Usage: pyenv/bin/python tools/bench_torch_step.py --preset tiny-dense --batch 8 --seq 256 --threads 2
+"""
+import argparse
+import os
+import sys
+
+PRESETS = {
+    "tiny-dense": dict(
+        vocab_size=4096, hidden_size=256, num_hidden_layers=4, num_attention_heads=8,
+        num_key_value_heads=2, head_dim=32, intermediate_size=768, tie_word_embeddings=True,
+    ),
+}
+# Presets the Rust side will have; the reference does not implement them yet.
+PENDING_PRESETS = ("tiny-k1p1-n16",)
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description="transformers Qwen3 f32 training step (reference for moe-cli bench step)")
+    ap.add_argument("--preset", default="tiny-dense", choices=sorted(PRESETS) + list(PENDING_PRESETS))
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=6, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    if a.preset in PENDING_PRESETS:
+        print(f"error: preset not supported yet: {a.preset} (supported: {', '.join(sorted(PRESETS))})",
+              file=sys.stderr)
+        sys.exit(2)
+    for k in ("batch", "seq", "threads", "steps"):
+        if getattr(a, k) < 1:
+            ap.error(f"--{k} must be >= 1")
+    if a.warmup < 0:
+        ap.error("--warmup must be >= 0")
+    return a
+
+
+args = parse_args()
+for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[var] = str(args.threads)
+
+import json  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+
+
+def main():
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    p = PRESETS[args.preset]
+    cfg = Qwen3Config(
+        **p,
+        hidden_act="silu",
+        max_position_embeddings=max(args.seq, 2048),
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        attention_bias=False,
+        attention_dropout=0.0,
+        use_cache=False,
+    )
+    model = Qwen3ForCausalLM(cfg).to(torch.float32)
+    model.config._attn_implementation = "eager"
+    model.train()
+    n_params = sum(t.numel() for t in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05)
+
+    g = torch.Generator().manual_seed(args.seed + 1)
+    total = args.warmup + args.steps
+    batches = [torch.randint(0, p["vocab_size"], (args.batch, args.seq), generator=g) for _ in range(total)]
+
+    rss_setup_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    times, losses = [], []
+    for i, ids in enumerate(batches):
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, labels=ids, use_cache=False)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        losses.append(out.loss.item())
+        if i >= args.warmup:
+            times.append(dt)
+
+    step_s = statistics.median(times)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({
+        "bench": "step", "impl": "pytorch", "preset": args.preset,
+        "batch": args.batch, "seq": args.seq, "threads": args.threads,
+        "tokens_per_s": round(args.batch * args.seq / step_s, 1),
+        "step_s": round(step_s, 6),
+        "peak_rss_mb": round(peak_rss_mb, 1),
+        "rss_before_steps_mb": round(rss_setup_mb, 1),
+        "min_step_s": round(min(times), 6), "all_step_s": [round(t, 4) for t in times], "steps": args.steps, "warmup": args.warmup,
+        "params": n_params, "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
+        "torch": torch.__version__, "transformers": transformers.__version__,
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
