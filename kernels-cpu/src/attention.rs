@@ -6,7 +6,7 @@
 //! `1 / sqrt(Dh)`. Token `i` sees key `j` iff `j <= i` and (no `seg`, or `seg[b,i] == seg[b,j]`):
 //! `seg` holds the document id of every token of packed sequences. Every row sees itself.
 //!
-//! Work is split into tiles of [`QB`](tile::QB) query positions × [`KB`](tile::KB) keys; a query
+//! Work is split into tiles of QB query positions × KB keys (see `tile`); a query
 //! tile stacks the G = H/KV query heads that share a KV head, so one K/V tile serves G heads and
 //! the tile products are `[G*QB, Dh] · [Dh, KB]`. Per-thread scratch is O(G*QB*(KB + Dh)).
 //!
@@ -28,7 +28,7 @@ pub use naive::attention_naive;
 
 use crate::gemm::{matmul_single, Trans};
 use rayon::prelude::*;
-use tile::{bwd_rows, fwd_rows, gather_rows, visibility, Scratch, TilePos, Vis, KB, QB};
+use tile::{bwd_rows, fwd_rows, gather_rows, visibility, Scratch, TilePos, Vis};
 
 /// Attention dimensions.
 #[derive(Clone, Copy, Debug)]
@@ -72,6 +72,107 @@ impl AttnDims {
     }
 }
 
+/// Splits a `[B, T, width]` buffer into chunks of `tile` positions: `(b, t0, chunk)`.
+fn tile_chunks(
+    buf: &mut [f32],
+    t: usize,
+    width: usize,
+    tile: usize,
+) -> impl Iterator<Item = (usize, usize, &mut [f32])> {
+    buf.chunks_mut(t * width)
+        .enumerate()
+        .flat_map(move |(b, seq)| {
+            seq.chunks_mut(tile * width)
+                .enumerate()
+                .map(move |(i, c)| (b, i * tile, c))
+        })
+}
+
+/// The forward's inputs, and tile gathers from them.
+struct Inputs<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    seg: Option<&'a [u32]>,
+    dims: AttnDims,
+}
+
+impl Inputs<'_> {
+    /// Document ids of sequence `b`.
+    fn seg_b(&self, b: usize) -> Option<&[u32]> {
+        self.seg.map(|s| &s[b * self.dims.t..][..self.dims.t])
+    }
+
+    /// `dst` [bq*G, Dh] = `mul` × rows of the G query heads of KV group `kh`, positions
+    /// `q0..q0+bq` of sequence `b` of `x` ([B, T, H, Dh]: `q` or `dout`); row `i*G + hh`.
+    #[allow(clippy::too_many_arguments)]
+    fn gather_group(
+        &self,
+        dst: &mut [f32],
+        x: &[f32],
+        b: usize,
+        q0: usize,
+        bq: usize,
+        kh: usize,
+        mul: f32,
+    ) {
+        let AttnDims { t, h, dh, .. } = self.dims;
+        let g = self.dims.group();
+        let x_b = &x[b * t * h * dh..][..t * h * dh];
+        gather_rows(dst, x_b, q0, bq, h, kh * g, g, dh, mul);
+    }
+
+    /// `kt`, `vt` [bk, Dh] = KV head `kh` of `k`, `v`, positions `k0..k0+bk` of sequence `b`.
+    #[allow(clippy::too_many_arguments)]
+    fn gather_kv(&self, kt: &mut [f32], vt: &mut [f32], b: usize, k0: usize, bk: usize, kh: usize) {
+        let AttnDims { t, kv, dh, .. } = self.dims;
+        let k_b = &self.k[b * t * kv * dh..][..t * kv * dh];
+        let v_b = &self.v[b * t * kv * dh..][..t * kv * dh];
+        gather_rows(kt, k_b, k0, bk, kv, kh, 1, dh, 1.0);
+        gather_rows(vt, v_b, k0, bk, kv, kh, 1, dh, 1.0);
+    }
+
+    /// Forward for query positions `q0..q0+bq` of sequence `b`, all heads: writes `o`
+    /// [bq, H, Dh] and `l` [bq, H] (logsumexp).
+    fn forward_tile(&self, sc: &mut Scratch, o: &mut [f32], l: &mut [f32], b: usize, q0: usize) {
+        let AttnDims { t, h, kv, dh, .. } = self.dims;
+        let g = self.dims.group();
+        let kbs = tile::kb();
+        let bq = o.len() / (h * dh);
+        let (q1, rows) = (q0 + bq, g * bq);
+        let seg_b = self.seg_b(b);
+        for kh in 0..kv {
+            self.gather_group(&mut sc.q, self.q, b, q0, bq, kh, self.dims.scale());
+            let acc = &mut sc.acc[..rows * dh];
+            acc.fill(0.0);
+            sc.m[..rows].fill(f32::NEG_INFINITY);
+            sc.l[..rows].fill(0.0);
+            for k0 in (0..q1).step_by(kbs) {
+                let bk = kbs.min(t - k0);
+                let vis = visibility(seg_b, q0, q1, k0, k0 + bk);
+                if vis == Vis::Skip {
+                    continue;
+                }
+                self.gather_kv(&mut sc.k, &mut sc.v, b, k0, bk, kh);
+                let s = &mut sc.s[..rows * bk];
+                matmul_single(s, &sc.q, &sc.k, rows, dh, bk, Trans::No, Trans::Yes, false);
+                let seg = seg_b.filter(|_| vis == Vis::Seg);
+                let pos = TilePos { q0, g, k0, bk, seg };
+                fwd_rows(&pos, s, &mut sc.m[..rows], &mut sc.l[..rows], acc, dh);
+                matmul_single(acc, s, &sc.v, rows, bk, dh, Trans::No, Trans::No, true);
+            }
+            for (r, a) in acc.chunks_exact(dh).enumerate() {
+                let hd = kh * g + r % g;
+                let i = r / g;
+                let inv = 1.0 / sc.l[r];
+                let dst = &mut o[(i * h + hd) * dh..][..dh];
+                dst.iter_mut().zip(a).for_each(|(d, &x)| *d = x * inv);
+                l[i * h + hd] = sc.m[r] + sc.l[r].ln();
+            }
+        }
+    }
+}
+
 /// Causal GQA forward: `out` [B, T, H, Dh] and `lse` [B, H, T] (natural-log logsumexp of each
 /// row's visible scaled scores) from `q` [B, T, H, Dh], `k`, `v` [B, T, KV, Dh] and optional
 /// document ids `seg` [B, T]. Panics if a slice length disagrees with `dims`.
@@ -101,96 +202,24 @@ pub fn attention_forward(
     if nb * t == 0 {
         return;
     }
-    // Each task owns the rows of one (batch, query tile) of `out` and of lse in [B, T, H] order.
+    let qbs = tile::qb();
+    // Each task owns one (batch, query tile) of `out` and of the logsumexp in [B, T, H] order.
     let mut lse_bth = vec![0f32; nb * t * h]; // [B, T, H]
-    let tasks: Vec<(usize, usize, &mut [f32], &mut [f32])> = out
-        .chunks_mut(t * h * dh)
-        .zip(lse_bth.chunks_mut(t * h))
-        .enumerate()
-        .flat_map(|(b, (ob, lb))| {
-            ob.chunks_mut(QB * h * dh)
-                .zip(lb.chunks_mut(QB * h))
-                .enumerate()
-                .map(move |(i, (o, l))| (b, i * QB, o, l))
-        })
+    let tasks: Vec<_> = tile_chunks(out, t, h * dh, qbs)
+        .zip(tile_chunks(&mut lse_bth, t, h, qbs))
+        .map(|((b, q0, o), (_, _, l))| (b, q0, o, l))
         .collect();
+    let inp = Inputs { q, k, v, seg, dims };
     tasks.into_par_iter().with_max_len(1).for_each_init(
         || Scratch::new(dims.group(), dh),
-        |sc, (b, q0, o, l)| forward_tile(sc, o, l, q, k, v, seg, dims, b, q0),
+        |sc, (b, q0, o, l)| inp.forward_tile(sc, o, l, b, q0),
     );
-    for b in 0..nb {
-        for i in 0..t {
-            for hd in 0..h {
-                lse[(b * h + hd) * t + i] = lse_bth[(b * t + i) * h + hd];
-            }
+    lse.par_chunks_mut(t).enumerate().for_each(|(bh, row)| {
+        let (b, hd) = (bh / h, bh % h);
+        for (i, x) in row.iter_mut().enumerate() {
+            *x = lse_bth[(b * t + i) * h + hd];
         }
-    }
-}
-
-/// Forward for query positions `q0..q0+bq` of sequence `b`, all heads: writes `o` [bq, H, Dh]
-/// and `l` [bq, H].
-#[allow(clippy::too_many_arguments)]
-fn forward_tile(
-    sc: &mut Scratch,
-    o: &mut [f32],
-    l: &mut [f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    seg: Option<&[u32]>,
-    dims: AttnDims,
-    b: usize,
-    q0: usize,
-) {
-    let AttnDims { t, h, kv, dh, .. } = dims;
-    let g = dims.group();
-    let bq = o.len() / (h * dh);
-    let q1 = q0 + bq;
-    let rows = g * bq;
-    let q_b = &q[b * t * h * dh..][..t * h * dh];
-    let k_b = &k[b * t * kv * dh..][..t * kv * dh];
-    let v_b = &v[b * t * kv * dh..][..t * kv * dh];
-    let seg_b = seg.map(|s| &s[b * t..][..t]);
-    for kh in 0..kv {
-        for hh in 0..g {
-            let qs = &mut sc.q[hh * bq * dh..][..bq * dh];
-            gather_rows(qs, q_b, q0, bq, h, kh * g + hh, dh, dims.scale());
-        }
-        let acc = &mut sc.acc[..rows * dh];
-        acc.fill(0.0);
-        sc.m[..rows].fill(f32::NEG_INFINITY);
-        sc.l[..rows].fill(0.0);
-        for k0 in (0..q1).step_by(KB) {
-            let bk = KB.min(t - k0);
-            let vis = visibility(seg_b, q0, q1, k0, k0 + bk);
-            if vis == Vis::Skip {
-                continue;
-            }
-            gather_rows(&mut sc.k, k_b, k0, bk, kv, kh, dh, 1.0);
-            gather_rows(&mut sc.v, v_b, k0, bk, kv, kh, dh, 1.0);
-            let s = &mut sc.s[..rows * bk];
-            matmul_single(s, &sc.q, &sc.k, rows, dh, bk, Trans::No, Trans::Yes, false);
-            let seg = seg_b.filter(|_| vis == Vis::Seg);
-            let pos = TilePos {
-                q0,
-                bq,
-                k0,
-                bk,
-                seg,
-            };
-            fwd_rows(&pos, s, &mut sc.m[..rows], &mut sc.l[..rows], acc, dh);
-            matmul_single(acc, s, &sc.v, rows, bk, dh, Trans::No, Trans::No, true);
-        }
-        for r in 0..rows {
-            let (hd, i) = (kh * g + r / bq, r % bq);
-            let inv = 1.0 / sc.l[r];
-            let dst = &mut o[(i * h + hd) * dh..][..dh];
-            dst.iter_mut()
-                .zip(&acc[r * dh..(r + 1) * dh])
-                .for_each(|(d, &a)| *d = a * inv);
-            l[i * h + hd] = sc.m[r] + sc.l[r].ln();
-        }
-    }
+    });
 }
 
 /// Causal GQA backward: **accumulates** `dq` [B, T, H, Dh], `dk`, `dv` [B, T, KV, Dh] from
@@ -218,39 +247,17 @@ pub fn attention_backward(
         kv,
         dh,
     } = dims;
-    assert_eq!(
-        dq.len(),
-        q.len(),
-        "attention_backward: dq is not [B,T,H,Dh]"
-    );
-    assert_eq!(
-        dk.len(),
-        k.len(),
-        "attention_backward: dk is not [B,T,KV,Dh]"
-    );
-    assert_eq!(
-        dv.len(),
-        v.len(),
-        "attention_backward: dv is not [B,T,KV,Dh]"
-    );
-    assert_eq!(
-        dout.len(),
-        q.len(),
-        "attention_backward: dout is not [B,T,H,Dh]"
-    );
-    assert_eq!(
-        out.len(),
-        q.len(),
-        "attention_backward: out is not [B,T,H,Dh]"
-    );
-    assert_eq!(
-        lse.len(),
-        nb * h * t,
-        "attention_backward: lse is not [B,H,T]"
-    );
+    let what = "attention_backward: wrong length of";
+    assert_eq!(dq.len(), q.len(), "{what} dq [B,T,H,Dh]");
+    assert_eq!(dk.len(), k.len(), "{what} dk [B,T,KV,Dh]");
+    assert_eq!(dv.len(), v.len(), "{what} dv [B,T,KV,Dh]");
+    assert_eq!(dout.len(), q.len(), "{what} dout [B,T,H,Dh]");
+    assert_eq!(out.len(), q.len(), "{what} out [B,T,H,Dh]");
+    assert_eq!(lse.len(), nb * h * t, "{what} lse [B,H,T]");
     if nb * t == 0 {
         return;
     }
+    let (qbs, kbs) = (tile::qb(), tile::kb());
     // Dvec = rowsum(dO * O): [B, T, H].
     let mut dvec = vec![0f32; nb * t * h];
     dvec.par_chunks_mut(h).enumerate().for_each(|(row, d)| {
@@ -259,41 +266,23 @@ pub fn attention_backward(
             *x = tile::dot(&dout[o..o + dh], &out[o..o + dh]);
         }
     });
+    let inp = Inputs { q, k, v, seg, dims };
     let bwd = Bwd {
+        inp,
         dout,
         lse,
         dvec: &dvec,
-        q,
-        k,
-        v,
-        seg,
-        dims,
     };
 
-    let dq_tasks: Vec<(usize, usize, &mut [f32])> = dq
-        .chunks_mut(t * h * dh)
-        .enumerate()
-        .flat_map(|(b, db)| {
-            db.chunks_mut(QB * h * dh)
-                .enumerate()
-                .map(move |(i, c)| (b, i * QB, c))
-        })
-        .collect();
+    let dq_tasks: Vec<_> = tile_chunks(dq, t, h * dh, qbs).collect();
     dq_tasks.into_par_iter().with_max_len(1).for_each_init(
         || Scratch::new(dims.group(), dh),
         |sc, (b, q0, c)| bwd.dq_tile(sc, c, b, q0),
     );
 
-    let dkv_tasks: Vec<(usize, usize, &mut [f32], &mut [f32])> = dk
-        .chunks_mut(t * kv * dh)
-        .zip(dv.chunks_mut(t * kv * dh))
-        .enumerate()
-        .flat_map(|(b, (kb, vb))| {
-            kb.chunks_mut(KB * kv * dh)
-                .zip(vb.chunks_mut(KB * kv * dh))
-                .enumerate()
-                .map(move |(i, (ck, cv))| (b, i * KB, ck, cv))
-        })
+    let dkv_tasks: Vec<_> = tile_chunks(dk, t, kv * dh, kbs)
+        .zip(tile_chunks(dv, t, kv * dh, kbs))
+        .map(|((b, k0, ck), (_, _, cv))| (b, k0, ck, cv))
         .collect();
     dkv_tasks.into_par_iter().with_max_len(1).for_each_init(
         || Scratch::new(dims.group(), dh),
@@ -303,54 +292,37 @@ pub fn attention_backward(
 
 /// Read-only inputs of the backward passes.
 struct Bwd<'a> {
+    inp: Inputs<'a>,
+    /// [B, T, H, Dh]
     dout: &'a [f32],
+    /// [B, H, T]
     lse: &'a [f32],
+    /// rowsum(dO * O): [B, T, H]
     dvec: &'a [f32],
-    q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
-    seg: Option<&'a [u32]>,
-    dims: AttnDims,
 }
 
 impl Bwd<'_> {
-    /// Gathers the query-side tile of KV group `kh` for positions `q0..q0+bq` of sequence `b`:
-    /// scaled Q, dO, lse and Dvec for the `g * bq` stacked rows.
+    /// Gathers the query side of KV group `kh`, positions `q0..q0+bq` of sequence `b`: scaled Q,
+    /// dO, and the logsumexp and Dvec of each stacked row (`i*G + hh`).
     fn gather_query_side(&self, sc: &mut Scratch, b: usize, q0: usize, bq: usize, kh: usize) {
-        let AttnDims { t, h, dh, .. } = self.dims;
-        let g = self.dims.group();
-        let q_b = &self.q[b * t * h * dh..][..t * h * dh];
-        let do_b = &self.dout[b * t * h * dh..][..t * h * dh];
-        for hh in 0..g {
-            let hd = kh * g + hh;
-            gather_rows(
-                &mut sc.q[hh * bq * dh..],
-                q_b,
-                q0,
-                bq,
-                h,
-                hd,
-                dh,
-                self.dims.scale(),
-            );
-            gather_rows(&mut sc.d_o[hh * bq * dh..], do_b, q0, bq, h, hd, dh, 1.0);
-            for i in 0..bq {
-                sc.m[hh * bq + i] = self.lse[(b * h + hd) * t + q0 + i];
-                sc.l[hh * bq + i] = self.dvec[(b * t + q0 + i) * h + hd];
+        let AttnDims { t, h, .. } = self.inp.dims;
+        let g = self.inp.dims.group();
+        let scale = self.inp.dims.scale();
+        self.inp
+            .gather_group(&mut sc.q, self.inp.q, b, q0, bq, kh, scale);
+        self.inp
+            .gather_group(&mut sc.d_o, self.dout, b, q0, bq, kh, 1.0);
+        for i in 0..bq {
+            let d = &self.dvec[(b * t + q0 + i) * h + kh * g..][..g];
+            sc.l[i * g..(i + 1) * g].copy_from_slice(d);
+            for hh in 0..g {
+                sc.m[i * g + hh] = self.lse[(b * h + kh * g + hh) * t + q0 + i];
             }
         }
     }
 
-    /// Gathers K and V tiles of KV head `kh` for key positions `k0..k0+bk` of sequence `b`.
-    fn gather_key_side(&self, sc: &mut Scratch, b: usize, k0: usize, bk: usize, kh: usize) {
-        let AttnDims { t, kv, dh, .. } = self.dims;
-        let k_b = &self.k[b * t * kv * dh..][..t * kv * dh];
-        let v_b = &self.v[b * t * kv * dh..][..t * kv * dh];
-        gather_rows(&mut sc.k, k_b, k0, bk, kv, kh, dh, 1.0);
-        gather_rows(&mut sc.v, v_b, k0, bk, kv, kh, dh, 1.0);
-    }
-
-    /// With the tiles gathered: `sc.s` = P and `sc.dp` = dS, both [g*bq, bk].
+    /// With both sides gathered: `sc.s` = P and `sc.dp` = dS, both [G*bq, bk].
+    #[allow(clippy::too_many_arguments)]
     fn probs_and_grads(
         &self,
         sc: &mut Scratch,
@@ -361,8 +333,9 @@ impl Bwd<'_> {
         bk: usize,
         vis: Vis,
     ) {
-        let AttnDims { t, dh, .. } = self.dims;
-        let rows = self.dims.group() * bq;
+        let dh = self.inp.dims.dh;
+        let g = self.inp.dims.group();
+        let rows = g * bq;
         let s = &mut sc.s[..rows * bk];
         let dp = &mut sc.dp[..rows * bk];
         matmul_single(s, &sc.q, &sc.k, rows, dh, bk, Trans::No, Trans::Yes, false);
@@ -377,35 +350,29 @@ impl Bwd<'_> {
             Trans::Yes,
             false,
         );
-        let seg_b = self.seg.map(|s| &s[b * t..][..t]);
-        let seg = seg_b.filter(|_| vis == Vis::Seg);
-        let pos = TilePos {
-            q0,
-            bq,
-            k0,
-            bk,
-            seg,
-        };
+        let seg = self.inp.seg_b(b).filter(|_| vis == Vis::Seg);
+        let pos = TilePos { q0, g, k0, bk, seg };
         bwd_rows(&pos, s, dp, &sc.m[..rows], &sc.l[..rows]);
     }
 
     /// dQ for query positions `q0..q0+bq` of sequence `b`, all heads: `c` [bq, H, Dh] `+=`.
     fn dq_tile(&self, sc: &mut Scratch, c: &mut [f32], b: usize, q0: usize) {
-        let AttnDims { t, h, kv, dh, .. } = self.dims;
-        let g = self.dims.group();
+        let AttnDims { t, h, kv, dh, .. } = self.inp.dims;
+        let g = self.inp.dims.group();
+        let kbs = tile::kb();
         let bq = c.len() / (h * dh);
         let (q1, rows) = (q0 + bq, g * bq);
-        let seg_b = self.seg.map(|s| &s[b * t..][..t]);
+        let seg_b = self.inp.seg_b(b);
         for kh in 0..kv {
             self.gather_query_side(sc, b, q0, bq, kh);
             sc.acc[..rows * dh].fill(0.0);
-            for k0 in (0..q1).step_by(KB) {
-                let bk = KB.min(t - k0);
+            for k0 in (0..q1).step_by(kbs) {
+                let bk = kbs.min(t - k0);
                 let vis = visibility(seg_b, q0, q1, k0, k0 + bk);
                 if vis == Vis::Skip {
                     continue;
                 }
-                self.gather_key_side(sc, b, k0, bk, kh);
+                self.inp.gather_kv(&mut sc.k, &mut sc.v, b, k0, bk, kh);
                 self.probs_and_grads(sc, b, q0, bq, k0, bk, vis);
                 let ds = &sc.dp[..rows * bk];
                 matmul_single(
@@ -420,13 +387,11 @@ impl Bwd<'_> {
                     true,
                 );
             }
-            let scale = self.dims.scale();
-            for r in 0..rows {
-                let (hd, i) = (kh * g + r / bq, r % bq);
-                let dst = &mut c[(i * h + hd) * dh..][..dh];
-                dst.iter_mut()
-                    .zip(&sc.acc[r * dh..(r + 1) * dh])
-                    .for_each(|(d, &a)| *d += scale * a);
+            // dQ = scale · dS·K (the scores are scale · Q·Kᵀ); the G heads of row i are adjacent.
+            let scale = self.inp.dims.scale();
+            for (i, a) in sc.acc[..rows * dh].chunks_exact(g * dh).enumerate() {
+                let dst = &mut c[(i * h + kh * g) * dh..][..g * dh];
+                dst.iter_mut().zip(a).for_each(|(d, &x)| *d += scale * x);
             }
         }
     }
@@ -434,16 +399,17 @@ impl Bwd<'_> {
     /// dK, dV for key positions `k0..k0+bk` of sequence `b`, all KV heads: `ck`, `cv`
     /// [bk, KV, Dh] `+=`.
     fn dkv_tile(&self, sc: &mut Scratch, ck: &mut [f32], cv: &mut [f32], b: usize, k0: usize) {
-        let AttnDims { t, kv, dh, .. } = self.dims;
-        let g = self.dims.group();
+        let AttnDims { t, kv, dh, .. } = self.inp.dims;
+        let g = self.inp.dims.group();
+        let qbs = tile::qb();
         let bk = ck.len() / (kv * dh);
-        let seg_b = self.seg.map(|s| &s[b * t..][..t]);
+        let seg_b = self.inp.seg_b(b);
         for kh in 0..kv {
-            self.gather_key_side(sc, b, k0, bk, kh);
+            self.inp.gather_kv(&mut sc.k, &mut sc.v, b, k0, bk, kh);
             sc.acc[..bk * dh].fill(0.0);
             sc.acc2[..bk * dh].fill(0.0);
-            for q0 in (k0 / QB * QB..t).step_by(QB) {
-                let bq = QB.min(t - q0);
+            for q0 in (k0 / qbs * qbs..t).step_by(qbs) {
+                let bq = qbs.min(t - q0);
                 let vis = visibility(seg_b, q0, q0 + bq, k0, k0 + bk);
                 if vis == Vis::Skip {
                     continue;
@@ -452,7 +418,7 @@ impl Bwd<'_> {
                 self.gather_query_side(sc, b, q0, bq, kh);
                 self.probs_and_grads(sc, b, q0, bq, k0, bk, vis);
                 let (p, ds) = (&sc.s[..rows * bk], &sc.dp[..rows * bk]);
-                // dV += Pᵀ·dO, dK += dSᵀ·(scale Q): sums over the group's heads by stacking.
+                // dV += Pᵀ·dO and dK += dSᵀ·(scale Q): the stacking sums over the group's heads.
                 matmul_single(
                     &mut sc.acc2,
                     p,
@@ -476,17 +442,11 @@ impl Bwd<'_> {
                     true,
                 );
             }
-            for j in 0..bk {
+            let (da, va) = (&sc.acc[..bk * dh], &sc.acc2[..bk * dh]);
+            for (j, (a, w)) in da.chunks_exact(dh).zip(va.chunks_exact(dh)).enumerate() {
                 let o = (j * kv + kh) * dh;
-                let src = j * dh..(j + 1) * dh;
-                ck[o..o + dh]
-                    .iter_mut()
-                    .zip(&sc.acc[src.clone()])
-                    .for_each(|(d, &a)| *d += a);
-                cv[o..o + dh]
-                    .iter_mut()
-                    .zip(&sc.acc2[src])
-                    .for_each(|(d, &a)| *d += a);
+                ck[o..o + dh].iter_mut().zip(a).for_each(|(d, &x)| *d += x);
+                cv[o..o + dh].iter_mut().zip(w).for_each(|(d, &x)| *d += x);
             }
         }
     }

@@ -33,7 +33,7 @@ impl RopeTable {
     /// Panics if `head_dim` is zero or odd.
     pub fn new(head_dim: usize, max_pos: usize, theta: f64) -> Self {
         assert!(
-            head_dim > 0 && head_dim % 2 == 0,
+            head_dim > 0 && head_dim & 1 == 0,
             "rope: head_dim must be even and positive"
         );
         let half = head_dim / 2;
@@ -196,7 +196,7 @@ pub fn rope_naive(
     n: usize,
     heads: usize,
 ) -> Vec<f64> {
-    assert!(head_dim % 2 == 0, "rope_naive: head_dim must be even");
+    assert!(head_dim & 1 == 0, "rope_naive: head_dim must be even");
     assert_eq!(
         x.len(),
         n * heads * head_dim,
@@ -205,12 +205,12 @@ pub fn rope_naive(
     assert_eq!(pos.len(), n, "rope_naive: pos must be [N]");
     let half = head_dim / 2;
     let mut out = vec![0f64; x.len()];
-    for t in 0..n {
+    for (t, &p) in pos.iter().enumerate() {
         for h in 0..heads {
             let base = (t * heads + h) * head_dim;
             for i in 0..half {
                 let inv_freq = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
-                let (s, c) = (pos[t] as f64 * inv_freq).sin_cos();
+                let (s, c) = (p as f64 * inv_freq).sin_cos();
                 let (a, b) = (x[base + i], x[base + i + half]);
                 out[base + i] = a * c - b * s;
                 out[base + i + half] = b * c + a * s;

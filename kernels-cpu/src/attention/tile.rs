@@ -2,10 +2,26 @@
 //! head's rows into contiguous tiles, tile visibility (causal + packed documents) and the
 //! per-row softmax steps on a score tile.
 
-/// Query rows per tile (per query head; a tile stacks the G query heads of one KV group).
-pub(super) const QB: usize = 64;
-/// Key rows per tile.
-pub(super) const KB: usize = 64;
+/// Query positions per tile (a tile stacks the G query heads of one KV group: G*QB rows).
+pub(super) fn qb() -> usize {
+    static X: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *X.get_or_init(|| {
+        std::env::var("ATTN_QB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64)
+    })
+}
+/// Key positions per tile.
+pub(super) fn kb() -> usize {
+    static X: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *X.get_or_init(|| {
+        std::env::var("ATTN_KB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64)
+    })
+}
 
 /// Per-thread scratch: every buffer is sized for the largest tile, O(G * QB * (KB + Dh)).
 pub(super) struct Scratch {
@@ -34,6 +50,7 @@ pub(super) struct Scratch {
 impl Scratch {
     /// Scratch for groups of `g` query heads per KV head and head dim `dh`.
     pub fn new(g: usize, dh: usize) -> Self {
+        let (QB, KB) = (qb(), kb());
         let rows = g * QB;
         Self {
             q: vec![0.0; rows * dh],
@@ -50,8 +67,8 @@ impl Scratch {
     }
 }
 
-/// `dst[r, :] = mul * src[(t0 + r) * heads + head, :]` for `r < n`: one head's rows of a
-/// `[T, heads, Dh]` slice, made contiguous.
+/// Copies heads `head0..head0 + width` of positions `t0..t0 + n` of a `[T, heads, Dh]` slice
+/// into `dst` [n * width, Dh] (row `i * width + w`), times `mul`: `n` contiguous runs.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn gather_rows(
     dst: &mut [f32],
@@ -59,19 +76,18 @@ pub(super) fn gather_rows(
     t0: usize,
     n: usize,
     heads: usize,
-    head: usize,
+    head0: usize,
+    width: usize,
     dh: usize,
     mul: f32,
 ) {
-    for (r, d) in dst[..n * dh].chunks_exact_mut(dh).enumerate() {
-        let o = ((t0 + r) * heads + head) * dh;
-        let s = &src[o..o + dh];
+    let run = width * dh;
+    for (i, d) in dst[..n * run].chunks_exact_mut(run).enumerate() {
+        let s = &src[((t0 + i) * heads + head0) * dh..][..run];
         if mul == 1.0 {
             d.copy_from_slice(s);
         } else {
-            for (a, &b) in d.iter_mut().zip(s) {
-                *a = b * mul;
-            }
+            d.iter_mut().zip(s).for_each(|(a, &b)| *a = b * mul);
         }
     }
 }
@@ -267,12 +283,13 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// Where a score tile sits: query positions `q0..q0+bq` (the tile stacks G heads of `bq` rows
-/// each), key positions `k0..k0+bk`, and the sequence's document ids when they must be compared.
+/// Where a score tile sits: stacked row `r` is query position `q0 + r / g` (the G heads of a KV
+/// group are adjacent rows), columns are key positions `k0..k0+bk`, and `seg` holds the
+/// sequence's document ids when they must be compared.
 #[derive(Clone, Copy)]
 pub(super) struct TilePos<'a> {
     pub q0: usize,
-    pub bq: usize,
+    pub g: usize,
     pub k0: usize,
     pub bk: usize,
     /// Document ids of the whole sequence [T], only for [`Vis::Seg`] tiles.
@@ -283,7 +300,7 @@ impl TilePos<'_> {
     /// Causally visible columns and document mask of stacked row `r`.
     #[inline(always)]
     fn row(&self, r: usize) -> (usize, Option<(u32, &[u32])>) {
-        let t = self.q0 + r % self.bq;
+        let t = self.q0 + r / self.g;
         let seg = self.seg.map(|s| (s[t], &s[self.k0..self.k0 + self.bk]));
         (causal_cols(t, self.k0, self.bk), seg)
     }

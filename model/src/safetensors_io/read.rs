@@ -480,7 +480,7 @@ fn parse_file(path: &Path) -> Result<ParsedFile> {
         }
         if e > data_len as u64 {
             return Err(t_err(format!(
-                "data_offsets [{s}, {e}] extend past the end of the data section ({data_len} bytes)"
+                "data_offsets [{s}, {e}] extend past the end of the data section ({data_len} bytes; file truncated?)"
             )));
         }
         let (s, e) = (s as usize, e as usize); // <= data_len
