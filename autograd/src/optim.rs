@@ -19,14 +19,21 @@ pub struct AdamW {
 impl AdamW {
     /// Zero moments for `params`.
     pub fn new(params: &ParamTable, cfg: AdamWConfig) -> Self {
-        AdamW { cfg, m: vec![0.0; params.numel()], v: vec![0.0; params.numel()], step: 0 }
+        AdamW {
+            cfg,
+            m: vec![0.0; params.numel()],
+            v: vec![0.0; params.numel()],
+            step: 0,
+        }
     }
 
     /// One update with flat gradients `grads` (layout of `params`). Returns false (and does
     /// nothing) for half-precision tables, which are frozen.
     pub fn step(&mut self, params: &mut ParamTable, grads: &[f32]) -> bool {
         assert_eq!(grads.len(), self.m.len(), "AdamW: gradient length");
-        let Some(p) = params.flat_mut() else { return false };
+        let Some(p) = params.flat_mut() else {
+            return false;
+        };
         self.step += 1;
         adamw_step(p, grads, &mut self.m, &mut self.v, &self.cfg, self.step);
         true

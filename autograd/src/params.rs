@@ -50,11 +50,22 @@ impl ParamTable {
             let numel: usize = shape.iter().product();
             let values = init(name, numel);
             assert_eq!(values.len(), numel, "init of {name}");
-            assert!(index.insert(name.clone(), entries.len()).is_none(), "duplicate parameter {name}");
-            entries.push(ParamEntry { name: name.clone(), shape: shape.clone(), offset: data.len() });
+            assert!(
+                index.insert(name.clone(), entries.len()).is_none(),
+                "duplicate parameter {name}"
+            );
+            entries.push(ParamEntry {
+                name: name.clone(),
+                shape: shape.clone(),
+                offset: data.len(),
+            });
             data.extend_from_slice(&values);
         }
-        ParamTable { entries, index, storage: Arc::new(Storage::from_f32(data, dtype)) }
+        ParamTable {
+            entries,
+            index,
+            storage: Arc::new(Storage::from_f32(data, dtype)),
+        }
     }
 
     /// Entries in layout order.
@@ -74,7 +85,10 @@ impl ParamTable {
 
     /// The entry called `name`.
     pub fn entry(&self, name: &str) -> Result<&ParamEntry> {
-        self.index.get(name).map(|&i| &self.entries[i]).ok_or_else(|| AutogradError::UnknownParam(name.into()))
+        self.index
+            .get(name)
+            .map(|&i| &self.entries[i])
+            .ok_or_else(|| AutogradError::UnknownParam(name.into()))
     }
 
     /// A view of the parameter called `name`.
@@ -85,7 +99,10 @@ impl ParamTable {
 
     /// Views of every parameter, registered as leaves on `tape` (in layout order).
     pub fn leaves(&self, tape: &Tape) -> Vec<Tensor> {
-        self.entries.iter().map(|e| tape.leaf(&Tensor::view(self.storage.clone(), e.offset, &e.shape))).collect()
+        self.entries
+            .iter()
+            .map(|e| tape.leaf(&Tensor::view(self.storage.clone(), e.offset, &e.shape)))
+            .collect()
     }
 
     /// The flat f32 values (a copy for half storage).

@@ -148,18 +148,28 @@ impl Inputs<'_> {
             sc.m[..rows].fill(f32::NEG_INFINITY);
             sc.l[..rows].fill(0.0);
             for k0 in (0..q1).step_by(kbs) {
-                let bk = kbs.min(t - k0);
-                let vis = visibility(seg_b, q0, q1, k0, k0 + bk);
+                // Rows before position k0 and keys from q1 on see nothing: trim the tile.
+                let (qa, bk) = (q0.max(k0), kbs.min(q1 - k0));
+                let vis = visibility(seg_b, qa, q1, k0, k0 + bk);
                 if vis == Vis::Skip {
                     continue;
                 }
+                let r0 = (qa - q0) * g;
+                let n = rows - r0;
                 self.gather_kv(&mut sc.k, &mut sc.v, b, k0, bk, kh);
-                let s = &mut sc.s[..rows * bk];
-                matmul_single(s, &sc.q, &sc.k, rows, dh, bk, Trans::No, Trans::Yes, false);
+                let s = &mut sc.s[..n * bk];
+                a_bt(s, &sc.q[r0 * dh..], &sc.k, n, dh, bk);
                 let seg = seg_b.filter(|_| vis == Vis::Seg);
-                let pos = TilePos { q0, g, k0, bk, seg };
-                fwd_rows(&pos, s, &mut sc.m[..rows], &mut sc.l[..rows], acc, dh);
-                matmul_single(acc, s, &sc.v, rows, bk, dh, Trans::No, Trans::No, true);
+                let pos = TilePos {
+                    q0: qa,
+                    g,
+                    k0,
+                    bk,
+                    seg,
+                };
+                let acc = &mut acc[r0 * dh..];
+                fwd_rows(&pos, s, &mut sc.m[r0..rows], &mut sc.l[r0..rows], acc, dh);
+                ab_acc(acc, s, &sc.v, n, bk, dh);
             }
             for (r, a) in acc.chunks_exact(dh).enumerate() {
                 let hd = kh * g + r % g;
@@ -321,43 +331,40 @@ impl Bwd<'_> {
         }
     }
 
-    /// With both sides gathered: `sc.s` = P and `sc.dp` = dS, both [G*bq, bk].
+    /// With both sides gathered, for stacked rows `r0..r0+n` (position `qa` at row `r0`) and
+    /// keys `k0..k0+bk`: `sc.s` = P and `sc.dp` = dS, both [n, bk].
     #[allow(clippy::too_many_arguments)]
     fn probs_and_grads(
         &self,
         sc: &mut Scratch,
         b: usize,
-        q0: usize,
-        bq: usize,
+        qa: usize,
+        r0: usize,
+        n: usize,
         k0: usize,
         bk: usize,
         vis: Vis,
     ) {
         let dh = self.inp.dims.dh;
         let g = self.inp.dims.group();
-        let rows = g * bq;
-        let s = &mut sc.s[..rows * bk];
-        let dp = &mut sc.dp[..rows * bk];
-        matmul_single(s, &sc.q, &sc.k, rows, dh, bk, Trans::No, Trans::Yes, false);
-        matmul_single(
-            dp,
-            &sc.d_o,
-            &sc.v,
-            rows,
-            dh,
-            bk,
-            Trans::No,
-            Trans::Yes,
-            false,
-        );
+        let s = &mut sc.s[..n * bk];
+        let dp = &mut sc.dp[..n * bk];
+        a_bt(s, &sc.q[r0 * dh..], &sc.k, n, dh, bk);
+        a_bt(dp, &sc.d_o[r0 * dh..], &sc.v, n, dh, bk);
         let seg = self.inp.seg_b(b).filter(|_| vis == Vis::Seg);
-        let pos = TilePos { q0, g, k0, bk, seg };
-        bwd_rows(&pos, s, dp, &sc.m[..rows], &sc.l[..rows]);
+        let pos = TilePos {
+            q0: qa,
+            g,
+            k0,
+            bk,
+            seg,
+        };
+        bwd_rows(&pos, s, dp, &sc.m[r0..r0 + n], &sc.l[r0..r0 + n]);
     }
 
     /// dQ for query positions `q0..q0+bq` of sequence `b`, all heads: `c` [bq, H, Dh] `+=`.
     fn dq_tile(&self, sc: &mut Scratch, c: &mut [f32], b: usize, q0: usize) {
-        let AttnDims { t, h, kv, dh, .. } = self.inp.dims;
+        let AttnDims { h, kv, dh, .. } = self.inp.dims;
         let g = self.inp.dims.group();
         let kbs = tile::kb();
         let bq = c.len() / (h * dh);
@@ -367,25 +374,16 @@ impl Bwd<'_> {
             self.gather_query_side(sc, b, q0, bq, kh);
             sc.acc[..rows * dh].fill(0.0);
             for k0 in (0..q1).step_by(kbs) {
-                let bk = kbs.min(t - k0);
-                let vis = visibility(seg_b, q0, q1, k0, k0 + bk);
+                let (qa, bk) = (q0.max(k0), kbs.min(q1 - k0));
+                let vis = visibility(seg_b, qa, q1, k0, k0 + bk);
                 if vis == Vis::Skip {
                     continue;
                 }
+                let r0 = (qa - q0) * g;
+                let n = rows - r0;
                 self.inp.gather_kv(&mut sc.k, &mut sc.v, b, k0, bk, kh);
-                self.probs_and_grads(sc, b, q0, bq, k0, bk, vis);
-                let ds = &sc.dp[..rows * bk];
-                matmul_single(
-                    &mut sc.acc,
-                    ds,
-                    &sc.k,
-                    rows,
-                    bk,
-                    dh,
-                    Trans::No,
-                    Trans::No,
-                    true,
-                );
+                self.probs_and_grads(sc, b, qa, r0, n, k0, bk, vis);
+                ab_acc(&mut sc.acc[r0 * dh..], &sc.dp[..n * bk], &sc.k, n, bk, dh);
             }
             // dQ = scale · dS·K (the scores are scale · Q·Kᵀ); the G heads of row i are adjacent.
             let scale = self.inp.dims.scale();
@@ -409,38 +407,20 @@ impl Bwd<'_> {
             sc.acc[..bk * dh].fill(0.0);
             sc.acc2[..bk * dh].fill(0.0);
             for q0 in (k0 / qbs * qbs..t).step_by(qbs) {
-                let bq = qbs.min(t - q0);
-                let vis = visibility(seg_b, q0, q0 + bq, k0, k0 + bk);
+                let q1 = q0 + qbs.min(t - q0);
+                // As in the forward: rows before k0 and keys from q1 on see nothing.
+                let (qa, bkq) = (q0.max(k0), bk.min(q1 - k0));
+                let vis = visibility(seg_b, qa, q1, k0, k0 + bkq);
                 if vis == Vis::Skip {
                     continue;
                 }
-                let rows = g * bq;
-                self.gather_query_side(sc, b, q0, bq, kh);
-                self.probs_and_grads(sc, b, q0, bq, k0, bk, vis);
-                let (p, ds) = (&sc.s[..rows * bk], &sc.dp[..rows * bk]);
+                let n = (q1 - qa) * g;
+                self.gather_query_side(sc, b, qa, q1 - qa, kh);
+                self.probs_and_grads(sc, b, qa, 0, n, k0, bkq, vis);
+                let (p, ds) = (&sc.s[..n * bkq], &sc.dp[..n * bkq]);
                 // dV += Pᵀ·dO and dK += dSᵀ·(scale Q): the stacking sums over the group's heads.
-                matmul_single(
-                    &mut sc.acc2,
-                    p,
-                    &sc.d_o,
-                    bk,
-                    rows,
-                    dh,
-                    Trans::Yes,
-                    Trans::No,
-                    true,
-                );
-                matmul_single(
-                    &mut sc.acc,
-                    ds,
-                    &sc.q,
-                    bk,
-                    rows,
-                    dh,
-                    Trans::Yes,
-                    Trans::No,
-                    true,
-                );
+                at_b_acc(&mut sc.acc2, p, &sc.d_o, bkq, n, dh);
+                at_b_acc(&mut sc.acc, ds, &sc.q, bkq, n, dh);
             }
             let (da, va) = (&sc.acc[..bk * dh], &sc.acc2[..bk * dh]);
             for (j, (a, w)) in da.chunks_exact(dh).zip(va.chunks_exact(dh)).enumerate() {
@@ -450,4 +430,19 @@ impl Bwd<'_> {
             }
         }
     }
+}
+
+/// `dst[m, n] = a[m, k] · b[n, k]ᵀ` on this thread.
+fn a_bt(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+    matmul_single(dst, a, b, m, k, n, Trans::No, Trans::Yes, false);
+}
+
+/// `dst[m, n] += a[m, k] · b[k, n]` on this thread.
+fn ab_acc(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+    matmul_single(dst, a, b, m, k, n, Trans::No, Trans::No, true);
+}
+
+/// `dst[m, n] += a[k, m]ᵀ · b[k, n]` on this thread.
+fn at_b_acc(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+    matmul_single(dst, a, b, m, k, n, Trans::Yes, Trans::No, true);
 }

@@ -5,7 +5,10 @@ const CHUNK: usize = 1 << 14;
 
 /// `out = a + b`.
 pub fn add_forward(out: &mut [f32], a: &[f32], b: &[f32]) {
-    assert!(out.len() == a.len() && a.len() == b.len(), "add: length mismatch");
+    assert!(
+        out.len() == a.len() && a.len() == b.len(),
+        "add: length mismatch"
+    );
     out.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
         .for_each(|(o, (a, b))| {

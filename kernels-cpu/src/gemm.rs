@@ -37,7 +37,18 @@ pub fn matmul(
     tb: Trans,
     accumulate: bool,
 ) {
-    matmul_threads(dst, a, b, m, k, n, ta, tb, accumulate, rayon::current_num_threads());
+    matmul_threads(
+        dst,
+        a,
+        b,
+        m,
+        k,
+        n,
+        ta,
+        tb,
+        accumulate,
+        rayon::current_num_threads(),
+    );
 }
 
 /// [`matmul`] on the calling thread only: for tiles inside an already parallel loop.
@@ -153,7 +164,13 @@ mod tests {
 
     #[test]
     fn matches_naive_on_awkward_sizes_and_all_transposes() {
-        for &(m, k, n) in &[(1, 1, 1), (7, 13, 5), (33, 65, 17), (129, 31, 70), (64, 0, 3)] {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (7, 13, 5),
+            (33, 65, 17),
+            (129, 31, 70),
+            (64, 0, 3),
+        ] {
             for ta in [Trans::No, Trans::Yes] {
                 for tb in [Trans::No, Trans::Yes] {
                     for acc in [false, true] {
@@ -167,7 +184,13 @@ mod tests {
                         matmul_single(&mut single, &a, &b, m, k, n, ta, tb, acc);
                         assert_eq!(single, fast, "single-threaded differs");
                         matmul_naive(&mut slow, &a, &b, m, k, n, ta, tb, acc);
-                        assert_close(&fast, &slow, 1e-5, 1e-5, &format!("gemm {m}x{k}x{n} {ta:?}{tb:?} acc={acc}"));
+                        assert_close(
+                            &fast,
+                            &slow,
+                            1e-5,
+                            1e-5,
+                            &format!("gemm {m}x{k}x{n} {ta:?}{tb:?} acc={acc}"),
+                        );
                     }
                 }
             }
