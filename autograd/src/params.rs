@@ -97,12 +97,44 @@ impl ParamTable {
         Ok(Tensor::view(self.storage.clone(), e.offset, &e.shape))
     }
 
-    /// Views of every parameter, registered as leaves on `tape` (in layout order).
-    pub fn leaves(&self, tape: &Tape) -> Vec<Tensor> {
-        self.entries
-            .iter()
-            .map(|e| tape.leaf(&Tensor::view(self.storage.clone(), e.offset, &e.shape)))
-            .collect()
+    /// One leaf spanning the consecutive parameters `names` (same column count) as a single
+    /// `[sum of rows, cols]` matrix: fused projections (q/k/v, gate/up) in one GEMM.
+    /// Returns the leaf and its offset for [`ParamTable::flat_grads_at`].
+    pub fn fused_leaf(&self, tape: &Tape, names: &[&str]) -> Result<(usize, Tensor)> {
+        let first = self.entry(names[0])?;
+        let cols = *first.shape.last().unwrap_or(&1);
+        let mut end = first.offset;
+        let mut rows = 0;
+        for name in names {
+            let e = self.entry(name)?;
+            if e.offset != end || e.shape.len() != 2 || e.shape[1] != cols {
+                return Err(AutogradError::Shape {
+                    op: "fused_leaf",
+                    msg: format!("`{name}` does not continue the fused block of `{}`", names[0]),
+                });
+            }
+            end += e.numel();
+            rows += e.shape[0];
+        }
+        Ok((first.offset, tape.leaf(&Tensor::view(self.storage.clone(), first.offset, &[rows, cols]))))
+    }
+
+    /// One leaf for the parameter `name`, with its offset.
+    pub fn leaf(&self, tape: &Tape, name: &str) -> Result<(usize, Tensor)> {
+        let e = self.entry(name)?;
+        Ok((e.offset, tape.leaf(&Tensor::view(self.storage.clone(), e.offset, &e.shape))))
+    }
+
+    /// Gathers the gradients of `(offset, leaf)` pairs into one flat vector in layout order;
+    /// elements no leaf covers, or whose leaf got no gradient, are zero.
+    pub fn flat_grads_at(&self, leaves: &[(usize, Tensor)], grads: &mut Gradients) -> Vec<f32> {
+        let mut flat = vec![0f32; self.numel()];
+        for (offset, leaf) in leaves {
+            if let Some(g) = grads.remove(leaf) {
+                flat[*offset..*offset + g.len()].copy_from_slice(&g);
+            }
+        }
+        flat
     }
 
     /// The flat f32 values (a copy for half storage).
@@ -117,18 +149,6 @@ impl ParamTable {
             Storage::F32(v) => Some(v.as_mut_slice()),
             _ => None,
         }
-    }
-
-    /// Gathers the gradients of `leaves` (from [`ParamTable::leaves`]) into one flat vector in
-    /// layout order; parameters that got no gradient contribute zeros.
-    pub fn flat_grads(&self, leaves: &[Tensor], grads: &mut Gradients) -> Vec<f32> {
-        let mut flat = vec![0f32; self.numel()];
-        for (e, leaf) in self.entries.iter().zip(leaves) {
-            if let Some(g) = grads.remove(leaf) {
-                flat[e.offset..e.offset + e.numel()].copy_from_slice(&g);
-            }
-        }
-        flat
     }
 
     /// Overwrites the parameter `name` with `values` (converted to the storage type).

@@ -80,6 +80,7 @@ fn main() {
         dh: 128,
     };
     let which = std::env::args().nth(1).unwrap_or_default();
+    if which == "gemm" { gemm_probe(); return; }
     let th: usize = std::env::args()
         .nth(2)
         .and_then(|x| x.parse().ok())
@@ -89,5 +90,21 @@ fn main() {
     }
     if which != "small" {
         bench(big, th, 3);
+    }
+}
+
+#[allow(dead_code)]
+pub fn gemm_probe() {
+    use kernels_cpu::gemm::{matmul_single, Trans};
+    for &(m, k, n, ta, tb) in &[(256, 32, 64, Trans::No, Trans::Yes), (256, 64, 32, Trans::No, Trans::No), (64, 256, 32, Trans::Yes, Trans::No), (128,128,64,Trans::No,Trans::Yes),(128,64,128,Trans::No,Trans::No),(64,128,128,Trans::Yes,Trans::No)] {
+        let a = rand_vec(m * k, 1); let b = rand_vec(k * n, 2); let mut c = vec![0.0; m * n];
+        let reps = 2000;
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let s = Instant::now();
+            for _ in 0..reps { matmul_single(&mut c, &a, &b, m, k, n, ta, tb, true); }
+            best = best.min(s.elapsed().as_secs_f64() / reps as f64);
+        }
+        println!("gemm m={m} k={k} n={n} {ta:?}{tb:?}: {:.2} us, {:.1} GFLOP/s", best * 1e6, 2.0 * (m * n * k) as f64 / best / 1e9);
     }
 }

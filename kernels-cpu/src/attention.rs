@@ -19,16 +19,18 @@
 //! Tiles entirely above the diagonal, or whose queries and keys share no document, are skipped;
 //! inside a diagonal tile only the causally visible prefix of each row is touched.
 
+mod backward;
 mod naive;
 #[cfg(test)]
 mod tests;
 mod tile;
 
+pub use backward::attention_backward;
 pub use naive::attention_naive;
 
 use crate::gemm::{matmul_single, Trans};
 use rayon::prelude::*;
-use tile::{bwd_rows, fwd_rows, gather_rows, visibility, Scratch, TilePos, Vis};
+use tile::{fwd_rows, gather_rows, visibility, Scratch, TilePos, Vis};
 
 /// Attention dimensions.
 #[derive(Clone, Copy, Debug)]
@@ -73,7 +75,7 @@ impl AttnDims {
 }
 
 /// Splits a `[B, T, width]` buffer into chunks of `tile` positions: `(b, t0, chunk)`.
-fn tile_chunks(
+pub(super) fn tile_chunks(
     buf: &mut [f32],
     t: usize,
     width: usize,
@@ -89,7 +91,7 @@ fn tile_chunks(
 }
 
 /// The forward's inputs, and tile gathers from them.
-struct Inputs<'a> {
+pub(super) struct Inputs<'a> {
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
@@ -135,7 +137,7 @@ impl Inputs<'_> {
     /// Forward for query positions `q0..q0+bq` of sequence `b`, all heads: writes `o`
     /// [bq, H, Dh] and `l` [bq, H] (logsumexp).
     fn forward_tile(&self, sc: &mut Scratch, o: &mut [f32], l: &mut [f32], b: usize, q0: usize) {
-        let AttnDims { t, h, kv, dh, .. } = self.dims;
+        let AttnDims { h, kv, dh, .. } = self.dims;
         let g = self.dims.group();
         let kbs = tile::kb();
         let bq = o.len() / (h * dh);
@@ -232,217 +234,17 @@ pub fn attention_forward(
     });
 }
 
-/// Causal GQA backward: **accumulates** `dq` [B, T, H, Dh], `dk`, `dv` [B, T, KV, Dh] from
-/// `dout` [B, T, H, Dh] and the forward's `out`, `lse` and inputs. Panics if a slice length
-/// disagrees with `dims`.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-    dout: &[f32],
-    out: &[f32],
-    lse: &[f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    seg: Option<&[u32]>,
-    dims: AttnDims,
-) {
-    dims.check(q.len(), k.len(), v.len(), seg.map(<[u32]>::len));
-    let AttnDims {
-        b: nb,
-        t,
-        h,
-        kv,
-        dh,
-    } = dims;
-    let what = "attention_backward: wrong length of";
-    assert_eq!(dq.len(), q.len(), "{what} dq [B,T,H,Dh]");
-    assert_eq!(dk.len(), k.len(), "{what} dk [B,T,KV,Dh]");
-    assert_eq!(dv.len(), v.len(), "{what} dv [B,T,KV,Dh]");
-    assert_eq!(dout.len(), q.len(), "{what} dout [B,T,H,Dh]");
-    assert_eq!(out.len(), q.len(), "{what} out [B,T,H,Dh]");
-    assert_eq!(lse.len(), nb * h * t, "{what} lse [B,H,T]");
-    if nb * t == 0 {
-        return;
-    }
-    let (qbs, kbs) = (tile::qb(), tile::kb());
-    // Dvec = rowsum(dO * O): [B, T, H].
-    let mut dvec = vec![0f32; nb * t * h];
-    dvec.par_chunks_mut(h).enumerate().for_each(|(row, d)| {
-        for (hd, x) in d.iter_mut().enumerate() {
-            let o = (row * h + hd) * dh;
-            *x = tile::dot(&dout[o..o + dh], &out[o..o + dh]);
-        }
-    });
-    let inp = Inputs { q, k, v, seg, dims };
-    let bwd = Bwd {
-        inp,
-        dout,
-        lse,
-        dvec: &dvec,
-    };
-
-    let dq_tasks: Vec<_> = tile_chunks(dq, t, h * dh, qbs).collect();
-    dq_tasks.into_par_iter().with_max_len(1).for_each_init(
-        || Scratch::new(dims.group(), dh),
-        |sc, (b, q0, c)| bwd.dq_tile(sc, c, b, q0),
-    );
-
-    let dkv_tasks: Vec<_> = tile_chunks(dk, t, kv * dh, kbs)
-        .zip(tile_chunks(dv, t, kv * dh, kbs))
-        .map(|((b, k0, ck), (_, _, cv))| (b, k0, ck, cv))
-        .collect();
-    dkv_tasks.into_par_iter().with_max_len(1).for_each_init(
-        || Scratch::new(dims.group(), dh),
-        |sc, (b, k0, ck, cv)| bwd.dkv_tile(sc, ck, cv, b, k0),
-    );
-}
-
-/// Read-only inputs of the backward passes.
-struct Bwd<'a> {
-    inp: Inputs<'a>,
-    /// [B, T, H, Dh]
-    dout: &'a [f32],
-    /// [B, H, T]
-    lse: &'a [f32],
-    /// rowsum(dO * O): [B, T, H]
-    dvec: &'a [f32],
-}
-
-impl Bwd<'_> {
-    /// Gathers the query side of KV group `kh`, positions `q0..q0+bq` of sequence `b`: scaled Q,
-    /// dO, and the logsumexp and Dvec of each stacked row (`i*G + hh`).
-    fn gather_query_side(&self, sc: &mut Scratch, b: usize, q0: usize, bq: usize, kh: usize) {
-        let AttnDims { t, h, .. } = self.inp.dims;
-        let g = self.inp.dims.group();
-        let scale = self.inp.dims.scale();
-        self.inp
-            .gather_group(&mut sc.q, self.inp.q, b, q0, bq, kh, scale);
-        self.inp
-            .gather_group(&mut sc.d_o, self.dout, b, q0, bq, kh, 1.0);
-        for i in 0..bq {
-            let d = &self.dvec[(b * t + q0 + i) * h + kh * g..][..g];
-            sc.l[i * g..(i + 1) * g].copy_from_slice(d);
-            for hh in 0..g {
-                sc.m[i * g + hh] = self.lse[(b * h + kh * g + hh) * t + q0 + i];
-            }
-        }
-    }
-
-    /// With both sides gathered, for stacked rows `r0..r0+n` (position `qa` at row `r0`) and
-    /// keys `k0..k0+bk`: `sc.s` = P and `sc.dp` = dS, both [n, bk].
-    #[allow(clippy::too_many_arguments)]
-    fn probs_and_grads(
-        &self,
-        sc: &mut Scratch,
-        b: usize,
-        qa: usize,
-        r0: usize,
-        n: usize,
-        k0: usize,
-        bk: usize,
-        vis: Vis,
-    ) {
-        let dh = self.inp.dims.dh;
-        let g = self.inp.dims.group();
-        let s = &mut sc.s[..n * bk];
-        let dp = &mut sc.dp[..n * bk];
-        a_bt(s, &sc.q[r0 * dh..], &sc.k, n, dh, bk);
-        a_bt(dp, &sc.d_o[r0 * dh..], &sc.v, n, dh, bk);
-        let seg = self.inp.seg_b(b).filter(|_| vis == Vis::Seg);
-        let pos = TilePos {
-            q0: qa,
-            g,
-            k0,
-            bk,
-            seg,
-        };
-        bwd_rows(&pos, s, dp, &sc.m[r0..r0 + n], &sc.l[r0..r0 + n]);
-    }
-
-    /// dQ for query positions `q0..q0+bq` of sequence `b`, all heads: `c` [bq, H, Dh] `+=`.
-    fn dq_tile(&self, sc: &mut Scratch, c: &mut [f32], b: usize, q0: usize) {
-        let AttnDims { h, kv, dh, .. } = self.inp.dims;
-        let g = self.inp.dims.group();
-        let kbs = tile::kb();
-        let bq = c.len() / (h * dh);
-        let (q1, rows) = (q0 + bq, g * bq);
-        let seg_b = self.inp.seg_b(b);
-        for kh in 0..kv {
-            self.gather_query_side(sc, b, q0, bq, kh);
-            sc.acc[..rows * dh].fill(0.0);
-            for k0 in (0..q1).step_by(kbs) {
-                let (qa, bk) = (q0.max(k0), kbs.min(q1 - k0));
-                let vis = visibility(seg_b, qa, q1, k0, k0 + bk);
-                if vis == Vis::Skip {
-                    continue;
-                }
-                let r0 = (qa - q0) * g;
-                let n = rows - r0;
-                self.inp.gather_kv(&mut sc.k, &mut sc.v, b, k0, bk, kh);
-                self.probs_and_grads(sc, b, qa, r0, n, k0, bk, vis);
-                ab_acc(&mut sc.acc[r0 * dh..], &sc.dp[..n * bk], &sc.k, n, bk, dh);
-            }
-            // dQ = scale · dS·K (the scores are scale · Q·Kᵀ); the G heads of row i are adjacent.
-            let scale = self.inp.dims.scale();
-            for (i, a) in sc.acc[..rows * dh].chunks_exact(g * dh).enumerate() {
-                let dst = &mut c[(i * h + kh * g) * dh..][..g * dh];
-                dst.iter_mut().zip(a).for_each(|(d, &x)| *d += scale * x);
-            }
-        }
-    }
-
-    /// dK, dV for key positions `k0..k0+bk` of sequence `b`, all KV heads: `ck`, `cv`
-    /// [bk, KV, Dh] `+=`.
-    fn dkv_tile(&self, sc: &mut Scratch, ck: &mut [f32], cv: &mut [f32], b: usize, k0: usize) {
-        let AttnDims { t, kv, dh, .. } = self.inp.dims;
-        let g = self.inp.dims.group();
-        let qbs = tile::qb();
-        let bk = ck.len() / (kv * dh);
-        let seg_b = self.inp.seg_b(b);
-        for kh in 0..kv {
-            self.inp.gather_kv(&mut sc.k, &mut sc.v, b, k0, bk, kh);
-            sc.acc[..bk * dh].fill(0.0);
-            sc.acc2[..bk * dh].fill(0.0);
-            for q0 in (k0 / qbs * qbs..t).step_by(qbs) {
-                let q1 = q0 + qbs.min(t - q0);
-                // As in the forward: rows before k0 and keys from q1 on see nothing.
-                let (qa, bkq) = (q0.max(k0), bk.min(q1 - k0));
-                let vis = visibility(seg_b, qa, q1, k0, k0 + bkq);
-                if vis == Vis::Skip {
-                    continue;
-                }
-                let n = (q1 - qa) * g;
-                self.gather_query_side(sc, b, qa, q1 - qa, kh);
-                self.probs_and_grads(sc, b, qa, 0, n, k0, bkq, vis);
-                let (p, ds) = (&sc.s[..n * bkq], &sc.dp[..n * bkq]);
-                // dV += Pᵀ·dO and dK += dSᵀ·(scale Q): the stacking sums over the group's heads.
-                at_b_acc(&mut sc.acc2, p, &sc.d_o, bkq, n, dh);
-                at_b_acc(&mut sc.acc, ds, &sc.q, bkq, n, dh);
-            }
-            let (da, va) = (&sc.acc[..bk * dh], &sc.acc2[..bk * dh]);
-            for (j, (a, w)) in da.chunks_exact(dh).zip(va.chunks_exact(dh)).enumerate() {
-                let o = (j * kv + kh) * dh;
-                ck[o..o + dh].iter_mut().zip(a).for_each(|(d, &x)| *d += x);
-                cv[o..o + dh].iter_mut().zip(w).for_each(|(d, &x)| *d += x);
-            }
-        }
-    }
-}
-
 /// `dst[m, n] = a[m, k] · b[n, k]ᵀ` on this thread.
-fn a_bt(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+pub(super) fn a_bt(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
     matmul_single(dst, a, b, m, k, n, Trans::No, Trans::Yes, false);
 }
 
 /// `dst[m, n] += a[m, k] · b[k, n]` on this thread.
-fn ab_acc(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+pub(super) fn ab_acc(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
     matmul_single(dst, a, b, m, k, n, Trans::No, Trans::No, true);
 }
 
 /// `dst[m, n] += a[k, m]ᵀ · b[k, n]` on this thread.
-fn at_b_acc(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+pub(super) fn at_b_acc(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
     matmul_single(dst, a, b, m, k, n, Trans::Yes, Trans::No, true);
 }

@@ -52,15 +52,14 @@ pub fn param_specs(c: &Qwen3Config) -> Vec<(String, Vec<usize>)> {
 /// Tensors of one decoder layer, bound for one forward.
 struct LayerTensors {
     input_norm: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
+    /// q_proj, k_proj, v_proj fused: `[(H + 2 KV) * Dh, D]`.
+    qkv: Tensor,
     o: Tensor,
     q_norm: Tensor,
     k_norm: Tensor,
     post_norm: Tensor,
-    gate: Tensor,
-    up: Tensor,
+    /// gate_proj, up_proj fused: `[2F, D]`.
+    gate_up: Tensor,
     down: Tensor,
 }
 
@@ -70,8 +69,8 @@ pub struct Bound {
     layers: Vec<LayerTensors>,
     norm: Tensor,
     lm_head: Tensor,
-    /// The leaves in layout order, for [`ParamTable::flat_grads`].
-    pub leaves: Vec<Tensor>,
+    /// `(offset, leaf)` pairs for [`ParamTable::flat_grads_at`].
+    pub leaves: Vec<(usize, Tensor)>,
 }
 
 /// A dense Qwen3 model: config, parameters and RoPE table.
@@ -112,46 +111,43 @@ impl Qwen3 {
         }
     }
 
-    /// Binds the parameters as leaves of `tape` (plain views on an inference tape).
+    /// Binds the parameters as leaves of `tape` (plain views on an inference tape); q/k/v and
+    /// gate/up are bound as fused blocks so each is one GEMM.
     pub fn bind(&self, tape: &Tape) -> Bound {
-        let leaves = self.params.leaves(tape);
-        let mut it = leaves.iter().cloned();
-        let mut next = || it.next().expect("param_specs layout");
-        let embed = next();
+        let t = &self.params;
+        let mut leaves = Vec::new();
+        let mut one = |names: &[&str]| {
+            let (offset, leaf) = if names.len() == 1 { t.leaf(tape, names[0]) } else { t.fused_leaf(tape, names) }
+                .expect("param_specs layout");
+            leaves.push((offset, leaf.clone()));
+            leaf
+        };
+        let embed = one(&["model.embed_tokens.weight"]);
         let layers = (0..self.config.num_hidden_layers)
-            .map(|_| LayerTensors {
-                input_norm: next(),
-                q: next(),
-                k: next(),
-                v: next(),
-                o: next(),
-                q_norm: next(),
-                k_norm: next(),
-                post_norm: next(),
-                gate: next(),
-                up: next(),
-                down: next(),
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                let n = |s: &str| format!("{p}.{s}.weight");
+                LayerTensors {
+                    input_norm: one(&[&n("input_layernorm")]),
+                    qkv: one(&[&n("self_attn.q_proj"), &n("self_attn.k_proj"), &n("self_attn.v_proj")]),
+                    o: one(&[&n("self_attn.o_proj")]),
+                    q_norm: one(&[&n("self_attn.q_norm")]),
+                    k_norm: one(&[&n("self_attn.k_norm")]),
+                    post_norm: one(&[&n("post_attention_layernorm")]),
+                    gate_up: one(&[&n("mlp.gate_proj"), &n("mlp.up_proj")]),
+                    down: one(&[&n("mlp.down_proj")]),
+                }
             })
             .collect();
-        let norm = next();
-        let lm_head = if self.config.tie_word_embeddings {
-            embed.clone()
-        } else {
-            next()
-        };
-        Bound {
-            embed,
-            layers,
-            norm,
-            lm_head,
-            leaves,
-        }
+        let norm = one(&["model.norm.weight"]);
+        let lm_head = if self.config.tie_word_embeddings { embed.clone() } else { one(&["lm_head.weight"]) };
+        Bound { embed, layers, norm, lm_head, leaves }
     }
 
     /// Final normalised hidden states `[B*T, D]`.
     pub fn forward_hidden(&self, tape: &Tape, p: &Bound, batch: &TokenBatch) -> Result<Tensor> {
         let c = &self.config;
-        let (h, kv, dh) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let (h, kv, dh, f) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
         let n = batch.rows();
         if let Some(&p) = batch
             .pos
@@ -174,15 +170,10 @@ impl Qwen3 {
         let mut x = ops::embedding(tape, &batch.ids, &p.embed).map_err(ag)?;
         for l in &p.layers {
             let n1 = ops::rmsnorm(tape, &x, &l.input_norm, eps).map_err(ag)?;
-            let q = ops::linear(tape, &n1, &l.q)
-                .map_err(ag)?
-                .reshape(&[n * h, dh]);
-            let k = ops::linear(tape, &n1, &l.k)
-                .map_err(ag)?
-                .reshape(&[n * kv, dh]);
-            let v = ops::linear(tape, &n1, &l.v)
-                .map_err(ag)?
-                .reshape(&[n, kv * dh]);
+            let qkv = ops::linear(tape, &n1, &l.qkv).map_err(ag)?;
+            let q = ops::slice_cols(tape, &qkv, 0, h * dh).map_err(ag)?.reshape(&[n * h, dh]);
+            let k = ops::slice_cols(tape, &qkv, h * dh, kv * dh).map_err(ag)?.reshape(&[n * kv, dh]);
+            let v = ops::slice_cols(tape, &qkv, (h + kv) * dh, kv * dh).map_err(ag)?;
             let q = ops::rmsnorm(tape, &q, &l.q_norm, eps)
                 .map_err(ag)?
                 .reshape(&[n, h * dh]);
@@ -195,8 +186,9 @@ impl Qwen3 {
             let a = ops::linear(tape, &a, &l.o).map_err(ag)?;
             x = ops::add(tape, &x, &a).map_err(ag)?;
             let n2 = ops::rmsnorm(tape, &x, &l.post_norm, eps).map_err(ag)?;
-            let g = ops::linear(tape, &n2, &l.gate).map_err(ag)?;
-            let u = ops::linear(tape, &n2, &l.up).map_err(ag)?;
+            let gu = ops::linear(tape, &n2, &l.gate_up).map_err(ag)?;
+            let g = ops::slice_cols(tape, &gu, 0, f).map_err(ag)?;
+            let u = ops::slice_cols(tape, &gu, f, f).map_err(ag)?;
             let m = ops::swiglu(tape, &g, &u).map_err(ag)?;
             let m = ops::linear(tape, &m, &l.down).map_err(ag)?;
             x = ops::add(tape, &x, &m).map_err(ag)?;

@@ -31,7 +31,7 @@ pub fn loss_and_grads(
     Ok((
         loss,
         out.count,
-        model.params.flat_grads(&bound.leaves, &mut grads),
+        model.params.flat_grads_at(&bound.leaves, &mut grads),
     ))
 }
 

@@ -7,6 +7,7 @@ mod linear;
 mod loss;
 mod norm;
 mod rope;
+mod slice;
 mod swiglu;
 
 pub use attention::attention;
@@ -16,6 +17,7 @@ pub use linear::linear;
 pub use loss::{lm_head_cross_entropy, CrossEntropyOutput};
 pub use norm::rmsnorm;
 pub use rope::rope;
+pub use slice::slice_cols;
 pub use swiglu::swiglu;
 
 use crate::error::{AutogradError, Result};
