@@ -6,18 +6,22 @@
 //! `1 / sqrt(Dh)`. Token `i` sees key `j` iff `j <= i` and (no `seg`, or `seg[b,i] == seg[b,j]`):
 //! `seg` holds the document id of every token of packed sequences. Every row sees itself.
 //!
-//! Work is split into tiles of QB query positions × KB keys (see `tile`); a query
-//! tile stacks the G = H/KV query heads that share a KV head, so one K/V tile serves G heads and
-//! the tile products are `[G*QB, Dh] · [Dh, KB]`. Per-thread scratch is O(G*QB*(KB + Dh)).
+//! Work is split into tiles of QB query positions × KB keys (`tile::QB`, `tile::KB`). A query
+//! tile stacks the G = H/KV query heads that share a KV head (row `i*G + hh`), so one K/V tile
+//! serves G heads and the tile products are `[G*QB, Dh] · [Dh, KB]` through
+//! [`matmul_single`]. Per-thread scratch is O(G*QB*(KB + Dh)), whatever T.
 //!
-//! - Forward: parallel over (batch, query tile); for each KV group, key tiles up to the diagonal
-//!   update running max / sum / output (online softmax).
-//! - Backward (FlashAttention-2 split, no races): `Dvec = rowsum(dO * O)`; one pass parallel over
-//!   (batch, query tile) producing dQ, one over (batch, key tile) producing dK, dV (summed over
-//!   the group's query heads by the stacking). Both recompute `P = exp(S - lse)` tile by tile.
+//! - Forward: parallel over (batch, query tile); per KV group, the key tiles up to the diagonal
+//!   update a running max, sum and output (online softmax); `lse = max + ln(sum)` is saved.
+//! - Backward (`backward`): `Dvec = rowsum(dO * O)`, then `P = exp(S - lse)` recomputed tile by
+//!   tile, on one of two race-free schedules: FlashAttention-2's split (a dQ pass over query
+//!   tiles, a dK/dV pass over key tiles) or a fused sweep per (batch, KV head) that saves two of
+//!   the seven tile products when B*KV tasks keep the threads busy.
 //!
-//! Tiles entirely above the diagonal, or whose queries and keys share no document, are skipped;
-//! inside a diagonal tile only the causally visible prefix of each row is touched.
+//! Tiles above the diagonal, or whose queries and keys share no document, are skipped; a tile
+//! is trimmed to the rows at or after its first key and the keys before its last query, and
+//! inside it each row touches only its causally visible prefix. Every output element is summed
+//! in a fixed order by one task, so results do not depend on the number of threads.
 
 mod backward;
 mod naive;
@@ -30,7 +34,7 @@ pub use naive::attention_naive;
 
 use crate::gemm::{matmul_single, Trans};
 use rayon::prelude::*;
-use tile::{fwd_rows, gather_rows, visibility, Scratch, TilePos, Vis};
+use tile::{fwd_rows, gather_rows, visibility, Scratch, TilePos, Vis, KB, QB};
 
 /// Attention dimensions.
 #[derive(Clone, Copy, Debug)]
@@ -75,7 +79,7 @@ impl AttnDims {
 }
 
 /// Splits a `[B, T, width]` buffer into chunks of `tile` positions: `(b, t0, chunk)`.
-pub(super) fn tile_chunks(
+fn tile_chunks(
     buf: &mut [f32],
     t: usize,
     width: usize,
@@ -91,7 +95,7 @@ pub(super) fn tile_chunks(
 }
 
 /// The forward's inputs, and tile gathers from them.
-pub(super) struct Inputs<'a> {
+struct Inputs<'a> {
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
@@ -125,7 +129,6 @@ impl Inputs<'_> {
     }
 
     /// `kt`, `vt` [bk, Dh] = KV head `kh` of `k`, `v`, positions `k0..k0+bk` of sequence `b`.
-    #[allow(clippy::too_many_arguments)]
     fn gather_kv(&self, kt: &mut [f32], vt: &mut [f32], b: usize, k0: usize, bk: usize, kh: usize) {
         let AttnDims { t, kv, dh, .. } = self.dims;
         let k_b = &self.k[b * t * kv * dh..][..t * kv * dh];
@@ -134,12 +137,27 @@ impl Inputs<'_> {
         gather_rows(vt, v_b, k0, bk, kv, kh, 1, dh, 1.0);
     }
 
+    /// Trims the tile of query positions `q0..q1` × keys `k0..k0+bk` of sequence `b`: rows
+    /// before `k0` and keys from `q1` on see nothing. Returns the first position that may see
+    /// a key, its stacked row (`(qa - q0) * G`), the key count and the tile's visibility.
+    fn trim(
+        &self,
+        b: usize,
+        q0: usize,
+        q1: usize,
+        k0: usize,
+        bk: usize,
+    ) -> (usize, usize, usize, Vis) {
+        let (qa, bk) = (q0.max(k0), bk.min(q1 - k0));
+        let vis = visibility(self.seg_b(b), qa, q1, k0, k0 + bk);
+        (qa, (qa - q0) * self.dims.group(), bk, vis)
+    }
+
     /// Forward for query positions `q0..q0+bq` of sequence `b`, all heads: writes `o`
     /// [bq, H, Dh] and `l` [bq, H] (logsumexp).
     fn forward_tile(&self, sc: &mut Scratch, o: &mut [f32], l: &mut [f32], b: usize, q0: usize) {
         let AttnDims { h, kv, dh, .. } = self.dims;
         let g = self.dims.group();
-        let kbs = tile::kb();
         let bq = o.len() / (h * dh);
         let (q1, rows) = (q0 + bq, g * bq);
         let seg_b = self.seg_b(b);
@@ -149,14 +167,11 @@ impl Inputs<'_> {
             acc.fill(0.0);
             sc.m[..rows].fill(f32::NEG_INFINITY);
             sc.l[..rows].fill(0.0);
-            for k0 in (0..q1).step_by(kbs) {
-                // Rows before position k0 and keys from q1 on see nothing: trim the tile.
-                let (qa, bk) = (q0.max(k0), kbs.min(q1 - k0));
-                let vis = visibility(seg_b, qa, q1, k0, k0 + bk);
+            for k0 in (0..q1).step_by(KB) {
+                let (qa, r0, bk, vis) = self.trim(b, q0, q1, k0, KB);
                 if vis == Vis::Skip {
                     continue;
                 }
-                let r0 = (qa - q0) * g;
                 let n = rows - r0;
                 self.gather_kv(&mut sc.k, &mut sc.v, b, k0, bk, kh);
                 let s = &mut sc.s[..n * bk];
@@ -211,14 +226,13 @@ pub fn attention_forward(
         nb * h * t,
         "attention_forward: lse is not [B,H,T]"
     );
-    if nb * t == 0 {
+    if q.is_empty() {
         return;
     }
-    let qbs = tile::qb();
     // Each task owns one (batch, query tile) of `out` and of the logsumexp in [B, T, H] order.
     let mut lse_bth = vec![0f32; nb * t * h]; // [B, T, H]
-    let tasks: Vec<_> = tile_chunks(out, t, h * dh, qbs)
-        .zip(tile_chunks(&mut lse_bth, t, h, qbs))
+    let tasks: Vec<_> = tile_chunks(out, t, h * dh, QB)
+        .zip(tile_chunks(&mut lse_bth, t, h, QB))
         .map(|((b, q0, o), (_, _, l))| (b, q0, o, l))
         .collect();
     let inp = Inputs { q, k, v, seg, dims };
@@ -235,16 +249,16 @@ pub fn attention_forward(
 }
 
 /// `dst[m, n] = a[m, k] · b[n, k]ᵀ` on this thread.
-pub(super) fn a_bt(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+fn a_bt(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
     matmul_single(dst, a, b, m, k, n, Trans::No, Trans::Yes, false);
 }
 
 /// `dst[m, n] += a[m, k] · b[k, n]` on this thread.
-pub(super) fn ab_acc(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+fn ab_acc(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
     matmul_single(dst, a, b, m, k, n, Trans::No, Trans::No, true);
 }
 
 /// `dst[m, n] += a[k, m]ᵀ · b[k, n]` on this thread.
-pub(super) fn at_b_acc(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+fn at_b_acc(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
     matmul_single(dst, a, b, m, k, n, Trans::Yes, Trans::No, true);
 }

@@ -1,3 +1,4 @@
+use super::backward::{backward_with, BwdPath};
 use super::naive::{attention_naive_lse, probs};
 use super::*;
 use crate::check::{
@@ -49,8 +50,11 @@ fn forward(
     (out, lse)
 }
 
+const PATHS: [BwdPath; 2] = [BwdPath::Split, BwdPath::Fused];
+
 /// Gradients of `sum(out * dout)` from one backward call on zeroed buffers.
 fn backward(
+    path: BwdPath,
     dout: &[f32],
     q: &[f32],
     k: &[f32],
@@ -60,7 +64,9 @@ fn backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (out, lse) = forward(q, k, v, seg, d);
     let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
-    attention_backward(&mut dq, &mut dk, &mut dv, dout, &out, &lse, q, k, v, seg, d);
+    backward_with(
+        path, &mut dq, &mut dk, &mut dv, dout, &out, &lse, q, k, v, seg, d,
+    );
     (dq, dk, dv)
 }
 
@@ -178,7 +184,7 @@ fn naive_is_softmax_of_visible_keys() {
     // Regression guard for the reference itself: T=2, one head, Dh=1, hand-computed.
     let d = dims(1, 2, 1, 1, 1);
     let out = attention_naive(&[1.0, 2.0], &[0.5, -1.0], &[3.0, 5.0], None, d);
-    let (s0, s1) = (2.0 * 0.5, 2.0 * -1.0);
+    let (s0, s1) = (2.0 * 0.5, -2.0);
     let p0 = 1.0 / (1.0 + f64::exp(s1 - s0));
     assert!((out[0] - 3.0).abs() < 1e-12 && (out[1] - (p0 * 3.0 + (1.0 - p0) * 5.0)).abs() < 1e-12);
     let seg = [4, 9];
@@ -197,48 +203,56 @@ fn backward_matches_finite_differences() {
         let seg = seg.as_deref();
         let (q, k, v) = inputs(d, 11, 2.0);
         let r = rand_vec(q.len(), 99);
-        let (dq, dk, dv) = backward(&r, &q, &k, &v, seg, d);
         let (q64, k64, v64) = (to_f64(&q), to_f64(&k), to_f64(&v));
         let eps = 1e-5;
-        let fq = finite_diff(
-            |x| dot64(&attention_naive(x, &k64, &v64, seg, d), &r),
-            &q64,
-            eps,
-        );
-        let fk = finite_diff(
-            |x| dot64(&attention_naive(&q64, x, &v64, seg, d), &r),
-            &k64,
-            eps,
-        );
-        let fv = finite_diff(
-            |x| dot64(&attention_naive(&q64, &k64, x, seg, d), &r),
-            &v64,
-            eps,
-        );
-        let what = format!("{d:?} seg={}", seg.is_some());
-        for (name, g, f) in [("dq", &dq, &fq), ("dk", &dk, &fk), ("dv", &dv, &fv)] {
-            eprintln!(
-                "{what}: {name} vs fd rel norm err {:.2e}",
-                rel_norm_err(g, &f32s(f))
-            );
+        let loss = |q: &[f64], k: &[f64], v: &[f64]| dot64(&attention_naive(q, k, v, seg, d), &r);
+        let fq = finite_diff(|x| loss(x, &k64, &v64), &q64, eps);
+        let fk = finite_diff(|x| loss(&q64, x, &v64), &k64, eps);
+        let fv = finite_diff(|x| loss(&q64, &k64, x), &v64, eps);
+        for path in PATHS {
+            let (dq, dk, dv) = backward(path, &r, &q, &k, &v, seg, d);
+            let what = format!("{path:?} {d:?} seg={}", seg.is_some());
+            for (name, g, f) in [("dq", &dq, &fq), ("dk", &dk, &fk), ("dv", &dv, &fv)] {
+                let err = rel_norm_err(g, &f32s(f));
+                eprintln!("{what}: {name} vs fd rel norm err {err:.2e}");
+                assert_grad_matches_fd(g, f, 1e-4, &format!("{what}: {name}"));
+            }
         }
-        assert_grad_matches_fd(&dq, &fq, 1e-4, &format!("{what}: dq"));
-        assert_grad_matches_fd(&dk, &fk, 1e-4, &format!("{what}: dk"));
-        assert_grad_matches_fd(&dv, &fv, 1e-4, &format!("{what}: dv"));
     }
 }
 
-/// Backward vs [`naive_backward`]: norm-wise relative error <= 1e-4 per gradient.
+/// Both backward schedules vs [`naive_backward`]: norm-wise relative error <= 1e-4 per
+/// gradient; and the schedules agree with each other to |err| <= 1e-6 + 1e-5 |ref|.
 fn check_backward(d: AttnDims, seg: Option<&[u32]>, what: &str) {
     let (q, k, v) = inputs(d, 3, 4.0);
     let r = rand_vec(q.len(), 5);
-    let (dq, dk, dv) = backward(&r, &q, &k, &v, seg, d);
-    let (wq, wk, wv) = naive_backward(&to_f64(&r), &to_f64(&q), &to_f64(&k), &to_f64(&v), seg, d);
-    for (name, got, want) in [("dq", &dq, &wq), ("dk", &dk, &wk), ("dv", &dv, &wv)] {
-        let err = rel_norm_err(got, &f32s(want));
-        let (a, _) = max_errors(got, &f32s(want));
-        eprintln!("{what}: {name} rel norm err {err:.2e}, max abs {a:.2e}");
-        assert!(err <= 1e-4, "{what}: {name} rel norm err {err:.3e} > 1e-4");
+    let want = naive_backward(&to_f64(&r), &to_f64(&q), &to_f64(&k), &to_f64(&v), seg, d);
+    let want = [f32s(&want.0), f32s(&want.1), f32s(&want.2)];
+    let split = backward(BwdPath::Split, &r, &q, &k, &v, seg, d);
+    let fused = backward(BwdPath::Fused, &r, &q, &k, &v, seg, d);
+    for (path, got) in [("split", &split), ("fused", &fused)] {
+        for (name, got, want) in [
+            ("dq", &got.0, &want[0]),
+            ("dk", &got.1, &want[1]),
+            ("dv", &got.2, &want[2]),
+        ] {
+            let err = rel_norm_err(got, want);
+            let (a, _) = max_errors(got, want);
+            eprintln!("{what} {path}: {name} rel norm err {err:.2e}, max abs {a:.2e}");
+            assert!(
+                err <= 1e-4,
+                "{what} {path}: {name} rel norm err {err:.3e} > 1e-4"
+            );
+        }
+    }
+    for (name, s, f) in [
+        ("dq", &split.0, &fused.0),
+        ("dk", &split.1, &fused.1),
+        ("dv", &split.2, &fused.2),
+    ] {
+        let (a, _) = max_errors(f, s);
+        eprintln!("{what}: {name} split vs fused max abs {a:.2e}");
+        assert_close(f, s, 1e-6, 1e-5, &format!("{what}: {name} fused vs split"));
     }
 }
 
@@ -257,37 +271,52 @@ fn backward_accumulates() {
     let seg = docs(2, 70, 2);
     let (q, k, v) = inputs(d, 21, 2.0);
     let r = rand_vec(q.len(), 22);
-    let (gq, gk, gv) = backward(&r, &q, &k, &v, Some(&seg), d);
     let (out, lse) = forward(&q, &k, &v, Some(&seg), d);
-    let (iq, ik, iv) = (
+    let init = [
         rand_vec(q.len(), 31),
         rand_vec(k.len(), 32),
         rand_vec(v.len(), 33),
+    ];
+    for path in PATHS {
+        let (gq, gk, gv) = backward(path, &r, &q, &k, &v, Some(&seg), d);
+        let [mut dq, mut dk, mut dv] = init.clone();
+        for _ in 0..2 {
+            let (dq, dk, dv) = (&mut dq, &mut dk, &mut dv);
+            backward_with(path, dq, dk, dv, &r, &out, &lse, &q, &k, &v, Some(&seg), d);
+        }
+        let got = [("dq", &dq, &gq), ("dk", &dk, &gk), ("dv", &dv, &gv)];
+        for ((name, got, g), init) in got.into_iter().zip(&init) {
+            let want: Vec<f32> = init.iter().zip(g).map(|(a, b)| a + 2.0 * b).collect();
+            assert_close(
+                got,
+                &want,
+                1e-5,
+                1e-5,
+                &format!("{path:?}: accumulate {name}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn backward_schedule_choice() {
+    assert_eq!(BwdPath::choose(16, 2), BwdPath::Fused);
+    assert_eq!(BwdPath::choose(8, 8), BwdPath::Fused);
+    assert_eq!(BwdPath::choose(1, 2), BwdPath::Split);
+    assert_eq!(BwdPath::choose(6, 4), BwdPath::Split);
+    // The public entry point runs on whichever schedule fits the pool.
+    let d = dims(1, 40, 2, 1, 8);
+    let (q, k, v) = inputs(d, 41, 1.0);
+    let r = rand_vec(q.len(), 42);
+    let (out, lse) = forward(&q, &k, &v, None, d);
+    let want = backward(BwdPath::Split, &r, &q, &k, &v, None, d);
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+    attention_backward(
+        &mut dq, &mut dk, &mut dv, &r, &out, &lse, &q, &k, &v, None, d,
     );
-    let (mut dq, mut dk, mut dv) = (iq.clone(), ik.clone(), iv.clone());
-    for _ in 0..2 {
-        attention_backward(
-            &mut dq,
-            &mut dk,
-            &mut dv,
-            &r,
-            &out,
-            &lse,
-            &q,
-            &k,
-            &v,
-            Some(&seg),
-            d,
-        );
-    }
-    for (name, got, init, g) in [
-        ("dq", &dq, &iq, &gq),
-        ("dk", &dk, &ik, &gk),
-        ("dv", &dv, &iv, &gv),
-    ] {
-        let want: Vec<f32> = init.iter().zip(g).map(|(a, b)| a + 2.0 * b).collect();
-        assert_close(got, &want, 1e-5, 1e-5, &format!("accumulate {name}"));
-    }
+    assert_close(&dq, &want.0, 1e-6, 1e-5, "public dq");
+    assert_close(&dk, &want.1, 1e-6, 1e-5, "public dk");
+    assert_close(&dv, &want.2, 1e-6, 1e-5, "public dv");
 }
 
 #[test]
@@ -301,10 +330,31 @@ fn long_sequence_multi_tile_matches_naive() {
 }
 
 #[test]
-fn empty_batch_is_a_no_op() {
-    let d = dims(0, 5, 2, 1, 4);
-    let (out, lse) = forward(&[], &[], &[], None, d);
-    assert!(out.is_empty() && lse.is_empty());
+fn empty_shapes_are_a_no_op() {
+    for d in [
+        dims(0, 5, 2, 1, 4),
+        dims(2, 0, 2, 1, 4),
+        dims(1, 3, 0, 1, 4),
+    ] {
+        let kv = vec![0.5; d.b * d.t * d.kv * d.dh];
+        let (out, lse) = forward(&[], &kv, &kv, None, d);
+        assert!(out.is_empty() && lse.is_empty());
+        let (mut dk, mut dv) = (kv.clone(), kv.clone());
+        attention_backward(
+            &mut [],
+            &mut dk,
+            &mut dv,
+            &[],
+            &[],
+            &[],
+            &[],
+            &kv,
+            &kv,
+            None,
+            d,
+        );
+        assert_eq!((dk, dv), (kv.clone(), kv), "{d:?}: untouched");
+    }
 }
 
 #[test]
