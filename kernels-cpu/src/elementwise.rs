@@ -25,7 +25,7 @@ pub fn axpy(dst: &mut [f32], scale: f32, src: &[f32]) {
         .zip(src.par_chunks(CHUNK))
         .for_each(|(d, s)| {
             for (d, &s) in d.iter_mut().zip(s) {
-                *d = s.mul_add(scale, *d);
+                *d += s * scale;
             }
         });
 }
@@ -46,7 +46,7 @@ mod tests {
         axpy(&mut acc, 0.5, &b);
         for i in 0..n {
             assert_eq!(out[i], a[i] + b[i]);
-            assert_eq!(acc[i], b[i].mul_add(0.5, a[i]));
+            assert_eq!(acc[i], a[i] + b[i] * 0.5);
         }
     }
 }

@@ -172,13 +172,15 @@ fn bench_step(
         pb.inc(1);
     }
     pb.finish_and_clear();
+    let all_step_s: Vec<f64> = times.iter().map(|t| (t * 1e4).round() / 1e4).collect();
+    let min_step_s = times.iter().cloned().fold(f64::INFINITY, f64::min);
     let step_s = median(times);
     println!(
         "{}",
         json!({
             "bench": "step", "impl": "medmoe", "preset": preset, "batch": b, "seq": t, "threads": threads,
             "tokens_per_s": (b * t) as f64 / step_s, "step_s": step_s,
-            "peak_rss_mb": peak_rss_mb(), "loss": last_loss,
+            "peak_rss_mb": peak_rss_mb(), "loss": last_loss, "min_step_s": min_step_s, "all_step_s": all_step_s,
         })
     );
     Ok(())

@@ -104,19 +104,19 @@ fn matmul_threads(
     // dst does not alias a or b (distinct borrows).
     unsafe {
         gemm::gemm(
-            m,
             n,
+            m,
             k,
             dst.as_mut_ptr(),
-            1,
             n as isize,
+            1,
             accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
             b.as_ptr(),
-            b_cs,
             b_rs,
+            b_cs,
+            a.as_ptr(),
+            a_rs,
+            a_cs,
             // gemm's alpha scales dst and beta the product (the reverse of BLAS).
             1.0,
             1.0,
