@@ -23,7 +23,8 @@ pub fn attention(
             && k.numel() == n * dims.kv * dims.dh
             && v.shape() == k.shape()
             && dims.kv > 0
-            && dims.h % dims.kv == 0
+            && dims.dh > 0
+            && dims.h.is_multiple_of(dims.kv)
             && seg.is_none_or(|s| s.len() == n),
         "attention",
         || {

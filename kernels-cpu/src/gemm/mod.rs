@@ -1,9 +1,15 @@
-//! Matrix multiply through the `gemm` crate, with every transpose the backward passes need.
+//! Matrix multiply with every transpose the backward passes need, on two backends.
 //!
 //! `matmul(dst, a, b, m, k, n, Trans, Trans, acc)` computes `dst[m,n] (+)= op(a)[m,k] · op(b)[k,n]`
 //! where `op(a)` reads `a` as `[m,k]` (no transpose) or as the transpose of a stored `[k,m]`.
-//! Transposes cost nothing: they are strides handed to `gemm`.
+//! Transposes cost nothing extra: they are strides handed to the packing routines.
+//!
+//! Backends ([`GemmBackend`]): our BLIS-style AVX2+FMA kernel (`avx2`, x86-64 only, the default
+//! where the CPU supports it) and the portable `gemm` crate (the fallback). [`matmul_with`]
+//! picks one explicitly (tests, benchmarks).
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 /// Whether an operand is read as stored or transposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trans {
@@ -14,15 +20,56 @@ pub enum Trans {
 }
 
 /// Row and column strides of an operand of logical shape `[rows, cols]`.
-fn strides(rows: usize, cols: usize, t: Trans) -> (isize, isize) {
+fn strides(rows: usize, cols: usize, t: Trans) -> (usize, usize) {
     match t {
-        Trans::No => (cols as isize, 1),
-        Trans::Yes => (1, rows as isize),
+        Trans::No => (cols, 1),
+        Trans::Yes => (1, rows),
     }
 }
 
+/// Which implementation [`matmul_with`] runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GemmBackend {
+    /// [`GemmBackend::Avx2`] when the CPU has AVX2 and FMA, else [`GemmBackend::GemmCrate`].
+    #[default]
+    Auto,
+    /// The `gemm` crate (portable).
+    GemmCrate,
+    /// Our BLIS-style x86-64 AVX2+FMA kernel (6x16 microkernel); panics where unavailable.
+    Avx2,
+}
+
+impl GemmBackend {
+    /// Whether this backend can run on this CPU (`Auto` and `GemmCrate` always can).
+    pub fn is_available(self) -> bool {
+        match self {
+            GemmBackend::Auto | GemmBackend::GemmCrate => true,
+            GemmBackend::Avx2 => avx2_available(),
+        }
+    }
+
+    /// The concrete backend `self` runs as on this CPU (resolves `Auto`).
+    pub fn resolve(self) -> GemmBackend {
+        match self {
+            GemmBackend::Auto if avx2_available() => GemmBackend::Avx2,
+            GemmBackend::Auto => GemmBackend::GemmCrate,
+            other => other,
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_available() -> bool {
+    avx2::available()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2_available() -> bool {
+    false
+}
+
 /// `dst[m,n] = op(a)[m,k] · op(b)[k,n]`, or `+=` when `accumulate`, on all threads of the
-/// current rayon pool (small products run on one).
+/// current rayon pool (small products run on one), with the default backend.
 ///
 /// Panics if a slice is shorter than its shape says (a programming error, never user input).
 #[allow(clippy::too_many_arguments)]
@@ -37,7 +84,10 @@ pub fn matmul(
     tb: Trans,
     accumulate: bool,
 ) {
-    matmul_threads(
+    let threads = rayon::current_num_threads();
+    matmul_with(
+        GemmBackend::Auto,
+        threads,
         dst,
         a,
         b,
@@ -47,7 +97,6 @@ pub fn matmul(
         ta,
         tb,
         accumulate,
-        rayon::current_num_threads(),
     );
 }
 
@@ -64,11 +113,56 @@ pub fn matmul_single(
     tb: Trans,
     accumulate: bool,
 ) {
-    matmul_threads(dst, a, b, m, k, n, ta, tb, accumulate, 1);
+    matmul_with(GemmBackend::Auto, 1, dst, a, b, m, k, n, ta, tb, accumulate);
 }
 
+/// [`matmul`] on a chosen backend and at most `threads` threads of the current rayon pool
+/// (`threads <= 1`: the calling thread only, rayon untouched; small products also run on one).
+///
+/// The `Avx2` backend's result is bitwise independent of `threads` (each element is summed in
+/// the same k order whatever the partition); the `gemm` crate gives no such promise.
+///
+/// Panics if a slice is shorter than its shape says, or if `backend` is not available
+/// ([`GemmBackend::is_available`]).
 #[allow(clippy::too_many_arguments)]
-fn matmul_threads(
+pub fn matmul_with(
+    backend: GemmBackend,
+    threads: usize,
+    dst: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: Trans,
+    tb: Trans,
+    accumulate: bool,
+) {
+    match backend.resolve() {
+        #[cfg(target_arch = "x86_64")]
+        GemmBackend::Avx2 => avx2::matmul(
+            dst,
+            a,
+            b,
+            m,
+            k,
+            n,
+            ta,
+            tb,
+            accumulate,
+            threads,
+            avx2::DEFAULT_BLOCKING,
+        ),
+        GemmBackend::GemmCrate => {
+            matmul_gemm_crate(dst, a, b, m, k, n, ta, tb, accumulate, threads)
+        }
+        other => panic!("matmul: backend {other:?} is not available on this CPU"),
+    }
+}
+
+/// The `gemm` crate backend of [`matmul_with`].
+#[allow(clippy::too_many_arguments)]
+fn matmul_gemm_crate(
     dst: &mut [f32],
     a: &[f32],
     b: &[f32],
@@ -94,6 +188,7 @@ fn matmul_threads(
     }
     let (a_rs, a_cs) = strides(m, k, ta);
     let (b_rs, b_cs) = strides(k, n, tb);
+    let (a_rs, a_cs, b_rs, b_cs) = (a_rs as isize, a_cs as isize, b_rs as isize, b_cs as isize);
     // Small products do not pay for thread hand-off.
     let par = if threads > 1 && (m * n * k) >= (1 << 16) {
         gemm::Parallelism::Rayon(threads)
@@ -147,8 +242,8 @@ pub fn matmul_naive(
         for j in 0..n {
             let mut s = 0f64;
             for p in 0..k {
-                let av = a[(i as isize * a_rs + p as isize * a_cs) as usize];
-                let bv = b[(p as isize * b_rs + j as isize * b_cs) as usize];
+                let av = a[i * a_rs + p * a_cs];
+                let bv = b[p * b_rs + j * b_cs];
                 s += av as f64 * bv as f64;
             }
             let d = &mut dst[i * n + j];
