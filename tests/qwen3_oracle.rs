@@ -13,34 +13,16 @@ const LOSS_REL: f64 = 1e-5;
 const GRAD_REL: f64 = 1e-3;
 
 fn batch_of(reference: &Checkpoint) -> (TokenBatch, Vec<i32>) {
-    let shape = reference
-        .info("input_ids")
-        .expect("input_ids")
-        .shape
-        .clone();
-    let ids: Vec<u32> = reference
-        .read_i64("input_ids")
-        .unwrap()
-        .iter()
-        .map(|&x| x as u32)
-        .collect();
-    let targets: Vec<i32> = reference
-        .read_i64("targets")
-        .unwrap()
-        .iter()
-        .map(|&x| x as i32)
-        .collect();
+    let shape = reference.info("input_ids").expect("input_ids").shape.clone();
+    let ids: Vec<u32> = reference.read_i64("input_ids").unwrap().iter().map(|&x| x as u32).collect();
+    let targets: Vec<i32> = reference.read_i64("targets").unwrap().iter().map(|&x| x as i32).collect();
     (TokenBatch::new(ids, shape[0], shape[1]).unwrap(), targets)
 }
 
 #[test]
 fn qwen3_matches_transformers_logits_loss_and_every_gradient() {
     let dirs = fixtures_with_prefix("qwen3_");
-    assert!(
-        dirs.len() >= 3,
-        "expected >= 3 qwen3 fixtures, found {}",
-        dirs.len()
-    );
+    assert!(dirs.len() >= 3, "expected >= 3 qwen3 fixtures, found {}", dirs.len());
     for dir in dirs {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let reference = open_reference(&dir);
@@ -50,42 +32,25 @@ fn qwen3_matches_transformers_logits_loss_and_every_gradient() {
         let logits = model.logits(&batch).unwrap();
         let (abs, _) = max_errors(&logits, &reference.read_f32("logits").unwrap());
         println!("{name}: logits max abs diff {abs:.3e}");
-        assert!(
-            abs <= LOGITS_MAX_ABS,
-            "{name}: logits max abs diff {abs:.3e} > {LOGITS_MAX_ABS:e}"
-        );
+        assert!(abs <= LOGITS_MAX_ABS, "{name}: logits max abs diff {abs:.3e} > {LOGITS_MAX_ABS:e}");
 
         let (loss, _, grads) = loss_and_grads(&model, &batch, &targets).unwrap();
         let want_loss = reference.read_f32("loss").unwrap()[0];
         let rel = ((loss - want_loss) as f64).abs() / (want_loss as f64).abs();
         println!("{name}: loss {loss} vs {want_loss} (rel {rel:.3e})");
-        assert!(
-            rel <= LOSS_REL,
-            "{name}: loss rel diff {rel:.3e} > {LOSS_REL:e}"
-        );
+        assert!(rel <= LOSS_REL, "{name}: loss rel diff {rel:.3e} > {LOSS_REL:e}");
 
         let mut worst = (0f64, String::new());
         for e in model.params.entries() {
-            let want = reference
-                .read_f32(&format!("grad.{}", e.name))
-                .unwrap_or_else(|err| panic!("{name}: {err}"));
+            let want = reference.read_f32(&format!("grad.{}", e.name)).unwrap_or_else(|err| panic!("{name}: {err}"));
             let got = &grads[e.offset..e.offset + e.numel()];
             let err = rel_norm_err(got, &want);
-            assert!(
-                err <= GRAD_REL,
-                "{name}: grad of {} rel err {err:.3e} > {GRAD_REL:e}",
-                e.name
-            );
+            assert!(err <= GRAD_REL, "{name}: grad of {} rel err {err:.3e} > {GRAD_REL:e}", e.name);
             if err > worst.0 {
                 worst = (err, e.name.clone());
             }
         }
-        println!(
-            "{name}: {} gradients, worst rel err {:.3e} ({})",
-            model.params.entries().len(),
-            worst.0,
-            worst.1
-        );
+        println!("{name}: {} gradients, worst rel err {:.3e} ({})", model.params.entries().len(), worst.0, worst.1);
     }
 }
 
@@ -96,23 +61,10 @@ fn load_then_save_is_bit_identical_for_every_fixture() {
         let out = tempfile::tempdir().unwrap();
         let saved = out.path().join("saved");
         model.save(&saved, None).unwrap();
-        let (a, b) = (
-            Checkpoint::open(&dir).unwrap(),
-            Checkpoint::open(&saved).unwrap(),
-        );
+        let (a, b) = (Checkpoint::open(&dir).unwrap(), Checkpoint::open(&saved).unwrap());
         for e in model.params.entries() {
-            assert_eq!(
-                a.info(&e.name).unwrap().dtype,
-                b.info(&e.name).unwrap().dtype,
-                "{}",
-                e.name
-            );
-            assert!(
-                a.bytes(&e.name).unwrap() == b.bytes(&e.name).unwrap(),
-                "{}: {} differs",
-                dir.display(),
-                e.name
-            );
+            assert_eq!(a.info(&e.name).unwrap().dtype, b.info(&e.name).unwrap().dtype, "{}", e.name);
+            assert!(a.bytes(&e.name).unwrap() == b.bytes(&e.name).unwrap(), "{}: {} differs", dir.display(), e.name);
         }
         let reloaded = Qwen3::load(&saved).unwrap();
         assert_eq!(reloaded.config, model.config, "config round trip");

@@ -19,12 +19,7 @@ pub struct AdamW {
 impl AdamW {
     /// Zero moments for `params`.
     pub fn new(params: &ParamTable, cfg: AdamWConfig) -> Self {
-        AdamW {
-            cfg,
-            m: vec![0.0; params.numel()],
-            v: vec![0.0; params.numel()],
-            step: 0,
-        }
+        AdamW { cfg, m: vec![0.0; params.numel()], v: vec![0.0; params.numel()], step: 0 }
     }
 
     /// One update with flat gradients `grads` (layout of `params`). Returns false (and does

@@ -38,11 +38,7 @@ pub struct ParamTable {
 impl ParamTable {
     /// Lays out `specs` (name, shape) in order and fills the flat buffer with `init(name, n)`.
     /// Panics on duplicate names (a programming error).
-    pub fn new(
-        specs: &[(String, Vec<usize>)],
-        dtype: DType,
-        mut init: impl FnMut(&str, usize) -> Vec<f32>,
-    ) -> Self {
+    pub fn new(specs: &[(String, Vec<usize>)], dtype: DType, mut init: impl FnMut(&str, usize) -> Vec<f32>) -> Self {
         let mut entries = Vec::with_capacity(specs.len());
         let mut index = HashMap::new();
         let mut data = Vec::new();
@@ -50,22 +46,11 @@ impl ParamTable {
             let numel: usize = shape.iter().product();
             let values = init(name, numel);
             assert_eq!(values.len(), numel, "init of {name}");
-            assert!(
-                index.insert(name.clone(), entries.len()).is_none(),
-                "duplicate parameter {name}"
-            );
-            entries.push(ParamEntry {
-                name: name.clone(),
-                shape: shape.clone(),
-                offset: data.len(),
-            });
+            assert!(index.insert(name.clone(), entries.len()).is_none(), "duplicate parameter {name}");
+            entries.push(ParamEntry { name: name.clone(), shape: shape.clone(), offset: data.len() });
             data.extend_from_slice(&values);
         }
-        ParamTable {
-            entries,
-            index,
-            storage: Arc::new(Storage::from_f32(data, dtype)),
-        }
+        ParamTable { entries, index, storage: Arc::new(Storage::from_f32(data, dtype)) }
     }
 
     /// Entries in layout order.
@@ -85,10 +70,7 @@ impl ParamTable {
 
     /// The entry called `name`.
     pub fn entry(&self, name: &str) -> Result<&ParamEntry> {
-        self.index
-            .get(name)
-            .map(|&i| &self.entries[i])
-            .ok_or_else(|| AutogradError::UnknownParam(name.into()))
+        self.index.get(name).map(|&i| &self.entries[i]).ok_or_else(|| AutogradError::UnknownParam(name.into()))
     }
 
     /// A view of the parameter called `name`.

@@ -34,18 +34,12 @@ impl Default for Tape {
 impl Tape {
     /// A recording tape.
     pub fn new() -> Self {
-        Tape {
-            recording: true,
-            inner: RefCell::default(),
-        }
+        Tape { recording: true, inner: RefCell::default() }
     }
 
     /// A no-op tape: ops run forward only, nothing is saved for backward.
     pub fn inference() -> Self {
-        Tape {
-            recording: false,
-            inner: RefCell::default(),
-        }
+        Tape { recording: false, inner: RefCell::default() }
     }
 
     /// Whether ops are recorded.
@@ -94,10 +88,7 @@ impl Tape {
             return out.with_id(None);
         }
         let id = self.fresh_id();
-        self.inner.borrow_mut().nodes.push(Node {
-            out: id,
-            backward: Box::new(backward),
-        });
+        self.inner.borrow_mut().nodes.push(Node { out: id, backward: Box::new(backward) });
         out.with_id(Some(id))
     }
 
@@ -151,8 +142,7 @@ impl Gradients {
     /// Takes the gradient buffer of `t` out so several can be borrowed at once (zeros when new,
     /// or a scratch buffer when `t` requires no gradient); give it back with [`Gradients::put`].
     pub fn take(&mut self, t: &Tensor) -> Vec<f32> {
-        t.id.and_then(|id| self.map.remove(&id))
-            .unwrap_or_else(|| vec![0.0; t.numel()])
+        t.id.and_then(|id| self.map.remove(&id)).unwrap_or_else(|| vec![0.0; t.numel()])
     }
 
     /// Returns a buffer taken with [`Gradients::take`] (dropped if `t` requires no gradient).

@@ -97,33 +97,15 @@ impl Tensor {
     /// A new f32 tensor owning `data`. Panics if `data.len()` disagrees with `shape`
     /// (a programming error).
     pub fn from_vec(data: Vec<f32>, shape: &[usize]) -> Self {
-        assert_eq!(
-            data.len(),
-            shape.iter().product::<usize>(),
-            "from_vec: {shape:?}"
-        );
-        Tensor {
-            shape: shape.to_vec(),
-            storage: Arc::new(Storage::F32(data)),
-            offset: 0,
-            id: None,
-        }
+        assert_eq!(data.len(), shape.iter().product::<usize>(), "from_vec: {shape:?}");
+        Tensor { shape: shape.to_vec(), storage: Arc::new(Storage::F32(data)), offset: 0, id: None }
     }
 
     /// A view of `shape` starting at element `offset` of shared `storage`.
     pub fn view(storage: Arc<Storage>, offset: usize, shape: &[usize]) -> Self {
         let len: usize = shape.iter().product();
-        assert!(
-            offset + len <= storage.len(),
-            "view {offset}+{len} beyond storage {}",
-            storage.len()
-        );
-        Tensor {
-            shape: shape.to_vec(),
-            storage,
-            offset,
-            id: None,
-        }
+        assert!(offset + len <= storage.len(), "view {offset}+{len} beyond storage {}", storage.len());
+        Tensor { shape: shape.to_vec(), storage, offset, id: None }
     }
 
     /// Zeros of `shape`.
@@ -158,8 +140,7 @@ impl Tensor {
 
     /// The elements as f32 (zero-copy for f32 storage).
     pub fn f32s(&self) -> Cow<'_, [f32]> {
-        self.storage
-            .f32_range(self.offset..self.offset + self.numel())
+        self.storage.f32_range(self.offset..self.offset + self.numel())
     }
 
     /// The elements copied into a new vector.
@@ -174,16 +155,8 @@ impl Tensor {
 
     /// Same data, new shape (no copy; the gradient identity is kept, since gradients are flat).
     pub fn reshape(&self, shape: &[usize]) -> Self {
-        assert_eq!(
-            self.numel(),
-            shape.iter().product::<usize>(),
-            "reshape {:?} -> {shape:?}",
-            self.shape
-        );
-        Tensor {
-            shape: shape.to_vec(),
-            ..self.clone()
-        }
+        assert_eq!(self.numel(), shape.iter().product::<usize>(), "reshape {:?} -> {shape:?}", self.shape);
+        Tensor { shape: shape.to_vec(), ..self.clone() }
     }
 
     /// Whether this tensor takes part in backward.

@@ -59,28 +59,15 @@ fn expect_clean_failure(dir: &Path, must_mention: &[&str]) -> String {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {stderr}"
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "exit code (a panic gives 101); stderr: {stderr}"
-    );
+    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "exit code (a panic gives 101); stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     for m in must_mention {
-        assert!(
-            stderr.contains(m),
-            "stderr does not mention {m:?}: {stderr}"
-        );
+        assert!(stderr.contains(m), "stderr does not mention {m:?}: {stderr}");
     }
     assert!(!out_file.exists(), "an output file was left behind");
-    let leftovers: Vec<_> = std::fs::read_dir(dir.parent().unwrap())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
-        .collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(dir.parent().unwrap()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
     assert_eq!(leftovers.len(), 1, "stray files: {leftovers:?}");
     stderr
 }
@@ -123,9 +110,7 @@ fn header_length_beyond_the_file() {
 #[test]
 fn out_of_range_offsets() {
     let (_tmp, dir) = model_copy();
-    edit_tensor(&dir, "model.norm.weight", |t| {
-        t["data_offsets"] = serde_json::json!([0, 1u64 << 40])
-    });
+    edit_tensor(&dir, "model.norm.weight", |t| t["data_offsets"] = serde_json::json!([0, 1u64 << 40]));
     expect_clean_failure(&dir, &["model.safetensors", "model.norm.weight"]);
 }
 
@@ -135,9 +120,7 @@ fn overlapping_offsets() {
     let path = dir.join("model.safetensors");
     let (header, _) = split(&path);
     let other = header["model.layers.0.input_layernorm.weight"]["data_offsets"].clone();
-    edit_tensor(&dir, "model.layers.1.input_layernorm.weight", |t| {
-        t["data_offsets"] = other
-    });
+    edit_tensor(&dir, "model.layers.1.input_layernorm.weight", |t| t["data_offsets"] = other);
     expect_clean_failure(&dir, &["model.safetensors", "input_layernorm.weight"]);
 }
 
@@ -187,10 +170,7 @@ fn shape_that_disagrees_with_config() {
     edit_config(&dir, |c| {
         c.insert("intermediate_size".into(), serde_json::json!(97));
     });
-    expect_clean_failure(
-        &dir,
-        &["model.safetensors", "mlp.gate_proj.weight", "config.json"],
-    );
+    expect_clean_failure(&dir, &["model.safetensors", "mlp.gate_proj.weight", "config.json"]);
 }
 
 #[test]
@@ -238,9 +218,6 @@ fn token_id_outside_the_vocabulary() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("99999") && stderr.contains("vocabulary"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("99999") && stderr.contains("vocabulary"), "{stderr}");
     assert!(!out_file.exists());
 }

@@ -36,13 +36,7 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        }
+        AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 }
     }
 }
 
@@ -97,17 +91,8 @@ impl Scalars {
 #[inline(always)]
 fn step_body(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], k: Scalars) {
     // torch's vectorized lerp: small weights start from m, large ones from g.
-    let (coeff, from_grad) = if k.w1.abs() < 0.5 {
-        (k.w1, 0.0)
-    } else {
-        (k.w1 - 1.0, 1.0)
-    };
-    for (((p, &g), m), v) in param
-        .iter_mut()
-        .zip(grad)
-        .zip(m.iter_mut())
-        .zip(v.iter_mut())
-    {
+    let (coeff, from_grad) = if k.w1.abs() < 0.5 { (k.w1, 0.0) } else { (k.w1 - 1.0, 1.0) };
+    for (((p, &g), m), v) in param.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut()) {
         let pd = *p * k.decay;
         let base = if from_grad == 0.0 { *m } else { g };
         let mn = (g - *m).mul_add(coeff, base);
@@ -135,19 +120,9 @@ fn step_chunk(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], k: 
 }
 
 /// One AdamW step (`step` is 1-based: the first update passes 1), updating `param`, `m`, `v`.
-pub fn adamw_step(
-    param: &mut [f32],
-    grad: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    cfg: &AdamWConfig,
-    step: u64,
-) {
+pub fn adamw_step(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], cfg: &AdamWConfig, step: u64) {
     let len = param.len();
-    assert!(
-        grad.len() == len && m.len() == len && v.len() == len,
-        "adamw: length mismatch"
-    );
+    assert!(grad.len() == len && m.len() == len && v.len() == len, "adamw: length mismatch");
     assert!(step >= 1, "adamw: step is 1-based");
     let k = Scalars::new(cfg, step);
     param
@@ -158,19 +133,9 @@ pub fn adamw_step(
 }
 
 /// Reference step in f64 with the same hyperparameters (read as [`intended_f64`]).
-pub fn adamw_naive(
-    param: &mut [f64],
-    grad: &[f64],
-    m: &mut [f64],
-    v: &mut [f64],
-    cfg: &AdamWConfig,
-    step: u64,
-) {
+pub fn adamw_naive(param: &mut [f64], grad: &[f64], m: &mut [f64], v: &mut [f64], cfg: &AdamWConfig, step: u64) {
     let len = param.len();
-    assert!(
-        grad.len() == len && m.len() == len && v.len() == len,
-        "adamw_naive: length mismatch"
-    );
+    assert!(grad.len() == len && m.len() == len && v.len() == len, "adamw_naive: length mismatch");
     assert!(step >= 1, "adamw_naive: step is 1-based");
     let lr = intended_f64(cfg.lr);
     let b1 = intended_f64(cfg.beta1);
@@ -205,35 +170,16 @@ mod tests {
         assert_eq!(intended_f64(1e-8), 1e-8f64);
         assert_eq!(intended_f64(3e-4), 3e-4f64);
         let d = AdamWConfig::default();
-        assert_eq!(
-            (d.lr, d.beta1, d.beta2, d.eps, d.weight_decay),
-            (1e-3, 0.9, 0.95, 1e-8, 0.0)
-        );
+        assert_eq!((d.lr, d.beta1, d.beta2, d.eps, d.weight_decay), (1e-3, 0.9, 0.95, 1e-8, 0.0));
     }
 
     #[test]
     fn several_steps_match_naive_with_weight_decay_and_bias_correction() {
         let cfgs = [
-            AdamWConfig {
-                lr: 1e-2,
-                weight_decay: 0.1,
-                ..Default::default()
-            },
-            AdamWConfig {
-                lr: 3e-4,
-                beta1: 0.8,
-                beta2: 0.999,
-                eps: 1e-6,
-                weight_decay: 0.01,
-            },
+            AdamWConfig { lr: 1e-2, weight_decay: 0.1, ..Default::default() },
+            AdamWConfig { lr: 3e-4, beta1: 0.8, beta2: 0.999, eps: 1e-6, weight_decay: 0.01 },
             // beta1 < 0.5: torch's lerp takes its other branch.
-            AdamWConfig {
-                lr: 1e-3,
-                beta1: 0.3,
-                beta2: 0.9,
-                eps: 1e-8,
-                weight_decay: 0.0,
-            },
+            AdamWConfig { lr: 1e-3, beta1: 0.3, beta2: 0.9, eps: 1e-8, weight_decay: 0.0 },
         ];
         for (ci, cfg) in cfgs.iter().enumerate() {
             for &len in &[1usize, 75, 100_003] {
@@ -259,27 +205,9 @@ mod tests {
                 // lr-sized update.
                 // m and v carry f32 rounding of sums of O(1) gradients: ~1e-8 absolute.
                 let lr = cfg.lr as f64;
-                assert_close(
-                    &p,
-                    &f32s(&p64),
-                    lr * 1e-4,
-                    2e-6,
-                    &format!("adamw param cfg {ci} len={len}"),
-                );
-                assert_close(
-                    &m,
-                    &f32s(&m64),
-                    1e-7,
-                    1e-5,
-                    &format!("adamw m cfg {ci} len={len}"),
-                );
-                assert_close(
-                    &v,
-                    &f32s(&v64),
-                    1e-7,
-                    1e-5,
-                    &format!("adamw v cfg {ci} len={len}"),
-                );
+                assert_close(&p, &f32s(&p64), lr * 1e-4, 2e-6, &format!("adamw param cfg {ci} len={len}"));
+                assert_close(&m, &f32s(&m64), 1e-7, 1e-5, &format!("adamw m cfg {ci} len={len}"));
+                assert_close(&v, &f32s(&v64), 1e-7, 1e-5, &format!("adamw v cfg {ci} len={len}"));
             }
         }
     }
@@ -287,21 +215,13 @@ mod tests {
     #[test]
     fn first_step_moves_by_lr_against_the_gradient_sign() {
         // At step 1, m_hat / sqrt(v_hat) = g / |g|, so p1 = p0 * (1 - lr*wd) - lr * sign(g) (up to eps).
-        let cfg = AdamWConfig {
-            lr: 0.01,
-            weight_decay: 0.5,
-            ..Default::default()
-        };
+        let cfg = AdamWConfig { lr: 0.01, weight_decay: 0.5, ..Default::default() };
         let p0 = rand_vec(1031, 3);
         let g: Vec<f32> = rand_vec(1031, 4).iter().map(|x| x + x.signum()).collect();
         let mut p = p0.clone();
         let (mut m, mut v) = (vec![0.0; 1031], vec![0.0; 1031]);
         adamw_step(&mut p, &g, &mut m, &mut v, &cfg, 1);
-        let want: Vec<f32> = p0
-            .iter()
-            .zip(&g)
-            .map(|(&p, &g)| p * (1.0 - 0.005) - 0.01 * g.signum())
-            .collect();
+        let want: Vec<f32> = p0.iter().zip(&g).map(|(&p, &g)| p * (1.0 - 0.005) - 0.01 * g.signum()).collect();
         assert_close(&p, &want, 1e-6, 0.0, "adamw first step");
     }
 }

@@ -55,10 +55,7 @@ impl AttnDims {
     /// Panics on inconsistent dimensions or slice lengths (programming errors).
     fn check(&self, q: usize, k: usize, v: usize, seg: Option<usize>) {
         let AttnDims { b, t, h, kv, dh } = *self;
-        assert!(
-            kv > 0 && h % kv == 0,
-            "attention: h={h} is not a multiple of kv={kv}"
-        );
+        assert!(kv > 0 && h % kv == 0, "attention: h={h} is not a multiple of kv={kv}");
         assert!(dh > 0, "attention: dh must be positive");
         assert_eq!(q, b * t * h * dh, "attention: q is not [B,T,H,Dh]");
         assert_eq!(k, b * t * kv * dh, "attention: k is not [B,T,KV,Dh]");
@@ -87,11 +84,7 @@ fn tile_chunks(
 ) -> impl Iterator<Item = (usize, usize, &mut [f32])> {
     buf.chunks_mut(t * width)
         .enumerate()
-        .flat_map(move |(b, seq)| {
-            seq.chunks_mut(tile * width)
-                .enumerate()
-                .map(move |(i, c)| (b, i * tile, c))
-        })
+        .flat_map(move |(b, seq)| seq.chunks_mut(tile * width).enumerate().map(move |(i, c)| (b, i * tile, c)))
 }
 
 /// The forward's inputs, and tile gathers from them.
@@ -112,16 +105,7 @@ impl Inputs<'_> {
     /// `dst` [bq*G, Dh] = `mul` × rows of the G query heads of KV group `kh`, positions
     /// `q0..q0+bq` of sequence `b` of `x` ([B, T, H, Dh]: `q` or `dout`); row `i*G + hh`.
     #[allow(clippy::too_many_arguments)]
-    fn gather_group(
-        &self,
-        dst: &mut [f32],
-        x: &[f32],
-        b: usize,
-        q0: usize,
-        bq: usize,
-        kh: usize,
-        mul: f32,
-    ) {
+    fn gather_group(&self, dst: &mut [f32], x: &[f32], b: usize, q0: usize, bq: usize, kh: usize, mul: f32) {
         let AttnDims { t, h, dh, .. } = self.dims;
         let g = self.dims.group();
         let x_b = &x[b * t * h * dh..][..t * h * dh];
@@ -140,14 +124,7 @@ impl Inputs<'_> {
     /// Trims the tile of query positions `q0..q1` × keys `k0..k0+bk` of sequence `b`: rows
     /// before `k0` and keys from `q1` on see nothing. Returns the first position that may see
     /// a key, its stacked row (`(qa - q0) * G`), the key count and the tile's visibility.
-    fn trim(
-        &self,
-        b: usize,
-        q0: usize,
-        q1: usize,
-        k0: usize,
-        bk: usize,
-    ) -> (usize, usize, usize, Vis) {
+    fn trim(&self, b: usize, q0: usize, q1: usize, k0: usize, bk: usize) -> (usize, usize, usize, Vis) {
         let (qa, bk) = (q0.max(k0), bk.min(q1 - k0));
         let vis = visibility(self.seg_b(b), qa, q1, k0, k0 + bk);
         (qa, (qa - q0) * self.dims.group(), bk, vis)
@@ -177,13 +154,7 @@ impl Inputs<'_> {
                 let s = &mut sc.s[..n * bk];
                 a_bt(s, &sc.q[r0 * dh..], &sc.k, n, dh, bk);
                 let seg = seg_b.filter(|_| vis == Vis::Seg);
-                let pos = TilePos {
-                    q0: qa,
-                    g,
-                    k0,
-                    bk,
-                    seg,
-                };
+                let pos = TilePos { q0: qa, g, k0, bk, seg };
                 let acc = &mut acc[r0 * dh..];
                 fwd_rows(&pos, s, &mut sc.m[r0..rows], &mut sc.l[r0..rows], acc, dh);
                 ab_acc(acc, s, &sc.v, n, bk, dh);
@@ -213,19 +184,9 @@ pub fn attention_forward(
     dims: AttnDims,
 ) {
     dims.check(q.len(), k.len(), v.len(), seg.map(<[u32]>::len));
-    let AttnDims {
-        b: nb, t, h, dh, ..
-    } = dims;
-    assert_eq!(
-        out.len(),
-        q.len(),
-        "attention_forward: out is not [B,T,H,Dh]"
-    );
-    assert_eq!(
-        lse.len(),
-        nb * h * t,
-        "attention_forward: lse is not [B,H,T]"
-    );
+    let AttnDims { b: nb, t, h, dh, .. } = dims;
+    assert_eq!(out.len(), q.len(), "attention_forward: out is not [B,T,H,Dh]");
+    assert_eq!(lse.len(), nb * h * t, "attention_forward: lse is not [B,H,T]");
     if q.is_empty() {
         return;
     }
@@ -236,10 +197,10 @@ pub fn attention_forward(
         .map(|((b, q0, o), (_, _, l))| (b, q0, o, l))
         .collect();
     let inp = Inputs { q, k, v, seg, dims };
-    tasks.into_par_iter().with_max_len(1).for_each_init(
-        || Scratch::new(dims.group(), dh),
-        |sc, (b, q0, o, l)| inp.forward_tile(sc, o, l, b, q0),
-    );
+    tasks
+        .into_par_iter()
+        .with_max_len(1)
+        .for_each_init(|| Scratch::new(dims.group(), dh), |sc, (b, q0, o, l)| inp.forward_tile(sc, o, l, b, q0));
     lse.par_chunks_mut(t).enumerate().for_each(|(bh, row)| {
         let (b, hd) = (bh / h, bh % h);
         for (i, x) in row.iter_mut().enumerate() {

@@ -5,9 +5,7 @@
 
 /// Deterministic uniform values in [-1, 1) from a seed (SplitMix64; no dependency).
 pub fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(0x1234_5678);
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x1234_5678);
     (0..len)
         .map(|_| {
             s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -86,10 +84,7 @@ pub fn finite_diff(f: impl Fn(&[f64]) -> f64, x: &[f64], h: f64) -> Vec<f64> {
 pub fn assert_grad_matches_fd(analytic: &[f32], fd: &[f64], tol: f64, what: &str) {
     let fd32: Vec<f32> = fd.iter().map(|&v| v as f32).collect();
     let err = rel_norm_err(analytic, &fd32);
-    assert!(
-        err <= tol,
-        "{what}: gradient vs finite differences rel err {err:.3e} > {tol:.1e}"
-    );
+    assert!(err <= tol, "{what}: gradient vs finite differences rel err {err:.3e} > {tol:.1e}");
 }
 
 /// `sum(out * r)`: the scalar the finite-difference tests differentiate, so `dout = r`.

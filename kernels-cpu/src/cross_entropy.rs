@@ -40,10 +40,7 @@ fn target_index(t: i32, v: usize) -> Option<usize> {
     if t == IGNORE_INDEX {
         return None;
     }
-    assert!(
-        t >= 0 && (t as usize) < v,
-        "cross-entropy target {t} outside vocab {v}"
-    );
+    assert!(t >= 0 && (t as usize) < v, "cross-entropy target {t} outside vocab {v}");
     Some(t as usize)
 }
 
@@ -71,17 +68,7 @@ pub fn lm_head_ce_forward(
     for start in (0..n).step_by(chunk_rows) {
         let rows = chunk_rows.min(n - start);
         let buf = &mut logits[..rows * v];
-        matmul(
-            buf,
-            &h[start * d..(start + rows) * d],
-            w,
-            rows,
-            d,
-            v,
-            Trans::No,
-            Trans::Yes,
-            false,
-        );
+        matmul(buf, &h[start * d..(start + rows) * d], w, rows, d, v, Trans::No, Trans::Yes, false);
         buf.par_chunks_mut(v)
             .zip(losses[start..start + rows].par_iter_mut())
             .zip(targets[start..start + rows].par_iter())
@@ -141,17 +128,7 @@ pub fn lm_head_ce_forward_backward(
                     }
                 }
             });
-        matmul(
-            &mut dh[start * d..(start + rows) * d],
-            buf,
-            w,
-            rows,
-            v,
-            d,
-            Trans::No,
-            Trans::No,
-            true,
-        );
+        matmul(&mut dh[start * d..(start + rows) * d], buf, w, rows, v, d, Trans::No, Trans::No, true);
         matmul(dw, buf, hc, v, rows, d, Trans::Yes, Trans::No, true);
     }
 }
@@ -189,15 +166,7 @@ mod tests {
     use crate::check::{assert_close, assert_grad_matches_fd, finite_diff, rand_vec, to_f64};
 
     fn targets(n: usize, v: usize) -> Vec<i32> {
-        (0..n)
-            .map(|i| {
-                if i % 5 == 3 {
-                    IGNORE_INDEX
-                } else {
-                    ((i * 7919 + 13) % v) as i32
-                }
-            })
-            .collect()
+        (0..n).map(|i| if i % 5 == 3 { IGNORE_INDEX } else { ((i * 7919 + 13) % v) as i32 }).collect()
     }
 
     fn naive_mean_loss(h: &[f64], w: &[f64], t: &[i32], n: usize, d: usize, v: usize) -> f64 {
@@ -216,22 +185,10 @@ mod tests {
         for chunk in [1, 5, 16, 37, 1000] {
             let mut got = vec![0f32; n];
             lm_head_ce_forward(&mut got, &h, &w, &t, n, d, v, chunk);
-            assert_close(
-                &got,
-                &want,
-                1e-5,
-                1e-5,
-                &format!("ce forward chunk {chunk}"),
-            );
+            assert_close(&got, &want, 1e-5, 1e-5, &format!("ce forward chunk {chunk}"));
             let (mut l2, mut dh, mut dw) = (vec![0f32; n], vec![0f32; n * d], vec![0f32; v * d]);
             lm_head_ce_forward_backward(&mut l2, &mut dh, &mut dw, &h, &w, &t, n, d, v, 1.0, chunk);
-            assert_close(
-                &l2,
-                &want,
-                1e-5,
-                1e-5,
-                &format!("ce fused loss chunk {chunk}"),
-            );
+            assert_close(&l2, &want, 1e-5, 1e-5, &format!("ce fused loss chunk {chunk}"));
         }
     }
 
@@ -271,10 +228,7 @@ mod tests {
         assert_close(&dw2, &want_w, 1e-5, 1e-5, "dw accumulates");
         for (i, &ti) in t.iter().enumerate() {
             if ti == IGNORE_INDEX {
-                assert!(
-                    dh1[i * d..(i + 1) * d].iter().all(|&x| x == 0.0),
-                    "ignored row {i} has grad"
-                );
+                assert!(dh1[i * d..(i + 1) * d].iter().all(|&x| x == 0.0), "ignored row {i} has grad");
                 assert_eq!(l[i], 0.0);
             }
         }

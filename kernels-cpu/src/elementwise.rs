@@ -5,29 +5,22 @@ const CHUNK: usize = 1 << 14;
 
 /// `out = a + b`.
 pub fn add_forward(out: &mut [f32], a: &[f32], b: &[f32]) {
-    assert!(
-        out.len() == a.len() && a.len() == b.len(),
-        "add: length mismatch"
-    );
-    out.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(o, (a, b))| {
-            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                *o = a + b;
-            }
-        });
+    assert!(out.len() == a.len() && a.len() == b.len(), "add: length mismatch");
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *o = a + b;
+        }
+    });
 }
 
 /// `dst += scale * src` (the backward of add with `scale = 1`, and of scaling).
 pub fn axpy(dst: &mut [f32], scale: f32, src: &[f32]) {
     assert_eq!(dst.len(), src.len(), "axpy: length mismatch");
-    dst.par_chunks_mut(CHUNK)
-        .zip(src.par_chunks(CHUNK))
-        .for_each(|(d, s)| {
-            for (d, &s) in d.iter_mut().zip(s) {
-                *d += s * scale;
-            }
-        });
+    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| {
+        for (d, &s) in d.iter_mut().zip(s) {
+            *d += s * scale;
+        }
+    });
 }
 
 #[cfg(test)]

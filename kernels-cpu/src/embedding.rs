@@ -18,15 +18,13 @@ pub fn embedding_forward(out: &mut [f32], ids: &[u32], table: &[f32], d: usize) 
     assert_eq!(table.len() % d, 0, "embedding: table must be [V, D]");
     let v = table.len() / d;
     let r = (TASK_ELEMS / d).max(1);
-    out.par_chunks_mut(r * d)
-        .zip(ids.par_chunks(r))
-        .for_each(|(out, ids)| {
-            for (o, &id) in out.chunks_exact_mut(d).zip(ids) {
-                let id = id as usize;
-                assert!(id < v, "embedding: id {id} >= vocab {v}");
-                o.copy_from_slice(&table[id * d..(id + 1) * d]);
-            }
-        });
+    out.par_chunks_mut(r * d).zip(ids.par_chunks(r)).for_each(|(out, ids)| {
+        for (o, &id) in out.chunks_exact_mut(d).zip(ids) {
+            let id = id as usize;
+            assert!(id < v, "embedding: id {id} >= vocab {v}");
+            o.copy_from_slice(&table[id * d..(id + 1) * d]);
+        }
+    });
 }
 
 /// `dtable[ids[t], :] += dout[t, :]` for every row `t`; repeated ids add up.
@@ -55,17 +53,14 @@ pub fn embedding_backward(dtable: &mut [f32], dout: &[f32], ids: &[u32], d: usiz
         next_id = id + 1;
     }
     let min_len = (TASK_ELEMS / d).max(1);
-    groups
-        .par_iter_mut()
-        .with_min_len(min_len)
-        .for_each(|(row, run)| {
-            for &t in run.iter() {
-                let src = &dout[t as usize * d..(t as usize + 1) * d];
-                for (a, &b) in row.iter_mut().zip(src) {
-                    *a += b;
-                }
+    groups.par_iter_mut().with_min_len(min_len).for_each(|(row, run)| {
+        for &t in run.iter() {
+            let src = &dout[t as usize * d..(t as usize + 1) * d];
+            for (a, &b) in row.iter_mut().zip(src) {
+                *a += b;
             }
-        });
+        }
+    });
 }
 
 /// Reference lookup in f64: `out[t, :] = table[ids[t], :]`.
@@ -80,16 +75,11 @@ pub fn embedding_naive(ids: &[u32], table: &[f64], d: usize) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::{
-        assert_close, assert_grad_matches_fd, dot64, finite_diff, rand_vec, to_f64,
-    };
+    use crate::check::{assert_close, assert_grad_matches_fd, dot64, finite_diff, rand_vec, to_f64};
 
     /// Deterministic ids in `0..v`, with many repeats when `v` is small.
     fn ids(n: usize, v: usize, seed: u64) -> Vec<u32> {
-        rand_vec(n, seed)
-            .iter()
-            .map(|&x| (((x + 1.0) * 0.5 * v as f32) as usize).min(v - 1) as u32)
-            .collect()
+        rand_vec(n, seed).iter().map(|&x| (((x + 1.0) * 0.5 * v as f32) as usize).min(v - 1) as u32).collect()
     }
 
     #[test]
@@ -99,17 +89,8 @@ mod tests {
             let id = ids(n, v, 2);
             let mut out = vec![0.0; n * d];
             embedding_forward(&mut out, &id, &table, d);
-            let want: Vec<f32> = embedding_naive(&id, &to_f64(&table), d)
-                .iter()
-                .map(|&x| x as f32)
-                .collect();
-            assert_close(
-                &out,
-                &want,
-                0.0,
-                0.0,
-                &format!("embedding forward n={n} d={d}"),
-            );
+            let want: Vec<f32> = embedding_naive(&id, &to_f64(&table), d).iter().map(|&x| x as f32).collect();
+            assert_close(&out, &want, 0.0, 0.0, &format!("embedding forward n={n} d={d}"));
         }
     }
 
@@ -121,11 +102,7 @@ mod tests {
         let r = rand_vec(id.len() * d, 4);
         let mut dtable = vec![0.0; v * d];
         embedding_backward(&mut dtable, &r, &id, d);
-        let fd = finite_diff(
-            |tv| dot64(&embedding_naive(&id, tv, d), &r),
-            &to_f64(&table),
-            1e-5,
-        );
+        let fd = finite_diff(|tv| dot64(&embedding_naive(&id, tv, d), &r), &to_f64(&table), 1e-5);
         assert_grad_matches_fd(&dtable, &fd, 1e-4, "embedding dtable");
         // Rows 1 and 2 are never looked up.
         assert!(dtable[d..3 * d].iter().all(|&x| x == 0.0));
@@ -150,20 +127,14 @@ mod tests {
             sequential(&mut want, &dout, &id, d);
             sequential(&mut want, &dout, &id, d);
             for k in [1, 2, 3, 8] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(k)
-                    .build()
-                    .unwrap();
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(k).build().unwrap();
                 let got = pool.install(|| {
                     let mut g = init.clone();
                     embedding_backward(&mut g, &dout, &id, d);
                     embedding_backward(&mut g, &dout, &id, d);
                     g
                 });
-                assert_eq!(
-                    got, want,
-                    "embedding backward n={n} v={v} d={d} threads={k}"
-                );
+                assert_eq!(got, want, "embedding backward n={n} v={v} d={d} threads={k}");
             }
         }
     }

@@ -21,12 +21,7 @@ fn rows_per_task(c: usize) -> usize {
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(&x, &y)| x * y)
-        .sum();
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(&x, &y)| x * y).sum();
     for (x, y) in ac.zip(bc) {
         for k in 0..8 {
             acc[k] += x[k] * y[k];
@@ -39,37 +34,22 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 ///
 /// `out`, `x`: `[N, C]`; `rstd`: `[N]`; `w`: `[C]`. Follows transformers' order:
 /// `rstd = 1 / sqrt(sum / C + eps)`, then `(x * rstd) * w`.
-pub fn rmsnorm_forward(
-    out: &mut [f32],
-    rstd: &mut [f32],
-    x: &[f32],
-    w: &[f32],
-    n: usize,
-    c: usize,
-    eps: f32,
-) {
+pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], n: usize, c: usize, eps: f32) {
     assert!(c > 0, "rmsnorm: c must be positive");
     assert_eq!(out.len(), n * c, "rmsnorm: out must be [N, C]");
     assert_eq!(x.len(), n * c, "rmsnorm: x must be [N, C]");
     assert_eq!(rstd.len(), n, "rmsnorm: rstd must be [N]");
     assert_eq!(w.len(), c, "rmsnorm: w must be [C]");
     let r = rows_per_task(c);
-    out.par_chunks_mut(r * c)
-        .zip(rstd.par_chunks_mut(r))
-        .zip(x.par_chunks(r * c))
-        .for_each(|((out, rstd), x)| {
-            for ((o, rs), x) in out
-                .chunks_exact_mut(c)
-                .zip(rstd.iter_mut())
-                .zip(x.chunks_exact(c))
-            {
-                let s = 1.0 / (dot(x, x) / c as f32 + eps).sqrt();
-                *rs = s;
-                for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
-                    *o = x * s * w;
-                }
+    out.par_chunks_mut(r * c).zip(rstd.par_chunks_mut(r)).zip(x.par_chunks(r * c)).for_each(|((out, rstd), x)| {
+        for ((o, rs), x) in out.chunks_exact_mut(c).zip(rstd.iter_mut()).zip(x.chunks_exact(c)) {
+            let s = 1.0 / (dot(x, x) / c as f32 + eps).sqrt();
+            *rs = s;
+            for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                *o = x * s * w;
             }
-        });
+        }
+    });
 }
 
 /// Accumulates the gradients of [`rmsnorm_forward`]: `dx += ..`, `dw += ..`.
@@ -108,21 +88,14 @@ pub fn rmsnorm_backward(
         .zip(x.par_chunks(r * c))
         .zip(rstd.par_chunks(r))
         .for_each(|((((dx, dwp), dout), x), rstd)| {
-            let rows = dx
-                .chunks_exact_mut(c)
-                .zip(dout.chunks_exact(c))
-                .zip(x.chunks_exact(c));
+            let rows = dx.chunks_exact_mut(c).zip(dout.chunks_exact(c)).zip(x.chunks_exact(c));
             for (((dx, dout), x), &s) in rows.zip(rstd) {
                 // sum(g * x) with g = dout * w, and dw += dout * x * s.
                 let mut acc = [0f32; 8];
                 let mut tail = 0f32;
                 let (dc, xc, wc) = (dout.chunks_exact(8), x.chunks_exact(8), w.chunks_exact(8));
-                for (((&d, &xv), &wv), p) in dc
-                    .remainder()
-                    .iter()
-                    .zip(xc.remainder())
-                    .zip(wc.remainder())
-                    .zip(dwp[c - c % 8..].iter_mut())
+                for (((&d, &xv), &wv), p) in
+                    dc.remainder().iter().zip(xc.remainder()).zip(wc.remainder()).zip(dwp[c - c % 8..].iter_mut())
                 {
                     tail += d * wv * xv;
                     *p += d * (xv * s);
@@ -133,9 +106,7 @@ pub fn rmsnorm_backward(
                         p[k] += d[k] * (xv[k] * s);
                     }
                 }
-                let sum = ((acc[0] + acc[4]) + (acc[1] + acc[5]))
-                    + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
-                    + tail;
+                let sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
                 let k = s * s * s * sum / c as f32;
                 for (((dx, &d), &xv), &wv) in dx.iter_mut().zip(dout).zip(x).zip(w) {
                     *dx += s * (d * wv) - k * xv;
@@ -172,9 +143,7 @@ pub fn rmsnorm_naive(x: &[f64], w: &[f64], n: usize, c: usize, eps: f64) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::{
-        assert_close, assert_grad_matches_fd, dot64, finite_diff, max_errors, rand_vec, to_f64,
-    };
+    use crate::check::{assert_close, assert_grad_matches_fd, dot64, finite_diff, max_errors, rand_vec, to_f64};
 
     const EPS: f32 = 1e-6;
 
@@ -193,20 +162,10 @@ mod tests {
             let want = f32s(&rmsnorm_naive(&to_f64(&x), &to_f64(&w), n, c, EPS as f64));
             let (abs, rel) = max_errors(&out, &want);
             eprintln!("rmsnorm forward n={n} c={c}: max abs {abs:.2e} max rel {rel:.2e}");
-            assert_close(
-                &out,
-                &want,
-                2e-6,
-                2e-6,
-                &format!("rmsnorm forward n={n} c={c}"),
-            );
+            assert_close(&out, &want, 2e-6, 2e-6, &format!("rmsnorm forward n={n} c={c}"));
             let want_rstd: Vec<f32> = (0..n)
                 .map(|i| {
-                    let ms = x[i * c..(i + 1) * c]
-                        .iter()
-                        .map(|&v| (v as f64).powi(2))
-                        .sum::<f64>()
-                        / c as f64;
+                    let ms = x[i * c..(i + 1) * c].iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / c as f64;
                     (1.0 / (ms + EPS as f64).sqrt()) as f32
                 })
                 .collect();
@@ -234,16 +193,8 @@ mod tests {
             let (dx, dw) = grads(&x, &w, &r, n, c);
             let (x64, w64) = (to_f64(&x), to_f64(&w));
             let eps = EPS as f64;
-            let fd_x = finite_diff(
-                |xv| dot64(&rmsnorm_naive(xv, &w64, n, c, eps), &r),
-                &x64,
-                1e-5,
-            );
-            let fd_w = finite_diff(
-                |wv| dot64(&rmsnorm_naive(&x64, wv, n, c, eps), &r),
-                &w64,
-                1e-5,
-            );
+            let fd_x = finite_diff(|xv| dot64(&rmsnorm_naive(xv, &w64, n, c, eps), &r), &x64, 1e-5);
+            let fd_w = finite_diff(|wv| dot64(&rmsnorm_naive(&x64, wv, n, c, eps), &r), &w64, 1e-5);
             eprintln!(
                 "rmsnorm backward n={n} c={c}: dx rel err {:.2e}, dw rel err {:.2e}",
                 crate::check::rel_norm_err(&dx, &f32s(&fd_x)),
@@ -263,11 +214,7 @@ mod tests {
         let r = rand_vec(n * c, 8);
         let (_, dw) = grads(&x, &w, &r, n, c);
         let x64 = to_f64(&x);
-        let fd_w = finite_diff(
-            |wv| dot64(&rmsnorm_naive(&x64, wv, n, c, EPS as f64), &r),
-            &to_f64(&w),
-            1e-5,
-        );
+        let fd_w = finite_diff(|wv| dot64(&rmsnorm_naive(&x64, wv, n, c, EPS as f64), &r), &to_f64(&w), 1e-5);
         assert_grad_matches_fd(&dw, &fd_w, 1e-4, "rmsnorm dw, many rows");
     }
 
@@ -298,10 +245,7 @@ mod tests {
         let w = rand_vec(c, 15);
         let r = rand_vec(n * c, 16);
         let run = |k: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(k)
-                .build()
-                .unwrap();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(k).build().unwrap();
             pool.install(|| grads(&x, &w, &r, n, c))
         };
         let one = run(1);

@@ -57,13 +57,7 @@ fn forward_body(out: &mut [f32], gate: &[f32], up: &[f32]) {
 
 #[inline(always)]
 fn backward_body(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
-    for ((((dg, du), &d), &g), &u) in dgate
-        .iter_mut()
-        .zip(dup.iter_mut())
-        .zip(dout)
-        .zip(gate)
-        .zip(up)
-    {
+    for ((((dg, du), &d), &g), &u) in dgate.iter_mut().zip(dup.iter_mut()).zip(dout).zip(gate).zip(up) {
         let (s, silu) = sigmoid_silu(g);
         // d silu / dg = s * (1 + g * (1 - s))
         let dsilu = s * g.mul_add(1.0 - s, 1.0);
@@ -111,10 +105,7 @@ fn backward_chunk(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32]
 
 /// `out = silu(gate) * up`, elementwise over slices of one length.
 pub fn swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
-    assert!(
-        out.len() == gate.len() && gate.len() == up.len(),
-        "swiglu: length mismatch"
-    );
+    assert!(out.len() == gate.len() && gate.len() == up.len(), "swiglu: length mismatch");
     out.par_chunks_mut(CHUNK)
         .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
         .for_each(|(o, (g, u))| forward_chunk(o, g, u));
@@ -123,35 +114,25 @@ pub fn swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
 /// Accumulates `dgate += dout * up * silu'(gate)` and `dup += dout * silu(gate)`.
 pub fn swiglu_backward(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
     let len = gate.len();
-    assert!(
-        dgate.len() == len && dup.len() == len && dout.len() == len && up.len() == len,
-        "swiglu: length mismatch"
-    );
+    assert!(dgate.len() == len && dup.len() == len && dout.len() == len && up.len() == len, "swiglu: length mismatch");
     dgate
         .par_chunks_mut(CHUNK)
         .zip(dup.par_chunks_mut(CHUNK))
-        .zip(
-            dout.par_chunks(CHUNK)
-                .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))),
-        )
+        .zip(dout.par_chunks(CHUNK).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))))
         .for_each(|((dg, du), (d, (g, u)))| backward_chunk(dg, du, d, g, u));
 }
 
 /// Reference forward in f64: `gate / (1 + exp(-gate)) * up`.
 pub fn swiglu_naive(gate: &[f64], up: &[f64]) -> Vec<f64> {
     assert_eq!(gate.len(), up.len(), "swiglu_naive: length mismatch");
-    gate.iter()
-        .zip(up)
-        .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
-        .collect()
+    gate.iter().zip(up).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::check::{
-        assert_close, assert_grad_matches_fd, dot64, finite_diff, max_errors, rand_vec,
-        rel_norm_err, to_f64,
+        assert_close, assert_grad_matches_fd, dot64, finite_diff, max_errors, rand_vec, rel_norm_err, to_f64,
     };
 
     fn f32s(v: &[f64]) -> Vec<f32> {
@@ -161,9 +142,7 @@ mod tests {
     /// Gates spread over [-12, 12] plus the extremes.
     fn gates(len: usize, seed: u64) -> Vec<f32> {
         let mut g: Vec<f32> = rand_vec(len, seed).iter().map(|v| 12.0 * v).collect();
-        for (slot, v) in g.iter_mut().zip([
-            100.0, -100.0, 0.0, -0.0, 87.5, -87.5, 88.0, -88.0, 30.0, -30.0,
-        ]) {
+        for (slot, v) in g.iter_mut().zip([100.0, -100.0, 0.0, -0.0, 87.5, -87.5, 88.0, -88.0, 30.0, -30.0]) {
             *slot = v;
         }
         g
@@ -188,24 +167,14 @@ mod tests {
     #[test]
     fn forward_matches_naive_on_awkward_sizes() {
         for &len in &[1usize, 10, 75, 37 * 75, 1031 * 75] {
-            let g = if len >= 10 {
-                gates(len, 1)
-            } else {
-                rand_vec(len, 1)
-            };
+            let g = if len >= 10 { gates(len, 1) } else { rand_vec(len, 1) };
             let u = rand_vec(len, 2);
             let mut out = vec![0.0; len];
             swiglu_forward(&mut out, &g, &u);
             let want = f32s(&swiglu_naive(&to_f64(&g), &to_f64(&u)));
             let (abs, rel) = max_errors(&out, &want);
             eprintln!("swiglu forward len={len}: max abs {abs:.2e} max rel {rel:.2e}");
-            assert_close(
-                &out,
-                &want,
-                1e-30,
-                1e-6,
-                &format!("swiglu forward len={len}"),
-            );
+            assert_close(&out, &want, 1e-30, 1e-6, &format!("swiglu forward len={len}"));
         }
     }
 
@@ -219,10 +188,7 @@ mod tests {
         assert!(out[1].abs() < 1e-30);
         let (mut dg, mut du) = ([0.0f32; 6], [0.0f32; 6]);
         swiglu_backward(&mut dg, &mut du, &[1.0; 6], &g, &u);
-        assert!(
-            out.iter().chain(&dg).chain(&du).all(|v| v.is_finite()),
-            "{out:?} {dg:?} {du:?}"
-        );
+        assert!(out.iter().chain(&dg).chain(&du).all(|v| v.is_finite()), "{out:?} {dg:?} {du:?}");
         assert_eq!((dg[0], du[0]), (0.5, 100.0));
         assert!(dg[1].abs() < 1e-30 && du[1].abs() < 1e-30);
     }

@@ -63,22 +63,14 @@ impl Qwen3Config {
 
     /// Parses and validates config JSON text; `path` is only used in error messages.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let json_err = |msg: String| ModelError::ConfigJson {
-            path: path.to_path_buf(),
-            msg,
-        };
+        let json_err = |msg: String| ModelError::ConfigJson { path: path.to_path_buf(), msg };
         if text.trim().is_empty() {
             return Err(json_err("file is empty".into()));
         }
         let value: Value = serde_json::from_str(text).map_err(|e| json_err(e.to_string()))?;
         let raw = match value {
             Value::Object(map) => map,
-            other => {
-                return Err(json_err(format!(
-                    "top level is {}, expected an object",
-                    describe(&other)
-                )))
-            }
+            other => return Err(json_err(format!("top level is {}, expected an object", describe(&other)))),
         };
         let r = Reader { path, raw: &raw };
 
@@ -89,26 +81,20 @@ impl Qwen3Config {
         let intermediate_size = r.required_usize("intermediate_size")?;
         let num_hidden_layers = r.required_usize("num_hidden_layers")?;
         let num_attention_heads = r.required_usize("num_attention_heads")?;
-        let num_key_value_heads = r
-            .optional_usize("num_key_value_heads")?
-            .unwrap_or(num_attention_heads);
+        let num_key_value_heads = r.optional_usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
         if num_attention_heads % num_key_value_heads != 0 {
             return Err(r.field_err(
                 "num_key_value_heads",
-                format!(
-                    "{num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"
-                ),
+                format!("{num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"),
             ));
         }
         let head_dim = r.optional_usize("head_dim")?.unwrap_or(DEFAULT_HEAD_DIM);
-        let rms_norm_eps = r
-            .optional_positive_f64(&raw, "rms_norm_eps", "rms_norm_eps")?
-            .unwrap_or(DEFAULT_RMS_NORM_EPS);
+        let rms_norm_eps =
+            r.optional_positive_f64(&raw, "rms_norm_eps", "rms_norm_eps")?.unwrap_or(DEFAULT_RMS_NORM_EPS);
         let rope_theta = r.rope_theta()?.unwrap_or(DEFAULT_ROPE_THETA);
         let tie_word_embeddings = r.optional_bool("tie_word_embeddings")?.unwrap_or(false);
-        let max_position_embeddings = r
-            .optional_usize("max_position_embeddings")?
-            .unwrap_or(DEFAULT_MAX_POSITION_EMBEDDINGS);
+        let max_position_embeddings =
+            r.optional_usize("max_position_embeddings")?.unwrap_or(DEFAULT_MAX_POSITION_EMBEDDINGS);
         let torch_dtype = match r.optional_string("torch_dtype")? {
             Some(s) => Some(s),
             None => r.optional_string("dtype")?,
@@ -166,17 +152,11 @@ impl Qwen3Config {
         } else {
             set_f64(&mut m, "rope_theta", self.rope_theta);
         }
-        m.insert(
-            "tie_word_embeddings".into(),
-            Value::Bool(self.tie_word_embeddings),
-        );
+        m.insert("tie_word_embeddings".into(), Value::Bool(self.tie_word_embeddings));
         match &self.torch_dtype {
             Some(d) => {
-                let key = if m.contains_key("dtype") && !m.contains_key("torch_dtype") {
-                    "dtype"
-                } else {
-                    "torch_dtype"
-                };
+                let key =
+                    if m.contains_key("dtype") && !m.contains_key("torch_dtype") { "dtype" } else { "torch_dtype" };
                 m.insert(key.into(), Value::String(d.clone()));
             }
             None => {
@@ -218,11 +198,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn field_err(&self, field: &str, msg: String) -> ModelError {
-        ModelError::ConfigField {
-            path: self.path.to_path_buf(),
-            field: field.to_string(),
-            msg,
-        }
+        ModelError::ConfigField { path: self.path.to_path_buf(), field: field.to_string(), msg }
     }
 
     fn unsupported(&self, field: &str, msg: String) -> ModelError {
@@ -235,12 +211,7 @@ impl Reader<'_> {
     }
 
     fn to_usize(&self, field: &str, v: &Value) -> Result<usize> {
-        let bad = || {
-            self.field_err(
-                field,
-                format!("expected a positive integer, got {}", describe(v)),
-            )
-        };
+        let bad = || self.field_err(field, format!("expected a positive integer, got {}", describe(v)));
         match v {
             Value::Number(n) => match n.as_u64() {
                 Some(0) | None => Err(bad()),
@@ -262,20 +233,12 @@ impl Reader<'_> {
     }
 
     /// A finite positive number (integers accepted) under `key` of `obj`, reported as `field`.
-    fn optional_positive_f64(
-        &self,
-        obj: &Map<String, Value>,
-        key: &str,
-        field: &str,
-    ) -> Result<Option<f64>> {
+    fn optional_positive_f64(&self, obj: &Map<String, Value>, key: &str, field: &str) -> Result<Option<f64>> {
         match obj.get(key).filter(|v| !v.is_null()) {
             None => Ok(None),
             Some(v) => match v.as_f64() {
                 Some(x) if x.is_finite() && x > 0.0 => Ok(Some(x)),
-                _ => Err(self.field_err(
-                    field,
-                    format!("expected a positive number, got {}", describe(v)),
-                )),
+                _ => Err(self.field_err(field, format!("expected a positive number, got {}", describe(v)))),
             },
         }
     }
@@ -284,9 +247,7 @@ impl Reader<'_> {
         match self.get(field) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => {
-                Err(self.field_err(field, format!("expected a boolean, got {}", describe(v))))
-            }
+            Some(v) => Err(self.field_err(field, format!("expected a boolean, got {}", describe(v)))),
         }
     }
 
@@ -294,9 +255,7 @@ impl Reader<'_> {
         match self.get(field) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(v) => {
-                Err(self.field_err(field, format!("expected a string, got {}", describe(v))))
-            }
+            Some(v) => Err(self.field_err(field, format!("expected a string, got {}", describe(v)))),
         }
     }
 
@@ -305,21 +264,15 @@ impl Reader<'_> {
         let top = self.optional_positive_f64(self.raw, "rope_theta", "rope_theta")?;
         let nested = match self.get("rope_parameters") {
             None => None,
-            Some(Value::Object(p)) => {
-                self.optional_positive_f64(p, "rope_theta", "rope_parameters.rope_theta")?
-            }
+            Some(Value::Object(p)) => self.optional_positive_f64(p, "rope_theta", "rope_parameters.rope_theta")?,
             Some(v) => {
-                return Err(self.field_err(
-                    "rope_parameters",
-                    format!("expected an object, got {}", describe(v)),
-                ))
+                return Err(self.field_err("rope_parameters", format!("expected an object, got {}", describe(v))))
             }
         };
         match (top, nested) {
-            (Some(a), Some(b)) if a != b => Err(self.field_err(
-                "rope_theta",
-                format!("{a} disagrees with rope_parameters.rope_theta {b}"),
-            )),
+            (Some(a), Some(b)) if a != b => {
+                Err(self.field_err("rope_theta", format!("{a} disagrees with rope_parameters.rope_theta {b}")))
+            }
             (Some(a), _) => Ok(Some(a)),
             (None, b) => Ok(b),
         }
@@ -331,38 +284,24 @@ impl Reader<'_> {
             match v {
                 Value::String(s) if s == "qwen3" => {}
                 Value::String(s) => {
-                    return Err(self.unsupported(
-                        "model_type",
-                        format!("model_type {s:?} is not supported, expected \"qwen3\""),
-                    ))
+                    return Err(self
+                        .unsupported("model_type", format!("model_type {s:?} is not supported, expected \"qwen3\"")))
                 }
-                _ => {
-                    return Err(self.field_err(
-                        "model_type",
-                        format!("expected a string, got {}", describe(v)),
-                    ))
-                }
+                _ => return Err(self.field_err("model_type", format!("expected a string, got {}", describe(v)))),
             }
         }
         if let Some(act) = self.optional_string("hidden_act")? {
             if act != "silu" {
-                return Err(self.unsupported(
-                    "hidden_act",
-                    format!("activation {act:?} is not supported, only \"silu\""),
-                ));
+                return Err(
+                    self.unsupported("hidden_act", format!("activation {act:?} is not supported, only \"silu\""))
+                );
             }
         }
         if self.optional_bool("attention_bias")? == Some(true) {
-            return Err(self.unsupported(
-                "attention_bias",
-                "attention biases are not supported".into(),
-            ));
+            return Err(self.unsupported("attention_bias", "attention biases are not supported".into()));
         }
         if self.optional_bool("use_sliding_window")? == Some(true) {
-            return Err(self.unsupported(
-                "use_sliding_window",
-                "sliding-window attention is not supported".into(),
-            ));
+            return Err(self.unsupported("use_sliding_window", "sliding-window attention is not supported".into()));
         }
         for field in ["rope_scaling", "rope_parameters"] {
             if let Some(v) = self.get(field) {
@@ -380,17 +319,13 @@ impl Reader<'_> {
         let ty = p.get("rope_type").or_else(|| p.get("type"));
         match ty {
             Some(Value::String(s)) if s == "default" => Ok(()),
-            Some(Value::String(s)) => Err(self.unsupported(
-                field,
-                format!("rope_type {s:?} is not supported, only \"default\" RoPE"),
-            )),
+            Some(Value::String(s)) => {
+                Err(self.unsupported(field, format!("rope_type {s:?} is not supported, only \"default\" RoPE")))
+            }
             None if field == "rope_parameters" => Ok(()),
             _ => Err(self.unsupported(
                 field,
-                format!(
-                    "RoPE scaling {} is not supported, only default RoPE",
-                    Value::Object(p.clone())
-                ),
+                format!("RoPE scaling {} is not supported, only default RoPE", Value::Object(p.clone())),
             )),
         }
     }
@@ -503,10 +438,7 @@ mod tests {
                 "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}}"#,
         )
         .unwrap_err();
-        assert!(
-            matches!(&e, ModelError::ConfigField { field, .. } if field == "rope_theta"),
-            "{e}"
-        );
+        assert!(matches!(&e, ModelError::ConfigField { field, .. } if field == "rope_theta"), "{e}");
     }
 
     #[test]
@@ -543,10 +475,7 @@ mod tests {
             ("null", "expected a positive integer, got null"),
         ] {
             let e = parse(&base(v)).unwrap_err();
-            assert!(
-                matches!(&e, ModelError::ConfigField { field, .. } if field == "vocab_size"),
-                "{e}"
-            );
+            assert!(matches!(&e, ModelError::ConfigField { field, .. } if field == "vocab_size"), "{e}");
             assert!(e.to_string().contains(want), "{e} / {want}");
             assert!(e.to_string().contains("cfg/config.json"), "{e}");
         }
@@ -559,10 +488,7 @@ mod tests {
                 "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 3}"#,
         )
         .unwrap_err();
-        assert!(
-            matches!(&e, ModelError::ConfigField { field, .. } if field == "num_key_value_heads"),
-            "{e}"
-        );
+        assert!(matches!(&e, ModelError::ConfigField { field, .. } if field == "num_key_value_heads"), "{e}");
     }
 
     #[test]
@@ -570,14 +496,8 @@ mod tests {
         let base = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
                 "num_hidden_layers": 2, "num_attention_heads": 4"#;
         for (extra, field) in [
-            (
-                r#""rope_scaling": {"rope_type": "yarn", "factor": 4.0}"#,
-                "rope_scaling",
-            ),
-            (
-                r#""rope_parameters": {"rope_type": "linear", "rope_theta": 1e6}"#,
-                "rope_parameters",
-            ),
+            (r#""rope_scaling": {"rope_type": "yarn", "factor": 4.0}"#, "rope_scaling"),
+            (r#""rope_parameters": {"rope_type": "linear", "rope_theta": 1e6}"#, "rope_parameters"),
             (r#""hidden_act": "gelu""#, "hidden_act"),
             (r#""attention_bias": true"#, "attention_bias"),
             (r#""use_sliding_window": true"#, "use_sliding_window"),
@@ -586,16 +506,10 @@ mod tests {
             let e = parse(&format!("{{{base}, {extra}}}")).unwrap_err();
             assert!(matches!(e, ModelError::Unsupported(_)), "{extra}: {e}");
             let s = e.to_string();
-            assert!(
-                s.contains(&format!("`{field}`")) && s.contains("cfg/config.json"),
-                "{s}"
-            );
+            assert!(s.contains(&format!("`{field}`")) && s.contains("cfg/config.json"), "{s}");
         }
         // default rope in rope_scaling is fine
-        parse(&format!(
-            r#"{{{base}, "rope_scaling": {{"rope_type": "default"}}}}"#
-        ))
-        .unwrap();
+        parse(&format!(r#"{{{base}, "rope_scaling": {{"rope_type": "default"}}}}"#)).unwrap();
     }
 
     #[test]

@@ -81,10 +81,7 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 impl ModelError {
     /// An [`ModelError::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ModelError::Io {
-            path: path.into(),
-            source,
-        }
+        ModelError::Io { path: path.into(), source }
     }
 }
 
@@ -99,30 +96,14 @@ mod tests {
             tensor: "lm_head.weight".into(),
             msg: "bad".into(),
         };
-        assert_eq!(
-            e.to_string(),
-            "/x/model.safetensors: tensor `lm_head.weight`: bad"
-        );
-        let e = ModelError::ConfigField {
-            path: "c.json".into(),
-            field: "vocab_size".into(),
-            msg: "missing".into(),
-        };
+        assert_eq!(e.to_string(), "/x/model.safetensors: tensor `lm_head.weight`: bad");
+        let e = ModelError::ConfigField { path: "c.json".into(), field: "vocab_size".into(), msg: "missing".into() };
         assert_eq!(e.to_string(), "c.json: field `vocab_size`: missing");
-        let e = ModelError::MissingTensor {
-            path: "m.safetensors".into(),
-            tensor: "w".into(),
-        };
+        let e = ModelError::MissingTensor { path: "m.safetensors".into(), tensor: "w".into() };
         assert_eq!(e.to_string(), "m.safetensors: missing tensor `w`");
-        let e = ModelError::io(
-            "a.json",
-            std::io::Error::new(std::io::ErrorKind::NotFound, "gone"),
-        );
+        let e = ModelError::io("a.json", std::io::Error::new(std::io::ErrorKind::NotFound, "gone"));
         assert_eq!(e.to_string(), "a.json: gone");
-        let e = ModelError::ConfigJson {
-            path: "a.json".into(),
-            msg: "file is empty".into(),
-        };
+        let e = ModelError::ConfigJson { path: "a.json".into(), msg: "file is empty".into() };
         assert_eq!(e.to_string(), "a.json: not valid JSON: file is empty");
     }
 }

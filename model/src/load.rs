@@ -4,9 +4,7 @@
 use crate::config::Qwen3Config;
 use crate::error::{ModelError, Result};
 use crate::qwen3::{param_specs, Qwen3};
-use crate::safetensors_io::{
-    f32_to_bytes, write_checkpoint_dir, Checkpoint, DType as FileDType, TensorToWrite,
-};
+use crate::safetensors_io::{f32_to_bytes, write_checkpoint_dir, Checkpoint, DType as FileDType, TensorToWrite};
 use autograd::DType;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -38,36 +36,19 @@ impl Qwen3 {
         let mut file_dtypes = Vec::with_capacity(specs.len());
         for (name, shape) in &specs {
             let info = ckpt.info(name).ok_or_else(|| ModelError::MissingTensor {
-                path: ckpt
-                    .files()
-                    .first()
-                    .cloned()
-                    .unwrap_or_else(|| dir.to_path_buf()),
+                path: ckpt.files().first().cloned().unwrap_or_else(|| dir.to_path_buf()),
                 tensor: name.clone(),
             })?;
-            let path = ckpt
-                .path_of(name)
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| dir.to_path_buf());
-            let bad = |msg: String| ModelError::Tensor {
-                path: path.clone(),
-                tensor: name.clone(),
-                msg,
-            };
+            let path = ckpt.path_of(name).map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf());
+            let bad = |msg: String| ModelError::Tensor { path: path.clone(), tensor: name.clone(), msg };
             if &info.shape != shape {
                 return Err(bad(format!(
                     "shape {:?} disagrees with config.json, which implies {:?}",
                     info.shape, shape
                 )));
             }
-            if !matches!(
-                info.dtype,
-                FileDType::F32 | FileDType::BF16 | FileDType::F16
-            ) {
-                return Err(bad(format!(
-                    "dtype {} is not a float type (F32, BF16, F16)",
-                    info.dtype.name()
-                )));
+            if !matches!(info.dtype, FileDType::F32 | FileDType::BF16 | FileDType::F16) {
+                return Err(bad(format!("dtype {} is not a float type (F32, BF16, F16)", info.dtype.name())));
             }
             if let Some(w) = want_dtype.filter(|&w| w != info.dtype) {
                 return Err(bad(format!(
@@ -79,14 +60,13 @@ impl Qwen3 {
             file_dtypes.push((name.clone(), info.dtype));
         }
         let mut error = None;
-        let mut model =
-            Qwen3::from_init(config, storage, |name, numel| match ckpt.read_f32(name) {
-                Ok(v) => v,
-                Err(e) => {
-                    error.get_or_insert(e);
-                    vec![0.0; numel]
-                }
-            });
+        let mut model = Qwen3::from_init(config, storage, |name, numel| match ckpt.read_f32(name) {
+            Ok(v) => v,
+            Err(e) => {
+                error.get_or_insert(e);
+                vec![0.0; numel]
+            }
+        });
         if let Some(e) = error {
             return Err(e);
         }
@@ -98,18 +78,11 @@ impl Qwen3 {
     /// the dtype it was loaded with (so a load/save round trip is bit-identical). The directory
     /// appears complete or not at all (written beside it, then renamed).
     pub fn save(&self, dir: &Path, max_shard_bytes: Option<u64>) -> Result<Vec<PathBuf>> {
-        let dtypes: HashMap<&str, FileDType> = self
-            .file_dtypes
-            .iter()
-            .map(|(n, d)| (n.as_str(), *d))
-            .collect();
+        let dtypes: HashMap<&str, FileDType> = self.file_dtypes.iter().map(|(n, d)| (n.as_str(), *d)).collect();
         let flat = self.params.flat();
         let mut tensors = Vec::with_capacity(self.params.entries().len());
         for e in self.params.entries() {
-            let dtype = dtypes
-                .get(e.name.as_str())
-                .copied()
-                .unwrap_or(FileDType::F32);
+            let dtype = dtypes.get(e.name.as_str()).copied().unwrap_or(FileDType::F32);
             let bytes = f32_to_bytes(&flat[e.offset..e.offset + e.numel()], dtype)?;
             tensors.push(TensorToWrite {
                 name: e.name.clone(),
@@ -120,18 +93,11 @@ impl Qwen3 {
         }
         let config = self.config.to_json_string();
         write_dir_atomically(dir, |tmp| {
-            let io = |source| ModelError::Io {
-                path: tmp.join("config.json"),
-                source,
-            };
+            let io = |source| ModelError::Io { path: tmp.join("config.json"), source };
             std::fs::write(tmp.join("config.json"), &config).map_err(io)?;
             let mut files = write_checkpoint_dir(tmp, &tensors, None, max_shard_bytes)?;
             files.push(tmp.join("config.json"));
-            Ok(files
-                .iter()
-                .filter_map(|f| f.file_name())
-                .map(|f| dir.join(f))
-                .collect())
+            Ok(files.iter().filter_map(|f| f.file_name()).map(|f| dir.join(f)).collect())
         })
     }
 }
@@ -140,34 +106,16 @@ impl Qwen3 {
 /// `dir` must not exist yet; on any error the temporary directory is removed.
 pub fn write_dir_atomically<T>(dir: &Path, fill: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     if dir.exists() {
-        return Err(ModelError::Invalid(format!(
-            "{} already exists; refusing to overwrite",
-            dir.display()
-        )));
+        return Err(ModelError::Invalid(format!("{} already exists; refusing to overwrite", dir.display())));
     }
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|source| ModelError::Io {
-        path: parent.to_path_buf(),
-        source,
-    })?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|source| ModelError::Io { path: parent.to_path_buf(), source })?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp).map_err(|source| ModelError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
+    std::fs::create_dir(&tmp).map_err(|source| ModelError::Io { path: tmp.clone(), source })?;
     let result = fill(&tmp).and_then(|v| {
-        std::fs::rename(&tmp, dir).map_err(|source| ModelError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::rename(&tmp, dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
         Ok(v)
     });
     if result.is_err() {

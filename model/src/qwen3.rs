@@ -22,10 +22,7 @@ pub(crate) fn ag(e: autograd::AutogradError) -> ModelError {
 pub fn param_specs(c: &Qwen3Config) -> Vec<(String, Vec<usize>)> {
     let (d, f, dh) = (c.hidden_size, c.intermediate_size, c.head_dim);
     let (qd, kvd) = (c.num_attention_heads * dh, c.num_key_value_heads * dh);
-    let mut specs = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![c.vocab_size, d],
-    )];
+    let mut specs = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, d])];
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
         specs.extend([
@@ -87,28 +84,12 @@ pub struct Qwen3 {
 
 impl Qwen3 {
     /// A model from `config` with parameters filled by `init(name, numel)`.
-    pub fn from_init(
-        config: Qwen3Config,
-        dtype: DType,
-        init: impl FnMut(&str, usize) -> Vec<f32>,
-    ) -> Self {
+    pub fn from_init(config: Qwen3Config, dtype: DType, init: impl FnMut(&str, usize) -> Vec<f32>) -> Self {
         let params = ParamTable::new(&param_specs(&config), dtype, init);
-        let file_dtypes = params
-            .entries()
-            .iter()
-            .map(|e| (e.name.clone(), crate::safetensors_io::DType::F32))
-            .collect();
-        let rope = Arc::new(RopeTable::new(
-            config.head_dim,
-            config.max_position_embeddings,
-            config.rope_theta,
-        ));
-        Qwen3 {
-            config,
-            params,
-            file_dtypes,
-            rope,
-        }
+        let file_dtypes =
+            params.entries().iter().map(|e| (e.name.clone(), crate::safetensors_io::DType::F32)).collect();
+        let rope = Arc::new(RopeTable::new(config.head_dim, config.max_position_embeddings, config.rope_theta));
+        Qwen3 { config, params, file_dtypes, rope }
     }
 
     /// Binds the parameters as leaves of `tape` (plain views on an inference tape); q/k/v and
@@ -149,24 +130,14 @@ impl Qwen3 {
         let c = &self.config;
         let (h, kv, dh, f) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
         let n = batch.rows();
-        if let Some(&p) = batch
-            .pos
-            .iter()
-            .find(|&&p| p as usize >= c.max_position_embeddings)
-        {
+        if let Some(&p) = batch.pos.iter().find(|&&p| p as usize >= c.max_position_embeddings) {
             return Err(ModelError::Invalid(format!(
                 "position {p} is beyond max_position_embeddings {}",
                 c.max_position_embeddings
             )));
         }
         let eps = c.rms_norm_eps as f32;
-        let dims = AttnDims {
-            b: batch.b,
-            t: batch.t,
-            h,
-            kv,
-            dh,
-        };
+        let dims = AttnDims { b: batch.b, t: batch.t, h, kv, dh };
         let mut x = ops::embedding(tape, &batch.ids, &p.embed).map_err(ag)?;
         for l in &p.layers {
             let n1 = ops::rmsnorm(tape, &x, &l.input_norm, eps).map_err(ag)?;
@@ -174,12 +145,8 @@ impl Qwen3 {
             let q = ops::slice_cols(tape, &qkv, 0, h * dh).map_err(ag)?.reshape(&[n * h, dh]);
             let k = ops::slice_cols(tape, &qkv, h * dh, kv * dh).map_err(ag)?.reshape(&[n * kv, dh]);
             let v = ops::slice_cols(tape, &qkv, (h + kv) * dh, kv * dh).map_err(ag)?;
-            let q = ops::rmsnorm(tape, &q, &l.q_norm, eps)
-                .map_err(ag)?
-                .reshape(&[n, h * dh]);
-            let k = ops::rmsnorm(tape, &k, &l.k_norm, eps)
-                .map_err(ag)?
-                .reshape(&[n, kv * dh]);
+            let q = ops::rmsnorm(tape, &q, &l.q_norm, eps).map_err(ag)?.reshape(&[n, h * dh]);
+            let k = ops::rmsnorm(tape, &k, &l.k_norm, eps).map_err(ag)?.reshape(&[n, kv * dh]);
             let q = ops::rope(tape, &q, &batch.pos, &self.rope, h).map_err(ag)?;
             let k = ops::rope(tape, &k, &batch.pos, &self.rope, kv).map_err(ag)?;
             let a = ops::attention(tape, &q, &k, &v, batch.seg.as_ref(), dims).map_err(ag)?;
@@ -198,13 +165,7 @@ impl Qwen3 {
 
     /// Mean next-token cross-entropy; `targets [B*T]` holds the token each position predicts
     /// (`-100` to ignore).
-    pub fn loss(
-        &self,
-        tape: &Tape,
-        p: &Bound,
-        batch: &TokenBatch,
-        targets: &[i32],
-    ) -> Result<CrossEntropyOutput> {
+    pub fn loss(&self, tape: &Tape, p: &Bound, batch: &TokenBatch, targets: &[i32]) -> Result<CrossEntropyOutput> {
         let hidden = self.forward_hidden(tape, p, batch)?;
         ops::lm_head_cross_entropy(tape, &hidden, &p.lm_head, targets).map_err(ag)
     }
@@ -214,9 +175,7 @@ impl Qwen3 {
         let tape = Tape::inference();
         let p = self.bind(&tape);
         let hidden = self.forward_hidden(&tape, &p, batch)?;
-        Ok(ops::linear(&tape, &hidden, &p.lm_head)
-            .map_err(ag)?
-            .to_vec())
+        Ok(ops::linear(&tape, &hidden, &p.lm_head).map_err(ag)?.to_vec())
     }
 
     /// Number of parameters (tied embeddings counted once).

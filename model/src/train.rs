@@ -18,40 +18,19 @@ pub struct StepStats {
 }
 
 /// Gradients of the mean loss, flat in the layout of `model.params`, plus the loss.
-pub fn loss_and_grads(
-    model: &Qwen3,
-    batch: &TokenBatch,
-    targets: &[i32],
-) -> Result<(f32, usize, Vec<f32>)> {
+pub fn loss_and_grads(model: &Qwen3, batch: &TokenBatch, targets: &[i32]) -> Result<(f32, usize, Vec<f32>)> {
     let tape = Tape::new();
     let bound = model.bind(&tape);
     let out = model.loss(&tape, &bound, batch, targets)?;
     let loss = out.loss.item();
     let mut grads = tape.backward(&out.loss);
-    Ok((
-        loss,
-        out.count,
-        model.params.flat_grads_at(&bound.leaves, &mut grads),
-    ))
+    Ok((loss, out.count, model.params.flat_grads_at(&bound.leaves, &mut grads)))
 }
 
 /// Forward + backward + one AdamW update.
-pub fn train_step(
-    model: &mut Qwen3,
-    opt: &mut AdamW,
-    batch: &TokenBatch,
-    targets: &[i32],
-) -> Result<StepStats> {
+pub fn train_step(model: &mut Qwen3, opt: &mut AdamW, batch: &TokenBatch, targets: &[i32]) -> Result<StepStats> {
     let (loss, tokens, grads) = loss_and_grads(model, batch, targets)?;
-    let grad_norm = grads
-        .iter()
-        .map(|&g| (g as f64) * (g as f64))
-        .sum::<f64>()
-        .sqrt() as f32;
+    let grad_norm = grads.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt() as f32;
     opt.step(&mut model.params, &grads);
-    Ok(StepStats {
-        loss,
-        grad_norm,
-        tokens,
-    })
+    Ok(StepStats { loss, grad_norm, tokens })
 }

@@ -39,11 +39,7 @@ const GOOD_HEADER: &str = r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8
 fn good_file_opens() {
     // control for the cases below: the same helper with a valid header is accepted
     let dir = tempfile::tempdir().unwrap();
-    let p = write(
-        dir.path(),
-        "ok.safetensors",
-        &st_bytes(GOOD_HEADER, &[0; 8]),
-    );
+    let p = write(dir.path(), "ok.safetensors", &st_bytes(GOOD_HEADER, &[0; 8]));
     let ck = Checkpoint::open(&p).unwrap();
     assert_eq!(ck.read_f32("w").unwrap(), vec![0.0, 0.0]);
 }
@@ -69,10 +65,7 @@ fn truncated_file() {
     let full = st_bytes(GOOD_HEADER, &[0; 8]);
     let p = write(dir.path(), "cut.safetensors", &full[..full.len() - 3]);
     let e = open_err(&p);
-    assert!(
-        matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "w"),
-        "{e}"
-    );
+    assert!(matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "w"), "{e}");
     assert_names(&e, &["cut.safetensors", "`w`", "past the end"]);
 }
 
@@ -96,11 +89,7 @@ fn header_length_beyond_file() {
 #[test]
 fn header_not_json() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(
-        dir.path(),
-        "garbage.safetensors",
-        &st_bytes("{not json!", &[]),
-    );
+    let p = write(dir.path(), "garbage.safetensors", &st_bytes("{not json!", &[]));
     let e = open_err(&p);
     assert!(matches!(e, ModelError::Safetensors { .. }), "{e}");
     assert_names(&e, &["garbage.safetensors", "not a valid JSON object"]);
@@ -132,10 +121,7 @@ fn unknown_dtype() {
     let h = r#"{"w":{"dtype":"F33","shape":[2],"data_offsets":[0,8]}}"#;
     let p = write(dir.path(), "dt.safetensors", &st_bytes(h, &[0; 8]));
     let e = open_err(&p);
-    assert!(
-        matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "w"),
-        "{e}"
-    );
+    assert!(matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "w"), "{e}");
     assert_names(&e, &["dt.safetensors", "`w`", "unknown dtype \"F33\""]);
 }
 
@@ -146,14 +132,8 @@ fn dtype_shape_vs_bytes_mismatch() {
     let h = r#"{"w":{"dtype":"BF16","shape":[3],"data_offsets":[0,8]}}"#;
     let p = write(dir.path(), "mismatch.safetensors", &st_bytes(h, &[0; 8]));
     let e = open_err(&p);
-    assert!(
-        matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "w"),
-        "{e}"
-    );
-    assert_names(
-        &e,
-        &["mismatch.safetensors", "`w`", "needs 6 bytes", "span 8"],
-    );
+    assert!(matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "w"), "{e}");
+    assert_names(&e, &["mismatch.safetensors", "`w`", "needs 6 bytes", "span 8"]);
 }
 
 #[test]
@@ -162,14 +142,8 @@ fn out_of_range_offsets() {
     let h = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"far":{"dtype":"F32","shape":[1],"data_offsets":[64,68]}}"#;
     let p = write(dir.path(), "range.safetensors", &st_bytes(h, &[0; 8]));
     let e = open_err(&p);
-    assert!(
-        matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "far"),
-        "{e}"
-    );
-    assert_names(
-        &e,
-        &["range.safetensors", "`far`", "[64, 68]", "past the end"],
-    );
+    assert!(matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "far"), "{e}");
+    assert_names(&e, &["range.safetensors", "`far`", "[64, 68]", "past the end"]);
 }
 
 #[test]
@@ -178,10 +152,7 @@ fn reversed_offsets() {
     let h = r#"{"r":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}}"#;
     let p = write(dir.path(), "rev.safetensors", &st_bytes(h, &[0; 8]));
     let e = open_err(&p);
-    assert!(
-        matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "r"),
-        "{e}"
-    );
+    assert!(matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "r"), "{e}");
     assert_names(&e, &["rev.safetensors", "`r`", "reversed"]);
 }
 
@@ -191,10 +162,7 @@ fn overlapping_offsets() {
     let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
     let p = write(dir.path(), "overlap.safetensors", &st_bytes(h, &[0; 12]));
     let e = open_err(&p);
-    assert!(
-        matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "b"),
-        "{e}"
-    );
+    assert!(matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "b"), "{e}");
     assert_names(&e, &["overlap.safetensors", "`b`", "overlap tensor `a`"]);
 }
 
@@ -204,21 +172,14 @@ fn gap_between_tensors() {
     let h = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#;
     let p = write(dir.path(), "gap.safetensors", &st_bytes(h, &[0; 12]));
     let e = open_err(&p);
-    assert!(
-        matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "b"),
-        "{e}"
-    );
+    assert!(matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "b"), "{e}");
     assert_names(&e, &["gap.safetensors", "`b`", "gap", "[4, 8)"]);
 }
 
 #[test]
 fn trailing_data_not_covered() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(
-        dir.path(),
-        "tail.safetensors",
-        &st_bytes(GOOD_HEADER, &[0; 12]),
-    );
+    let p = write(dir.path(), "tail.safetensors", &st_bytes(GOOD_HEADER, &[0; 12]));
     let e = open_err(&p);
     assert!(matches!(e, ModelError::Safetensors { .. }), "{e}");
     assert_names(&e, &["tail.safetensors", "4 trailing bytes"]);
@@ -230,10 +191,7 @@ fn duplicate_tensor_in_header() {
     let h = r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
     let p = write(dir.path(), "dup.safetensors", &st_bytes(h, &[0; 8]));
     let e = open_err(&p);
-    assert!(
-        matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "w"),
-        "{e}"
-    );
+    assert!(matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "w"), "{e}");
     assert_names(&e, &["dup.safetensors", "twice"]);
 }
 
@@ -248,11 +206,7 @@ fn missing_file_is_io() {
 #[test]
 fn missing_tensor_lookup() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(
-        dir.path(),
-        "ok.safetensors",
-        &st_bytes(GOOD_HEADER, &[0; 8]),
-    );
+    let p = write(dir.path(), "ok.safetensors", &st_bytes(GOOD_HEADER, &[0; 8]));
     let ck = Checkpoint::open(&p).unwrap();
     let e = ck.read_f32("lm_head.weight").unwrap_err();
     assert!(matches!(e, ModelError::MissingTensor { .. }), "{e}");
@@ -275,26 +229,14 @@ fn index_naming_a_missing_shard() {
     fs::remove_file(&files[1]).unwrap();
     let e = open_err(dir.path());
     assert!(matches!(e, ModelError::Safetensors { .. }), "{e}");
-    assert_names(
-        &e,
-        &[
-            "model.safetensors.index.json",
-            "model-00002-of-00002.safetensors",
-            "`b`",
-            "does not exist",
-        ],
-    );
+    assert_names(&e, &["model.safetensors.index.json", "model-00002-of-00002.safetensors", "`b`", "does not exist"]);
 }
 
 #[test]
 fn index_not_json() {
     let dir = tempfile::tempdir().unwrap();
     two_shards(dir.path());
-    write(
-        dir.path(),
-        "model.safetensors.index.json",
-        b"{\"weight_map\": ",
-    );
+    write(dir.path(), "model.safetensors.index.json", b"{\"weight_map\": ");
     let e = open_err(dir.path());
     assert!(matches!(e, ModelError::Safetensors { .. }), "{e}");
     assert_names(&e, &["model.safetensors.index.json", "JSON"]);
@@ -308,18 +250,8 @@ fn index_lists_tensor_the_shard_lacks() {
         "b": "model-00002-of-00002.safetensors", "ghost": "model-00001-of-00002.safetensors"}}"#;
     write(dir.path(), "model.safetensors.index.json", idx.as_bytes());
     let e = open_err(dir.path());
-    assert!(
-        matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "ghost"),
-        "{e}"
-    );
-    assert_names(
-        &e,
-        &[
-            "model-00001-of-00002.safetensors",
-            "`ghost`",
-            "missing from this shard",
-        ],
-    );
+    assert!(matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "ghost"), "{e}");
+    assert_names(&e, &["model-00001-of-00002.safetensors", "`ghost`", "missing from this shard"]);
 }
 
 #[test]
@@ -330,17 +262,10 @@ fn tensor_in_two_shards() {
     let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#;
     fs::write(&files[1], st_bytes(h, &[0; 16])).unwrap();
     let e = open_err(dir.path());
-    assert!(
-        matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "a"),
-        "{e}"
-    );
+    assert!(matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "a"), "{e}");
     assert_names(
         &e,
-        &[
-            "model-00002-of-00002.safetensors",
-            "`a`",
-            "also present in shard `model-00001-of-00002.safetensors`",
-        ],
+        &["model-00002-of-00002.safetensors", "`a`", "also present in shard `model-00001-of-00002.safetensors`"],
     );
 }
 
@@ -351,10 +276,7 @@ fn index_shard_path_escaping_the_directory() {
     let idx = r#"{"weight_map": {"a": "../model-00001-of-00002.safetensors"}}"#;
     write(dir.path(), "model.safetensors.index.json", idx.as_bytes());
     let e = open_err(dir.path());
-    assert!(
-        matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "a"),
-        "{e}"
-    );
+    assert!(matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "a"), "{e}");
     assert_names(&e, &["model.safetensors.index.json", "relative path"]);
 }
 
@@ -371,16 +293,9 @@ fn config_err(dir: &Path, name: &str, text: &str) -> ModelError {
 #[test]
 fn config_control_is_valid() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(
-        dir.path(),
-        "config.json",
-        format!("{{{MINIMAL}}}").as_bytes(),
-    );
+    let p = write(dir.path(), "config.json", format!("{{{MINIMAL}}}").as_bytes());
     let c = Qwen3Config::from_file(&p).unwrap();
-    assert_eq!(
-        (c.vocab_size, c.num_key_value_heads, c.head_dim),
-        (64, 4, 128)
-    );
+    assert_eq!((c.vocab_size, c.num_key_value_heads, c.head_dim), (64, 4, 128));
 }
 
 #[test]
@@ -396,66 +311,34 @@ fn config_missing_field() {
     let dir = tempfile::tempdir().unwrap();
     let text = format!("{{{}}}", MINIMAL.replace(r#""hidden_size": 16,"#, ""));
     let e = config_err(dir.path(), "nohidden.json", &text);
-    assert!(
-        matches!(&e, ModelError::ConfigField { field, .. } if field == "hidden_size"),
-        "{e}"
-    );
+    assert!(matches!(&e, ModelError::ConfigField { field, .. } if field == "hidden_size"), "{e}");
     assert_names(&e, &["nohidden.json", "`hidden_size`", "missing"]);
 }
 
 #[test]
 fn config_wrong_type() {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "{{{}}}",
-        MINIMAL.replace(r#""vocab_size": 64"#, r#""vocab_size": "256""#)
-    );
+    let text = format!("{{{}}}", MINIMAL.replace(r#""vocab_size": 64"#, r#""vocab_size": "256""#));
     let e = config_err(dir.path(), "strvocab.json", &text);
-    assert!(
-        matches!(&e, ModelError::ConfigField { field, .. } if field == "vocab_size"),
-        "{e}"
-    );
-    assert_names(
-        &e,
-        &[
-            "strvocab.json",
-            "`vocab_size`",
-            "expected a positive integer, got string \"256\"",
-        ],
-    );
+    assert!(matches!(&e, ModelError::ConfigField { field, .. } if field == "vocab_size"), "{e}");
+    assert_names(&e, &["strvocab.json", "`vocab_size`", "expected a positive integer, got string \"256\""]);
 }
 
 #[test]
 fn config_integer_given_as_float() {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "{{{}}}",
-        MINIMAL.replace(r#""vocab_size": 64"#, r#""vocab_size": 256.0"#)
-    );
+    let text = format!("{{{}}}", MINIMAL.replace(r#""vocab_size": 64"#, r#""vocab_size": 256.0"#));
     let e = config_err(dir.path(), "floatvocab.json", &text);
-    assert!(
-        matches!(&e, ModelError::ConfigField { field, .. } if field == "vocab_size"),
-        "{e}"
-    );
+    assert!(matches!(&e, ModelError::ConfigField { field, .. } if field == "vocab_size"), "{e}");
     assert_names(&e, &["floatvocab.json", "`vocab_size`", "256.0"]);
 }
 
 #[test]
 fn config_wrong_bool_type() {
     let dir = tempfile::tempdir().unwrap();
-    let e = config_err(
-        dir.path(),
-        "tie.json",
-        &format!(r#"{{{MINIMAL}, "tie_word_embeddings": "true"}}"#),
-    );
-    assert!(
-        matches!(&e, ModelError::ConfigField { field, .. } if field == "tie_word_embeddings"),
-        "{e}"
-    );
-    assert_names(
-        &e,
-        &["tie.json", "`tie_word_embeddings`", "expected a boolean"],
-    );
+    let e = config_err(dir.path(), "tie.json", &format!(r#"{{{MINIMAL}, "tie_word_embeddings": "true"}}"#));
+    assert!(matches!(&e, ModelError::ConfigField { field, .. } if field == "tie_word_embeddings"), "{e}");
+    assert_names(&e, &["tie.json", "`tie_word_embeddings`", "expected a boolean"]);
 }
 
 #[test]
@@ -494,11 +377,7 @@ fn config_unsupported_rope_scaling() {
 #[test]
 fn config_unsupported_attention_bias() {
     let dir = tempfile::tempdir().unwrap();
-    let e = config_err(
-        dir.path(),
-        "bias.json",
-        &format!(r#"{{{MINIMAL}, "attention_bias": true}}"#),
-    );
+    let e = config_err(dir.path(), "bias.json", &format!(r#"{{{MINIMAL}, "attention_bias": true}}"#));
     assert!(matches!(e, ModelError::Unsupported(_)), "{e}");
     assert_names(&e, &["bias.json", "`attention_bias`"]);
 }
@@ -506,11 +385,7 @@ fn config_unsupported_attention_bias() {
 #[test]
 fn config_unsupported_model_type() {
     let dir = tempfile::tempdir().unwrap();
-    let e = config_err(
-        dir.path(),
-        "llama.json",
-        &format!(r#"{{{MINIMAL}, "model_type": "llama"}}"#),
-    );
+    let e = config_err(dir.path(), "llama.json", &format!(r#"{{{MINIMAL}, "model_type": "llama"}}"#));
     assert!(matches!(e, ModelError::Unsupported(_)), "{e}");
     assert_names(&e, &["llama.json", "`model_type`", "llama"]);
 }

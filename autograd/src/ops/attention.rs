@@ -27,26 +27,11 @@ pub fn attention(
             && dims.h.is_multiple_of(dims.kv)
             && seg.is_none_or(|s| s.len() == n),
         "attention",
-        || {
-            format!(
-                "q {:?} k {:?} v {:?} for {dims:?}",
-                q.shape(),
-                k.shape(),
-                v.shape()
-            )
-        },
+        || format!("q {:?} k {:?} v {:?} for {dims:?}", q.shape(), k.shape(), v.shape()),
     )?;
     let mut out = vec![0f32; q.numel()];
     let mut lse = vec![0f32; dims.b * dims.h * dims.t];
-    attention_forward(
-        &mut out,
-        &mut lse,
-        &q.f32s(),
-        &k.f32s(),
-        &v.f32s(),
-        seg.map(|s| &s[..]),
-        dims,
-    );
+    attention_forward(&mut out, &mut lse, &q.f32s(), &k.f32s(), &v.f32s(), seg.map(|s| &s[..]), dims);
     let out = Tensor::from_vec(out, q.shape());
     if !tape.needs_grad(&[q, k, v]) {
         return Ok(out);

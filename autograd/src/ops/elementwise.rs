@@ -8,16 +8,12 @@ use kernels_cpu::elementwise::{add_forward, axpy};
 
 /// `a + b` (same shapes).
 pub fn add(tape: &Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    ensure(a.shape() == b.shape(), "add", || {
-        format!("{:?} vs {:?}", a.shape(), b.shape())
-    })?;
+    ensure(a.shape() == b.shape(), "add", || format!("{:?} vs {:?}", a.shape(), b.shape()))?;
     let mut out = vec![0f32; a.numel()];
     add_forward(&mut out, &a.f32s(), &b.f32s());
     let (at, bt) = (a.clone(), b.clone());
-    Ok(
-        tape.record(Tensor::from_vec(out, a.shape()), &[a, b], move |dy, g| {
-            g.accumulate(&at, |da| axpy(da, 1.0, dy));
-            g.accumulate(&bt, |db| axpy(db, 1.0, dy));
-        }),
-    )
+    Ok(tape.record(Tensor::from_vec(out, a.shape()), &[a, b], move |dy, g| {
+        g.accumulate(&at, |da| axpy(da, 1.0, dy));
+        g.accumulate(&bt, |db| axpy(db, 1.0, dy));
+    }))
 }

@@ -9,9 +9,7 @@ use std::sync::Arc;
 
 /// `ids [N]` rows of `table [V, D]` → `[N, D]`; an id `>= V` is an error.
 pub fn embedding(tape: &Tape, ids: &[u32], table: &Tensor) -> Result<Tensor> {
-    ensure(table.shape().len() == 2, "embedding", || {
-        format!("table {:?}", table.shape())
-    })?;
+    ensure(table.shape().len() == 2, "embedding", || format!("table {:?}", table.shape()))?;
     let (v, d) = (table.shape()[0], table.shape()[1]);
     if let Some((i, &bad)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= v) {
         return Err(AutogradError::Index {
@@ -22,11 +20,7 @@ pub fn embedding(tape: &Tape, ids: &[u32], table: &Tensor) -> Result<Tensor> {
     let mut out = vec![0f32; ids.len() * d];
     embedding_forward(&mut out, ids, &table.f32s(), d);
     let (tt, ids) = (table.clone(), Arc::<[u32]>::from(ids));
-    Ok(tape.record(
-        Tensor::from_vec(out, &[ids.len(), d]),
-        &[table],
-        move |dy, g| {
-            g.accumulate(&tt, |dt| embedding_backward(dt, dy, &ids, d));
-        },
-    ))
+    Ok(tape.record(Tensor::from_vec(out, &[ids.len(), d]), &[table], move |dy, g| {
+        g.accumulate(&tt, |dt| embedding_backward(dt, dy, &ids, d));
+    }))
 }

@@ -5,8 +5,7 @@ use crate::error::{AutogradError, Result};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 use kernels_cpu::cross_entropy::{
-    count_targets, default_chunk_rows, lm_head_ce_forward, lm_head_ce_forward_backward,
-    IGNORE_INDEX,
+    count_targets, default_chunk_rows, lm_head_ce_forward, lm_head_ce_forward_backward, IGNORE_INDEX,
 };
 use kernels_cpu::elementwise::axpy;
 
@@ -23,30 +22,13 @@ pub struct CrossEntropyOutput {
 /// Mean cross-entropy of `logits = h · wᵀ` against `targets [N]` (`-100` = ignore), with
 /// `h [N, D]`, `w [V, D]`. Never materialises `[N, V]`: when recording, the gradients are
 /// computed in the same chunked pass and scaled by the upstream gradient in backward.
-pub fn lm_head_cross_entropy(
-    tape: &Tape,
-    h: &Tensor,
-    w: &Tensor,
-    targets: &[i32],
-) -> Result<CrossEntropyOutput> {
+pub fn lm_head_cross_entropy(tape: &Tape, h: &Tensor, w: &Tensor, targets: &[i32]) -> Result<CrossEntropyOutput> {
     let (n, d) = (rows(h), h.last_dim());
-    ensure(
-        w.shape().len() == 2 && w.shape()[1] == d && targets.len() == n,
-        "cross_entropy",
-        || {
-            format!(
-                "h {:?}, w {:?}, {} targets",
-                h.shape(),
-                w.shape(),
-                targets.len()
-            )
-        },
-    )?;
+    ensure(w.shape().len() == 2 && w.shape()[1] == d && targets.len() == n, "cross_entropy", || {
+        format!("h {:?}, w {:?}, {} targets", h.shape(), w.shape(), targets.len())
+    })?;
     let v = w.shape()[0];
-    if let Some(&bad) = targets
-        .iter()
-        .find(|&&t| t != IGNORE_INDEX && (t < 0 || t as usize >= v))
-    {
+    if let Some(&bad) = targets.iter().find(|&&t| t != IGNORE_INDEX && (t < 0 || t as usize >= v)) {
         return Err(AutogradError::Index {
             op: "cross_entropy",
             msg: format!("target {bad} is outside the vocabulary of {v}"),
@@ -66,36 +48,16 @@ pub fn lm_head_cross_entropy(
     if !tape.needs_grad(&[h, w]) || count == 0 {
         lm_head_ce_forward(&mut row_losses, &hf, &wf, targets, n, d, v, chunk);
         let loss = Tensor::from_vec(vec![mean(&row_losses)], &[]);
-        return Ok(CrossEntropyOutput {
-            loss,
-            row_losses,
-            count,
-        });
+        return Ok(CrossEntropyOutput { loss, row_losses, count });
     }
     let (mut dh, mut dw) = (vec![0f32; n * d], vec![0f32; v * d]);
     let scale = 1.0 / count as f32;
-    lm_head_ce_forward_backward(
-        &mut row_losses,
-        &mut dh,
-        &mut dw,
-        &hf,
-        &wf,
-        targets,
-        n,
-        d,
-        v,
-        scale,
-        chunk,
-    );
+    lm_head_ce_forward_backward(&mut row_losses, &mut dh, &mut dw, &hf, &wf, targets, n, d, v, scale, chunk);
     let loss = Tensor::from_vec(vec![mean(&row_losses)], &[]);
     let (ht, wt) = (h.clone(), w.clone());
     let loss = tape.record(loss, &[h, w], move |dloss, g| {
         g.accumulate(&ht, |gh| axpy(gh, dloss[0], &dh));
         g.accumulate(&wt, |gw| axpy(gw, dloss[0], &dw));
     });
-    Ok(CrossEntropyOutput {
-        loss,
-        row_losses,
-        count,
-    })
+    Ok(CrossEntropyOutput { loss, row_losses, count })
 }

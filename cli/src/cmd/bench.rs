@@ -57,13 +57,7 @@ enum What {
 pub fn run(a: Args, threads: usize) -> Result<()> {
     match a.what {
         What::Gemm { shapes, reps } => bench_gemm(&shapes, reps, threads),
-        What::Step {
-            preset,
-            batch,
-            seq,
-            steps,
-            warmup,
-        } => bench_step(&preset, batch, seq, steps, warmup, threads),
+        What::Step { preset, batch, seq, steps, warmup } => bench_step(&preset, batch, seq, steps, warmup, threads),
     }
 }
 
@@ -83,11 +77,7 @@ pub fn peak_rss_mb() -> Option<f64> {
 fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
     let dims: Vec<usize> = s
         .split('x')
-        .map(|d| {
-            d.trim()
-                .parse::<usize>()
-                .with_context(|| format!("shape `{s}`: `{d}` is not a size"))
-        })
+        .map(|d| d.trim().parse::<usize>().with_context(|| format!("shape `{s}`: `{d}` is not a size")))
         .collect::<Result<_>>()?;
     match dims[..] {
         [m, k, n] if m > 0 && k > 0 && n > 0 => Ok((m, k, n)),
@@ -119,49 +109,23 @@ fn bench_gemm(shapes: &str, reps: usize, threads: usize) -> Result<()> {
     Ok(())
 }
 
-fn bench_step(
-    preset: &str,
-    b: usize,
-    t: usize,
-    steps: usize,
-    warmup: usize,
-    threads: usize,
-) -> Result<()> {
+fn bench_step(preset: &str, b: usize, t: usize, steps: usize, warmup: usize, threads: usize) -> Result<()> {
     let config = preset_config(preset)?;
     if t > config.max_position_embeddings {
-        bail!(
-            "--seq {t} exceeds the preset's max_position_embeddings {}",
-            config.max_position_embeddings
-        );
+        bail!("--seq {t} exceeds the preset's max_position_embeddings {}", config.max_position_embeddings);
     }
     let v = config.vocab_size as u32;
     let mut model = Qwen3::from_init(config, DType::F32, qwen3_init(0, 0.02));
-    let cfg = AdamWConfig {
-        lr: 1e-3,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.05,
-    };
+    let cfg = AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.05 };
     let mut opt = AdamW::new(&model.params, cfg);
     let steps = steps.max(1);
     let pb = bar((warmup + steps) as u64, "bench step");
     let mut times = Vec::with_capacity(steps);
     let mut last_loss = 0.0;
     for i in 0..warmup + steps {
-        let ids: Vec<u32> = rand_vec(b * t, 100 + i as u64)
-            .iter()
-            .map(|&x| ((x + 1.0) * 0.5 * v as f32) as u32 % v)
-            .collect();
-        let targets: Vec<i32> = (0..b * t)
-            .map(|j| {
-                if (j + 1) % t == 0 {
-                    -100
-                } else {
-                    ids[j + 1] as i32
-                }
-            })
-            .collect();
+        let ids: Vec<u32> =
+            rand_vec(b * t, 100 + i as u64).iter().map(|&x| ((x + 1.0) * 0.5 * v as f32) as u32 % v).collect();
+        let targets: Vec<i32> = (0..b * t).map(|j| if (j + 1) % t == 0 { -100 } else { ids[j + 1] as i32 }).collect();
         let batch = TokenBatch::new(ids, b, t)?;
         let t0 = Instant::now();
         let stats = train_step(&mut model, &mut opt, &batch, &targets)?;

@@ -34,27 +34,13 @@ pub fn run(a: Args) -> Result<()> {
         "norm/rope  rms_norm_eps {:e} | rope_theta {} | max_position {} | tied embeddings {}",
         c.rms_norm_eps, c.rope_theta, c.max_position_embeddings, c.tie_word_embeddings
     );
-    println!(
-        "dtype      {}",
-        c.torch_dtype.as_deref().unwrap_or("(not given)")
-    );
-    println!(
-        "files      {} ({:.1} MiB)",
-        ckpt.files().len(),
-        ckpt.total_bytes() as f64 / (1 << 20) as f64
-    );
+    println!("dtype      {}", c.torch_dtype.as_deref().unwrap_or("(not given)"));
+    println!("files      {} ({:.1} MiB)", ckpt.files().len(), ckpt.total_bytes() as f64 / (1 << 20) as f64);
     println!();
-    println!(
-        "{:<56} {:>5}  {:<16} {:>12}  file",
-        "tensor", "dtype", "shape", "params"
-    );
+    println!("{:<56} {:>5}  {:<16} {:>12}  file", "tensor", "dtype", "shape", "params");
     for name in ckpt.names() {
         let info = ckpt.info(name).expect("listed name");
-        let file = ckpt
-            .path_of(name)
-            .and_then(|p| p.file_name())
-            .map(|f| f.to_string_lossy())
-            .unwrap_or_default();
+        let file = ckpt.path_of(name).and_then(|p| p.file_name()).map(|f| f.to_string_lossy()).unwrap_or_default();
         println!(
             "{:<56} {:>5}  {:<16} {:>12}  {}",
             name,
@@ -66,11 +52,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let specs = param_specs(c);
     let count = |pred: &dyn Fn(&str) -> bool| -> usize {
-        specs
-            .iter()
-            .filter(|(n, _)| pred(n))
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum()
+        specs.iter().filter(|(n, _)| pred(n)).map(|(_, s)| s.iter().product::<usize>()).sum()
     };
     let total = count(&|_| true);
     let embed = count(&|n| n.contains("embed_tokens") || n.starts_with("lm_head"));
@@ -78,18 +60,13 @@ pub fn run(a: Args) -> Result<()> {
     let attn = count(&|n| n.contains(".self_attn."));
     println!();
     println!("parameters  total {total} ({:.2} M)", total as f64 / 1e6);
-    println!("            embeddings + lm_head {embed} | attention {attn} | ffn {ffn} | non-embedding {}", total - embed);
-    let missing: Vec<&str> = specs
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .filter(|n| ckpt.info(n).is_none())
-        .collect();
+    println!(
+        "            embeddings + lm_head {embed} | attention {attn} | ffn {ffn} | non-embedding {}",
+        total - embed
+    );
+    let missing: Vec<&str> = specs.iter().map(|(n, _)| n.as_str()).filter(|n| ckpt.info(n).is_none()).collect();
     if !missing.is_empty() {
-        println!(
-            "missing     {} tensors the config needs, e.g. `{}`",
-            missing.len(),
-            missing[0]
-        );
+        println!("missing     {} tensors the config needs, e.g. `{}`", missing.len(), missing[0]);
     }
     Ok(())
 }

@@ -26,9 +26,7 @@ pub fn run(a: Args) -> Result<()> {
     let rows = parse_id_rows(&a.ids)?;
     let batch = TokenBatch::from_rows(&rows)?;
     let model = Qwen3::load(&a.model)?;
-    let logits = model
-        .logits(&batch)
-        .with_context(|| format!("running {}", a.model.display()))?;
+    let logits = model.logits(&batch).with_context(|| format!("running {}", a.model.display()))?;
     let v = model.config.vocab_size;
     let bytes: Vec<u8> = logits.iter().flat_map(|x| x.to_le_bytes()).collect();
     let tensor = TensorToWrite {
@@ -38,11 +36,6 @@ pub fn run(a: Args) -> Result<()> {
         data: Cow::Owned(bytes),
     };
     write_safetensors(&a.out, &[tensor], None)?;
-    eprintln!(
-        "wrote logits [{}, {}, {v}] to {}",
-        batch.b,
-        batch.t,
-        a.out.display()
-    );
+    eprintln!("wrote logits [{}, {}, {v}] to {}", batch.b, batch.t, a.out.display());
     Ok(())
 }

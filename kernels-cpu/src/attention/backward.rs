@@ -72,13 +72,7 @@ pub(super) fn backward_with(
     dims: AttnDims,
 ) {
     dims.check(q.len(), k.len(), v.len(), seg.map(<[u32]>::len));
-    let AttnDims {
-        b: nb,
-        t,
-        h,
-        kv,
-        dh,
-    } = dims;
+    let AttnDims { b: nb, t, h, kv, dh } = dims;
     let what = "attention_backward: wrong length of";
     assert_eq!(dq.len(), q.len(), "{what} dq [B,T,H,Dh]");
     assert_eq!(dk.len(), k.len(), "{what} dk [B,T,KV,Dh]");
@@ -99,20 +93,12 @@ pub(super) fn backward_with(
         }
     });
     let inp = Inputs { q, k, v, seg, dims };
-    let bwd = Bwd {
-        inp,
-        dout,
-        lse,
-        dvec: &dvec,
-    };
+    let bwd = Bwd { inp, dout, lse, dvec: &dvec };
     let scratch = || Scratch::new(g, dh);
     match path {
         BwdPath::Split => {
             let dq_tasks: Vec<_> = tile_chunks(dq, t, h * dh, QB).collect();
-            dq_tasks
-                .into_par_iter()
-                .with_max_len(1)
-                .for_each_init(scratch, |sc, (b, q0, c)| bwd.dq_tile(sc, c, b, q0));
+            dq_tasks.into_par_iter().with_max_len(1).for_each_init(scratch, |sc, (b, q0, c)| bwd.dq_tile(sc, c, b, q0));
             let dkv_tasks: Vec<_> = tile_chunks(dk, t, kv * dh, KB)
                 .zip(tile_chunks(dv, t, kv * dh, KB))
                 .map(|((b, k0, ck), (_, _, cv))| (b, k0, ck, cv))
@@ -120,9 +106,7 @@ pub(super) fn backward_with(
             dkv_tasks
                 .into_par_iter()
                 .with_max_len(1)
-                .for_each_init(scratch, |sc, (b, k0, ck, cv)| {
-                    bwd.dkv_tile(sc, ck, cv, b, k0)
-                });
+                .for_each_init(scratch, |sc, (b, k0, ck, cv)| bwd.dkv_tile(sc, ck, cv, b, k0));
         }
         BwdPath::Fused => {
             // Hand each (batch, KV head) its rows: dq pieces [G*Dh] and dk, dv pieces [Dh],
@@ -140,9 +124,7 @@ pub(super) fn backward_with(
                 .into_par_iter()
                 .enumerate()
                 .with_max_len(1)
-                .for_each_init(scratch, |sc, (bk, rows)| {
-                    bwd.group_sweep(sc, rows, bk / kv, bk % kv)
-                });
+                .for_each_init(scratch, |sc, (bk, rows)| bwd.group_sweep(sc, rows, bk / kv, bk % kv));
         }
     }
 }
@@ -160,11 +142,7 @@ struct GroupRows<'a> {
 impl GroupRows<'_> {
     fn new(t: usize) -> Self {
         let v = || Vec::with_capacity(t);
-        Self {
-            dq: v(),
-            dk: v(),
-            dv: v(),
-        }
+        Self { dq: v(), dk: v(), dv: v() }
     }
 }
 
@@ -186,10 +164,8 @@ impl Bwd<'_> {
         let AttnDims { t, h, .. } = self.inp.dims;
         let g = self.inp.dims.group();
         let scale = self.inp.dims.scale();
-        self.inp
-            .gather_group(&mut sc.q, self.inp.q, b, q0, bq, kh, scale);
-        self.inp
-            .gather_group(&mut sc.d_o, self.dout, b, q0, bq, kh, 1.0);
+        self.inp.gather_group(&mut sc.q, self.inp.q, b, q0, bq, kh, scale);
+        self.inp.gather_group(&mut sc.d_o, self.dout, b, q0, bq, kh, 1.0);
         for i in 0..bq {
             let d = &self.dvec[(b * t + q0 + i) * h + kh * g..][..g];
             sc.l[i * g..(i + 1) * g].copy_from_slice(d);
@@ -220,13 +196,7 @@ impl Bwd<'_> {
         a_bt(s, &sc.q[r0 * dh..], &sc.k, n, dh, bk);
         a_bt(dp, &sc.d_o[r0 * dh..], &sc.v, n, dh, bk);
         let seg = self.inp.seg_b(b).filter(|_| vis == Vis::Seg);
-        let pos = TilePos {
-            q0: qa,
-            g,
-            k0,
-            bk,
-            seg,
-        };
+        let pos = TilePos { q0: qa, g, k0, bk, seg };
         bwd_rows(&pos, s, dp, &sc.m[r0..r0 + n], &sc.l[r0..r0 + n]);
     }
 
@@ -260,9 +230,7 @@ impl Bwd<'_> {
                 self.probs_and_grads(sc, b, qa, r0, n, k0, bk, vis);
                 ab_acc(&mut sc.acc[r0 * dh..], &sc.dp[..n * bk], &sc.k, n, bk, dh);
             }
-            let pieces = c
-                .chunks_exact_mut(h * dh)
-                .map(|p| &mut p[kh * g * dh..][..g * dh]);
+            let pieces = c.chunks_exact_mut(h * dh).map(|p| &mut p[kh * g * dh..][..g * dh]);
             self.add_dq(&sc.acc[..rows * dh], pieces);
         }
     }
@@ -305,11 +273,7 @@ impl Bwd<'_> {
     fn group_sweep(&self, sc: &mut Scratch, rows: GroupRows, b: usize, kh: usize) {
         let AttnDims { t, dh, .. } = self.inp.dims;
         let g = self.inp.dims.group();
-        let GroupRows {
-            dq: mut dq_rows,
-            dk: mut dk_rows,
-            dv: mut dv_rows,
-        } = rows;
+        let GroupRows { dq: mut dq_rows, dk: mut dk_rows, dv: mut dv_rows } = rows;
         // dK, dV of the whole sequence for this KV head: [T, Dh] each.
         let mut dk_acc = vec![0f32; t * dh];
         let mut dv_acc = vec![0f32; t * dh];
@@ -337,9 +301,7 @@ impl Bwd<'_> {
         let pieces = dk_rows.iter_mut().zip(dv_rows.iter_mut());
         for (j, (pk, pv)) in pieces.enumerate() {
             let src = j * dh..(j + 1) * dh;
-            pk.iter_mut()
-                .zip(&dk_acc[src.clone()])
-                .for_each(|(d, &x)| *d += x);
+            pk.iter_mut().zip(&dk_acc[src.clone()]).for_each(|(d, &x)| *d += x);
             pv.iter_mut().zip(&dv_acc[src]).for_each(|(d, &x)| *d += x);
         }
     }

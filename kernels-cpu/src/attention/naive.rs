@@ -48,13 +48,7 @@ pub(super) fn probs(
 
 /// Naive f64 reference of [`super::attention_forward`]: returns `out` [B, T, H, Dh].
 /// Materialises the [T, T] probabilities of each head; for tests and small problems only.
-pub fn attention_naive(
-    q: &[f64],
-    k: &[f64],
-    v: &[f64],
-    seg: Option<&[u32]>,
-    dims: AttnDims,
-) -> Vec<f64> {
+pub fn attention_naive(q: &[f64], k: &[f64], v: &[f64], seg: Option<&[u32]>, dims: AttnDims) -> Vec<f64> {
     attention_naive_lse(q, k, v, seg, dims).0
 }
 
@@ -66,13 +60,7 @@ pub(super) fn attention_naive_lse(
     seg: Option<&[u32]>,
     dims: AttnDims,
 ) -> (Vec<f64>, Vec<f64>) {
-    let AttnDims {
-        b: nb,
-        t,
-        h,
-        kv,
-        dh,
-    } = dims;
+    let AttnDims { b: nb, t, h, kv, dh } = dims;
     dims.check(q.len(), k.len(), v.len(), seg.map(<[u32]>::len));
     let mut out = vec![0f64; nb * t * h * dh];
     let mut lse = vec![0f64; nb * h * t];

@@ -2,8 +2,7 @@ use super::backward::{backward_with, BwdPath};
 use super::naive::{attention_naive_lse, probs};
 use super::*;
 use crate::check::{
-    assert_close, assert_grad_matches_fd, dot64, finite_diff, max_errors, rand_vec, rel_norm_err,
-    to_f64,
+    assert_close, assert_grad_matches_fd, dot64, finite_diff, max_errors, rand_vec, rel_norm_err, to_f64,
 };
 
 fn f32s(x: &[f64]) -> Vec<f32> {
@@ -16,11 +15,7 @@ fn docs(nb: usize, t: usize, docs: usize) -> Vec<u32> {
     for b in 0..nb {
         for i in 0..t {
             // Boundaries at roughly (d + 0.3 b / nb) / docs of the row, never tile aligned.
-            s.push(
-                (0..docs)
-                    .filter(|&d| d > 0 && i * docs * nb >= (d * nb + b) * t)
-                    .count() as u32,
-            );
+            s.push((0..docs).filter(|&d| d > 0 && i * docs * nb >= (d * nb + b) * t).count() as u32);
         }
     }
     s
@@ -28,22 +23,13 @@ fn docs(nb: usize, t: usize, docs: usize) -> Vec<u32> {
 
 /// Random inputs; `q` scaled by `qmul` so softmax rows get peaky.
 fn inputs(d: AttnDims, seed: u64, qmul: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let q = rand_vec(d.b * d.t * d.h * d.dh, seed)
-        .iter()
-        .map(|x| x * qmul)
-        .collect();
+    let q = rand_vec(d.b * d.t * d.h * d.dh, seed).iter().map(|x| x * qmul).collect();
     let k = rand_vec(d.b * d.t * d.kv * d.dh, seed + 1);
     let v = rand_vec(d.b * d.t * d.kv * d.dh, seed + 2);
     (q, k, v)
 }
 
-fn forward(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    seg: Option<&[u32]>,
-    d: AttnDims,
-) -> (Vec<f32>, Vec<f32>) {
+fn forward(q: &[f32], k: &[f32], v: &[f32], seg: Option<&[u32]>, d: AttnDims) -> (Vec<f32>, Vec<f32>) {
     let mut out = vec![f32::NAN; q.len()];
     let mut lse = vec![f32::NAN; d.b * d.h * d.t];
     attention_forward(&mut out, &mut lse, q, k, v, seg, d);
@@ -64,9 +50,7 @@ fn backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (out, lse) = forward(q, k, v, seg, d);
     let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
-    backward_with(
-        path, &mut dq, &mut dk, &mut dv, dout, &out, &lse, q, k, v, seg, d,
-    );
+    backward_with(path, &mut dq, &mut dk, &mut dv, dout, &out, &lse, q, k, v, seg, d);
     (dq, dk, dv)
 }
 
@@ -79,13 +63,7 @@ fn naive_backward(
     seg: Option<&[u32]>,
     d: AttnDims,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let AttnDims {
-        b: nb,
-        t,
-        h,
-        kv,
-        dh,
-    } = d;
+    let AttnDims { b: nb, t, h, kv, dh } = d;
     let scale = 1.0 / (dh as f64).sqrt();
     let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
     let qi = |b: usize, i: usize, hd: usize| ((b * t + i) * h + hd) * dh;
@@ -96,13 +74,8 @@ fn naive_backward(
             let (p, _) = probs(q, k, seg, d, b, hd);
             for i in 0..t {
                 // dP_ij = dO_i · V_j; dS_ij = P_ij (dP_ij - sum_l P_il dP_il).
-                let dp: Vec<f64> = (0..t)
-                    .map(|j| {
-                        (0..dh)
-                            .map(|c| dout[qi(b, i, hd) + c] * v[ki(b, j, kh) + c])
-                            .sum()
-                    })
-                    .collect();
+                let dp: Vec<f64> =
+                    (0..t).map(|j| (0..dh).map(|c| dout[qi(b, i, hd) + c] * v[ki(b, j, kh) + c]).sum()).collect();
                 let rs: f64 = (0..t).map(|j| p[i * t + j] * dp[j]).sum();
                 for j in 0..t {
                     let pij = p[i * t + j];
@@ -137,41 +110,20 @@ fn check_forward(d: AttnDims, seg: Option<&[u32]>, qmul: f32, what: &str) {
 
 #[test]
 fn forward_matches_naive_on_awkward_sizes() {
-    for &(t, h, kv, dh) in &[
-        (1, 6, 2, 8),
-        (7, 6, 2, 24),
-        (67, 4, 4, 8),
-        (130, 6, 2, 24),
-        (130, 4, 4, 8),
-    ] {
+    for &(t, h, kv, dh) in &[(1, 6, 2, 8), (7, 6, 2, 24), (67, 4, 4, 8), (130, 6, 2, 24), (130, 4, 4, 8)] {
         for qmul in [1.0, 6.0] {
             let d = dims(2, t, h, kv, dh);
-            check_forward(
-                d,
-                None,
-                qmul,
-                &format!("T={t} H={h} KV={kv} Dh={dh} q*{qmul}"),
-            );
+            check_forward(d, None, qmul, &format!("T={t} H={h} KV={kv} Dh={dh} q*{qmul}"));
         }
     }
 }
 
 #[test]
 fn forward_matches_naive_with_packed_documents() {
-    for &(t, h, kv, dh, ndocs) in &[
-        (7, 6, 2, 8, 2),
-        (67, 6, 2, 24, 3),
-        (130, 4, 4, 8, 2),
-        (130, 6, 2, 24, 3),
-    ] {
+    for &(t, h, kv, dh, ndocs) in &[(7, 6, 2, 8, 2), (67, 6, 2, 24, 3), (130, 4, 4, 8, 2), (130, 6, 2, 24, 3)] {
         let d = dims(3, t, h, kv, dh);
         let seg = docs(d.b, t, ndocs);
-        check_forward(
-            d,
-            Some(&seg),
-            4.0,
-            &format!("T={t} H={h} KV={kv} Dh={dh} docs={ndocs}"),
-        );
+        check_forward(d, Some(&seg), 4.0, &format!("T={t} H={h} KV={kv} Dh={dh} docs={ndocs}"));
     }
     // Ids need not be contiguous runs: token i belongs to document i % 3.
     let d = dims(1, 130, 4, 2, 8);
@@ -194,11 +146,8 @@ fn naive_is_softmax_of_visible_keys() {
 
 #[test]
 fn backward_matches_finite_differences() {
-    let cases: [(AttnDims, Option<Vec<u32>>); 3] = [
-        (dims(1, 5, 4, 2, 4), None),
-        (dims(2, 3, 2, 1, 3), None),
-        (dims(2, 6, 2, 2, 4), Some(docs(2, 6, 2))),
-    ];
+    let cases: [(AttnDims, Option<Vec<u32>>); 3] =
+        [(dims(1, 5, 4, 2, 4), None), (dims(2, 3, 2, 1, 3), None), (dims(2, 6, 2, 2, 4), Some(docs(2, 6, 2)))];
     for (d, seg) in cases {
         let seg = seg.as_deref();
         let (q, k, v) = inputs(d, 11, 2.0);
@@ -231,25 +180,14 @@ fn check_backward(d: AttnDims, seg: Option<&[u32]>, what: &str) {
     let split = backward(BwdPath::Split, &r, &q, &k, &v, seg, d);
     let fused = backward(BwdPath::Fused, &r, &q, &k, &v, seg, d);
     for (path, got) in [("split", &split), ("fused", &fused)] {
-        for (name, got, want) in [
-            ("dq", &got.0, &want[0]),
-            ("dk", &got.1, &want[1]),
-            ("dv", &got.2, &want[2]),
-        ] {
+        for (name, got, want) in [("dq", &got.0, &want[0]), ("dk", &got.1, &want[1]), ("dv", &got.2, &want[2])] {
             let err = rel_norm_err(got, want);
             let (a, _) = max_errors(got, want);
             eprintln!("{what} {path}: {name} rel norm err {err:.2e}, max abs {a:.2e}");
-            assert!(
-                err <= 1e-4,
-                "{what} {path}: {name} rel norm err {err:.3e} > 1e-4"
-            );
+            assert!(err <= 1e-4, "{what} {path}: {name} rel norm err {err:.3e} > 1e-4");
         }
     }
-    for (name, s, f) in [
-        ("dq", &split.0, &fused.0),
-        ("dk", &split.1, &fused.1),
-        ("dv", &split.2, &fused.2),
-    ] {
+    for (name, s, f) in [("dq", &split.0, &fused.0), ("dk", &split.1, &fused.1), ("dv", &split.2, &fused.2)] {
         let (a, _) = max_errors(f, s);
         eprintln!("{what}: {name} split vs fused max abs {a:.2e}");
         assert_close(f, s, 1e-6, 1e-5, &format!("{what}: {name} fused vs split"));
@@ -272,11 +210,7 @@ fn backward_accumulates() {
     let (q, k, v) = inputs(d, 21, 2.0);
     let r = rand_vec(q.len(), 22);
     let (out, lse) = forward(&q, &k, &v, Some(&seg), d);
-    let init = [
-        rand_vec(q.len(), 31),
-        rand_vec(k.len(), 32),
-        rand_vec(v.len(), 33),
-    ];
+    let init = [rand_vec(q.len(), 31), rand_vec(k.len(), 32), rand_vec(v.len(), 33)];
     for path in PATHS {
         let (gq, gk, gv) = backward(path, &r, &q, &k, &v, Some(&seg), d);
         let [mut dq, mut dk, mut dv] = init.clone();
@@ -287,13 +221,7 @@ fn backward_accumulates() {
         let got = [("dq", &dq, &gq), ("dk", &dk, &gk), ("dv", &dv, &gv)];
         for ((name, got, g), init) in got.into_iter().zip(&init) {
             let want: Vec<f32> = init.iter().zip(g).map(|(a, b)| a + 2.0 * b).collect();
-            assert_close(
-                got,
-                &want,
-                1e-5,
-                1e-5,
-                &format!("{path:?}: accumulate {name}"),
-            );
+            assert_close(got, &want, 1e-5, 1e-5, &format!("{path:?}: accumulate {name}"));
         }
     }
 }
@@ -311,9 +239,7 @@ fn backward_schedule_choice() {
     let (out, lse) = forward(&q, &k, &v, None, d);
     let want = backward(BwdPath::Split, &r, &q, &k, &v, None, d);
     let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
-    attention_backward(
-        &mut dq, &mut dk, &mut dv, &r, &out, &lse, &q, &k, &v, None, d,
-    );
+    attention_backward(&mut dq, &mut dk, &mut dv, &r, &out, &lse, &q, &k, &v, None, d);
     assert_close(&dq, &want.0, 1e-6, 1e-5, "public dq");
     assert_close(&dk, &want.1, 1e-6, 1e-5, "public dk");
     assert_close(&dv, &want.2, 1e-6, 1e-5, "public dv");
@@ -331,28 +257,12 @@ fn long_sequence_multi_tile_matches_naive() {
 
 #[test]
 fn empty_shapes_are_a_no_op() {
-    for d in [
-        dims(0, 5, 2, 1, 4),
-        dims(2, 0, 2, 1, 4),
-        dims(1, 3, 0, 1, 4),
-    ] {
+    for d in [dims(0, 5, 2, 1, 4), dims(2, 0, 2, 1, 4), dims(1, 3, 0, 1, 4)] {
         let kv = vec![0.5; d.b * d.t * d.kv * d.dh];
         let (out, lse) = forward(&[], &kv, &kv, None, d);
         assert!(out.is_empty() && lse.is_empty());
         let (mut dk, mut dv) = (kv.clone(), kv.clone());
-        attention_backward(
-            &mut [],
-            &mut dk,
-            &mut dv,
-            &[],
-            &[],
-            &[],
-            &[],
-            &kv,
-            &kv,
-            None,
-            d,
-        );
+        attention_backward(&mut [], &mut dk, &mut dv, &[], &[], &[], &[], &kv, &kv, None, d);
         assert_eq!((dk, dv), (kv.clone(), kv), "{d:?}: untouched");
     }
 }

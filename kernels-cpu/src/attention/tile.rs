@@ -89,8 +89,7 @@ pub(super) enum Vis {
 }
 
 fn min_max(s: &[u32]) -> (u32, u32) {
-    s.iter()
-        .fold((u32::MAX, 0), |(a, b), &x| (a.min(x), b.max(x)))
+    s.iter().fold((u32::MAX, 0), |(a, b), &x| (a.min(x), b.max(x)))
 }
 
 /// Visibility of queries `q0..q1` against keys `k0..k1` of one sequence with document ids `seg`.
@@ -158,10 +157,7 @@ fn row_max(x: &[f32]) -> f32 {
             *m = if v > *m { v } else { *m };
         }
     }
-    lanes
-        .iter()
-        .chain(rest)
-        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+    lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
 /// Masks `s[j]` to -inf where key document `sk[j]` differs from the query's `sq`.
@@ -181,13 +177,7 @@ fn mask_seg(s: &mut [f32], seg: Option<(u32, &[u32])>) {
 /// running max `m` and sum `l`. Returns the factor the row's output accumulator must be scaled
 /// by before this tile's `P·V` is added.
 #[inline(always)]
-fn online_softmax_row(
-    s: &mut [f32],
-    ncol: usize,
-    seg: Option<(u32, &[u32])>,
-    m: &mut f32,
-    l: &mut f32,
-) -> f32 {
+fn online_softmax_row(s: &mut [f32], ncol: usize, seg: Option<(u32, &[u32])>, m: &mut f32, l: &mut f32) -> f32 {
     let (live, dead) = s.split_at_mut(ncol);
     dead.fill(0.0);
     mask_seg(live, seg);
@@ -223,14 +213,7 @@ fn online_softmax_row(
 /// Backward step for a query row: `s` (scaled scores) becomes `P = exp(s - lse)` and `dp`
 /// (dO·Vᵀ) becomes `dS = P * (dP - d)`, both zero past `ncol` and where `seg` masks.
 #[inline(always)]
-fn softmax_grad_row(
-    s: &mut [f32],
-    dp: &mut [f32],
-    ncol: usize,
-    seg: Option<(u32, &[u32])>,
-    lse: f32,
-    d: f32,
-) {
+fn softmax_grad_row(s: &mut [f32], dp: &mut [f32], ncol: usize, seg: Option<(u32, &[u32])>, lse: f32, d: f32) {
     let (live, dead) = s.split_at_mut(ncol);
     dead.fill(0.0);
     let (dlive, ddead) = dp.split_at_mut(ncol);
@@ -248,12 +231,7 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let ca = a.chunks_exact(8);
     let cb = b.chunks_exact(8);
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ca.zip(cb) {
         for k in 0..8 {
             lanes[k] += x[k] * y[k];
@@ -288,21 +266,12 @@ impl TilePos<'_> {
 /// Forward row sweep of a score tile `s` [rows, bk]: online-softmax step per row (running max
 /// `m`, sum `l`), rescaling that row of the output accumulator `acc` [rows, dh].
 #[inline(always)]
-fn fwd_rows_body(
-    pos: &TilePos,
-    s: &mut [f32],
-    m: &mut [f32],
-    l: &mut [f32],
-    acc: &mut [f32],
-    dh: usize,
-) {
+fn fwd_rows_body(pos: &TilePos, s: &mut [f32], m: &mut [f32], l: &mut [f32], acc: &mut [f32], dh: usize) {
     for (r, srow) in s.chunks_exact_mut(pos.bk).enumerate() {
         let (ncol, seg) = pos.row(r);
         let alpha = online_softmax_row(srow, ncol, seg, &mut m[r], &mut l[r]);
         if alpha != 1.0 {
-            acc[r * dh..(r + 1) * dh]
-                .iter_mut()
-                .for_each(|x| *x *= alpha);
+            acc[r * dh..(r + 1) * dh].iter_mut().for_each(|x| *x *= alpha);
         }
     }
 }
@@ -320,14 +289,7 @@ fn bwd_rows_body(pos: &TilePos, s: &mut [f32], dp: &mut [f32], lse: &[f32], d: &
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn fwd_rows_avx2(
-    pos: &TilePos,
-    s: &mut [f32],
-    m: &mut [f32],
-    l: &mut [f32],
-    acc: &mut [f32],
-    dh: usize,
-) {
+unsafe fn fwd_rows_avx2(pos: &TilePos, s: &mut [f32], m: &mut [f32], l: &mut [f32], acc: &mut [f32], dh: usize) {
     fwd_rows_body(pos, s, m, l, acc, dh)
 }
 
@@ -346,14 +308,7 @@ fn has_avx2() -> bool {
 
 /// [`fwd_rows_body`], in an AVX2 build when the CPU has it. Both builds give identical bits:
 /// the same operations in the same order (Rust never contracts `a * b + c` into an FMA).
-pub(super) fn fwd_rows(
-    pos: &TilePos,
-    s: &mut [f32],
-    m: &mut [f32],
-    l: &mut [f32],
-    acc: &mut [f32],
-    dh: usize,
-) {
+pub(super) fn fwd_rows(pos: &TilePos, s: &mut [f32], m: &mut [f32], l: &mut [f32], acc: &mut [f32], dh: usize) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports the features the function was compiled for.
@@ -400,13 +355,7 @@ mod tests {
         let (g, bq, bk, dh) = (2, 9, 13, 5);
         let seg: Vec<u32> = (0..40).map(|i| (i / 11) as u32).collect();
         for seg in [None, Some(&seg[..])] {
-            let pos = TilePos {
-                q0: 20,
-                g,
-                k0: 15,
-                bk,
-                seg,
-            };
+            let pos = TilePos { q0: 20, g, k0: 15, bk, seg };
             let n = g * bq;
             let s0: Vec<f32> = rand_vec(n * bk, 1).iter().map(|x| 8.0 * x).collect();
             let (mut s1, mut s2) = (s0.clone(), s0.clone());

@@ -40,11 +40,7 @@ pub(crate) struct Blocking {
 }
 
 /// Blocking measured on AMD EPYC (Zen 3: 32 KiB L1d, 512 KiB L2 per core, 32 MiB L3).
-pub(crate) const DEFAULT_BLOCKING: Blocking = Blocking {
-    mc: 144,
-    kc: 256,
-    nc: 4096,
-};
+pub(crate) const DEFAULT_BLOCKING: Blocking = Blocking { mc: 144, kc: 256, nc: 4096 };
 
 /// Products with fewer multiply-adds than this run on one thread.
 const PAR_MIN_FLOPS: usize = 1 << 18;
@@ -65,11 +61,7 @@ thread_local! {
 
 /// Runs `f` with a 64-byte aligned scratch buffer of at least `len` floats: the thread's
 /// cached one, or a fresh one when it is already in use further up this thread's stack.
-fn with_buf<R>(
-    key: &'static LocalKey<RefCell<Vec<f32>>>,
-    len: usize,
-    f: impl FnOnce(*mut f32) -> R,
-) -> R {
+fn with_buf<R>(key: &'static LocalKey<RefCell<Vec<f32>>>, len: usize, f: impl FnOnce(*mut f32) -> R) -> R {
     fn aligned(v: &mut Vec<f32>, len: usize) -> *mut f32 {
         let need = len + 64 / size_of::<f32>();
         if v.len() < need {
@@ -171,11 +163,7 @@ pub(crate) fn matmul(
         }
         return;
     }
-    let threads = if m * n * k >= PAR_MIN_FLOPS {
-        threads.max(1)
-    } else {
-        1
-    };
+    let threads = if m * n * k >= PAR_MIN_FLOPS { threads.max(1) } else { 1 };
     let (a_rs, a_cs) = strides(m, k, ta);
     let (b_rs, b_cs) = strides(k, n, tb);
     // kc is a function of k alone (determinism, module docs); a multiple of 8 for the
@@ -194,22 +182,14 @@ pub(crate) fn matmul(
             let ncur = nc.min(n - jc);
             let npan = ncur.div_ceil(NR);
             // With fewer row blocks than threads, tasks also split the B micro-panels.
-            let n_split = if m_blocks >= threads {
-                1
-            } else {
-                threads.div_ceil(m_blocks).min(npan)
-            };
+            let n_split = if m_blocks >= threads { 1 } else { threads.div_ceil(m_blocks).min(npan) };
             for pc in (0..k).step_by(kc) {
                 let kcur = kc.min(k - pc);
                 let add = accumulate || pc > 0;
                 // SAFETY: pc < k and jc < n, so the offset is inside `b` (pc*b_rs + jc*b_cs <=
                 // the index of element (pc, jc) of op(b)).
                 let bsrc = SharedPtr(unsafe { b_ptr.add(pc * b_rs + jc * b_cs) } as *mut f32);
-                let pack_tasks = if kcur * ncur >= PAR_PACK_MIN {
-                    threads.min(npan)
-                } else {
-                    1
-                };
+                let pack_tasks = if kcur * ncur >= PAR_PACK_MIN { threads.min(npan) } else { 1 };
                 run_tasks(threads, pack_tasks, &|t| {
                     let (q0, q1) = (t * npan / pack_tasks, (t + 1) * npan / pack_tasks);
                     // SAFETY: AVX2 checked above; elements (pc+p, jc+j) for p < kcur, j < ncur

@@ -85,19 +85,7 @@ pub fn matmul(
     accumulate: bool,
 ) {
     let threads = rayon::current_num_threads();
-    matmul_with(
-        GemmBackend::Auto,
-        threads,
-        dst,
-        a,
-        b,
-        m,
-        k,
-        n,
-        ta,
-        tb,
-        accumulate,
-    );
+    matmul_with(GemmBackend::Auto, threads, dst, a, b, m, k, n, ta, tb, accumulate);
 }
 
 /// [`matmul`] on the calling thread only: for tiles inside an already parallel loop.
@@ -140,22 +128,8 @@ pub fn matmul_with(
 ) {
     match backend.resolve() {
         #[cfg(target_arch = "x86_64")]
-        GemmBackend::Avx2 => avx2::matmul(
-            dst,
-            a,
-            b,
-            m,
-            k,
-            n,
-            ta,
-            tb,
-            accumulate,
-            threads,
-            avx2::DEFAULT_BLOCKING,
-        ),
-        GemmBackend::GemmCrate => {
-            matmul_gemm_crate(dst, a, b, m, k, n, ta, tb, accumulate, threads)
-        }
+        GemmBackend::Avx2 => avx2::matmul(dst, a, b, m, k, n, ta, tb, accumulate, threads, avx2::DEFAULT_BLOCKING),
+        GemmBackend::GemmCrate => matmul_gemm_crate(dst, a, b, m, k, n, ta, tb, accumulate, threads),
         other => panic!("matmul: backend {other:?} is not available on this CPU"),
     }
 }
@@ -259,13 +233,7 @@ mod tests {
 
     #[test]
     fn matches_naive_on_awkward_sizes_and_all_transposes() {
-        for &(m, k, n) in &[
-            (1, 1, 1),
-            (7, 13, 5),
-            (33, 65, 17),
-            (129, 31, 70),
-            (64, 0, 3),
-        ] {
+        for &(m, k, n) in &[(1, 1, 1), (7, 13, 5), (33, 65, 17), (129, 31, 70), (64, 0, 3)] {
             for ta in [Trans::No, Trans::Yes] {
                 for tb in [Trans::No, Trans::Yes] {
                     for acc in [false, true] {
@@ -279,13 +247,7 @@ mod tests {
                         matmul_single(&mut single, &a, &b, m, k, n, ta, tb, acc);
                         assert_eq!(single, fast, "single-threaded differs");
                         matmul_naive(&mut slow, &a, &b, m, k, n, ta, tb, acc);
-                        assert_close(
-                            &fast,
-                            &slow,
-                            1e-5,
-                            1e-5,
-                            &format!("gemm {m}x{k}x{n} {ta:?}{tb:?} acc={acc}"),
-                        );
+                        assert_close(&fast, &slow, 1e-5, 1e-5, &format!("gemm {m}x{k}x{n} {ta:?}{tb:?} acc={acc}"));
                     }
                 }
             }

@@ -52,16 +52,8 @@ pub enum DType {
 
 impl DType {
     /// All supported dtypes.
-    pub const ALL: [DType; 8] = [
-        DType::F32,
-        DType::F16,
-        DType::BF16,
-        DType::I64,
-        DType::I32,
-        DType::U32,
-        DType::U8,
-        DType::BOOL,
-    ];
+    pub const ALL: [DType; 8] =
+        [DType::F32, DType::F16, DType::BF16, DType::I64, DType::I32, DType::U32, DType::U8, DType::BOOL];
 
     /// Bytes per element.
     pub fn size(self) -> usize {
@@ -100,9 +92,7 @@ impl fmt::Display for DType {
 }
 
 /// dtypes the safetensors format defines that medmoe does not read (for a clearer error message).
-const OTHER_SAFETENSORS_DTYPES: [&str; 8] = [
-    "F64", "U64", "I16", "U16", "I8", "F8_E4M3", "F8_E5M2", "F8_E8M0",
-];
+const OTHER_SAFETENSORS_DTYPES: [&str; 8] = ["F64", "U64", "I16", "U16", "I8", "F8_E4M3", "F8_E5M2", "F8_E8M0"];
 
 /// What the checkpoint says about one tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -137,18 +127,8 @@ pub struct TensorToWrite<'a> {
 
 impl<'a> TensorToWrite<'a> {
     /// An F32/F16/BF16 tensor from f32 values (see [`f32_to_bytes`] for the rounding).
-    pub fn from_f32(
-        name: impl Into<String>,
-        dtype: DType,
-        shape: Vec<usize>,
-        values: &[f32],
-    ) -> Result<Self> {
-        Ok(TensorToWrite {
-            name: name.into(),
-            dtype,
-            shape,
-            data: Cow::Owned(f32_to_bytes(values, dtype)?),
-        })
+    pub fn from_f32(name: impl Into<String>, dtype: DType, shape: Vec<usize>, values: &[f32]) -> Result<Self> {
+        Ok(TensorToWrite { name: name.into(), dtype, shape, data: Cow::Owned(f32_to_bytes(values, dtype)?) })
     }
 }
 
@@ -157,19 +137,15 @@ impl<'a> TensorToWrite<'a> {
 pub fn f32_to_bytes(values: &[f32], dtype: DType) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(values.len() * dtype.size());
     match dtype {
-        DType::F32 => values
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DType::BF16 => values
-            .iter()
-            .for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes())),
-        DType::F16 => values
-            .iter()
-            .for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes())),
+        DType::F32 => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DType::BF16 => {
+            values.iter().for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes()))
+        }
+        DType::F16 => {
+            values.iter().for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes()))
+        }
         other => {
-            return Err(ModelError::Invalid(format!(
-                "cannot encode f32 values as {other}; expected F32, BF16 or F16"
-            )))
+            return Err(ModelError::Invalid(format!("cannot encode f32 values as {other}; expected F32, BF16 or F16")))
         }
     }
     Ok(out)
@@ -179,23 +155,12 @@ pub fn f32_to_bytes(values: &[f32], dtype: DType) -> Result<Vec<u8>> {
 /// The caller guarantees `bytes.len()` is a multiple of the element size.
 fn decode_f32(bytes: &[u8], dtype: DType) -> Option<Vec<f32>> {
     match dtype {
-        DType::F32 => Some(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ),
+        DType::F32 => Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
         DType::F16 => Some(
-            bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                .collect(),
+            bytes.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
         ),
         DType::BF16 => Some(
-            bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                .collect(),
+            bytes.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
         ),
         _ => None,
     }
@@ -210,28 +175,19 @@ fn decode_i64(bytes: &[u8], dtype: DType) -> Option<Vec<i64>> {
                 .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
                 .collect(),
         ),
-        DType::I32 => Some(
-            bytes
-                .chunks_exact(4)
-                .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-                .collect(),
-        ),
-        DType::U32 => Some(
-            bytes
-                .chunks_exact(4)
-                .map(|c| i64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-                .collect(),
-        ),
+        DType::I32 => {
+            Some(bytes.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect())
+        }
+        DType::U32 => {
+            Some(bytes.chunks_exact(4).map(|c| i64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect())
+        }
         _ => None,
     }
 }
 
 /// `product(shape) * dtype.size()`, `None` on overflow.
 fn byte_len(dtype: DType, shape: &[usize]) -> Option<usize> {
-    shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))?
-        .checked_mul(dtype.size())
+    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?.checked_mul(dtype.size())
 }
 
 #[cfg(test)]

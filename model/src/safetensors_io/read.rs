@@ -10,8 +10,8 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 use super::{
-    byte_len, decode_f32, decode_i64, DType, TensorInfo, INDEX_FILE_NAME, MAX_HEADER_BYTES,
-    OTHER_SAFETENSORS_DTYPES, SINGLE_FILE_NAME,
+    byte_len, decode_f32, decode_i64, DType, TensorInfo, INDEX_FILE_NAME, MAX_HEADER_BYTES, OTHER_SAFETENSORS_DTYPES,
+    SINGLE_FILE_NAME,
 };
 use crate::error::{ModelError, Result};
 
@@ -63,9 +63,7 @@ impl Checkpoint {
             } else {
                 Err(ModelError::Safetensors {
                     path: path.to_path_buf(),
-                    msg: format!(
-                        "directory holds neither {INDEX_FILE_NAME} nor {SINGLE_FILE_NAME}"
-                    ),
+                    msg: format!("directory holds neither {INDEX_FILE_NAME} nor {SINGLE_FILE_NAME}"),
                 })
             }
         } else if path.extension().is_some_and(|e| e == "json") {
@@ -87,15 +85,7 @@ impl Checkpoint {
             total_bytes += (t.end - t.start) as u64;
             tensors.insert(
                 t.name,
-                Entry {
-                    info: TensorInfo {
-                        dtype: t.dtype,
-                        shape: t.shape,
-                        file: 0,
-                    },
-                    start: t.start,
-                    end: t.end,
-                },
+                Entry { info: TensorInfo { dtype: t.dtype, shape: t.shape, file: 0 }, start: t.start, end: t.end },
             );
         }
         Ok(Checkpoint {
@@ -111,16 +101,13 @@ impl Checkpoint {
     fn open_sharded(root: &Path, index: &Path) -> Result<Self> {
         let dir = index.parent().unwrap_or(Path::new("."));
         let index_name = file_name(index);
-        let idx_err = |msg: String| ModelError::Safetensors {
-            path: index.to_path_buf(),
-            msg,
-        };
+        let idx_err = |msg: String| ModelError::Safetensors { path: index.to_path_buf(), msg };
         let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
         if text.trim().is_empty() {
             return Err(idx_err("index file is empty".into()));
         }
-        let top: OrderedObject = serde_json::from_str(&text)
-            .map_err(|e| idx_err(format!("index is not a valid JSON object: {e}")))?;
+        let top: OrderedObject =
+            serde_json::from_str(&text).map_err(|e| idx_err(format!("index is not a valid JSON object: {e}")))?;
         let wm_value = top
             .0
             .into_iter()
@@ -141,8 +128,7 @@ impl Checkpoint {
                 });
             };
             let p = Path::new(&shard);
-            let plain =
-                !shard.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
+            let plain = !shard.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
             if !plain {
                 return Err(ModelError::Tensor {
                     path: index.to_path_buf(),
@@ -169,11 +155,8 @@ impl Checkpoint {
         for (file_idx, shard) in shard_names.iter().enumerate() {
             let shard_path = dir.join(shard);
             if !shard_path.is_file() {
-                let example = wanted
-                    .iter()
-                    .find(|(_, s)| s.as_str() == *shard)
-                    .map(|(t, _)| t.as_str())
-                    .unwrap_or_default();
+                let example =
+                    wanted.iter().find(|(_, s)| s.as_str() == *shard).map(|(t, _)| t.as_str()).unwrap_or_default();
                 return Err(idx_err(format!(
                     "weight_map names shard `{shard}` (for tensor `{example}` and maybe others), \
                      which does not exist at {}",
@@ -183,16 +166,11 @@ impl Checkpoint {
             let parsed = parse_file(&shard_path)?;
             for t in parsed.tensors {
                 if let Some(prev) = tensors.get(&t.name) {
-                    let other = files
-                        .get(prev.info.file)
-                        .map(|p: &PathBuf| file_name(p))
-                        .unwrap_or_default();
+                    let other = files.get(prev.info.file).map(|p: &PathBuf| file_name(p)).unwrap_or_default();
                     return Err(ModelError::Tensor {
                         path: shard_path,
                         tensor: t.name,
-                        msg: format!(
-                            "also present in shard `{other}`; a tensor must be in one shard only"
-                        ),
+                        msg: format!("also present in shard `{other}`; a tensor must be in one shard only"),
                     });
                 }
                 match wanted.get(&t.name) {
@@ -201,9 +179,7 @@ impl Checkpoint {
                         return Err(ModelError::Tensor {
                             path: shard_path,
                             tensor: t.name,
-                            msg: format!(
-                                "present in this shard but {index_name} places it in `{s}`"
-                            ),
+                            msg: format!("present in this shard but {index_name} places it in `{s}`"),
                         })
                     }
                     None => {
@@ -218,11 +194,7 @@ impl Checkpoint {
                 tensors.insert(
                     t.name,
                     Entry {
-                        info: TensorInfo {
-                            dtype: t.dtype,
-                            shape: t.shape,
-                            file: file_idx,
-                        },
+                        info: TensorInfo { dtype: t.dtype, shape: t.shape, file: file_idx },
                         start: t.start,
                         end: t.end,
                     },
@@ -243,14 +215,7 @@ impl Checkpoint {
                 });
             }
         }
-        Ok(Checkpoint {
-            root: root.to_path_buf(),
-            files,
-            maps,
-            first_metadata,
-            tensors,
-            total_bytes,
-        })
+        Ok(Checkpoint { root: root.to_path_buf(), files, maps, first_metadata, tensors, total_bytes })
     }
 
     /// The path that was opened (a file, or the checkpoint directory).
@@ -292,47 +257,36 @@ impl Checkpoint {
     fn entry(&self, name: &str) -> Result<&Entry> {
         self.tensors
             .get(name)
-            .ok_or_else(|| ModelError::MissingTensor {
-                path: self.root.clone(),
-                tensor: name.to_string(),
-            })
+            .ok_or_else(|| ModelError::MissingTensor { path: self.root.clone(), tensor: name.to_string() })
     }
 
     /// The tensor's little-endian bytes, borrowed from the memory map (no copy).
     pub fn bytes(&self, name: &str) -> Result<&[u8]> {
         let e = self.entry(name)?;
-        self.maps
-            .get(e.info.file)
-            .and_then(|m| m.get(e.start..e.end))
-            .ok_or_else(|| ModelError::Tensor {
-                path: self.files.get(e.info.file).cloned().unwrap_or_default(),
-                tensor: name.to_string(),
-                msg: "byte range outside the mapped file".into(),
-            })
+        self.maps.get(e.info.file).and_then(|m| m.get(e.start..e.end)).ok_or_else(|| ModelError::Tensor {
+            path: self.files.get(e.info.file).cloned().unwrap_or_default(),
+            tensor: name.to_string(),
+            msg: "byte range outside the mapped file".into(),
+        })
     }
 
     /// The tensor as f32 values; F32, F16 and BF16 convert exactly, other dtypes are a [`ModelError::Tensor`].
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
         let bytes = self.bytes(name)?;
         let dtype = self.entry(name)?.info.dtype;
-        decode_f32(bytes, dtype)
-            .ok_or_else(|| self.dtype_err(name, dtype, "f32", "F32, F16 or BF16"))
+        decode_f32(bytes, dtype).ok_or_else(|| self.dtype_err(name, dtype, "f32", "F32, F16 or BF16"))
     }
 
     /// The tensor as i64 values; I64, I32 and U32 are accepted, other dtypes are a [`ModelError::Tensor`].
     pub fn read_i64(&self, name: &str) -> Result<Vec<i64>> {
         let bytes = self.bytes(name)?;
         let dtype = self.entry(name)?.info.dtype;
-        decode_i64(bytes, dtype)
-            .ok_or_else(|| self.dtype_err(name, dtype, "i64", "I64, I32 or U32"))
+        decode_i64(bytes, dtype).ok_or_else(|| self.dtype_err(name, dtype, "i64", "I64, I32 or U32"))
     }
 
     fn dtype_err(&self, name: &str, dtype: DType, to: &str, accepted: &str) -> ModelError {
         ModelError::Tensor {
-            path: self
-                .path_of(name)
-                .map(Path::to_path_buf)
-                .unwrap_or_default(),
+            path: self.path_of(name).map(Path::to_path_buf).unwrap_or_default(),
             tensor: name.to_string(),
             msg: format!("dtype {dtype} cannot be read as {to} (expected {accepted})"),
         }
@@ -350,9 +304,7 @@ impl Checkpoint {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| p.display().to_string())
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
 }
 
 /// A JSON object with its keys in file order and duplicates kept (serde_json's `Map` would drop them).
@@ -366,10 +318,7 @@ impl<'de> Deserialize<'de> for OrderedObject {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> std::result::Result<OrderedObject, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> std::result::Result<OrderedObject, A::Error> {
                 let mut v = Vec::new();
                 while let Some((k, val)) = a.next_entry::<String, Value>()? {
                     v.push((k, val));
@@ -399,26 +348,19 @@ struct ParsedFile {
 
 /// Maps `path` and validates its header against the file size.
 fn parse_file(path: &Path) -> Result<ParsedFile> {
-    let file_err = |msg: String| ModelError::Safetensors {
-        path: path.to_path_buf(),
-        msg,
-    };
+    let file_err = |msg: String| ModelError::Safetensors { path: path.to_path_buf(), msg };
     let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
     let len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
     if len == 0 {
         return Err(file_err("file is empty, not a safetensors file".into()));
     }
     if len < 8 {
-        return Err(file_err(format!(
-            "file is {len} bytes, shorter than the 8-byte header length (truncated?)"
-        )));
+        return Err(file_err(format!("file is {len} bytes, shorter than the 8-byte header length (truncated?)")));
     }
     // SAFETY: the mapping is read-only and lives as long as the Checkpoint. Like every memory-mapped reader we rely
     // on the file not being modified or truncated while it is open (documented on `Checkpoint`).
     let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-    let (len_bytes, rest) = map
-        .split_at_checked(8)
-        .ok_or_else(|| file_err("file shrank while opening".into()))?;
+    let (len_bytes, rest) = map.split_at_checked(8).ok_or_else(|| file_err("file shrank while opening".into()))?;
     let mut n8 = [0u8; 8];
     n8.copy_from_slice(len_bytes);
     let n = u64::from_le_bytes(n8);
@@ -435,13 +377,12 @@ fn parse_file(path: &Path) -> Result<ParsedFile> {
     }
     let n = n as usize; // <= MAX_HEADER_BYTES, fits
     let (header, data) = rest.split_at(n);
-    let header = std::str::from_utf8(header)
-        .map_err(|e| file_err(format!("header is not valid UTF-8: {e}")))?;
+    let header = std::str::from_utf8(header).map_err(|e| file_err(format!("header is not valid UTF-8: {e}")))?;
     if header.trim().is_empty() {
         return Err(file_err("header is empty".into()));
     }
-    let obj: OrderedObject = serde_json::from_str(header)
-        .map_err(|e| file_err(format!("header is not a valid JSON object: {e}")))?;
+    let obj: OrderedObject =
+        serde_json::from_str(header).map_err(|e| file_err(format!("header is not a valid JSON object: {e}")))?;
 
     let data_start = 8 + n;
     let data_len = data.len();
@@ -451,9 +392,7 @@ fn parse_file(path: &Path) -> Result<ParsedFile> {
     for (name, v) in obj.0 {
         if name == "__metadata__" {
             if metadata.is_some() {
-                return Err(file_err(
-                    "`__metadata__` appears twice in the header".into(),
-                ));
+                return Err(file_err("`__metadata__` appears twice in the header".into()));
             }
             metadata = Some(parse_metadata(path, v)?);
             continue;
@@ -470,11 +409,7 @@ fn parse_file(path: &Path) -> Result<ParsedFile> {
             tensor: name.clone(),
             msg,
         })?;
-        let t_err = |msg: String| ModelError::Tensor {
-            path: path.to_path_buf(),
-            tensor: name.clone(),
-            msg,
-        };
+        let t_err = |msg: String| ModelError::Tensor { path: path.to_path_buf(), tensor: name.clone(), msg };
         if e < s {
             return Err(t_err(format!("data_offsets [{s}, {e}] are reversed")));
         }
@@ -484,24 +419,15 @@ fn parse_file(path: &Path) -> Result<ParsedFile> {
             )));
         }
         let (s, e) = (s as usize, e as usize); // <= data_len
-        let need = byte_len(dtype, &shape).ok_or_else(|| {
-            t_err(format!(
-                "shape {shape:?} is too large (byte size overflows)"
-            ))
-        })?;
+        let need = byte_len(dtype, &shape)
+            .ok_or_else(|| t_err(format!("shape {shape:?} is too large (byte size overflows)")))?;
         if need != e - s {
             return Err(t_err(format!(
                 "dtype {dtype} with shape {shape:?} needs {need} bytes but data_offsets [{s}, {e}] span {}",
                 e - s
             )));
         }
-        tensors.push(RawTensor {
-            name,
-            dtype,
-            shape,
-            start: s,
-            end: e,
-        });
+        tensors.push(RawTensor { name, dtype, shape, start: s, end: e });
     }
 
     // The tensors must tile the data section exactly.
@@ -509,24 +435,16 @@ fn parse_file(path: &Path) -> Result<ParsedFile> {
     let mut covered = 0usize;
     let mut prev: Option<&RawTensor> = None;
     for t in &tensors {
-        let t_err = |msg: String| ModelError::Tensor {
-            path: path.to_path_buf(),
-            tensor: t.name.clone(),
-            msg,
-        };
+        let t_err = |msg: String| ModelError::Tensor { path: path.to_path_buf(), tensor: t.name.clone(), msg };
         if t.start < covered {
-            let p = prev
-                .map(|p| (p.name.as_str(), p.start, p.end))
-                .unwrap_or(("", 0, 0));
+            let p = prev.map(|p| (p.name.as_str(), p.start, p.end)).unwrap_or(("", 0, 0));
             return Err(t_err(format!(
                 "data_offsets [{}, {}] overlap tensor `{}` at [{}, {}]",
                 t.start, t.end, p.0, p.1, p.2
             )));
         }
         if t.start > covered {
-            let after = prev
-                .map(|p| format!(" after tensor `{}`", p.name))
-                .unwrap_or_default();
+            let after = prev.map(|p| format!(" after tensor `{}`", p.name)).unwrap_or_default();
             return Err(t_err(format!(
                 "data_offsets [{}, {}] leave a gap: data bytes [{covered}, {}){after} belong to no tensor",
                 t.start, t.end, t.start
@@ -545,11 +463,7 @@ fn parse_file(path: &Path) -> Result<ParsedFile> {
         t.start += data_start;
         t.end += data_start;
     }
-    Ok(ParsedFile {
-        map,
-        metadata,
-        tensors,
-    })
+    Ok(ParsedFile { map, metadata, tensors })
 }
 
 fn parse_metadata(path: &Path, v: Value) -> Result<HashMap<String, String>> {
@@ -591,19 +505,12 @@ fn parse_tensor_entry(v: Value) -> std::result::Result<(DType, Vec<usize>, u64, 
             .iter()
             .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
             .collect::<Option<Vec<usize>>>()
-            .ok_or_else(|| {
-                format!(
-                    "`shape` {} is not a list of non-negative integers",
-                    Value::Array(a.clone())
-                )
-            })?,
+            .ok_or_else(|| format!("`shape` {} is not a list of non-negative integers", Value::Array(a.clone())))?,
         Some(_) => return Err("`shape` is not a list".into()),
         None => return Err("header entry has no `shape`".into()),
     };
     let offsets = match m.get("data_offsets") {
-        Some(Value::Array(a)) if a.len() == 2 => {
-            a.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>()
-        }
+        Some(Value::Array(a)) if a.len() == 2 => a.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>(),
         Some(_) => None,
         None => return Err("header entry has no `data_offsets`".into()),
     };

@@ -40,12 +40,7 @@ pub fn write_checkpoint_dir(
 ) -> Result<Vec<PathBuf>> {
     match fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(ModelError::Safetensors {
-                path: dir.to_path_buf(),
-                msg: "not a directory".into(),
-            })
-        }
+        Ok(_) => return Err(ModelError::Safetensors { path: dir.to_path_buf(), msg: "not a directory".into() }),
         Err(e) => return Err(ModelError::io(dir, e)),
     }
     let mut sorted: Vec<&TensorToWrite> = tensors.iter().collect();
@@ -85,11 +80,10 @@ pub fn write_checkpoint_dir(
                 "metadata": {"total_size": total},
                 "weight_map": weight_map,
             });
-            let mut text =
-                serde_json::to_string_pretty(&index).map_err(|e| ModelError::Safetensors {
-                    path: dir.join(INDEX_FILE_NAME),
-                    msg: format!("cannot serialise index: {e}"),
-                })?;
+            let mut text = serde_json::to_string_pretty(&index).map_err(|e| ModelError::Safetensors {
+                path: dir.join(INDEX_FILE_NAME),
+                msg: format!("cannot serialise index: {e}"),
+            })?;
             text.push('\n');
             let index_path = dir.join(INDEX_FILE_NAME);
             write_atomically(&index_path, |w| w.write_all(text.as_bytes()))?;
@@ -123,10 +117,7 @@ fn remove_stale(dir: &Path, keep: &[PathBuf]) -> Result<()> {
 
 /// `model-DDDDD-of-DDDDD.safetensors`.
 fn is_shard_name(name: &str) -> bool {
-    let Some(mid) = name
-        .strip_prefix("model-")
-        .and_then(|s| s.strip_suffix(".safetensors"))
-    else {
+    let Some(mid) = name.strip_prefix("model-").and_then(|s| s.strip_suffix(".safetensors")) else {
         return false;
     };
     match mid.split_once("-of-") {
@@ -144,25 +135,15 @@ fn is_shard_name(name: &str) -> bool {
 fn check_tensors(path: &Path, tensors: &[&TensorToWrite]) -> Result<()> {
     let mut seen = HashSet::with_capacity(tensors.len());
     for t in tensors {
-        let err = |msg: String| ModelError::Tensor {
-            path: path.to_path_buf(),
-            tensor: t.name.clone(),
-            msg,
-        };
+        let err = |msg: String| ModelError::Tensor { path: path.to_path_buf(), tensor: t.name.clone(), msg };
         if t.name == "__metadata__" {
-            return Err(err(
-                "`__metadata__` is reserved and cannot name a tensor".into()
-            ));
+            return Err(err("`__metadata__` is reserved and cannot name a tensor".into()));
         }
         if !seen.insert(t.name.as_str()) {
             return Err(err("given twice".into()));
         }
-        let need = byte_len(t.dtype, &t.shape).ok_or_else(|| {
-            err(format!(
-                "shape {:?} is too large (byte size overflows)",
-                t.shape
-            ))
-        })?;
+        let need = byte_len(t.dtype, &t.shape)
+            .ok_or_else(|| err(format!("shape {:?} is too large (byte size overflows)", t.shape)))?;
         if need != t.data.len() {
             return Err(err(format!(
                 "dtype {} with shape {:?} needs {need} bytes but {} were given",
@@ -221,11 +202,7 @@ fn header_bytes(tensors: &[&TensorToWrite], metadata: Option<&HashMap<String, St
 }
 
 /// Validates, sorts by name and writes one safetensors file atomically.
-fn write_file(
-    path: &Path,
-    tensors: &[&TensorToWrite],
-    metadata: Option<&HashMap<String, String>>,
-) -> Result<()> {
+fn write_file(path: &Path, tensors: &[&TensorToWrite], metadata: Option<&HashMap<String, String>>) -> Result<()> {
     let mut sorted: Vec<&TensorToWrite> = tensors.to_vec();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     check_tensors(path, &sorted)?;
@@ -242,10 +219,9 @@ fn write_file(
 
 /// `<path>.tmp` next to `path`.
 fn tmp_path(path: &Path) -> Result<PathBuf> {
-    let name = path.file_name().ok_or_else(|| ModelError::Safetensors {
-        path: path.to_path_buf(),
-        msg: "not a file path".into(),
-    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| ModelError::Safetensors { path: path.to_path_buf(), msg: "not a file path".into() })?;
     let mut tmp = name.to_os_string();
     tmp.push(".tmp");
     Ok(path.with_file_name(tmp))
@@ -253,10 +229,7 @@ fn tmp_path(path: &Path) -> Result<PathBuf> {
 
 /// Writes through `fill` into `<path>.tmp`, fsyncs, renames over `path`, then fsyncs the directory (best effort).
 /// On error the temporary file is removed.
-fn write_atomically(
-    path: &Path,
-    fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
-) -> Result<()> {
+fn write_atomically(path: &Path, fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> Result<()> {
     let tmp = tmp_path(path)?;
     let result = (|| -> std::io::Result<()> {
         let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
@@ -271,11 +244,7 @@ fn write_atomically(
         return Err(ModelError::io(path, e));
     }
     if let Some(parent) = path.parent() {
-        let dir = if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            parent
-        };
+        let dir = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
         // Not every platform / filesystem can fsync a directory; the data itself is already durable.
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
@@ -293,32 +262,14 @@ mod tests {
 
     fn sample() -> Vec<TensorToWrite<'static>> {
         let vals: Vec<f32> = (0..24).map(|i| (i as f32 - 7.3) * 0.37).collect();
-        let ints: Vec<u8> = [-3i64, 0, 1 << 40]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
+        let ints: Vec<u8> = [-3i64, 0, 1 << 40].iter().flat_map(|v| v.to_le_bytes()).collect();
         vec![
             TensorToWrite::from_f32("b.weight", DType::BF16, vec![4, 6], &vals).unwrap(),
             TensorToWrite::from_f32("a.weight", DType::F32, vec![2, 3, 4], &vals).unwrap(),
             TensorToWrite::from_f32("c.half", DType::F16, vec![24], &vals).unwrap(),
-            TensorToWrite {
-                name: "ids".into(),
-                dtype: DType::I64,
-                shape: vec![3],
-                data: Cow::Owned(ints),
-            },
-            TensorToWrite {
-                name: "empty".into(),
-                dtype: DType::F32,
-                shape: vec![0, 5],
-                data: Cow::Owned(vec![]),
-            },
-            TensorToWrite {
-                name: "scalar".into(),
-                dtype: DType::U8,
-                shape: vec![],
-                data: Cow::Owned(vec![7]),
-            },
+            TensorToWrite { name: "ids".into(), dtype: DType::I64, shape: vec![3], data: Cow::Owned(ints) },
+            TensorToWrite { name: "empty".into(), dtype: DType::F32, shape: vec![0, 5], data: Cow::Owned(vec![]) },
+            TensorToWrite { name: "scalar".into(), dtype: DType::U8, shape: vec![], data: Cow::Owned(vec![7]) },
         ]
     }
 
@@ -337,10 +288,7 @@ mod tests {
         write_safetensors(&path, &tensors, Some(&meta())).unwrap();
         assert!(!dir.path().join("t.safetensors.tmp").exists());
         let ck = Checkpoint::open(&path).unwrap();
-        assert_eq!(
-            ck.names(),
-            vec!["a.weight", "b.weight", "c.half", "empty", "ids", "scalar"]
-        );
+        assert_eq!(ck.names(), vec!["a.weight", "b.weight", "c.half", "empty", "ids", "scalar"]);
         for t in &tensors {
             assert_eq!(ck.bytes(&t.name).unwrap(), &t.data[..], "{}", t.name);
             let info = ck.info(&t.name).unwrap();
@@ -442,10 +390,7 @@ mod tests {
         let tensors = sample();
         // a.weight 96 B, b.weight 48, c.half 48, empty 0, ids 24, scalar 1 -> limit 100 gives 3 shards
         let files = write_checkpoint_dir(dir.path(), &tensors, Some(&meta()), Some(100)).unwrap();
-        let names: Vec<String> = files
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
+        let names: Vec<String> = files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
         assert_eq!(
             names,
             vec![
@@ -455,25 +400,12 @@ mod tests {
                 "model.safetensors.index.json",
             ]
         );
-        let index: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(&files[3]).unwrap()).unwrap();
+        let index: serde_json::Value = serde_json::from_str(&fs::read_to_string(&files[3]).unwrap()).unwrap();
         assert_eq!(index["metadata"]["total_size"], 217);
-        assert_eq!(
-            index["weight_map"]["a.weight"],
-            "model-00001-of-00003.safetensors"
-        );
-        assert_eq!(
-            index["weight_map"]["b.weight"],
-            "model-00002-of-00003.safetensors"
-        );
-        assert_eq!(
-            index["weight_map"]["c.half"],
-            "model-00002-of-00003.safetensors"
-        );
-        assert_eq!(
-            index["weight_map"]["ids"],
-            "model-00003-of-00003.safetensors"
-        );
+        assert_eq!(index["weight_map"]["a.weight"], "model-00001-of-00003.safetensors");
+        assert_eq!(index["weight_map"]["b.weight"], "model-00002-of-00003.safetensors");
+        assert_eq!(index["weight_map"]["c.half"], "model-00002-of-00003.safetensors");
+        assert_eq!(index["weight_map"]["ids"], "model-00003-of-00003.safetensors");
         let ck = Checkpoint::open(dir.path()).unwrap();
         assert_eq!(ck.files(), &files[..3]);
         assert_eq!(ck.len(), tensors.len());
@@ -504,10 +436,7 @@ mod tests {
         let mut t = sample();
         t[0].shape = vec![5, 6];
         let e = write_safetensors(&path, &t, None).unwrap_err();
-        assert!(
-            matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "b.weight"),
-            "{e}"
-        );
+        assert!(matches!(&e, ModelError::Tensor { tensor, .. } if tensor == "b.weight"), "{e}");
         let mut t = sample();
         t[1].name = "b.weight".into();
         let e = write_safetensors(&path, &t, None).unwrap_err();

@@ -123,11 +123,7 @@ pub(crate) unsafe fn kernel_6x16(
                 // SAFETY: i < mr and j < nr: inside the caller's tile.
                 unsafe {
                     let d = c.add(i * ldc + j);
-                    *d = if add {
-                        *d + buf[i * NR + j]
-                    } else {
-                        buf[i * NR + j]
-                    };
+                    *d = if add { *d + buf[i * NR + j] } else { buf[i * NR + j] };
                 }
             }
         }

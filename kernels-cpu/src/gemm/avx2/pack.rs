@@ -55,14 +55,7 @@ fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
 /// `dst` must be writable for `ceil(rows/MR) * kc * MR + 8` floats (the AVX path spills up
 /// to 2 floats past a panel, overwritten by the next one) and must not overlap `src`.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn pack_a(
-    src: *const f32,
-    rs: usize,
-    cs: usize,
-    rows: usize,
-    kc: usize,
-    dst: *mut f32,
-) {
+pub(crate) unsafe fn pack_a(src: *const f32, rs: usize, cs: usize, rows: usize, kc: usize, dst: *mut f32) {
     let mut i0 = 0;
     let mut d = dst;
     while i0 < rows {
@@ -101,11 +94,7 @@ pub(crate) unsafe fn pack_a(
             } else {
                 for p in 0..kc {
                     for i in 0..MR {
-                        *d.add(p * MR + i) = if i < r {
-                            *s.add(i * rs + p * cs)
-                        } else {
-                            0.0
-                        };
+                        *d.add(p * MR + i) = if i < r { *s.add(i * rs + p * cs) } else { 0.0 };
                     }
                 }
             }
@@ -177,11 +166,7 @@ pub(crate) unsafe fn pack_b(
             } else {
                 for p in 0..kc {
                     for j in 0..NR {
-                        *d.add(p * NR + j) = if j < c {
-                            *s.add(p * rs + j * cs)
-                        } else {
-                            0.0
-                        };
+                        *d.add(p * NR + j) = if j < c { *s.add(p * rs + j * cs) } else { 0.0 };
                     }
                 }
             }
