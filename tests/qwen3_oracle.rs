@@ -70,3 +70,32 @@ fn load_then_save_is_bit_identical_for_every_fixture() {
         assert_eq!(reloaded.config, model.config, "config round trip");
     }
 }
+
+#[test]
+fn bf16_storage_gives_the_same_logits_as_f32_storage_for_bf16_weights() {
+    // qwen3_bf16_d's weights are bf16 on disk, so keeping them as bf16 in memory loses nothing.
+    let dir = medmoe_tests::fixture_dir("qwen3_bf16_d");
+    let reference = open_reference(&dir);
+    let (batch, _) = batch_of(&reference);
+    let f32_model = Qwen3::load(&dir).unwrap();
+    let bf16_model = Qwen3::load_as(&dir, autograd::DType::BF16).unwrap();
+    assert_eq!(bf16_model.params.dtype(), autograd::DType::BF16);
+    assert_eq!(f32_model.logits(&batch).unwrap(), bf16_model.logits(&batch).unwrap());
+}
+
+#[test]
+fn inference_tape_records_nothing_and_training_tape_records_every_op() {
+    let dir = medmoe_tests::fixture_dir("qwen3_tied_a");
+    let model = Qwen3::load(&dir).unwrap();
+    let (batch, targets) = batch_of(&open_reference(&dir));
+    let tape = autograd::Tape::inference();
+    let bound = model.bind(&tape);
+    model.loss(&tape, &bound, &batch, &targets).unwrap();
+    assert!(tape.is_empty());
+    let tape = autograd::Tape::new();
+    let bound = model.bind(&tape);
+    model.loss(&tape, &bound, &batch, &targets).unwrap();
+    // per layer: 2 norms + qkv + 3 slices + 2 head norms + 2 ropes + attention + o + add + gate_up + 2 slices
+    // + swiglu + down + add = 19; plus embedding, final norm, loss.
+    assert_eq!(tape.len(), 19 * model.config.num_hidden_layers + 3);
+}

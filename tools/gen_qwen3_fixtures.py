@@ -15,6 +15,15 @@ backward, and writes `reference.safetensors` next to it:
   grad.<name>    f32             d loss / d param for every model.named_parameters() entry
                                  (tied models have no separate lm_head entry)
 
+Cases with train=True (qwen3_tied_a, qwen3_untied_b) also get `train.safetensors` (llm.c-style
+training check): from a fresh f32 load of the stored weights, 5 steps of
+torch.optim.AdamW(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.05, foreach=False) on the
+same batch (zero_grad, loss = model(input_ids, labels=labels).loss, backward, step):
+
+  losses         [5]     f32     loss before each update
+  final.<name>   f32     every model.named_parameters() entry after the 5 updates
+  __metadata__           also lr, beta1, beta2, eps, weight_decay, steps (Python repr strings)
+
 The reference is always computed on the model *loaded back from disk* as float32, so it is exactly
 the f32 math on the stored weights (for the bf16 case: on the bf16-rounded weights). Afterwards the
 fixture is verified by loading it again, rerunning, and comparing logits/loss/grads bit-exactly.
@@ -55,7 +64,7 @@ CASES = [
         vocab=256, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=32, inter=96,
         tied=True, eps=1e-6, rope_theta=10000.0, max_pos=64,
         batch=2, seq=16, init_std=0.08, norm_std=0.2,
-        storage="float32", shard=None,
+        storage="float32", shard=None, train=True,
     ),
     dict(
         name="qwen3_untied_b",
@@ -63,7 +72,7 @@ CASES = [
         vocab=301, hidden=48, layers=3, heads=6, kv_heads=3, head_dim=8, inter=80,
         tied=False, eps=1e-5, rope_theta=1e6, max_pos=512,
         batch=3, seq=33, init_std=0.1, norm_std=0.2,
-        storage="float32", shard=None,
+        storage="float32", shard=None, train=True,
     ),
     dict(
         # NOTE: intermediate 140 instead of the 200 first asked for: with 200 the directory is
@@ -74,7 +83,7 @@ CASES = [
         vocab=512, hidden=96, layers=2, heads=4, kv_heads=1, head_dim=40, inter=140,
         tied=True, eps=1e-6, rope_theta=5e5, max_pos=128,
         batch=2, seq=64, init_std=0.06, norm_std=0.2,
-        storage="float32", shard="250KB",
+        storage="float32", shard="250KB", train=False,
     ),
     dict(
         name="qwen3_bf16_d",
@@ -82,9 +91,17 @@ CASES = [
         vocab=256, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=32, inter=96,
         tied=False, eps=1e-6, rope_theta=10000.0, max_pos=64,
         batch=2, seq=16, init_std=0.08, norm_std=0.2,
-        storage="bfloat16", shard=None,
+        storage="bfloat16", shard=None, train=False,
     ),
 ]
+
+# llm.c-style training check (cases with train=True): TRAIN_STEPS updates of torch.optim.AdamW
+# (single-tensor path, foreach=False) on the reference batch, written to train.safetensors.
+TRAIN_LR = 1e-2
+TRAIN_BETAS = (0.9, 0.95)
+TRAIN_EPS = 1e-8
+TRAIN_WEIGHT_DECAY = 0.05
+TRAIN_STEPS = 5
 
 NORM_SUFFIXES = ("input_layernorm.weight", "post_attention_layernorm.weight",
                  "q_norm.weight", "k_norm.weight")
@@ -162,6 +179,70 @@ def run_reference(model, input_ids, labels):
         assert p.grad is not None, name
         grads[name] = p.grad.detach().to(torch.float32).clone().contiguous()
     return out.logits.detach().to(torch.float32).clone().contiguous(), out.loss.detach().float().clone(), grads
+
+
+def run_training(model, input_ids, labels):
+    """TRAIN_STEPS AdamW updates on one batch. Returns the loss before each update [steps] and every
+    named parameter after the last update (tied models: the shared matrix once, as
+    model.embed_tokens.weight)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=TRAIN_LR, betas=TRAIN_BETAS, eps=TRAIN_EPS,
+                            weight_decay=TRAIN_WEIGHT_DECAY, foreach=False)
+    losses = []
+    for _ in range(TRAIN_STEPS):
+        opt.zero_grad(set_to_none=True)
+        loss = model(input_ids=input_ids, labels=labels, use_cache=False).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach().float().reshape(()))
+    final = {n: p.detach().to(torch.float32).clone().contiguous() for n, p in model.named_parameters()}
+    return torch.stack(losses).contiguous(), final
+
+
+def train_metadata(name):
+    return {
+        "format": "medmoe-fixture",
+        "version": "1",
+        "generator": GENERATOR,
+        "regenerate": REGENERATE,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "case": name,
+        "lr": repr(TRAIN_LR),
+        "beta1": repr(TRAIN_BETAS[0]),
+        "beta2": repr(TRAIN_BETAS[1]),
+        "eps": repr(TRAIN_EPS),
+        "weight_decay": repr(TRAIN_WEIGHT_DECAY),
+        "steps": str(TRAIN_STEPS),
+    }
+
+
+def generate_training(c, d, input_ids, labels, ref_loss, ref_names):
+    """Writes <d>/train.safetensors: `losses` [steps] and `final.<name>` for every parameter, from a
+    fresh f32 load of the stored weights (exactly like the reference). Then reruns the whole thing
+    from another fresh load and requires bit-identical losses and parameters."""
+    model = load_f32(d)
+    losses, final = run_training(model, input_ids, labels)
+    assert list(final) == ref_names, (list(final), ref_names)
+    # Step 0 is the reference forward on the same weights and batch.
+    assert torch.equal(losses[0], ref_loss.reshape(())), (losses[0].item(), ref_loss.item())
+    assert bool(torch.isfinite(losses).all()) and losses[-1] < losses[0], losses
+    tensors = {"losses": losses}
+    for n, p in final.items():
+        tensors["final." + n] = p
+    meta = train_metadata(c["name"])
+    path = os.path.join(d, "train.safetensors")
+    save_file(tensors, path, metadata=meta)
+    canonicalize_metadata(path)
+
+    with safe_open(path, framework="pt") as f:
+        assert f.metadata() == meta, f.metadata()
+        stored = {k: f.get_tensor(k) for k in f.keys()}
+    assert set(stored) == set(tensors)
+    again_losses, again_final = run_training(load_f32(d), input_ids, labels)
+    assert torch.equal(again_losses, stored["losses"]), "losses not bit-exact on rerun"
+    for n, p in again_final.items():
+        assert torch.equal(p, stored["final." + n]), f"final.{n} not bit-exact on rerun"
+    return [float(x) for x in losses]
 
 
 def dir_size(path):
@@ -245,6 +326,10 @@ def generate(c, out_root):
 
     verify(c, d, tensors, meta)
 
+    train_losses = None
+    if c["train"]:
+        train_losses = generate_training(c, d, input_ids, labels, loss, names)
+
     total, files = dir_size(d)
     assert total < MAX_DIR_BYTES, f"{name}: {total} bytes >= {MAX_DIR_BYTES}"
     shards = [f for f in files if f.startswith("model") and f.endswith(".safetensors")]
@@ -252,7 +337,7 @@ def generate(c, out_root):
         assert "model.safetensors.index.json" in files and len(shards) >= 2, files
     return dict(case=name, dir=d, total_bytes=total, files=files, loss=float(loss),
                 n_params=sum(p.numel() for p in ref_model.parameters()), n_grads=len(grads),
-                storage=c["storage"], shards=len(shards))
+                storage=c["storage"], shards=len(shards), train_losses=train_losses)
 
 
 def canonicalize_metadata(path):
@@ -320,6 +405,8 @@ def main():
         print(f"{r['case']}: loss={r['loss']:.6f} params={r['n_params']} grads={r['n_grads']} "
               f"storage={r['storage']} shards={r['shards']} total={r['total_bytes']} bytes "
               f"({r['total_bytes'] / 1e6:.3f} MB) verified bit-exact")
+        if r["train_losses"] is not None:
+            print(f"    AdamW losses: {' '.join(f'{x:.6f}' for x in r['train_losses'])}")
         for f, s in r["files"].items():
             print(f"    {s:>9}  {f}")
 

@@ -112,7 +112,7 @@ fn step_avx2(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], k: S
 
 fn step_chunk(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], k: Scalars) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if crate::fastmath::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
         return unsafe { step_avx2(param, grad, m, v, k) };
     }

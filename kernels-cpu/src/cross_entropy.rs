@@ -21,18 +21,44 @@ pub fn default_chunk_rows(v: usize) -> usize {
 
 /// Turns one row of logits into softmax probabilities in place; returns `logsumexp`.
 fn softmax_in_place(row: &mut [f32]) -> f32 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut sum = 0f64;
-    for x in row.iter_mut() {
-        let e = (*x - max).exp();
-        *x = e;
-        sum += e as f64;
+    #[cfg(target_arch = "x86_64")]
+    if crate::fastmath::has_avx2_fma() {
+        // SAFETY: the CPU supports the features the function was compiled for.
+        return unsafe { softmax_avx2(row) };
     }
-    let inv = (1.0 / sum) as f32;
+    softmax_body(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_avx2(row: &mut [f32]) -> f32 {
+    softmax_body(row)
+}
+
+/// Eight-lane max / exp-sum / scale so the loops vectorise.
+#[inline(always)]
+fn softmax_body(row: &mut [f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    for c in row.chunks(8) {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    let max = lanes.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let mut sums = [0f32; 8];
+    for c in row.chunks_mut(8) {
+        for (s, x) in sums.iter_mut().zip(c.iter_mut()) {
+            let e = crate::fastmath::exp_fast(*x - max);
+            *x = e;
+            *s += e;
+        }
+    }
+    let sum: f32 = sums.iter().sum();
+    let inv = 1.0 / sum;
     for x in row.iter_mut() {
         *x *= inv;
     }
-    max + (sum as f32).ln()
+    max + sum.ln()
 }
 
 /// Checks a target and returns it as an index (`None` for ignored rows).

@@ -16,6 +16,7 @@ pub mod check;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
+pub mod fastmath;
 pub mod gemm;
 pub mod rmsnorm;
 pub mod rope;

@@ -115,37 +115,6 @@ fn causal_cols(t: usize, k0: usize, bk: usize) -> usize {
     (t + 1).saturating_sub(k0).min(bk)
 }
 
-/// `e^x` in f32 (Cephes `expf`: Cody-Waite reduction, degree-5 minimax; about 2 ulp),
-/// branch-free so loops over it vectorise. Returns 0 for `x < -87` (including -inf), where
-/// `e^x < 2e-38` is below anything a softmax row normalised by its max can notice.
-#[inline(always)]
-pub(super) fn exp_fast(x: f32) -> f32 {
-    const LO: f32 = -87.0;
-    const HI: f32 = 88.0;
-    // 1.5 * 2^23: adding it rounds to the nearest integer, which sits in the low mantissa bits.
-    const MAGIC: f32 = 12_582_912.0;
-    const C1: f32 = 0.693_359_4; // ln 2 split so n * C1 is exact
-    const C2: f32 = -2.121_944_4e-4;
-    let xc = x.clamp(LO, HI);
-    let r = xc * std::f32::consts::LOG2_E + MAGIC;
-    let n = r - MAGIC;
-    let ni = (r.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    let f = xc - n * C1 - n * C2;
-    let mut p = 1.987_569_1e-4;
-    p = p * f + 1.398_199_9e-3;
-    p = p * f + 8.333_452e-3;
-    p = p * f + 4.166_579_6e-2;
-    p = p * f + 1.666_666_5e-1;
-    p = p * f + 0.5;
-    let y = p * f * f + f + 1.0;
-    let y = f32::from_bits((y.to_bits() as i32).wrapping_add(ni << 23) as u32);
-    if x < LO {
-        0.0
-    } else {
-        y
-    }
-}
-
 /// Largest element (-inf for an empty slice), eight lanes so it vectorises.
 #[inline(always)]
 fn row_max(x: &[f32]) -> f32 {
@@ -193,14 +162,14 @@ fn online_softmax_row(s: &mut [f32], ncol: usize, seg: Option<(u32, &[u32])>, m:
     let mut chunks = live.chunks_exact_mut(8);
     for c in &mut chunks {
         for (x, acc) in c.iter_mut().zip(lanes.iter_mut()) {
-            let p = exp_fast(*x - m_new);
+            let p = crate::fastmath::exp_fast(*x - m_new);
             *x = p;
             *acc += p;
         }
     }
     let mut sum = 0f32;
     for x in chunks.into_remainder() {
-        let p = exp_fast(*x - m_new);
+        let p = crate::fastmath::exp_fast(*x - m_new);
         *x = p;
         sum += p;
     }
@@ -220,7 +189,7 @@ fn softmax_grad_row(s: &mut [f32], dp: &mut [f32], ncol: usize, seg: Option<(u32
     ddead.fill(0.0);
     mask_seg(live, seg);
     for (x, g) in live.iter_mut().zip(dlive.iter_mut()) {
-        let p = exp_fast(*x - lse);
+        let p = crate::fastmath::exp_fast(*x - lse);
         *x = p;
         *g = p * (*g - d);
     }
@@ -299,18 +268,11 @@ unsafe fn bwd_rows_avx2(pos: &TilePos, s: &mut [f32], dp: &mut [f32], lse: &[f32
     bwd_rows_body(pos, s, dp, lse, d)
 }
 
-/// Whether the AVX2 builds of the row sweeps may run (cached by std).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn has_avx2() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-}
-
 /// [`fwd_rows_body`], in an AVX2 build when the CPU has it. Both builds give identical bits:
 /// the same operations in the same order (Rust never contracts `a * b + c` into an FMA).
 pub(super) fn fwd_rows(pos: &TilePos, s: &mut [f32], m: &mut [f32], l: &mut [f32], acc: &mut [f32], dh: usize) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if crate::fastmath::has_avx2_fma() {
         // SAFETY: the CPU supports the features the function was compiled for.
         return unsafe { fwd_rows_avx2(pos, s, m, l, acc, dh) };
     }
@@ -320,7 +282,7 @@ pub(super) fn fwd_rows(pos: &TilePos, s: &mut [f32], m: &mut [f32], l: &mut [f32
 /// [`bwd_rows_body`], in an AVX2 build when the CPU has it (identical bits, as [`fwd_rows`]).
 pub(super) fn bwd_rows(pos: &TilePos, s: &mut [f32], dp: &mut [f32], lse: &[f32], d: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
+    if crate::fastmath::has_avx2_fma() {
         // SAFETY: the CPU supports the features the function was compiled for.
         return unsafe { bwd_rows_avx2(pos, s, dp, lse, d) };
     }
@@ -331,23 +293,6 @@ pub(super) fn bwd_rows(pos: &TilePos, s: &mut [f32], dp: &mut [f32], lse: &[f32]
 mod tests {
     use super::*;
     use crate::check::rand_vec;
-
-    #[test]
-    fn exp_fast_is_accurate_and_zero_below_range() {
-        let mut worst = 0f64;
-        for i in 0..175_000 {
-            let x = -87.0 + i as f64 * 1e-3; // -87 .. 88
-            let x = x as f32;
-            let want = (x as f64).exp();
-            worst = worst.max((exp_fast(x) as f64 - want).abs() / want);
-        }
-        eprintln!("exp_fast max rel err {worst:.2e}");
-        assert!(worst <= 2e-7, "exp_fast max rel err {worst:.3e} > 2e-7");
-        assert_eq!(exp_fast(0.0), 1.0);
-        for x in [-87.01, -100.0, -1e30, f32::NEG_INFINITY] {
-            assert_eq!(exp_fast(x), 0.0, "exp_fast({x})");
-        }
-    }
 
     /// The dispatched (AVX2 where available) and portable row sweeps give identical bits.
     #[test]

@@ -241,3 +241,31 @@ pub(crate) fn matmul(
         }
     });
 }
+
+/// TEMP: kernel-only timing.
+pub fn bench_kernel_only(mc: usize, kc: usize, nc: usize, iters: usize) -> f64 {
+    let a = vec![0.5f32; round_up(mc, MR) * kc + 64];
+    let b = vec![0.25f32; round_up(nc, NR) * kc + 64];
+    let mut c = vec![0f32; mc * nc];
+    let t0 = std::time::Instant::now();
+    for _ in 0..iters {
+        for q in 0..nc / NR {
+            for ir in (0..mc).step_by(MR) {
+                unsafe {
+                    kernel_6x16(
+                        kc,
+                        a.as_ptr().add(ir * kc),
+                        b.as_ptr().add(q * kc * NR),
+                        c.as_mut_ptr().add(ir * nc + q * NR),
+                        nc,
+                        MR,
+                        NR,
+                        false,
+                    );
+                }
+            }
+        }
+    }
+    let s = t0.elapsed().as_secs_f64();
+    2.0 * (mc * kc * nc * iters) as f64 / s / 1e9
+}

@@ -9,7 +9,7 @@
 //! picks one explicitly (tests, benchmarks).
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub mod avx2;
 /// Whether an operand is read as stored or transposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trans {
@@ -231,26 +231,155 @@ mod tests {
     use super::*;
     use crate::check::{assert_close, rand_vec};
 
+    const SIZES: [(usize, usize, usize); 8] =
+        [(1, 1, 1), (7, 13, 5), (33, 65, 17), (129, 31, 70), (300, 257, 130), (1000, 3, 2), (64, 0, 3), (5, 600, 40)];
+    const TRANS: [Trans; 2] = [Trans::No, Trans::Yes];
+
+    /// The concrete backends this CPU can run.
+    fn backends() -> Vec<GemmBackend> {
+        [GemmBackend::GemmCrate, GemmBackend::Avx2].into_iter().filter(|b| b.is_available()).collect()
+    }
+
+    /// Runs `f` inside a rayon pool of `threads` threads.
+    fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("rayon pool").install(f)
+    }
+
+    /// `|got - want| <= tol + tol * |want|` with `tol = 1e-5 * max(1, sqrt(k))`: f32 rounding of
+    /// a k-term sum of products of values in [-1, 1) grows like sqrt(k) ulps.
+    fn check(got: &[f32], want: &[f32], k: usize, what: &str) {
+        let tol = 1e-5 * (k as f64).sqrt().max(1.0);
+        assert_close(got, want, tol, tol, what);
+    }
+
     #[test]
-    fn matches_naive_on_awkward_sizes_and_all_transposes() {
-        for &(m, k, n) in &[(1, 1, 1), (7, 13, 5), (33, 65, 17), (129, 31, 70), (64, 0, 3)] {
-            for ta in [Trans::No, Trans::Yes] {
-                for tb in [Trans::No, Trans::Yes] {
+    fn every_backend_matches_naive_on_awkward_sizes_transposes_threads() {
+        let backends = backends();
+        for (m, k, n) in SIZES {
+            for ta in TRANS {
+                for tb in TRANS {
                     for acc in [false, true] {
                         let a = rand_vec(m * k, 1);
                         let b = rand_vec(k * n, 2);
                         let init = rand_vec(m * n, 3);
-                        let mut fast = init.clone();
-                        let mut slow = init.clone();
-                        matmul(&mut fast, &a, &b, m, k, n, ta, tb, acc);
-                        let mut single = init.clone();
-                        matmul_single(&mut single, &a, &b, m, k, n, ta, tb, acc);
-                        assert_eq!(single, fast, "single-threaded differs");
-                        matmul_naive(&mut slow, &a, &b, m, k, n, ta, tb, acc);
-                        assert_close(&fast, &slow, 1e-5, 1e-5, &format!("gemm {m}x{k}x{n} {ta:?}{tb:?} acc={acc}"));
+                        let mut want = init.clone();
+                        matmul_naive(&mut want, &a, &b, m, k, n, ta, tb, acc);
+                        for &be in &backends {
+                            for threads in [1, 2] {
+                                let mut got = init.clone();
+                                in_pool(threads, || matmul_with(be, threads, &mut got, &a, &b, m, k, n, ta, tb, acc));
+                                let what = format!("{be:?} t={threads} {m}x{k}x{n} {ta:?}{tb:?} acc={acc}");
+                                check(&got, &want, k, &what);
+                            }
+                        }
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn matmul_and_matmul_single_match_naive() {
+        for (m, k, n) in [(33, 65, 17), (129, 300, 70)] {
+            for ta in TRANS {
+                for tb in TRANS {
+                    let a = rand_vec(m * k, 4);
+                    let b = rand_vec(k * n, 5);
+                    let init = rand_vec(m * n, 6);
+                    let mut want = init.clone();
+                    matmul_naive(&mut want, &a, &b, m, k, n, ta, tb, true);
+                    let mut fast = init.clone();
+                    in_pool(2, || matmul(&mut fast, &a, &b, m, k, n, ta, tb, true));
+                    check(&fast, &want, k, &format!("matmul {m}x{k}x{n} {ta:?}{tb:?}"));
+                    let mut single = init.clone();
+                    matmul_single(&mut single, &a, &b, m, k, n, ta, tb, true);
+                    check(&single, &want, k, &format!("single {m}x{k}x{n} {ta:?}{tb:?}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn auto_resolves_to_avx2_exactly_when_available() {
+        let want = if GemmBackend::Avx2.is_available() { GemmBackend::Avx2 } else { GemmBackend::GemmCrate };
+        assert_eq!(GemmBackend::Auto.resolve(), want);
+        assert_eq!(GemmBackend::GemmCrate.resolve(), GemmBackend::GemmCrate);
+        assert!(GemmBackend::Auto.is_available() && GemmBackend::GemmCrate.is_available());
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            GemmBackend::Avx2.is_available(),
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        );
+    }
+
+    /// The AVX2 driver fixes kc from k alone, so every element is summed in the same order
+    /// whatever the thread count and row/column partition: results must agree bit for bit.
+    #[test]
+    fn avx2_is_bitwise_independent_of_thread_count() {
+        if !GemmBackend::Avx2.is_available() {
+            return;
+        }
+        for (m, k, n) in [(300, 600, 200), (7, 700, 900), (1000, 40, 33)] {
+            for ta in TRANS {
+                for tb in TRANS {
+                    for acc in [false, true] {
+                        let a = rand_vec(m * k, 7);
+                        let b = rand_vec(k * n, 8);
+                        let init = rand_vec(m * n, 9);
+                        let run = |threads: usize| {
+                            let mut d = init.clone();
+                            in_pool(threads, || {
+                                matmul_with(GemmBackend::Avx2, threads, &mut d, &a, &b, m, k, n, ta, tb, acc)
+                            });
+                            d
+                        };
+                        let one = run(1);
+                        for threads in [2, 3] {
+                            let many = run(threads);
+                            let same = one.iter().zip(&many).all(|(x, y)| x.to_bits() == y.to_bits());
+                            assert!(same, "{m}x{k}x{n} {ta:?}{tb:?} acc={acc}: t={threads} differs");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tiny cache blocks so every loop of the AVX2 driver (several jc, pc, ic blocks, edge
+    /// tiles, the k tail of the transposing packs) runs many times on small sizes.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_small_blocking_covers_every_loop() {
+        if !GemmBackend::Avx2.is_available() {
+            return;
+        }
+        let blk = avx2::Blocking { mc: 13, kc: 20, nc: 40 };
+        for (m, k, n) in [(50, 70, 90), (6, 16, 16), (1, 9, 100), (61, 8, 3)] {
+            for ta in TRANS {
+                for tb in TRANS {
+                    for acc in [false, true] {
+                        let a = rand_vec(m * k, 10);
+                        let b = rand_vec(k * n, 11);
+                        let init = rand_vec(m * n, 12);
+                        let mut want = init.clone();
+                        matmul_naive(&mut want, &a, &b, m, k, n, ta, tb, acc);
+                        for threads in [1, 2] {
+                            let mut got = init.clone();
+                            in_pool(threads, || avx2::matmul(&mut got, &a, &b, m, k, n, ta, tb, acc, threads, blk));
+                            let what = format!("t={threads} {m}x{k}x{n} {ta:?}{tb:?} acc={acc}");
+                            check(&got, &want, k, &what);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "dst too short")]
+    fn short_dst_panics() {
+        let backend = GemmBackend::Auto;
+        let mut d = vec![0.0; 5];
+        matmul_with(backend, 1, &mut d, &[0.0; 6], &[0.0; 9], 2, 3, 3, Trans::No, Trans::No, false);
     }
 }
