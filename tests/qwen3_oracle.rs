@@ -99,3 +99,73 @@ fn inference_tape_records_nothing_and_training_tape_records_every_op() {
     // + swiglu + down + add = 19; plus embedding, final norm, loss.
     assert_eq!(tape.len(), 19 * model.config.num_hidden_layers + 3);
 }
+
+#[test]
+fn adamw_training_curve_matches_pytorch() {
+    // llm.c-style training check against tools/gen_qwen3_fixtures.py's train.safetensors: from the
+    // stored weights, `steps` x (forward, backward, AdamW) on the reference batch must follow
+    // torch.optim.AdamW(foreach=False) on transformers' model: every step's loss relative <= 1e-4,
+    // every parameter after the last step norm-wise relative <= 1e-4.
+    use autograd::optim::AdamW;
+    use kernels_cpu::adamw::AdamWConfig;
+    use model::train::train_step;
+
+    const TRAIN_LOSS_REL: f64 = 1e-4;
+    const TRAIN_PARAM_REL: f64 = 1e-4;
+
+    let dirs: Vec<_> =
+        fixtures_with_prefix("qwen3_").into_iter().filter(|d| d.join("train.safetensors").is_file()).collect();
+    assert!(dirs.len() >= 2, "expected >= 2 fixtures with train.safetensors, found {}", dirs.len());
+    for dir in dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let train = Checkpoint::open(&dir.join("train.safetensors")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let meta = train.metadata().expect("train.safetensors has __metadata__");
+        assert_eq!(meta.get("format").map(String::as_str), Some("medmoe-fixture"), "{name}: fixture magic");
+        assert_eq!(meta.get("version").map(String::as_str), Some("1"), "{name}: fixture version");
+        let value = |key: &str| meta.get(key).unwrap_or_else(|| panic!("{name}: metadata has no `{key}`"));
+        let hyper = |key: &str| -> f32 { value(key).parse().unwrap_or_else(|e| panic!("{name}: `{key}`: {e}")) };
+        let cfg = AdamWConfig {
+            lr: hyper("lr"),
+            beta1: hyper("beta1"),
+            beta2: hyper("beta2"),
+            eps: hyper("eps"),
+            weight_decay: hyper("weight_decay"),
+        };
+        let steps: usize = value("steps").parse().unwrap();
+        let want_losses = train.read_f32("losses").unwrap();
+        assert_eq!(want_losses.len(), steps, "{name}: losses length");
+
+        let mut model = Qwen3::load(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (batch, targets) = batch_of(&open_reference(&dir));
+        let mut opt = AdamW::new(&model.params, cfg);
+        let mut worst_loss = 0f64;
+        for (step, &want) in want_losses.iter().enumerate() {
+            let got = train_step(&mut model, &mut opt, &batch, &targets).unwrap().loss;
+            let rel = ((got - want) as f64).abs() / (want as f64).abs();
+            println!("{name}: step {step} loss {got} vs {want} (rel {rel:.3e})");
+            assert!(rel <= TRAIN_LOSS_REL, "{name}: step {step} loss rel diff {rel:.3e} > {TRAIN_LOSS_REL:e}");
+            worst_loss = worst_loss.max(rel);
+        }
+
+        // Every final.* tensor is a model parameter and every parameter has one.
+        let n_final = train.names().iter().filter(|n| n.starts_with("final.")).count();
+        assert_eq!(n_final, model.params.entries().len(), "{name}: final.* count");
+        let flat = model.params.flat();
+        let mut worst = (0f64, String::new());
+        for e in model.params.entries() {
+            let want = train.read_f32(&format!("final.{}", e.name)).unwrap_or_else(|err| panic!("{name}: {err}"));
+            let err = rel_norm_err(&flat[e.offset..e.offset + e.numel()], &want);
+            assert!(err <= TRAIN_PARAM_REL, "{name}: final {} rel err {err:.3e} > {TRAIN_PARAM_REL:e}", e.name);
+            if err > worst.0 {
+                worst = (err, e.name.clone());
+            }
+        }
+        println!(
+            "{name}: {steps} AdamW steps ({cfg:?}): worst loss rel {worst_loss:.3e}, {} parameters, worst rel err \
+             {:.3e} ({})",
+            model.params.entries().len(),
+            worst.0,
+            worst.1
+        );
+    }
+}
