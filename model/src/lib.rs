@@ -11,6 +11,7 @@ pub mod init;
 pub mod load;
 pub mod qwen3;
 pub mod safetensors_io;
+pub mod surgery;
 pub mod train;
 
 pub use batch::TokenBatch;
