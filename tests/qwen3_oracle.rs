@@ -4,6 +4,7 @@
 
 use kernels_cpu::check::{max_errors, rel_norm_err};
 use medmoe_tests::{fixtures_with_prefix, open_reference};
+use model::qwen3::RunOptions;
 use model::safetensors_io::Checkpoint;
 use model::train::loss_and_grads;
 use model::{Qwen3, TokenBatch};
@@ -34,7 +35,7 @@ fn qwen3_matches_transformers_logits_loss_and_every_gradient() {
         println!("{name}: logits max abs diff {abs:.3e}");
         assert!(abs <= LOGITS_MAX_ABS, "{name}: logits max abs diff {abs:.3e} > {LOGITS_MAX_ABS:e}");
 
-        let (loss, _, grads) = loss_and_grads(&model, &batch, &targets).unwrap();
+        let (loss, _, grads) = loss_and_grads(&model, &batch, &targets, &RunOptions::eval()).unwrap();
         let want_loss = reference.read_f32("loss").unwrap()[0];
         let rel = ((loss - want_loss) as f64).abs() / (want_loss as f64).abs();
         println!("{name}: loss {loss} vs {want_loss} (rel {rel:.3e})");
@@ -90,11 +91,11 @@ fn inference_tape_records_nothing_and_training_tape_records_every_op() {
     let (batch, targets) = batch_of(&open_reference(&dir));
     let tape = autograd::Tape::inference();
     let bound = model.bind(&tape);
-    model.loss(&tape, &bound, &batch, &targets).unwrap();
+    model.loss(&tape, &bound, &batch, &targets, &RunOptions::eval()).unwrap();
     assert!(tape.is_empty());
     let tape = autograd::Tape::new();
     let bound = model.bind(&tape);
-    model.loss(&tape, &bound, &batch, &targets).unwrap();
+    model.loss(&tape, &bound, &batch, &targets, &RunOptions::eval()).unwrap();
     // per layer: 2 norms + qkv + 3 slices + 2 head norms + 2 ropes + attention + o + add + gate_up + 2 slices
     // + swiglu + down + add = 19; plus embedding, final norm, loss.
     assert_eq!(tape.len(), 19 * model.config.num_hidden_layers + 3);
@@ -140,7 +141,7 @@ fn adamw_training_curve_matches_pytorch() {
         let mut opt = AdamW::new(&model.params, cfg);
         let mut worst_loss = 0f64;
         for (step, &want) in want_losses.iter().enumerate() {
-            let got = train_step(&mut model, &mut opt, &batch, &targets).unwrap().loss;
+            let got = train_step(&mut model, &mut opt, &batch, &targets, &RunOptions::train(0)).unwrap().loss;
             let rel = ((got - want) as f64).abs() / (want as f64).abs();
             println!("{name}: step {step} loss {got} vs {want} (rel {rel:.3e})");
             assert!(rel <= TRAIN_LOSS_REL, "{name}: step {step} loss rel diff {rel:.3e} > {TRAIN_LOSS_REL:e}");

@@ -83,22 +83,43 @@ impl ParamTable {
     /// `[sum of rows, cols]` matrix: fused projections (q/k/v, gate/up) in one GEMM.
     /// Returns the leaf and its offset for [`ParamTable::flat_grads_at`].
     pub fn fused_leaf(&self, tape: &Tape, names: &[&str]) -> Result<(usize, Tensor)> {
-        let first = self.entry(names[0])?;
-        let cols = *first.shape.last().unwrap_or(&1);
-        let mut end = first.offset;
+        let cols = *self.entry(names[0])?.shape.last().unwrap_or(&1);
         let mut rows = 0;
         for name in names {
             let e = self.entry(name)?;
-            if e.offset != end || e.shape.len() != 2 || e.shape[1] != cols {
+            if e.shape.len() != 2 || e.shape[1] != cols {
                 return Err(AutogradError::Shape {
                     op: "fused_leaf",
-                    msg: format!("`{name}` does not continue the fused block of `{}`", names[0]),
+                    msg: format!("`{name}` {:?} does not have {cols} columns", e.shape),
+                });
+            }
+            rows += e.shape[0];
+        }
+        self.block_leaf(tape, names, &[rows, cols])
+    }
+
+    /// One leaf of `shape` over the consecutive parameters `names` (their elements in layout
+    /// order), e.g. all routed experts of a layer as `[E, 3*W*D]`.
+    pub fn block_leaf(&self, tape: &Tape, names: &[&str], shape: &[usize]) -> Result<(usize, Tensor)> {
+        let first = self.entry(names[0])?;
+        let mut end = first.offset;
+        for name in names {
+            let e = self.entry(name)?;
+            if e.offset != end {
+                return Err(AutogradError::Shape {
+                    op: "block_leaf",
+                    msg: format!("`{name}` does not continue the block of `{}`", names[0]),
                 });
             }
             end += e.numel();
-            rows += e.shape[0];
         }
-        Ok((first.offset, tape.leaf(&Tensor::view(self.storage.clone(), first.offset, &[rows, cols]))))
+        if end - first.offset != shape.iter().product::<usize>() {
+            return Err(AutogradError::Shape {
+                op: "block_leaf",
+                msg: format!("block of {} elements is not {shape:?}", end - first.offset),
+            });
+        }
+        Ok((first.offset, tape.leaf(&Tensor::view(self.storage.clone(), first.offset, shape))))
     }
 
     /// One leaf for the parameter `name`, with its offset.

@@ -32,6 +32,8 @@ enum Command {
     Logits(cmd::logits::Args),
     /// Measure speed: GEMM GFLOP/s or a full training step; prints JSON lines.
     Bench(cmd::bench::Args),
+    /// Synthetic medical world, tokenizer, packing and data statistics.
+    Data(cmd::data::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -41,6 +43,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Logits(a) => cmd::logits::run(a),
         Command::Bench(a) => cmd::bench::run(a, threads),
+        Command::Data(a) => cmd::data::run(a),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod fastmath;
 pub mod gemm;
+pub mod moe;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;

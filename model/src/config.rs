@@ -282,10 +282,13 @@ impl Reader<'_> {
     fn check_unsupported(&self) -> Result<()> {
         if let Some(v) = self.get("model_type") {
             match v {
-                Value::String(s) if s == "qwen3" => {}
+                // "medmoe": Qwen3 attention with the MoE FFN described by the `moe` section.
+                Value::String(s) if s == "qwen3" || s == "medmoe" => {}
                 Value::String(s) => {
-                    return Err(self
-                        .unsupported("model_type", format!("model_type {s:?} is not supported, expected \"qwen3\"")))
+                    return Err(self.unsupported(
+                        "model_type",
+                        format!("model_type {s:?} is not supported, expected \"qwen3\" or \"medmoe\""),
+                    ))
                 }
                 _ => return Err(self.field_err("model_type", format!("expected a string, got {}", describe(v)))),
             }

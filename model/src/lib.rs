@@ -7,8 +7,10 @@
 pub mod batch;
 pub mod config;
 pub mod error;
+pub mod importance;
 pub mod init;
 pub mod load;
+pub mod moe_spec;
 pub mod qwen3;
 pub mod safetensors_io;
 pub mod surgery;

@@ -3,7 +3,8 @@
 
 use crate::config::Qwen3Config;
 use crate::error::{ModelError, Result};
-use crate::qwen3::{param_specs, Qwen3};
+use crate::moe_spec::MoeSpec;
+use crate::qwen3::{param_specs, router_bias_name, Qwen3};
 use crate::safetensors_io::{f32_to_bytes, write_checkpoint_dir, Checkpoint, DType as FileDType, TensorToWrite};
 use autograd::DType;
 use std::borrow::Cow;
@@ -29,10 +30,12 @@ impl Qwen3 {
     /// Loads `dir` keeping parameters in `storage` (bf16/f16 halve the memory of frozen weights).
     /// Every tensor's shape and dtype is checked against config.json before any is read.
     pub fn load_as(dir: &Path, storage: DType) -> Result<Self> {
-        let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+        let config_path = dir.join("config.json");
+        let config = Qwen3Config::from_file(&config_path)?;
+        let moe = MoeSpec::from_config(&config, &config_path)?;
         let ckpt = Checkpoint::open(dir)?;
         let want_dtype = config_dtype(&config);
-        let specs = param_specs(&config);
+        let specs = param_specs(&config, moe.as_ref());
         let mut file_dtypes = Vec::with_capacity(specs.len());
         for (name, shape) in &specs {
             let info = ckpt.info(name).ok_or_else(|| ModelError::MissingTensor {
@@ -60,7 +63,8 @@ impl Qwen3 {
             file_dtypes.push((name.clone(), info.dtype));
         }
         let mut error = None;
-        let mut model = Qwen3::from_init(config, storage, |name, numel| match ckpt.read_f32(name) {
+        let n_layers = config.num_hidden_layers;
+        let mut model = Qwen3::from_init(config, moe, storage, |name, numel| match ckpt.read_f32(name) {
             Ok(v) => v,
             Err(e) => {
                 error.get_or_insert(e);
@@ -71,6 +75,22 @@ impl Qwen3 {
             return Err(e);
         }
         model.file_dtypes = file_dtypes;
+        if let Some(m) = &model.moe {
+            // The balancing bias is optional (zeros when absent), but must fit when present.
+            for i in 0..n_layers {
+                let name = router_bias_name(i);
+                if let Some(info) = ckpt.info(&name) {
+                    if info.shape != [m.num_experts] {
+                        return Err(ModelError::Tensor {
+                            path: ckpt.path_of(&name).map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf()),
+                            tensor: name,
+                            msg: format!("shape {:?} disagrees with moe.num_experts {}", info.shape, m.num_experts),
+                        });
+                    }
+                    model.router_bias[i] = ckpt.read_f32(&name)?;
+                }
+            }
+        }
         Ok(model)
     }
 
@@ -91,7 +111,20 @@ impl Qwen3 {
                 data: Cow::Owned(bytes),
             });
         }
-        let config = self.config.to_json_string();
+        for (i, bias) in self.router_bias.iter().enumerate() {
+            let bytes = f32_to_bytes(bias, FileDType::F32)?;
+            tensors.push(TensorToWrite {
+                name: router_bias_name(i),
+                dtype: FileDType::F32,
+                shape: vec![bias.len()],
+                data: Cow::Owned(bytes),
+            });
+        }
+        let mut config = self.config.clone();
+        if let Some(m) = &self.moe {
+            m.apply_to(&mut config);
+        }
+        let config = config.to_json_string();
         write_dir_atomically(dir, |tmp| {
             let io = |source| ModelError::Io { path: tmp.join("config.json"), source };
             std::fs::write(tmp.join("config.json"), &config).map_err(io)?;

@@ -1,13 +1,18 @@
-//! The dense Qwen3 decoder: parameter layout (HF names), loading, forward and loss.
+//! The Qwen3 decoder, dense or with the medmoe MoE FFN: parameter layout (HF names), forward
+//! and loss.
 //!
 //! Per layer: `x += o_proj(attn(rope(q_norm(q_proj(n1))), rope(k_norm(k_proj(n1))), v_proj(n1)))`
-//! with `n1 = input_layernorm(x)`, then `x += down_proj(silu(gate_proj(n2)) * up_proj(n2))` with
-//! `n2 = post_attention_layernorm(x)`; finally `norm(x)` and the (tied or untied) LM head.
+//! with `n1 = input_layernorm(x)`, then `x += ffn(n2)` with `n2 = post_attention_layernorm(x)`;
+//! finally `norm(x)` and the (tied or untied) LM head. The dense FFN is
+//! `down_proj(silu(gate_proj(n2)) * up_proj(n2))`; the MoE FFN is a shared SwiGLU expert plus the
+//! top-1 routed expert (names follow HF Dots1: `mlp.gate` router, `mlp.shared_experts`,
+//! `mlp.experts.{e}`).
 
 use crate::batch::TokenBatch;
 use crate::config::Qwen3Config;
 use crate::error::{ModelError, Result};
-use autograd::ops::{self, CrossEntropyOutput};
+use crate::moe_spec::MoeSpec;
+use autograd::ops::{self, MoeConfig, MoePath, RouterStats};
 use autograd::{DType, ParamTable, Tape, Tensor};
 use kernels_cpu::attention::AttnDims;
 use kernels_cpu::rope::RopeTable;
@@ -18,8 +23,9 @@ pub(crate) fn ag(e: autograd::AutogradError) -> ModelError {
     ModelError::Invalid(e.to_string())
 }
 
-/// HF names and shapes of every parameter, in layout order (q/k/v and gate/up adjacent).
-pub fn param_specs(c: &Qwen3Config) -> Vec<(String, Vec<usize>)> {
+/// HF names and shapes of every parameter, in layout order (q/k/v and gate/up adjacent; each
+/// routed expert contiguous and the experts of a layer adjacent).
+pub fn param_specs(c: &Qwen3Config, moe: Option<&MoeSpec>) -> Vec<(String, Vec<usize>)> {
     let (d, f, dh) = (c.hidden_size, c.intermediate_size, c.head_dim);
     let (qd, kvd) = (c.num_attention_heads * dh, c.num_key_value_heads * dh);
     let mut specs = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, d])];
@@ -34,16 +40,123 @@ pub fn param_specs(c: &Qwen3Config) -> Vec<(String, Vec<usize>)> {
             (format!("{p}.self_attn.q_norm.weight"), vec![dh]),
             (format!("{p}.self_attn.k_norm.weight"), vec![dh]),
             (format!("{p}.post_attention_layernorm.weight"), vec![d]),
-            (format!("{p}.mlp.gate_proj.weight"), vec![f, d]),
-            (format!("{p}.mlp.up_proj.weight"), vec![f, d]),
-            (format!("{p}.mlp.down_proj.weight"), vec![d, f]),
         ]);
+        match moe {
+            None => specs.extend([
+                (format!("{p}.mlp.gate_proj.weight"), vec![f, d]),
+                (format!("{p}.mlp.up_proj.weight"), vec![f, d]),
+                (format!("{p}.mlp.down_proj.weight"), vec![d, f]),
+            ]),
+            Some(m) => {
+                let (s, w) = (m.shared_width, m.expert_width);
+                if s > 0 {
+                    specs.extend([
+                        (format!("{p}.mlp.shared_experts.gate_proj.weight"), vec![s, d]),
+                        (format!("{p}.mlp.shared_experts.up_proj.weight"), vec![s, d]),
+                        (format!("{p}.mlp.shared_experts.down_proj.weight"), vec![d, s]),
+                    ]);
+                }
+                specs.push((format!("{p}.mlp.gate.weight"), vec![m.num_experts, d]));
+                for e in 0..m.num_experts {
+                    specs.extend([
+                        (format!("{p}.mlp.experts.{e}.gate_proj.weight"), vec![w, d]),
+                        (format!("{p}.mlp.experts.{e}.up_proj.weight"), vec![w, d]),
+                        (format!("{p}.mlp.experts.{e}.down_proj.weight"), vec![d, w]),
+                    ]);
+                }
+            }
+        }
     }
     specs.push(("model.norm.weight".to_string(), vec![d]));
     if !c.tie_word_embeddings {
         specs.push(("lm_head.weight".to_string(), vec![c.vocab_size, d]));
     }
     specs
+}
+
+/// Name of the (non-trained) aux-loss-free balancing bias of layer `i`'s router.
+pub fn router_bias_name(i: usize) -> String {
+    format!("model.layers.{i}.mlp.gate.e_score_correction_bias")
+}
+
+/// How a forward runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Training mode: router noise and expert dropout on, capacity applies.
+    pub training: bool,
+    /// Seed of the randomness of this forward (router noise, expert dropout).
+    pub seed: u64,
+    /// MoE dispatch implementation.
+    pub moe_path: MoePath,
+    /// Test-only: every routed expert processes every token with weight 1.
+    pub dense_equivalent: bool,
+}
+
+impl RunOptions {
+    /// Evaluation: deterministic, dropless, fast path.
+    pub fn eval() -> Self {
+        RunOptions { training: false, seed: 0, moe_path: MoePath::Fast, dense_equivalent: false }
+    }
+
+    /// Training with `seed`.
+    pub fn train(seed: u64) -> Self {
+        RunOptions { training: true, seed, ..Self::eval() }
+    }
+}
+
+/// What one MoE layer's router produced in a forward.
+pub struct MoeAux {
+    /// Switch load-balance loss `[]`.
+    pub lb_loss: Tensor,
+    /// Router z-loss `[]`.
+    pub z_loss: Tensor,
+    /// Routing statistics.
+    pub stats: RouterStats,
+}
+
+/// `down(silu(gate) * up)` with gate/up fused `[2F, D]`.
+fn swiglu_ffn(tape: &Tape, x: &Tensor, gate_up: &Tensor, down: &Tensor) -> Result<Tensor> {
+    let f = gate_up.shape()[0] / 2;
+    let gu = ops::linear(tape, x, gate_up).map_err(ag)?;
+    let g = ops::slice_cols(tape, &gu, 0, f).map_err(ag)?;
+    let u = ops::slice_cols(tape, &gu, f, f).map_err(ag)?;
+    let m = ops::swiglu(tape, &g, &u).map_err(ag)?;
+    ops::linear(tape, &m, down).map_err(ag)
+}
+
+/// Everything a loss evaluation produced.
+pub struct LossOutput {
+    /// Scalar objective `ce + lb_coef * lb + z_coef * z` (what backward starts from).
+    pub loss: Tensor,
+    /// Mean cross-entropy.
+    pub ce: f32,
+    /// Load-balance loss, mean over MoE layers (0 for dense).
+    pub lb: f32,
+    /// Router z-loss, mean over MoE layers (0 for dense).
+    pub z: f32,
+    /// Tokens that counted towards the cross-entropy.
+    pub count: usize,
+    /// Per-row cross-entropy `[B*T]` (0 for ignored rows).
+    pub row_losses: Vec<f32>,
+    /// Router statistics per MoE layer.
+    pub router: Vec<RouterStats>,
+}
+
+/// The FFN tensors of one layer.
+enum FfnTensors {
+    Dense {
+        /// gate_proj, up_proj fused: `[2F, D]`.
+        gate_up: Tensor,
+        down: Tensor,
+    },
+    Moe {
+        /// Shared gate/up fused `[2S, D]` and down `[D, S]` (None when S = 0).
+        shared: Option<(Tensor, Tensor)>,
+        /// Router `[E, D]`.
+        router: Tensor,
+        /// All routed experts `[E, 3*W*D]` (per expert: gate `[W,D]`, up `[W,D]`, down `[D,W]`).
+        experts: Tensor,
+    },
 }
 
 /// Tensors of one decoder layer, bound for one forward.
@@ -55,9 +168,7 @@ struct LayerTensors {
     q_norm: Tensor,
     k_norm: Tensor,
     post_norm: Tensor,
-    /// gate_proj, up_proj fused: `[2F, D]`.
-    gate_up: Tensor,
-    down: Tensor,
+    ffn: FfnTensors,
 }
 
 /// Every parameter bound (as tape leaves) for one forward.
@@ -70,65 +181,143 @@ pub struct Bound {
     pub leaves: Vec<(usize, Tensor)>,
 }
 
-/// A dense Qwen3 model: config, parameters and RoPE table.
+/// Collects `(offset, leaf)` pairs while binding parameters.
+struct Binder<'a> {
+    table: &'a ParamTable,
+    tape: &'a Tape,
+    leaves: Vec<(usize, Tensor)>,
+}
+
+impl Binder<'_> {
+    /// One parameter, or several consecutive ones fused along rows.
+    fn one(&mut self, names: &[&str]) -> Tensor {
+        let r = if names.len() == 1 {
+            self.table.leaf(self.tape, names[0])
+        } else {
+            self.table.fused_leaf(self.tape, names)
+        };
+        self.push(r)
+    }
+
+    /// Consecutive parameters as one leaf of `shape`.
+    fn block(&mut self, names: &[&str], shape: &[usize]) -> Tensor {
+        let r = self.table.block_leaf(self.tape, names, shape);
+        self.push(r)
+    }
+
+    fn push(&mut self, r: autograd::error::Result<(usize, Tensor)>) -> Tensor {
+        let (offset, leaf) = r.expect("param_specs layout");
+        self.leaves.push((offset, leaf.clone()));
+        leaf
+    }
+}
+
+/// A Qwen3 model (dense or MoE FFN): config, parameters and RoPE table.
 #[derive(Clone, Debug)]
 pub struct Qwen3 {
     /// The HF config it was built from.
     pub config: Qwen3Config,
+    /// The MoE section (None for a dense model).
+    pub moe: Option<MoeSpec>,
     /// Parameters under HF names.
     pub params: ParamTable,
+    /// Aux-loss-free balancing bias per MoE layer `[L][E]` (not trained by gradient).
+    pub router_bias: Vec<Vec<f32>>,
     /// Storage dtype each tensor had on disk (for saving back bit-identically).
     pub file_dtypes: Vec<(String, crate::safetensors_io::DType)>,
     rope: Arc<RopeTable>,
 }
 
 impl Qwen3 {
-    /// A model from `config` with parameters filled by `init(name, numel)`.
-    pub fn from_init(config: Qwen3Config, dtype: DType, init: impl FnMut(&str, usize) -> Vec<f32>) -> Self {
-        let params = ParamTable::new(&param_specs(&config), dtype, init);
+    /// A model from `config` (and `moe`) with parameters filled by `init(name, numel)`.
+    pub fn from_init(
+        config: Qwen3Config,
+        moe: Option<MoeSpec>,
+        dtype: DType,
+        init: impl FnMut(&str, usize) -> Vec<f32>,
+    ) -> Self {
+        let params = ParamTable::new(&param_specs(&config, moe.as_ref()), dtype, init);
         let file_dtypes =
             params.entries().iter().map(|e| (e.name.clone(), crate::safetensors_io::DType::F32)).collect();
         let rope = Arc::new(RopeTable::new(config.head_dim, config.max_position_embeddings, config.rope_theta));
-        Qwen3 { config, params, file_dtypes, rope }
+        let router_bias = match &moe {
+            Some(m) => vec![vec![0.0; m.num_experts]; config.num_hidden_layers],
+            None => Vec::new(),
+        };
+        Qwen3 { config, moe, params, router_bias, file_dtypes, rope }
+    }
+
+    /// The MoE op settings for a forward under `run`.
+    pub fn moe_config(&self, run: &RunOptions) -> Option<MoeConfig> {
+        self.moe.as_ref().map(|m| MoeConfig {
+            num_experts: m.num_experts,
+            expert_width: m.expert_width,
+            temperature: m.temperature,
+            weighting: m.weighting,
+            capacity_factor: if run.training { m.capacity_factor } else { None },
+            expert_dropout: m.expert_dropout,
+            router_noise: m.router_noise,
+            path: run.moe_path,
+            dense_equivalent: run.dense_equivalent,
+        })
     }
 
     /// Binds the parameters as leaves of `tape` (plain views on an inference tape); q/k/v and
     /// gate/up are bound as fused blocks so each is one GEMM.
     pub fn bind(&self, tape: &Tape) -> Bound {
-        let t = &self.params;
-        let mut leaves = Vec::new();
-        let mut one = |names: &[&str]| {
-            let (offset, leaf) = if names.len() == 1 { t.leaf(tape, names[0]) } else { t.fused_leaf(tape, names) }
-                .expect("param_specs layout");
-            leaves.push((offset, leaf.clone()));
-            leaf
-        };
-        let embed = one(&["model.embed_tokens.weight"]);
+        let mut b = Binder { table: &self.params, tape, leaves: Vec::new() };
+        let embed = b.one(&["model.embed_tokens.weight"]);
         let layers = (0..self.config.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
                 let n = |s: &str| format!("{p}.{s}.weight");
                 LayerTensors {
-                    input_norm: one(&[&n("input_layernorm")]),
-                    qkv: one(&[&n("self_attn.q_proj"), &n("self_attn.k_proj"), &n("self_attn.v_proj")]),
-                    o: one(&[&n("self_attn.o_proj")]),
-                    q_norm: one(&[&n("self_attn.q_norm")]),
-                    k_norm: one(&[&n("self_attn.k_norm")]),
-                    post_norm: one(&[&n("post_attention_layernorm")]),
-                    gate_up: one(&[&n("mlp.gate_proj"), &n("mlp.up_proj")]),
-                    down: one(&[&n("mlp.down_proj")]),
+                    input_norm: b.one(&[&n("input_layernorm")]),
+                    qkv: b.one(&[&n("self_attn.q_proj"), &n("self_attn.k_proj"), &n("self_attn.v_proj")]),
+                    o: b.one(&[&n("self_attn.o_proj")]),
+                    q_norm: b.one(&[&n("self_attn.q_norm")]),
+                    k_norm: b.one(&[&n("self_attn.k_norm")]),
+                    post_norm: b.one(&[&n("post_attention_layernorm")]),
+                    ffn: match &self.moe {
+                        None => FfnTensors::Dense {
+                            gate_up: b.one(&[&n("mlp.gate_proj"), &n("mlp.up_proj")]),
+                            down: b.one(&[&n("mlp.down_proj")]),
+                        },
+                        Some(m) => {
+                            let shared = (m.shared_width > 0).then(|| {
+                                let gu = b.one(&[&n("mlp.shared_experts.gate_proj"), &n("mlp.shared_experts.up_proj")]);
+                                (gu, b.one(&[&n("mlp.shared_experts.down_proj")]))
+                            });
+                            let router = b.one(&[&n("mlp.gate")]);
+                            let names: Vec<String> = (0..m.num_experts)
+                                .flat_map(|e| {
+                                    ["gate_proj", "up_proj", "down_proj"].map(|k| n(&format!("mlp.experts.{e}.{k}")))
+                                })
+                                .collect();
+                            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                            let per_expert = 3 * m.expert_width * self.config.hidden_size;
+                            let experts = b.block(&names, &[m.num_experts, per_expert]);
+                            FfnTensors::Moe { shared, router, experts }
+                        }
+                    },
                 }
             })
             .collect();
-        let norm = one(&["model.norm.weight"]);
-        let lm_head = if self.config.tie_word_embeddings { embed.clone() } else { one(&["lm_head.weight"]) };
-        Bound { embed, layers, norm, lm_head, leaves }
+        let norm = b.one(&["model.norm.weight"]);
+        let lm_head = if self.config.tie_word_embeddings { embed.clone() } else { b.one(&["lm_head.weight"]) };
+        Bound { embed, layers, norm, lm_head, leaves: b.leaves }
     }
 
-    /// Final normalised hidden states `[B*T, D]`.
-    pub fn forward_hidden(&self, tape: &Tape, p: &Bound, batch: &TokenBatch) -> Result<Tensor> {
+    /// Final normalised hidden states `[B*T, D]` and, per MoE layer, the router outputs.
+    pub fn forward_hidden(
+        &self,
+        tape: &Tape,
+        p: &Bound,
+        batch: &TokenBatch,
+        run: &RunOptions,
+    ) -> Result<(Tensor, Vec<MoeAux>)> {
         let c = &self.config;
-        let (h, kv, dh, f) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
+        let (h, kv, dh) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let n = batch.rows();
         if let Some(&p) = batch.pos.iter().find(|&&p| p as usize >= c.max_position_embeddings) {
             return Err(ModelError::Invalid(format!(
@@ -138,8 +327,10 @@ impl Qwen3 {
         }
         let eps = c.rms_norm_eps as f32;
         let dims = AttnDims { b: batch.b, t: batch.t, h, kv, dh };
+        let moe_cfg = self.moe_config(run);
+        let mut aux = Vec::new();
         let mut x = ops::embedding(tape, &batch.ids, &p.embed).map_err(ag)?;
-        for l in &p.layers {
+        for (i, l) in p.layers.iter().enumerate() {
             let n1 = ops::rmsnorm(tape, &x, &l.input_norm, eps).map_err(ag)?;
             let qkv = ops::linear(tape, &n1, &l.qkv).map_err(ag)?;
             let q = ops::slice_cols(tape, &qkv, 0, h * dh).map_err(ag)?.reshape(&[n * h, dh]);
@@ -153,28 +344,70 @@ impl Qwen3 {
             let a = ops::linear(tape, &a, &l.o).map_err(ag)?;
             x = ops::add(tape, &x, &a).map_err(ag)?;
             let n2 = ops::rmsnorm(tape, &x, &l.post_norm, eps).map_err(ag)?;
-            let gu = ops::linear(tape, &n2, &l.gate_up).map_err(ag)?;
-            let g = ops::slice_cols(tape, &gu, 0, f).map_err(ag)?;
-            let u = ops::slice_cols(tape, &gu, f, f).map_err(ag)?;
-            let m = ops::swiglu(tape, &g, &u).map_err(ag)?;
-            let m = ops::linear(tape, &m, &l.down).map_err(ag)?;
+            let m = match (&l.ffn, &moe_cfg) {
+                (FfnTensors::Dense { gate_up, down }, _) => swiglu_ffn(tape, &n2, gate_up, down)?,
+                (FfnTensors::Moe { shared, router, experts }, Some(cfg)) => {
+                    let bias = self.router_bias.get(i).map(Vec::as_slice);
+                    let seed = run.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64);
+                    let out = ops::moe_routed(tape, &n2, router, experts, bias, cfg, seed, run.training).map_err(ag)?;
+                    let routed = out.out.clone();
+                    aux.push(MoeAux { lb_loss: out.lb_loss, z_loss: out.z_loss, stats: out.stats });
+                    match shared {
+                        Some((gu, down)) => ops::add(tape, &swiglu_ffn(tape, &n2, gu, down)?, &routed).map_err(ag)?,
+                        None => routed,
+                    }
+                }
+                (FfnTensors::Moe { .. }, None) => unreachable!("MoE tensors are bound only with a MoE spec"),
+            };
             x = ops::add(tape, &x, &m).map_err(ag)?;
         }
-        ops::rmsnorm(tape, &x, &p.norm, eps).map_err(ag)
+        Ok((ops::rmsnorm(tape, &x, &p.norm, eps).map_err(ag)?, aux))
     }
 
-    /// Mean next-token cross-entropy; `targets [B*T]` holds the token each position predicts
-    /// (`-100` to ignore).
-    pub fn loss(&self, tape: &Tape, p: &Bound, batch: &TokenBatch, targets: &[i32]) -> Result<CrossEntropyOutput> {
-        let hidden = self.forward_hidden(tape, p, batch)?;
-        ops::lm_head_cross_entropy(tape, &hidden, &p.lm_head, targets).map_err(ag)
+    /// Next-token objective: mean cross-entropy (`targets [B*T]` holds the token each position
+    /// predicts, `-100` to ignore) plus the MoE router losses weighted by the spec.
+    pub fn loss(
+        &self,
+        tape: &Tape,
+        p: &Bound,
+        batch: &TokenBatch,
+        targets: &[i32],
+        run: &RunOptions,
+    ) -> Result<LossOutput> {
+        let (hidden, aux) = self.forward_hidden(tape, p, batch, run)?;
+        let ce = ops::lm_head_cross_entropy(tape, &hidden, &p.lm_head, targets).map_err(ag)?;
+        let ce_value = ce.loss.item();
+        let (mut loss, mut lb, mut z) = (ce.loss, 0f32, 0f32);
+        if let (Some(m), false) = (&self.moe, aux.is_empty()) {
+            let layers = aux.len() as f32;
+            for a in &aux {
+                lb += a.lb_loss.item() / layers;
+                z += a.z_loss.item() / layers;
+                loss = ops::add_scaled(tape, &loss, &a.lb_loss, m.lb_coef / layers).map_err(ag)?;
+                loss = ops::add_scaled(tape, &loss, &a.z_loss, m.z_coef / layers).map_err(ag)?;
+            }
+        }
+        Ok(LossOutput {
+            loss,
+            ce: ce_value,
+            lb,
+            z,
+            count: ce.count,
+            row_losses: ce.row_losses,
+            router: aux.into_iter().map(|a| a.stats).collect(),
+        })
     }
 
-    /// Logits `[B*T, V]` (inference, no tape).
+    /// Logits `[B*T, V]` (evaluation mode, no tape).
     pub fn logits(&self, batch: &TokenBatch) -> Result<Vec<f32>> {
+        self.logits_with(batch, &RunOptions::eval())
+    }
+
+    /// Logits `[B*T, V]` under `run` (no tape).
+    pub fn logits_with(&self, batch: &TokenBatch, run: &RunOptions) -> Result<Vec<f32>> {
         let tape = Tape::inference();
         let p = self.bind(&tape);
-        let hidden = self.forward_hidden(&tape, &p, batch)?;
+        let (hidden, _) = self.forward_hidden(&tape, &p, batch, run)?;
         Ok(ops::linear(&tape, &hidden, &p.lm_head).map_err(ag)?.to_vec())
     }
 

@@ -2,7 +2,7 @@
 
 use crate::batch::TokenBatch;
 use crate::error::Result;
-use crate::qwen3::Qwen3;
+use crate::qwen3::{Qwen3, RunOptions};
 use autograd::optim::AdamW;
 use autograd::Tape;
 
@@ -17,19 +17,31 @@ pub struct StepStats {
     pub tokens: usize,
 }
 
-/// Gradients of the mean loss, flat in the layout of `model.params`, plus the loss.
-pub fn loss_and_grads(model: &Qwen3, batch: &TokenBatch, targets: &[i32]) -> Result<(f32, usize, Vec<f32>)> {
+/// Gradients of the objective, flat in the layout of `model.params`, plus the objective and
+/// the number of counted tokens.
+pub fn loss_and_grads(
+    model: &Qwen3,
+    batch: &TokenBatch,
+    targets: &[i32],
+    run: &RunOptions,
+) -> Result<(f32, usize, Vec<f32>)> {
     let tape = Tape::new();
     let bound = model.bind(&tape);
-    let out = model.loss(&tape, &bound, batch, targets)?;
+    let out = model.loss(&tape, &bound, batch, targets, run)?;
     let loss = out.loss.item();
     let mut grads = tape.backward(&out.loss);
     Ok((loss, out.count, model.params.flat_grads_at(&bound.leaves, &mut grads)))
 }
 
 /// Forward + backward + one AdamW update.
-pub fn train_step(model: &mut Qwen3, opt: &mut AdamW, batch: &TokenBatch, targets: &[i32]) -> Result<StepStats> {
-    let (loss, tokens, grads) = loss_and_grads(model, batch, targets)?;
+pub fn train_step(
+    model: &mut Qwen3,
+    opt: &mut AdamW,
+    batch: &TokenBatch,
+    targets: &[i32],
+    run: &RunOptions,
+) -> Result<StepStats> {
+    let (loss, tokens, grads) = loss_and_grads(model, batch, targets, run)?;
     let grad_norm = grads.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt() as f32;
     opt.step(&mut model.params, &grads);
     Ok(StepStats { loss, grad_norm, tokens })

@@ -17,3 +17,14 @@ pub fn add(tape: &Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         g.accumulate(&bt, |db| axpy(db, 1.0, dy));
     }))
 }
+
+/// `a + scale * b` (same shapes): how auxiliary losses join the objective.
+pub fn add_scaled(tape: &Tape, a: &Tensor, b: &Tensor, scale: f32) -> Result<Tensor> {
+    ensure(a.shape() == b.shape(), "add_scaled", || format!("{:?} vs {:?}", a.shape(), b.shape()))?;
+    let out: Vec<f32> = a.f32s().iter().zip(b.f32s().iter()).map(|(&x, &y)| x + scale * y).collect();
+    let (at, bt) = (a.clone(), b.clone());
+    Ok(tape.record(Tensor::from_vec(out, a.shape()), &[a, b], move |dy, g| {
+        g.accumulate(&at, |da| axpy(da, 1.0, dy));
+        g.accumulate(&bt, |db| axpy(db, scale, dy));
+    }))
+}

@@ -10,6 +10,7 @@ use kernels_cpu::adamw::AdamWConfig;
 use kernels_cpu::check::rand_vec;
 use kernels_cpu::gemm::{matmul, Trans};
 use model::init::qwen3_init;
+use model::qwen3::RunOptions;
 use model::train::train_step;
 use model::{Qwen3, TokenBatch};
 use serde_json::json;
@@ -115,7 +116,7 @@ fn bench_step(preset: &str, b: usize, t: usize, steps: usize, warmup: usize, thr
         bail!("--seq {t} exceeds the preset's max_position_embeddings {}", config.max_position_embeddings);
     }
     let v = config.vocab_size as u32;
-    let mut model = Qwen3::from_init(config, DType::F32, qwen3_init(0, 0.02));
+    let mut model = Qwen3::from_init(config, None, DType::F32, qwen3_init(0, 0.02));
     let cfg = AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.05 };
     let mut opt = AdamW::new(&model.params, cfg);
     let steps = steps.max(1);
@@ -128,7 +129,7 @@ fn bench_step(preset: &str, b: usize, t: usize, steps: usize, warmup: usize, thr
         let targets: Vec<i32> = (0..b * t).map(|j| if (j + 1) % t == 0 { -100 } else { ids[j + 1] as i32 }).collect();
         let batch = TokenBatch::new(ids, b, t)?;
         let t0 = Instant::now();
-        let stats = train_step(&mut model, &mut opt, &batch, &targets)?;
+        let stats = train_step(&mut model, &mut opt, &batch, &targets, &RunOptions::train(i as u64))?;
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64());
         }

@@ -1,6 +1,7 @@
 //! `moe-cli inspect <model-dir>`: config, tensor table, parameter counts.
 
 use anyhow::Result;
+use model::moe_spec::MoeSpec;
 use model::qwen3::param_specs;
 use model::safetensors_io::Checkpoint;
 use model::Qwen3Config;
@@ -15,11 +16,23 @@ pub struct Args {
 
 /// Prints the report; the model is memory-mapped, nothing is copied.
 pub fn run(a: Args) -> Result<()> {
-    let config = Qwen3Config::from_file(&a.model_dir.join("config.json"))?;
+    let config_path = a.model_dir.join("config.json");
+    let config = Qwen3Config::from_file(&config_path)?;
+    let moe = MoeSpec::from_config(&config, &config_path)?;
     let ckpt = Checkpoint::open(&a.model_dir)?;
     let c = &config;
     println!("model      {}", a.model_dir.display());
-    println!("type       qwen3 (dense)");
+    match &moe {
+        None => println!("type       qwen3 (dense)"),
+        Some(m) => println!(
+            "type       medmoe: shared expert {} + top-1 of {} routed experts x {} | router {} (temperature {})",
+            m.shared_width,
+            m.num_experts,
+            m.expert_width,
+            model::moe_spec::weighting_name(m.weighting),
+            m.temperature
+        ),
+    }
     println!(
         "shape      vocab {} | hidden {} | layers {} | heads {} / kv {} x head_dim {} | ffn {}",
         c.vocab_size,
@@ -50,7 +63,7 @@ pub fn run(a: Args) -> Result<()> {
             file
         );
     }
-    let specs = param_specs(c);
+    let specs = param_specs(c, moe.as_ref());
     let count = |pred: &dyn Fn(&str) -> bool| -> usize {
         specs.iter().filter(|(n, _)| pred(n)).map(|(_, s)| s.iter().product::<usize>()).sum()
     };

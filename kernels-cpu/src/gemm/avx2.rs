@@ -37,15 +37,23 @@ pub(crate) struct Blocking {
     pub mc: usize,
     pub kc: usize,
     pub nc: usize,
+    /// Upper bound on the packed B of one column block, `k * nc` floats (all k blocks).
+    pub b_max: usize,
 }
 
 /// Blocking measured on AMD EPYC (Zen 3: 32 KiB L1d, 512 KiB L2 per core, 32 MiB L3).
-pub(crate) const DEFAULT_BLOCKING: Blocking = Blocking { mc: 144, kc: 256, nc: 4096 };
+pub(crate) const DEFAULT_BLOCKING: Blocking = Blocking { mc: 144, kc: 256, nc: 4096, b_max: 1 << 20 };
 
 /// Products with fewer multiply-adds than this run on one thread.
-const PAR_MIN_FLOPS: usize = 1 << 18;
+const PAR_MIN_FLOPS: usize = 1 << 20;
 /// B blocks with fewer elements than this are packed on one thread.
 const PAR_PACK_MIN: usize = 1 << 15;
+/// B micro-panels per packing task.
+const PACK_PANELS: usize = 8;
+/// Compute tasks aimed for per thread (dynamic balancing on a busy machine).
+const TASKS_PER_THREAD: usize = 4;
+/// Fewest B micro-panels a compute task covers when row blocks are split by columns.
+const MIN_PART_PANELS: usize = 4;
 
 /// Whether this CPU can run the backend.
 pub(crate) fn available() -> bool {
@@ -169,63 +177,74 @@ pub(crate) fn matmul(
     // kc is a function of k alone (determinism, module docs); a multiple of 8 for the
     // transposing pack paths.
     let kc = balanced_block(k, blk.kc, 8, 1).min(k);
-    let nc = balanced_block(n, blk.nc, NR, 1);
+    let k_blocks = k.div_ceil(kc);
+    // All k blocks of a column block are packed at once (at most `b_max` floats).
+    let nc = balanced_block(n, blk.nc.min(blk.b_max / k).max(NR), NR, 1);
     let mc = balanced_block(m, blk.mc, MR, threads);
     let m_blocks = m.div_ceil(mc);
     let c = SharedPtr(dst.as_mut_ptr());
     let a_ptr = SharedPtr(a.as_ptr() as *mut f32);
-    let b_ptr = b.as_ptr();
+    let b_ptr = SharedPtr(b.as_ptr() as *mut f32);
 
-    with_buf(&B_BUF, kc * round_up(nc, NR), |bbuf| {
+    with_buf(&B_BUF, k * round_up(nc, NR), |bbuf| {
         let bbuf = SharedPtr(bbuf);
         for jc in (0..n).step_by(nc) {
             let ncur = nc.min(n - jc);
             let npan = ncur.div_ceil(NR);
-            // With fewer row blocks than threads, tasks also split the B micro-panels.
-            let n_split = if m_blocks >= threads { 1 } else { threads.div_ceil(m_blocks).min(npan) };
-            for pc in (0..k).step_by(kc) {
+            // Packed B: k block `pb` (rows pb*kc..) starts at bbuf + pb*kc*npan*NR and holds
+            // npan panels of kcur*NR floats.
+            let groups = if k * ncur >= PAR_PACK_MIN { npan.div_ceil(PACK_PANELS) } else { 1 };
+            run_tasks(threads, k_blocks * groups, &|t| {
+                let (pb, g) = (t / groups, t % groups);
+                let pc = pb * kc;
                 let kcur = kc.min(k - pc);
-                let add = accumulate || pc > 0;
-                // SAFETY: pc < k and jc < n, so the offset is inside `b` (pc*b_rs + jc*b_cs <=
-                // the index of element (pc, jc) of op(b)).
-                let bsrc = SharedPtr(unsafe { b_ptr.add(pc * b_rs + jc * b_cs) } as *mut f32);
-                let pack_tasks = if kcur * ncur >= PAR_PACK_MIN { threads.min(npan) } else { 1 };
-                run_tasks(threads, pack_tasks, &|t| {
-                    let (q0, q1) = (t * npan / pack_tasks, (t + 1) * npan / pack_tasks);
-                    // SAFETY: AVX2 checked above; elements (pc+p, jc+j) for p < kcur, j < ncur
-                    // are inside `b` (length asserted); the buffer holds npan panels of
-                    // kcur*NR floats and tasks pack disjoint panel ranges.
-                    unsafe {
-                        pack_b(bsrc.get(), b_rs, b_cs, ncur, kcur, q0, q1, bbuf.get());
-                    }
-                });
-                run_tasks(threads, m_blocks * n_split, &|t| {
-                    let (ib, part) = (t / n_split, t % n_split);
-                    let ic = ib * mc;
-                    let mcur = mc.min(m - ic);
-                    let (q0, q1) = (part * npan / n_split, (part + 1) * npan / n_split);
-                    with_buf(&A_BUF, round_up(mcur, MR) * kcur + 8, |abuf| {
-                        // SAFETY: AVX2 checked; rows ic..ic+mcur and k pc..pc+kcur of op(a)
-                        // are inside `a`; abuf holds ceil(mcur/MR) panels + 8 spare floats.
+                let (q0, q1) = (g * npan / groups, (g + 1) * npan / groups);
+                // SAFETY: AVX2 checked; elements (pc+p, jc+j) of op(b) for p < kcur, j < ncur
+                // are inside `b` (length asserted, pc < k, jc < n); the k block's panels lie in
+                // the buffer (k*npan*NR floats) and tasks pack disjoint (block, panel) ranges.
+                unsafe {
+                    let src = b_ptr.get().add(pc * b_rs + jc * b_cs);
+                    pack_b(src, b_rs, b_cs, ncur, kcur, q0, q1, bbuf.get().add(pc * npan * NR));
+                }
+            });
+            // Enough tasks for dynamic balancing: with few row blocks, tasks also split the B
+            // micro-panels (each part repacks its A block).
+            let n_split = if threads == 1 {
+                1
+            } else {
+                (TASKS_PER_THREAD * threads).div_ceil(m_blocks).min(npan / MIN_PART_PANELS).max(1)
+            };
+            run_tasks(threads, m_blocks * n_split, &|t| {
+                let (ib, part) = (t / n_split, t % n_split);
+                let ic = ib * mc;
+                let mcur = mc.min(m - ic);
+                let (q0, q1) = (part * npan / n_split, (part + 1) * npan / n_split);
+                with_buf(&A_BUF, round_up(mcur, MR) * kc + 8, |abuf| {
+                    for pc in (0..k).step_by(kc) {
+                        let kcur = kc.min(k - pc);
+                        let add = accumulate || pc > 0;
+                        // SAFETY: AVX2 checked; rows ic..ic+mcur and k pc..pc+kcur of op(a) are
+                        // inside `a`; abuf holds ceil(mcur/MR) panels of kc steps + 8 floats.
                         unsafe {
                             let asrc = a_ptr.get().add(ic * a_rs + pc * a_cs);
                             pack_a(asrc, a_rs, a_cs, mcur, kcur, abuf);
                         }
+                        let bblock = bbuf.get().wrapping_add(pc * npan * NR);
                         for q in q0..q1 {
                             let j = q * NR;
                             let nr = NR.min(ncur - j);
                             for ir in (0..mcur).step_by(MR) {
                                 let mr = MR.min(mcur - ir);
-                                // SAFETY: AVX2/FMA checked; the A and B micro-panels are
-                                // packed (kcur steps each); the tile rows ic+ir..+mr and
-                                // columns jc+j..+nr lie in dst (m x n, row stride n) and no
-                                // other task writes them (tasks own disjoint row blocks or
-                                // disjoint panel ranges).
+                                // SAFETY: AVX2/FMA checked; the A and B micro-panels are packed
+                                // (kcur steps each; B by the finished pack phase); the tile rows
+                                // ic+ir..+mr and columns jc+j..+nr lie in dst (m x n, row stride
+                                // n) and no other task touches them (tasks own disjoint row
+                                // blocks or disjoint panel ranges).
                                 unsafe {
                                     kernel_6x16(
                                         kcur,
                                         abuf.add(ir * kcur),
-                                        bbuf.get().add(q * kcur * NR),
+                                        bblock.add(q * kcur * NR),
                                         c.get().add((ic + ir) * n + jc + j),
                                         n,
                                         mr,
@@ -235,9 +254,9 @@ pub(crate) fn matmul(
                                 }
                             }
                         }
-                    });
+                    }
                 });
-            }
+            });
         }
     });
 }
@@ -268,4 +287,16 @@ pub fn bench_kernel_only(mc: usize, kc: usize, nc: usize, iters: usize) -> f64 {
     }
     let s = t0.elapsed().as_secs_f64();
     2.0 * (mc * kc * nc * iters) as f64 / s / 1e9
+}
+
+/// TEMP: blocking from env GEMM_BLK=mc,kc,nc.
+pub(crate) fn tmp_blocking() -> Blocking {
+    static B: std::sync::OnceLock<Blocking> = std::sync::OnceLock::new();
+    *B.get_or_init(|| match std::env::var("GEMM_BLK") {
+        Ok(v) => {
+            let x: Vec<usize> = v.split(',').map(|t| t.parse().unwrap()).collect();
+            Blocking { mc: x[0], kc: x[1], nc: x[2], b_max: x[3] }
+        }
+        Err(_) => DEFAULT_BLOCKING,
+    })
 }

@@ -128,7 +128,7 @@ pub fn matmul_with(
 ) {
     match backend.resolve() {
         #[cfg(target_arch = "x86_64")]
-        GemmBackend::Avx2 => avx2::matmul(dst, a, b, m, k, n, ta, tb, accumulate, threads, avx2::DEFAULT_BLOCKING),
+        GemmBackend::Avx2 => avx2::matmul(dst, a, b, m, k, n, ta, tb, accumulate, threads, avx2::tmp_blocking()),
         GemmBackend::GemmCrate => matmul_gemm_crate(dst, a, b, m, k, n, ta, tb, accumulate, threads),
         other => panic!("matmul: backend {other:?} is not available on this CPU"),
     }
@@ -231,8 +231,19 @@ mod tests {
     use super::*;
     use crate::check::{assert_close, rand_vec};
 
-    const SIZES: [(usize, usize, usize); 8] =
-        [(1, 1, 1), (7, 13, 5), (33, 65, 17), (129, 31, 70), (300, 257, 130), (1000, 3, 2), (64, 0, 3), (5, 600, 40)];
+    /// Awkward sizes: nothing a multiple of the 6x16 tile, k=0, several k blocks (257, 600), a
+    /// product large enough to be threaded with column-split tasks (20x300x500).
+    const SIZES: [(usize, usize, usize); 9] = [
+        (1, 1, 1),
+        (7, 13, 5),
+        (33, 65, 17),
+        (129, 31, 70),
+        (300, 257, 130),
+        (1000, 3, 2),
+        (64, 0, 3),
+        (5, 600, 40),
+        (20, 300, 500),
+    ];
     const TRANS: [Trans; 2] = [Trans::No, Trans::Yes];
 
     /// The concrete backends this CPU can run.
@@ -319,7 +330,7 @@ mod tests {
         if !GemmBackend::Avx2.is_available() {
             return;
         }
-        for (m, k, n) in [(300, 600, 200), (7, 700, 900), (1000, 40, 33)] {
+        for (m, k, n) in [(300, 600, 200), (7, 700, 900), (1000, 40, 33), (40, 1100, 1000)] {
             for ta in TRANS {
                 for tb in TRANS {
                     for acc in [false, true] {
@@ -353,7 +364,7 @@ mod tests {
         if !GemmBackend::Avx2.is_available() {
             return;
         }
-        let blk = avx2::Blocking { mc: 13, kc: 20, nc: 40 };
+        let blk = avx2::Blocking { mc: 13, kc: 20, nc: 40, b_max: 3000 };
         for (m, k, n) in [(50, 70, 90), (6, 16, 16), (1, 9, 100), (61, 8, 3)] {
             for ta in TRANS {
                 for tb in TRANS {

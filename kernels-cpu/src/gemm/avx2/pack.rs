@@ -56,6 +56,38 @@ fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
 /// to 2 floats past a panel, overwritten by the next one) and must not overlap `src`.
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn pack_a(src: *const f32, rs: usize, cs: usize, rows: usize, kc: usize, dst: *mut f32) {
+    let full = rows / MR;
+    if rs == 1 && cs != 1 && full > 0 {
+        // Columns contiguous along m (A stored transposed): copy MR floats per step, k-steps
+        // outermost in groups of 8 so the reads run along the stored rows.
+        for p0 in (0..kc).step_by(8) {
+            for q in 0..full {
+                for p in p0..kc.min(p0 + 8) {
+                    // SAFETY: rows q*MR..q*MR+MR < rows and p < kc; panel q is inside dst.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(src.add(q * MR + p * cs), dst.add(q * kc * MR + p * MR), MR);
+                    }
+                }
+            }
+        }
+        if full * MR < rows {
+            // SAFETY: the partial last panel, rows full*MR..rows, lands after the full ones.
+            unsafe {
+                pack_a_panels(src.add(full * MR), rs, cs, rows - full * MR, kc, dst.add(full * kc * MR));
+            }
+        }
+        return;
+    }
+    // SAFETY: same contract.
+    unsafe { pack_a_panels(src, rs, cs, rows, kc, dst) }
+}
+
+/// [`pack_a`] panel by panel.
+///
+/// # Safety
+/// As [`pack_a`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_a_panels(src: *const f32, rs: usize, cs: usize, rows: usize, kc: usize, dst: *mut f32) {
     let mut i0 = 0;
     let mut d = dst;
     while i0 < rows {
@@ -85,11 +117,6 @@ pub(crate) unsafe fn pack_a(src: *const f32, rs: usize, cs: usize, rows: usize, 
                     for i in 0..MR {
                         *d.add(p * MR + i) = if i < r { *s.add(i * rs + p) } else { 0.0 };
                     }
-                }
-            } else if rs == 1 && r == MR {
-                // Columns contiguous along m (A stored transposed): copy MR floats per step.
-                for p in 0..kc {
-                    core::ptr::copy_nonoverlapping(s.add(p * cs), d.add(p * MR), MR);
                 }
             } else {
                 for p in 0..kc {
@@ -124,6 +151,44 @@ pub(crate) unsafe fn pack_b(
     q1: usize,
     dst: *mut f32,
 ) {
+    if cs == 1 {
+        // Rows contiguous along n: copy NR floats per step, k-steps outermost in groups of 8 so
+        // the reads are a few sequential streams and the writes 512-byte runs per panel.
+        let full_end = q1.min(cols / NR).max(q0);
+        for p0 in (0..kc).step_by(8) {
+            for q in q0..full_end {
+                for p in p0..kc.min(p0 + 8) {
+                    // SAFETY: columns q*NR..q*NR+NR <= cols and p < kc; panel q is ours.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(src.add(p * rs + q * NR), dst.add(q * kc * NR + p * NR), NR);
+                    }
+                }
+            }
+        }
+        // SAFETY: same contract, for the partial last panel if it is in range.
+        unsafe { pack_b_panels(src, rs, cs, cols, kc, full_end, q1, dst) };
+        return;
+    }
+    // SAFETY: same contract.
+    unsafe { pack_b_panels(src, rs, cs, cols, kc, q0, q1, dst) };
+}
+
+/// [`pack_b`] panel by panel.
+///
+/// # Safety
+/// As [`pack_b`].
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack_b_panels(
+    src: *const f32,
+    rs: usize,
+    cs: usize,
+    cols: usize,
+    kc: usize,
+    q0: usize,
+    q1: usize,
+    dst: *mut f32,
+) {
     for q in q0..q1 {
         let j0 = q * NR;
         let c = NR.min(cols - j0);
@@ -132,12 +197,7 @@ pub(crate) unsafe fn pack_b(
         unsafe {
             let s = src.add(j0 * cs);
             let d = dst.add(q * kc * NR);
-            if cs == 1 && c == NR {
-                // Rows contiguous along n: copy NR floats per step.
-                for p in 0..kc {
-                    core::ptr::copy_nonoverlapping(s.add(p * rs), d.add(p * NR), NR);
-                }
-            } else if rs == 1 {
+            if rs == 1 && cs != 1 {
                 // Columns contiguous along k (B stored transposed): two 8x8 transposes per 8
                 // steps of k.
                 let zero = _mm256_setzero_ps();

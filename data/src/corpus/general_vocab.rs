@@ -1,0 +1,116 @@
+//! Word lists for the general (non-medical) stream and the general evaluation set.
+
+/// (word, definition) pairs; the definitions are the facts the general MCQ asks about.
+pub const GLOSSARY: &[(&str, &str)] = &[
+    ("puppy", "a young dog"),
+    ("kitten", "a young cat"),
+    ("foal", "a young horse"),
+    ("calf", "a young cow"),
+    ("library", "a building where books are kept for people to read or borrow"),
+    ("bakery", "a shop where bread and cakes are made and sold"),
+    ("harbor", "a sheltered place on the coast where ships can stay"),
+    ("orchard", "a piece of land where fruit trees are grown"),
+    ("glacier", "a slowly moving mass of ice"),
+    ("volcano", "a mountain that can throw out hot rock and ash"),
+    ("desert", "a dry area with very little rain"),
+    ("island", "a piece of land with water all around it"),
+    ("bridge", "a structure that carries a road or path over water or a gap"),
+    ("umbrella", "a folding cover that protects you from rain"),
+    ("ladder", "a set of steps between two poles used for climbing"),
+    ("compass", "a tool with a needle that points north"),
+    ("telescope", "an instrument that makes distant objects look closer"),
+    ("thermometer", "an instrument that measures temperature"),
+    ("calendar", "a chart showing the days, weeks and months of a year"),
+    ("recipe", "a set of instructions for cooking a dish"),
+    ("orchestra", "a large group of musicians playing together"),
+    ("poem", "a piece of writing arranged in lines, often with rhythm"),
+    ("novel", "a long written story about imaginary people and events"),
+    ("map", "a drawing of an area showing roads, rivers and towns"),
+    ("pilot", "a person who flies an aircraft"),
+    ("carpenter", "a person who makes and repairs wooden things"),
+    ("farmer", "a person who grows crops or raises animals"),
+    ("baker", "a person who bakes bread and cakes"),
+    ("teacher", "a person who helps others learn"),
+    ("gardener", "a person who looks after plants in a garden"),
+    ("river", "a large stream of water flowing to the sea or a lake"),
+    ("forest", "a large area covered with trees"),
+    ("meadow", "a field of grass and wild flowers"),
+    ("cave", "a large hole in the side of a hill or under the ground"),
+    ("shadow", "a dark shape made when something blocks the light"),
+    ("rainbow", "an arch of colours in the sky after rain"),
+    ("thunder", "the loud noise that follows lightning"),
+    ("breeze", "a gentle wind"),
+    ("autumn", "the season between summer and winter"),
+    ("spring", "the season between winter and summer"),
+    ("dozen", "a group of twelve"),
+    ("century", "a period of one hundred years"),
+    ("decade", "a period of ten years"),
+    ("triangle", "a shape with three sides"),
+    ("square", "a shape with four equal sides and four right angles"),
+    ("circle", "a round shape whose edge is everywhere the same distance from the centre"),
+    ("whisper", "to speak very quietly"),
+    ("borrow", "to take something that you will give back later"),
+    ("gather", "to bring things together into one place"),
+    ("repair", "to fix something that is broken"),
+    ("journey", "a trip from one place to another"),
+    ("luggage", "the bags and cases you take on a journey"),
+    ("neighbor", "a person who lives next to you or near you"),
+    ("festival", "a time of celebration, often with music and food"),
+    ("museum", "a building where interesting old or valuable objects are shown"),
+    ("market", "a place where people buy and sell goods"),
+    ("blanket", "a large warm cover used on a bed"),
+    ("lantern", "a lamp in a case that can be carried"),
+    ("anchor", "a heavy object that holds a ship in place"),
+    ("saddle", "a seat for a rider on a horse"),
+];
+
+/// Story characters.
+pub const NAMES: &[&str] = &[
+    "Ana", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Iris", "Jonas", "Kira", "Leo", "Maya", "Nico",
+    "Omar", "Priya", "Quinn", "Rosa", "Sami", "Tara",
+];
+/// Story places.
+pub const PLACES: &[&str] = &[
+    "the harbor",
+    "the market",
+    "the old library",
+    "the forest",
+    "the mountain village",
+    "the bakery",
+    "the river bank",
+    "the museum",
+    "the train station",
+    "the school garden",
+];
+/// Things in stories.
+pub const OBJECTS: &[&str] = &[
+    "a red kite",
+    "a silver key",
+    "a lost letter",
+    "a wooden box",
+    "a small lantern",
+    "a map",
+    "a basket of apples",
+    "a broken clock",
+    "a blue umbrella",
+    "a notebook",
+];
+/// Feelings.
+pub const FEELINGS: &[&str] = &["happy", "curious", "worried", "surprised", "proud", "tired", "excited"];
+/// Days of the week.
+pub const DAYS: &[&str] = &["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+/// Months.
+pub const MONTHS: &[&str] = &[
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];

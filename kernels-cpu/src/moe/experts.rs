@@ -1,0 +1,127 @@
+//! Grouped SwiGLU experts: one GEMM pass per expert over its contiguous block of permuted rows.
+//!
+//! Shapes: `xp`, `y`, `dxp`, `dy` [Nk, D] (rows of expert `i` at `offsets[i]..offsets[i+1]`);
+//! `hg`, `hu`, `a` [Nk, W] (gate and up pre-activations, `a = silu(hg) * hu`, saved for
+//! backward); `experts`, `dexperts` [E, 3*W*D], per expert `gate_proj` [W, D], `up_proj` [W, D],
+//! `down_proj` [D, W]. Per expert: `hg = x · gateᵀ`, `hu = x · upᵀ`, `y = a · downᵀ`.
+//!
+//! Scheduling: experts run in a rayon loop, each on one thread ([`matmul_single`]); an expert
+//! holding more than one thread's share of the rows runs first, alone, on all threads
+//! ([`matmul`]), so one dominant expert does not serialise the layer.
+
+use crate::gemm::{matmul, matmul_single, Trans};
+use crate::swiglu::{swiglu_backward, swiglu_forward};
+use rayon::prelude::*;
+
+/// `matmul` or `matmul_single`.
+type Matmul = fn(&mut [f32], &[f32], &[f32], usize, usize, usize, Trans, Trans, bool);
+
+/// Splits `buf` [Nk, width] into the per-expert blocks given by `offsets`.
+fn blocks_mut<'a>(mut buf: &'a mut [f32], offsets: &[usize], width: usize) -> Vec<&'a mut [f32]> {
+    let mut out = Vec::with_capacity(offsets.len() - 1);
+    for win in offsets.windows(2) {
+        let (head, tail) = std::mem::take(&mut buf).split_at_mut((win[1] - win[0]) * width);
+        out.push(head);
+        buf = tail;
+    }
+    out
+}
+
+fn block<'a>(buf: &'a [f32], offsets: &[usize], i: usize, width: usize) -> &'a [f32] {
+    &buf[offsets[i] * width..offsets[i + 1] * width]
+}
+
+/// Runs `job(i, matmul)` for experts too big to share the threads, then `job(i, matmul_single)`
+/// for the others in parallel; experts without rows are skipped.
+fn schedule<J: Send>(jobs: Vec<(usize, J)>, offsets: &[usize], run: impl Fn(usize, J, Matmul) + Sync) {
+    let total = offsets[offsets.len() - 1];
+    let threads = rayon::current_num_threads();
+    let rows = |i: usize| offsets[i + 1] - offsets[i];
+    let (heavy, light): (Vec<_>, Vec<_>) =
+        jobs.into_iter().filter(|(i, _)| rows(*i) > 0).partition(|(i, _)| threads > 1 && rows(*i) * threads > total);
+    for (i, job) in heavy {
+        run(i, job, matmul);
+    }
+    light.into_par_iter().for_each(|(i, job)| run(i, job, matmul_single));
+}
+
+/// The three weight matrices of one expert: (gate [W, D], up [W, D], down [D, W]).
+fn split_weights(wts: &[f32], w: usize, d: usize) -> (&[f32], &[f32], &[f32]) {
+    let (gate, rest) = wts.split_at(w * d);
+    let (up, down) = rest.split_at(w * d);
+    (gate, up, down)
+}
+
+/// Forward of every expert on its rows: fills `y` and the saved `hg`, `hu`, `a`.
+#[allow(clippy::too_many_arguments)]
+pub fn experts_forward(
+    y: &mut [f32],
+    hg: &mut [f32],
+    hu: &mut [f32],
+    a: &mut [f32],
+    xp: &[f32],
+    experts: &[f32],
+    offsets: &[usize],
+    d: usize,
+    w: usize,
+) {
+    let nk = offsets[offsets.len() - 1];
+    assert!(y.len() == nk * d && xp.len() == nk * d, "experts: y / xp are not [Nk, D]");
+    assert!(hg.len() == nk * w && hu.len() == nk * w && a.len() == nk * w, "experts: saved are not [Nk, W]");
+    assert_eq!(experts.len(), (offsets.len() - 1) * 3 * w * d, "experts: weights are not [E, 3*W*D]");
+    let jobs: Vec<_> = blocks_mut(y, offsets, d)
+        .into_iter()
+        .zip(blocks_mut(hg, offsets, w))
+        .zip(blocks_mut(hu, offsets, w).into_iter().zip(blocks_mut(a, offsets, w)))
+        .enumerate()
+        .collect();
+    schedule(jobs, offsets, |i, ((y, hg), (hu, a)), mm| {
+        let n = offsets[i + 1] - offsets[i];
+        let x = block(xp, offsets, i, d);
+        let (gate, up, down) = split_weights(&experts[i * 3 * w * d..(i + 1) * 3 * w * d], w, d);
+        mm(hg, x, gate, n, d, w, Trans::No, Trans::Yes, false);
+        mm(hu, x, up, n, d, w, Trans::No, Trans::Yes, false);
+        swiglu_forward(a, hg, hu);
+        mm(y, a, down, n, w, d, Trans::No, Trans::Yes, false);
+    });
+}
+
+/// Backward of every expert: accumulates `dxp` [Nk, D] and `dexperts` [E, 3*W*D] from `dy`.
+#[allow(clippy::too_many_arguments)]
+pub fn experts_backward(
+    dxp: &mut [f32],
+    dexperts: &mut [f32],
+    dy: &[f32],
+    xp: &[f32],
+    hg: &[f32],
+    hu: &[f32],
+    a: &[f32],
+    experts: &[f32],
+    offsets: &[usize],
+    d: usize,
+    w: usize,
+) {
+    let nk = offsets[offsets.len() - 1];
+    assert!(dxp.len() == nk * d && dy.len() == nk * d && xp.len() == nk * d, "experts: rows are not [Nk, D]");
+    assert!(hg.len() == nk * w && hu.len() == nk * w && a.len() == nk * w, "experts: saved are not [Nk, W]");
+    assert!(dexperts.len() == experts.len(), "experts: dexperts is not [E, 3*W*D]");
+    let jobs: Vec<_> =
+        blocks_mut(dxp, offsets, d).into_iter().zip(dexperts.chunks_mut(3 * w * d)).enumerate().collect();
+    schedule(jobs, offsets, |i, (dx, dwts), mm| {
+        let n = offsets[i + 1] - offsets[i];
+        let (x, dy) = (block(xp, offsets, i, d), block(dy, offsets, i, d));
+        let (hg, hu, a) = (block(hg, offsets, i, w), block(hu, offsets, i, w), block(a, offsets, i, w));
+        let (gate, up, down) = split_weights(&experts[i * 3 * w * d..(i + 1) * 3 * w * d], w, d);
+        let (dgate, rest) = dwts.split_at_mut(w * d);
+        let (dup, ddown) = rest.split_at_mut(w * d);
+        let mut da = vec![0f32; n * w];
+        mm(&mut da, dy, down, n, d, w, Trans::No, Trans::No, false);
+        mm(ddown, dy, a, d, n, w, Trans::Yes, Trans::No, true);
+        let (mut dhg, mut dhu) = (vec![0f32; n * w], vec![0f32; n * w]);
+        swiglu_backward(&mut dhg, &mut dhu, &da, hg, hu);
+        mm(dgate, &dhg, x, w, n, d, Trans::Yes, Trans::No, true);
+        mm(dup, &dhu, x, w, n, d, Trans::Yes, Trans::No, true);
+        mm(dx, &dhg, gate, n, w, d, Trans::No, Trans::No, true);
+        mm(dx, &dhu, up, n, w, d, Trans::No, Trans::No, true);
+    });
+}
