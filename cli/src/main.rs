@@ -30,6 +30,8 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Run a model on token ids and write the logits [B,T,V] f32 to a safetensors file.
     Logits(cmd::logits::Args),
+    /// Convert a dense Qwen3 into a MoE: shared expert + top-1 of N routed experts.
+    Surgery(cmd::surgery::Args),
     /// Measure speed: GEMM GFLOP/s or a full training step; prints JSON lines.
     Bench(cmd::bench::Args),
     /// Synthetic medical world, tokenizer, packing and data statistics.
@@ -43,6 +45,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Logits(a) => cmd::logits::run(a),
         Command::Bench(a) => cmd::bench::run(a, threads),
+        Command::Surgery(a) => cmd::surgery::run(a),
         Command::Data(a) => cmd::data::run(a),
     }
 }

@@ -77,6 +77,14 @@ pub fn run(a: Args) -> Result<()> {
         "            embeddings + lm_head {embed} | attention {attn} | ffn {ffn} | non-embedding {}",
         total - embed
     );
+    if let Some(m) = &moe {
+        let one_expert = 3 * m.expert_width * c.hidden_size * c.num_hidden_layers;
+        let active = total - one_expert * (m.num_experts - 1);
+        println!(
+            "            active per token {active} ({:.2} M): shared + router + one routed expert",
+            active as f64 / 1e6
+        );
+    }
     let missing: Vec<&str> = specs.iter().map(|(n, _)| n.as_str()).filter(|n| ckpt.info(n).is_none()).collect();
     if !missing.is_empty() {
         println!("missing     {} tensors the config needs, e.g. `{}`", missing.len(), missing[0]);

@@ -4,3 +4,4 @@ pub mod bench;
 pub mod data;
 pub mod inspect;
 pub mod logits;
+pub mod surgery;

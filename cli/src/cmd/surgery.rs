@@ -1,0 +1,139 @@
+//! `moe-cli surgery`: dense Qwen3 → shared expert + top-1 of N routed experts.
+
+use crate::presets::moe_preset;
+use crate::progress::bar;
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use model::importance::{magnitude, read_importance};
+use model::surgery::apply::{convert, plan_model, RouterInit, SurgeryOptions};
+use model::surgery::plan::{FillStrategy, SplitStrategy};
+use model::Qwen3;
+use std::path::PathBuf;
+
+/// Arguments of `surgery`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Dense model directory (HF Qwen3 layout).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// MoE preset: a name from configs/presets/ (tiny-k1p1-n16, qwen3-1.7b-k1p1-n16) or a path.
+    #[arg(long)]
+    pub preset: String,
+    /// Neuron importance: a file written by `moe-cli importance`, or `magnitude` (data-free).
+    #[arg(long, default_value = "magnitude")]
+    pub importance: String,
+    /// How routed experts are formed from the neurons left after the shared expert.
+    #[arg(long, value_enum, default_value_t = Split::ImportanceSplit)]
+    pub split: Split,
+    /// How expert slots beyond the available neurons are filled.
+    #[arg(long, value_enum, default_value_t = Fill::Overlap)]
+    pub fill: Fill,
+    /// Router initialisation.
+    #[arg(long, value_enum, default_value_t = Router::Zeros)]
+    pub router_init: Router,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output directory for the MoE checkpoint (must not exist; written atomically).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `--split` values.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Split {
+    /// Remaining neurons by descending importance, dealt round-robin.
+    ImportanceSplit,
+    /// Balanced k-means on normalised gate/up rows.
+    Kmeans,
+    /// Seeded random partition.
+    Random,
+}
+
+/// `--fill` values.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Fill {
+    /// Nearest neurons of other experts.
+    Overlap,
+    /// Re-initialised from the dense rows' statistics (Drop-Upcycling).
+    DropUpcycle,
+}
+
+/// `--router-init` values.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Router {
+    /// Zeros (uniform routing).
+    Zeros,
+    /// k-means / expert centroids.
+    Centroids,
+    /// Small random normal(0, 0.02).
+    Random,
+}
+
+/// Loads, plans, converts, saves.
+pub fn run(a: Args) -> Result<()> {
+    if a.out.exists() {
+        bail!("{} already exists; refusing to overwrite", a.out.display());
+    }
+    let (preset, spec) = moe_preset(&a.preset)?;
+    let dense = Qwen3::load(&a.model)?;
+    if dense.moe.is_some() {
+        bail!("{} is already a MoE model; surgery needs a dense Qwen3", a.model.display());
+    }
+    let (c, p) = (&dense.config, &preset);
+    if (c.hidden_size, c.intermediate_size, c.num_hidden_layers)
+        != (p.hidden_size, p.intermediate_size, p.num_hidden_layers)
+    {
+        bail!(
+            "preset `{}` is for hidden {} / ffn {} / {} layers, but {} has hidden {} / ffn {} / {} layers",
+            a.preset,
+            p.hidden_size,
+            p.intermediate_size,
+            p.num_hidden_layers,
+            a.model.display(),
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_hidden_layers
+        );
+    }
+    let importance = if a.importance == "magnitude" {
+        magnitude(&dense)?
+    } else {
+        read_importance(&PathBuf::from(&a.importance), c.num_hidden_layers, c.intermediate_size)?
+    };
+    let opts = SurgeryOptions {
+        split: match a.split {
+            Split::ImportanceSplit => SplitStrategy::ImportanceSplit,
+            Split::Kmeans => SplitStrategy::KMeans,
+            Split::Random => SplitStrategy::Random,
+        },
+        fill: match a.fill {
+            Fill::Overlap => FillStrategy::Overlap,
+            Fill::DropUpcycle => FillStrategy::DropUpcycle,
+        },
+        router_init: match a.router_init {
+            Router::Zeros => RouterInit::Zeros,
+            Router::Centroids => RouterInit::Centroids,
+            Router::Random => RouterInit::SmallRandom,
+        },
+        seed: a.seed,
+    };
+    let pb = bar(3, "surgery");
+    let plans = plan_model(&dense, &importance, &spec, &opts)?;
+    pb.inc(1);
+    let moe = convert(&dense, &plans, &spec, &opts)?;
+    pb.inc(1);
+    drop(dense);
+    let files = moe.save(&a.out, None).with_context(|| format!("writing {}", a.out.display()))?;
+    pb.finish_and_clear();
+    eprintln!(
+        "wrote {} ({} files): shared {} + {} routed experts x {}, {:.2} M parameters",
+        a.out.display(),
+        files.len(),
+        spec.shared_width,
+        spec.num_experts,
+        spec.expert_width,
+        moe.num_params() as f64 / 1e6
+    );
+    Ok(())
+}
