@@ -30,6 +30,8 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Run a model on token ids and write the logits [B,T,V] f32 to a safetensors file.
     Logits(cmd::logits::Args),
+    /// Per-FFN-neuron Taylor importance over a packed corpus (or the magnitude proxy).
+    Importance(cmd::importance::Args),
     /// Convert a dense Qwen3 into a MoE: shared expert + top-1 of N routed experts.
     Surgery(cmd::surgery::Args),
     /// Measure speed: GEMM GFLOP/s or a full training step; prints JSON lines.
@@ -46,6 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logits(a) => cmd::logits::run(a),
         Command::Bench(a) => cmd::bench::run(a, threads),
         Command::Surgery(a) => cmd::surgery::run(a),
+        Command::Importance(a) => cmd::importance::run(a),
         Command::Data(a) => cmd::data::run(a),
     }
 }

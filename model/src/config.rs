@@ -63,6 +63,12 @@ impl Qwen3Config {
 
     /// Parses and validates config JSON text; `path` is only used in error messages.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
+        Self::from_json_accepting(text, path, &[])
+    }
+
+    /// [`Self::from_json`] that also accepts the `model_type`s in `also` (every other check still applies).
+    /// Only readers that validate those types' own fields call it (the Dots1 export reader).
+    pub(crate) fn from_json_accepting(text: &str, path: &Path, also: &[&str]) -> Result<Self> {
         let json_err = |msg: String| ModelError::ConfigJson { path: path.to_path_buf(), msg };
         if text.trim().is_empty() {
             return Err(json_err("file is empty".into()));
@@ -74,7 +80,7 @@ impl Qwen3Config {
         };
         let r = Reader { path, raw: &raw };
 
-        r.check_unsupported()?;
+        r.check_unsupported(also)?;
 
         let vocab_size = r.required_usize("vocab_size")?;
         let hidden_size = r.required_usize("hidden_size")?;
@@ -279,11 +285,11 @@ impl Reader<'_> {
     }
 
     /// Rejects features of HF Qwen3 that this toolkit does not implement.
-    fn check_unsupported(&self) -> Result<()> {
+    fn check_unsupported(&self, also: &[&str]) -> Result<()> {
         if let Some(v) = self.get("model_type") {
             match v {
                 // "medmoe": Qwen3 attention with the MoE FFN described by the `moe` section.
-                Value::String(s) if s == "qwen3" || s == "medmoe" => {}
+                Value::String(s) if s == "qwen3" || s == "medmoe" || also.contains(&s.as_str()) => {}
                 Value::String(s) => {
                     return Err(self.unsupported(
                         "model_type",

@@ -111,10 +111,10 @@ impl MoeSpec {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(field(path, name, "must be positive".into()));
         }
-        if !(raw.router_temperature > 0.0) {
+        if raw.router_temperature.is_nan() || raw.router_temperature <= 0.0 {
             return Err(field(path, "moe.router_temperature", "must be positive".into()));
         }
-        if raw.capacity_factor.is_some_and(|c| !(c > 0.0)) {
+        if raw.capacity_factor.is_some_and(|c| c.is_nan() || c <= 0.0) {
             return Err(field(path, "moe.capacity_factor", "must be positive or null (dropless)".into()));
         }
         if !(0.0..1.0).contains(&raw.expert_dropout) {

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod importance;
 pub mod inspect;
 pub mod logits;
 pub mod surgery;

@@ -41,6 +41,7 @@ pub struct Args {
 
 /// `--split` values.
 #[derive(Clone, Copy, ValueEnum)]
+#[allow(clippy::enum_variant_names)] // `importance-split` is the documented CLI spelling
 pub enum Split {
     /// Remaining neurons by descending importance, dealt round-robin.
     ImportanceSplit,

@@ -213,7 +213,7 @@ unsafe fn pack_b_panels(
                         }
                         let t = transpose8(v);
                         for (pp, tp) in t.iter().enumerate() {
-                            _mm256_storeu_ps(d.add((p + pp) * NR + (1 - half) * 8), *tp);
+                            _mm256_storeu_ps(d.add((p + pp) * NR + half * 8), *tp);
                         }
                     }
                     p += 8;
