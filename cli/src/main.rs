@@ -30,6 +30,8 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Run a model on token ids and write the logits [B,T,V] f32 to a safetensors file.
     Logits(cmd::logits::Args),
+    /// Write a randomly initialised dense model from a preset.
+    Init(cmd::init::Args),
     /// Per-FFN-neuron Taylor importance over a packed corpus (or the magnitude proxy).
     Importance(cmd::importance::Args),
     /// Convert a dense Qwen3 into a MoE: shared expert + top-1 of N routed experts.
@@ -49,6 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => cmd::bench::run(a, threads),
         Command::Surgery(a) => cmd::surgery::run(a),
         Command::Importance(a) => cmd::importance::run(a),
+        Command::Init(a) => cmd::init::run(a),
         Command::Data(a) => cmd::data::run(a),
     }
 }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod data;
 pub mod importance;
+pub mod init;
 pub mod inspect;
 pub mod logits;
 pub mod surgery;

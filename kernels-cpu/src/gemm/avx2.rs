@@ -26,7 +26,7 @@ use super::{strides, Trans};
 use kernel::{kernel_6x16, MR, NR};
 use pack::{pack_a, pack_b};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::thread::LocalKey;
 
 /// Cache blocking: upper bounds on the row block (`mc`, A block in L2), the k block (`kc`,
@@ -46,8 +46,6 @@ pub(crate) const DEFAULT_BLOCKING: Blocking = Blocking { mc: 144, kc: 256, nc: 4
 
 /// Products with fewer multiply-adds than this run on one thread.
 const PAR_MIN_FLOPS: usize = 1 << 20;
-/// B blocks with fewer elements than this are packed on one thread.
-const PAR_PACK_MIN: usize = 1 << 15;
 /// B micro-panels per packing task.
 const PACK_PANELS: usize = 8;
 /// Compute tasks aimed for per thread (dynamic balancing on a busy machine).
@@ -125,6 +123,73 @@ fn run_tasks(threads: usize, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     });
 }
 
+/// The packed B of one column block (`k x ncur`, all k blocks), packed lazily: groups of
+/// [`PACK_PANELS`] micro-panels of one k block are packed by the first task that needs them,
+/// other tasks needing the group meanwhile wait for it. Layout: k block `pb` (rows `pb*kc..`)
+/// starts at `buf + pb*kc*npan*NR` and holds `npan` panels of `kcur*NR` floats.
+struct LazyB {
+    buf: SharedPtr,
+    /// Element (0, 0) of the column block in `b`.
+    src: SharedPtr,
+    rs: usize,
+    cs: usize,
+    k: usize,
+    kc: usize,
+    ncur: usize,
+    npan: usize,
+    groups: usize,
+    /// Per (k block, group): EMPTY, BUSY (being packed) or READY.
+    state: Vec<AtomicU8>,
+}
+
+const EMPTY: u8 = 0;
+const BUSY: u8 = 1;
+const READY: u8 = 2;
+
+impl LazyB {
+    /// `buf` must hold `k * ceil(ncur/NR) * NR` floats and `src[p*rs + j*cs]` be readable
+    /// for `p < k`, `j < ncur` (checked by the caller, `matmul`).
+    fn new(buf: SharedPtr, src: SharedPtr, rs: usize, cs: usize, k: usize, kc: usize, ncur: usize) -> Self {
+        let npan = ncur.div_ceil(NR);
+        let groups = npan.div_ceil(PACK_PANELS);
+        let state = (0..k.div_ceil(kc) * groups).map(|_| AtomicU8::new(EMPTY)).collect();
+        LazyB { buf, src, rs, cs, k, kc, ncur, npan, groups, state }
+    }
+
+    /// Micro-panel `q` of k block `pb`, packed (by this thread if nobody has yet).
+    fn panel(&self, pb: usize, q: usize) -> *const f32 {
+        let (pc, g) = (pb * self.kc, q / PACK_PANELS);
+        let kcur = self.kc.min(self.k - pc);
+        let block = self.buf.get().wrapping_add(pc * self.npan * NR);
+        let st = &self.state[pb * self.groups + g];
+        if st.load(Ordering::Acquire) != READY {
+            if st.compare_exchange(EMPTY, BUSY, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                let q1 = ((g + 1) * PACK_PANELS).min(self.npan);
+                // SAFETY: AVX2 checked by `matmul`; rows pc..pc+kcur < k and columns < ncur
+                // are readable (constructor contract); the group's panels lie inside `buf`
+                // and only this thread writes them (it won the EMPTY -> BUSY exchange); readers
+                // wait for READY.
+                unsafe {
+                    let src = self.src.get().add(pc * self.rs);
+                    pack_b(src, self.rs, self.cs, self.ncur, kcur, g * PACK_PANELS, q1, block);
+                }
+                st.store(READY, Ordering::Release);
+            } else {
+                let mut spins = 0u32;
+                while st.load(Ordering::Acquire) != READY {
+                    spins += 1;
+                    if spins < 1 << 10 {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        }
+        block.wrapping_add(q * kcur * NR)
+    }
+}
+
 /// Rounds `x` up to a multiple of `m`.
 fn round_up(x: usize, m: usize) -> usize {
     x.div_ceil(m) * m
@@ -191,22 +256,9 @@ pub(crate) fn matmul(
         for jc in (0..n).step_by(nc) {
             let ncur = nc.min(n - jc);
             let npan = ncur.div_ceil(NR);
-            // Packed B: k block `pb` (rows pb*kc..) starts at bbuf + pb*kc*npan*NR and holds
-            // npan panels of kcur*NR floats.
-            let groups = if k * ncur >= PAR_PACK_MIN { npan.div_ceil(PACK_PANELS) } else { 1 };
-            run_tasks(threads, k_blocks * groups, &|t| {
-                let (pb, g) = (t / groups, t % groups);
-                let pc = pb * kc;
-                let kcur = kc.min(k - pc);
-                let (q0, q1) = (g * npan / groups, (g + 1) * npan / groups);
-                // SAFETY: AVX2 checked; elements (pc+p, jc+j) of op(b) for p < kcur, j < ncur
-                // are inside `b` (length asserted, pc < k, jc < n); the k block's panels lie in
-                // the buffer (k*npan*NR floats) and tasks pack disjoint (block, panel) ranges.
-                unsafe {
-                    let src = b_ptr.get().add(pc * b_rs + jc * b_cs);
-                    pack_b(src, b_rs, b_cs, ncur, kcur, q0, q1, bbuf.get().add(pc * npan * NR));
-                }
-            });
+            // SAFETY: jc < n, so the offset is inside `b`.
+            let bsrc = SharedPtr(unsafe { b_ptr.get().add(jc * b_cs) });
+            let packed = LazyB::new(bbuf, bsrc, b_rs, b_cs, k, kc, ncur);
             // Enough tasks for dynamic balancing: with few row blocks, tasks also split the B
             // micro-panels (each part repacks its A block).
             let n_split = if threads == 1 {
@@ -229,14 +281,15 @@ pub(crate) fn matmul(
                             let asrc = a_ptr.get().add(ic * a_rs + pc * a_cs);
                             pack_a(asrc, a_rs, a_cs, mcur, kcur, abuf);
                         }
-                        let bblock = bbuf.get().wrapping_add(pc * npan * NR);
+                        let pb = pc / kc;
                         for q in q0..q1 {
+                            let bpanel = packed.panel(pb, q);
                             let j = q * NR;
                             let nr = NR.min(ncur - j);
                             for ir in (0..mcur).step_by(MR) {
                                 let mr = MR.min(mcur - ir);
                                 // SAFETY: AVX2/FMA checked; the A and B micro-panels are packed
-                                // (kcur steps each; B by the finished pack phase); the tile rows
+                                // (kcur steps each; B made ready by `panel`); the tile rows
                                 // ic+ir..+mr and columns jc+j..+nr lie in dst (m x n, row stride
                                 // n) and no other task touches them (tasks own disjoint row
                                 // blocks or disjoint panel ranges).
@@ -244,7 +297,7 @@ pub(crate) fn matmul(
                                     kernel_6x16(
                                         kcur,
                                         abuf.add(ir * kcur),
-                                        bblock.add(q * kcur * NR),
+                                        bpanel,
                                         c.get().add((ic + ir) * n + jc + j),
                                         n,
                                         mr,

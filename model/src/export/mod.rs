@@ -25,10 +25,11 @@ pub use qwen3::export_qwen3;
 
 use crate::error::{ModelError, Result};
 use crate::qwen3::{ag, Qwen3};
-use crate::safetensors_io::DType as FileDType;
+use crate::load::write_dir_atomically;
+use crate::safetensors_io::{write_checkpoint_dir, DType as FileDType, TensorToWrite};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The one dtype every parameter was stored in, or F32 when they differ (lossless).
 pub fn export_dtype(model: &Qwen3) -> FileDType {
@@ -61,9 +62,17 @@ pub(crate) fn values(model: &Qwen3, name: &str) -> Result<Vec<f32>> {
     Ok(model.params.get(name).map_err(ag)?.to_vec())
 }
 
-/// `{"format": "pt"}`, the safetensors metadata `save_pretrained` writes.
-pub(crate) fn pt_metadata() -> HashMap<String, String> {
-    HashMap::from([("format".to_string(), "pt".to_string())])
+/// Writes `config` (JSON text) and `tensors` (one model.safetensors with the `{"format": "pt"}`
+/// metadata `save_pretrained` writes) into the new directory `out`, atomically.
+pub(crate) fn write_export(out: &Path, config: &str, tensors: &[TensorToWrite]) -> Result<Vec<PathBuf>> {
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    write_dir_atomically(out, |tmp| {
+        let path = tmp.join("config.json");
+        std::fs::write(&path, config).map_err(|e| ModelError::io(&path, e))?;
+        let mut files = write_checkpoint_dir(tmp, tensors, Some(&metadata), None)?;
+        files.push(path);
+        Ok(files.iter().filter_map(|f| f.file_name()).map(|f| out.join(f)).collect())
+    })
 }
 
 /// The model's config as a JSON object with the typed fields written back, the medmoe-only keys
