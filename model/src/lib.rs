@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod importance;
 pub mod init;
 pub mod load;

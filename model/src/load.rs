@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The safetensors dtype that config.json's `torch_dtype` names, if it names a float type.
-fn config_dtype(c: &Qwen3Config) -> Option<FileDType> {
+pub(crate) fn config_dtype(c: &Qwen3Config) -> Option<FileDType> {
     match c.torch_dtype.as_deref()? {
         "float32" => Some(FileDType::F32),
         "bfloat16" => Some(FileDType::BF16),
@@ -29,8 +29,12 @@ impl Qwen3 {
 
     /// Loads `dir` keeping parameters in `storage` (bf16/f16 halve the memory of frozen weights).
     /// Every tensor's shape and dtype is checked against config.json before any is read.
+    /// A Dots1 export (`model_type: "dots1"`) loads as the medmoe MoE model it came from.
     pub fn load_as(dir: &Path, storage: DType) -> Result<Self> {
         let config_path = dir.join("config.json");
+        if crate::export::is_dots1_config(&config_path) {
+            return crate::export::load_dots1(dir, storage);
+        }
         let config = Qwen3Config::from_file(&config_path)?;
         let moe = MoeSpec::from_config(&config, &config_path)?;
         let ckpt = Checkpoint::open(dir)?;

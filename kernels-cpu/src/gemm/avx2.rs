@@ -242,7 +242,6 @@ pub(crate) fn matmul(
     // kc is a function of k alone (determinism, module docs); a multiple of 8 for the
     // transposing pack paths.
     let kc = balanced_block(k, blk.kc, 8, 1).min(k);
-    let k_blocks = k.div_ceil(kc);
     // All k blocks of a column block are packed at once (at most `b_max` floats).
     let nc = balanced_block(n, blk.nc.min(blk.b_max / k).max(NR), NR, 1);
     let mc = balanced_block(m, blk.mc, MR, threads);
