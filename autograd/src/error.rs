@@ -19,6 +19,14 @@ pub enum AutogradError {
         /// What was out of range.
         msg: String,
     },
+    /// A configuration value an op cannot run with.
+    #[error("{op}: {msg}")]
+    Config {
+        /// The op that checked.
+        op: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
     /// A parameter name that the table does not hold.
     #[error("unknown parameter `{0}`")]
     UnknownParam(String),

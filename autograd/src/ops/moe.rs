@@ -53,7 +53,7 @@ impl Default for MoeConfig {
 impl MoeConfig {
     /// Checks the values (not the shapes): a readable error for each bad field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(AutogradError::Index { op: "moe_routed", msg });
+        let bad = |msg: String| Err(AutogradError::Config { op: "moe_routed", msg });
         if self.num_experts == 0 || self.expert_width == 0 {
             return bad(format!(
                 "num_experts {} and expert_width {} must be positive",
@@ -131,7 +131,7 @@ pub fn moe_routed(
     if let Some(b) = bias {
         ensure(b.len() == e, "moe_routed", || format!("bias has {} values for {e} experts", b.len()))?;
         if b.iter().any(|v| !v.is_finite()) {
-            return Err(AutogradError::Index { op: "moe_routed", msg: "bias holds a non-finite value".into() });
+            return Err(AutogradError::Config { op: "moe_routed", msg: "bias holds a non-finite value".into() });
         }
     }
     let dims = MoeDims { n, d, e, w };

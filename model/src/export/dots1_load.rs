@@ -15,7 +15,7 @@
 //! Dots1 features we do not implement are refused by name: top-k > 1, `norm_topk_prob: false`,
 //! `routed_scaling_factor != 1`, group-limited routing, leading dense layers, sliding windows.
 
-use super::dots1::{shared_padding, MEDMOE_KEY};
+use super::dots1::MEDMOE_KEY;
 use crate::config::Qwen3Config;
 use crate::error::{ModelError, Result};
 use crate::load::config_dtype;
@@ -116,7 +116,9 @@ impl Fields<'_> {
                     return Err(self.bad("layer_types", format!("has {} entries for {l} layers", types.len())));
                 }
                 if let Some(t) = types.iter().find(|t| t.as_str() != Some("full_attention")) {
-                    return Err(self.unsupported("layer_types", &format!("{t} layers are not supported, only full_attention")));
+                    return Err(
+                        self.unsupported("layer_types", &format!("{t} layers are not supported, only full_attention"))
+                    );
                 }
                 Ok(())
             }
@@ -281,8 +283,11 @@ impl Locator<'_> {
     /// Trailing all-zero neurons of layer `i`'s padded shared expert.
     fn zero_tail(&self, i: usize) -> Result<usize> {
         let n = |k: &str| format!("model.layers.{i}.mlp.shared_experts.{k}.weight");
-        let (gate, up, down) =
-            (self.ckpt.read_f32(&n("gate_proj"))?, self.ckpt.read_f32(&n("up_proj"))?, self.ckpt.read_f32(&n("down_proj"))?);
+        let (gate, up, down) = (
+            self.ckpt.read_f32(&n("gate_proj"))?,
+            self.ckpt.read_f32(&n("up_proj"))?,
+            self.ckpt.read_f32(&n("down_proj"))?,
+        );
         let (d, p) = (self.d, self.p);
         let zero = |j: usize| {
             gate[j * d..(j + 1) * d].iter().chain(&up[j * d..(j + 1) * d]).all(|&x| x == 0.0)
@@ -326,7 +331,8 @@ pub(crate) fn load_dots1(dir: &Path, storage: DType) -> Result<Qwen3> {
     let moe = fields.read_moe()?;
     let ckpt = Checkpoint::open(dir)?;
     let (l, d) = (config.num_hidden_layers, config.hidden_size);
-    let loc = Locator { ckpt: &ckpt, dir, want_dtype: config_dtype(&config), e: moe.experts, w: moe.width, d, p: moe.padded };
+    let loc =
+        Locator { ckpt: &ckpt, dir, want_dtype: config_dtype(&config), e: moe.experts, w: moe.width, d, p: moe.padded };
     let base = match &moe.hint {
         Some(h) => h.clone(),
         None => fields.moe_spec(serde_json::json!({

@@ -19,13 +19,13 @@ mod dots1;
 mod dots1_load;
 mod qwen3;
 
-pub use dots1::{export_dots1, shared_padding};
+pub use dots1::{export_dots1, shared_padding, MEDMOE_KEY};
 pub(crate) use dots1_load::{is_dots1_config, load_dots1};
 pub use qwen3::export_qwen3;
 
 use crate::error::{ModelError, Result};
-use crate::qwen3::{ag, Qwen3};
 use crate::load::write_dir_atomically;
+use crate::qwen3::{ag, Qwen3};
 use crate::safetensors_io::{write_checkpoint_dir, DType as FileDType, TensorToWrite};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
