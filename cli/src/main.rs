@@ -36,6 +36,8 @@ enum Command {
     Importance(cmd::importance::Args),
     /// Convert a dense Qwen3 into a MoE: shared expert + top-1 of N routed experts.
     Surgery(cmd::surgery::Args),
+    /// Export a model to a stock format (Hugging Face Dots1 / Qwen3) that reproduces its logits.
+    Export(cmd::export::Args),
     /// Measure speed: GEMM GFLOP/s or a full training step; prints JSON lines.
     Bench(cmd::bench::Args),
     /// Synthetic medical world, tokenizer, packing and data statistics.
@@ -50,6 +52,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logits(a) => cmd::logits::run(a),
         Command::Bench(a) => cmd::bench::run(a, threads),
         Command::Surgery(a) => cmd::surgery::run(a),
+        Command::Export(a) => cmd::export::run(a),
         Command::Importance(a) => cmd::importance::run(a),
         Command::Init(a) => cmd::init::run(a),
         Command::Data(a) => cmd::data::run(a),

@@ -297,8 +297,8 @@ impl Locator<'_> {
     }
 }
 
-/// Reads tensors through [`Source`]s, keeping the last two whole tensors (a layer's fused
-/// expert tensors) so slicing them costs one decode each.
+/// Reads tensors through [`Source`]s. A tensor read in parts (a layer's fused expert tensors,
+/// a padded shared expert) stays cached while it is among the last two, so each is decoded once.
 struct Reader<'a> {
     ckpt: &'a Checkpoint,
     cache: Vec<(String, Vec<f32>)>,
@@ -307,6 +307,10 @@ struct Reader<'a> {
 impl Reader<'_> {
     fn read(&mut self, src: &Source) -> Result<Vec<f32>> {
         let name = src.name();
+        let numel = self.ckpt.info(name).map_or(0, |i| i.numel());
+        if matches!(src, Source::Slice { start: 0, len, .. } if *len == numel) {
+            return self.ckpt.read_f32(name);
+        }
         if !self.cache.iter().any(|(n, _)| n == name) {
             if self.cache.len() >= 2 {
                 self.cache.remove(0);
