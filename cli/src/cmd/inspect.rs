@@ -17,12 +17,25 @@ pub struct Args {
 /// Prints the report; the model is memory-mapped, nothing is copied.
 pub fn run(a: Args) -> Result<()> {
     let config_path = a.model_dir.join("config.json");
-    let config = Qwen3Config::from_file(&config_path)?;
-    let moe = MoeSpec::from_config(&config, &config_path)?;
+    let raw: serde_json::Value = std::fs::read(&config_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let is_dots1 = raw.get("model_type").and_then(|v| v.as_str()) == Some("dots1");
+    let (config, moe) = if is_dots1 {
+        // An HF Dots1 export: read it as the medmoe model it holds (bf16 copy, for the spec).
+        let m = model::Qwen3::load_as(&a.model_dir, autograd::DType::BF16)?;
+        (m.config, m.moe)
+    } else {
+        let config = Qwen3Config::from_file(&config_path)?;
+        let moe = MoeSpec::from_config(&config, &config_path)?;
+        (config, moe)
+    };
     let ckpt = Checkpoint::open(&a.model_dir)?;
     let c = &config;
     println!("model      {}", a.model_dir.display());
     match &moe {
+        _ if is_dots1 => println!("type       HF Dots1 export (read as medmoe)"),
         None => println!("type       qwen3 (dense)"),
         Some(m) => println!(
             "type       medmoe: shared expert {} + top-1 of {} routed experts x {} | router {} (temperature {})",
@@ -86,7 +99,7 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let missing: Vec<&str> = specs.iter().map(|(n, _)| n.as_str()).filter(|n| ckpt.info(n).is_none()).collect();
-    if !missing.is_empty() {
+    if !missing.is_empty() && !is_dots1 {
         println!("missing     {} tensors the config needs, e.g. `{}`", missing.len(), missing[0]);
     }
     Ok(())
