@@ -24,17 +24,22 @@ pub fn magnitude(model: &Qwen3) -> Result<Vec<Vec<f32>>> {
                 get(format!("{p}.up_proj.weight"))?,
                 get(format!("{p}.down_proj.weight"))?,
             );
-            let mut imp: Vec<f32> = (0..f)
-                .map(|j| gate[j * d..(j + 1) * d].iter().chain(&up[j * d..(j + 1) * d]).map(|x| x.abs()).sum())
-                .collect();
-            for r in 0..d {
-                for (j, v) in imp.iter_mut().enumerate() {
-                    *v += down[r * f + j].abs();
-                }
-            }
-            Ok(imp)
+            Ok(magnitude_layer(gate, up, down, f, d))
         })
         .collect()
+}
+
+/// Magnitude importance `[F]` of one layer from its `gate [F, D]`, `up [F, D]`, `down [D, F]`
+/// (the per-layer step of [`magnitude`], also used by streaming surgery).
+pub fn magnitude_layer(gate: &[f32], up: &[f32], down: &[f32], f: usize, d: usize) -> Vec<f32> {
+    let mut imp: Vec<f32> =
+        (0..f).map(|j| gate[j * d..(j + 1) * d].iter().chain(&up[j * d..(j + 1) * d]).map(|x| x.abs()).sum()).collect();
+    for r in 0..d {
+        for (j, v) in imp.iter_mut().enumerate() {
+            *v += down[r * f + j].abs();
+        }
+    }
+    imp
 }
 
 /// Which Taylor form ranks neurons.

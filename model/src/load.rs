@@ -21,6 +21,43 @@ pub(crate) fn config_dtype(c: &Qwen3Config) -> Option<FileDType> {
     }
 }
 
+/// Checks every tensor that `config` (and `moe`) implies against `ckpt` (opened from `dir`): present,
+/// the shape config.json implies, a float dtype, and the dtype config.json's `torch_dtype` names.
+/// Returns each tensor's file dtype in [`param_specs`] order. Nothing is read but the headers.
+pub(crate) fn check_checkpoint(
+    dir: &Path,
+    config: &Qwen3Config,
+    moe: Option<&MoeSpec>,
+    ckpt: &Checkpoint,
+) -> Result<Vec<(String, FileDType)>> {
+    let want_dtype = config_dtype(config);
+    let specs = param_specs(config, moe);
+    let mut file_dtypes = Vec::with_capacity(specs.len());
+    for (name, shape) in &specs {
+        let info = ckpt.info(name).ok_or_else(|| ModelError::MissingTensor {
+            path: ckpt.files().first().cloned().unwrap_or_else(|| dir.to_path_buf()),
+            tensor: name.clone(),
+        })?;
+        let path = ckpt.path_of(name).map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf());
+        let bad = |msg: String| ModelError::Tensor { path: path.clone(), tensor: name.clone(), msg };
+        if &info.shape != shape {
+            return Err(bad(format!("shape {:?} disagrees with config.json, which implies {:?}", info.shape, shape)));
+        }
+        if !matches!(info.dtype, FileDType::F32 | FileDType::BF16 | FileDType::F16) {
+            return Err(bad(format!("dtype {} is not a float type (F32, BF16, F16)", info.dtype.name())));
+        }
+        if let Some(w) = want_dtype.filter(|&w| w != info.dtype) {
+            return Err(bad(format!(
+                "dtype {} disagrees with config.json torch_dtype ({})",
+                info.dtype.name(),
+                w.name()
+            )));
+        }
+        file_dtypes.push((name.clone(), info.dtype));
+    }
+    Ok(file_dtypes)
+}
+
 impl Qwen3 {
     /// Loads `dir` with f32 parameter storage (for training and exact inference).
     pub fn load(dir: &Path) -> Result<Self> {
@@ -38,34 +75,7 @@ impl Qwen3 {
         let config = Qwen3Config::from_file(&config_path)?;
         let moe = MoeSpec::from_config(&config, &config_path)?;
         let ckpt = Checkpoint::open(dir)?;
-        let want_dtype = config_dtype(&config);
-        let specs = param_specs(&config, moe.as_ref());
-        let mut file_dtypes = Vec::with_capacity(specs.len());
-        for (name, shape) in &specs {
-            let info = ckpt.info(name).ok_or_else(|| ModelError::MissingTensor {
-                path: ckpt.files().first().cloned().unwrap_or_else(|| dir.to_path_buf()),
-                tensor: name.clone(),
-            })?;
-            let path = ckpt.path_of(name).map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf());
-            let bad = |msg: String| ModelError::Tensor { path: path.clone(), tensor: name.clone(), msg };
-            if &info.shape != shape {
-                return Err(bad(format!(
-                    "shape {:?} disagrees with config.json, which implies {:?}",
-                    info.shape, shape
-                )));
-            }
-            if !matches!(info.dtype, FileDType::F32 | FileDType::BF16 | FileDType::F16) {
-                return Err(bad(format!("dtype {} is not a float type (F32, BF16, F16)", info.dtype.name())));
-            }
-            if let Some(w) = want_dtype.filter(|&w| w != info.dtype) {
-                return Err(bad(format!(
-                    "dtype {} disagrees with config.json torch_dtype ({})",
-                    info.dtype.name(),
-                    w.name()
-                )));
-            }
-            file_dtypes.push((name.clone(), info.dtype));
-        }
+        let file_dtypes = check_checkpoint(dir, &config, moe.as_ref(), &ckpt)?;
         let mut error = None;
         let n_layers = config.num_hidden_layers;
         let mut model = Qwen3::from_init(config, moe, storage, |name, numel| match ckpt.read_f32(name) {

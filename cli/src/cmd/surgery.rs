@@ -4,10 +4,12 @@ use crate::presets::moe_preset;
 use crate::progress::bar;
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
-use model::importance::{magnitude, read_importance};
-use model::surgery::apply::{convert, plan_model, RouterInit, SurgeryOptions};
+use model::moe_spec::MoeSpec;
+use model::safetensors_io::DEFAULT_MAX_SHARD_BYTES;
+use model::surgery::apply::{RouterInit, SurgeryOptions};
 use model::surgery::plan::{FillStrategy, SplitStrategy};
-use model::Qwen3;
+use model::surgery::stream::{surgery_streaming, ImportanceSource};
+use model::Qwen3Config;
 use std::path::PathBuf;
 
 /// Arguments of `surgery`.
@@ -37,6 +39,9 @@ pub struct Args {
     /// Output directory for the MoE checkpoint (must not exist; written atomically).
     #[arg(long)]
     pub out: PathBuf,
+    /// Largest safetensors file written; above it the checkpoint is sharded (HF's default 5 GB).
+    #[arg(long, default_value_t = DEFAULT_MAX_SHARD_BYTES)]
+    pub max_shard_bytes: u64,
 }
 
 /// `--split` values.
@@ -71,17 +76,19 @@ pub enum Router {
     Random,
 }
 
-/// Loads, plans, converts, saves.
+/// Streams the dense checkpoint (memory-mapped) through the planner and writes the MoE layer by layer.
 pub fn run(a: Args) -> Result<()> {
     if a.out.exists() {
         bail!("{} already exists; refusing to overwrite", a.out.display());
     }
     let (preset, spec) = moe_preset(&a.preset)?;
-    let dense = Qwen3::load(&a.model)?;
-    if dense.moe.is_some() {
+    let config_path = a.model.join("config.json");
+    let c = Qwen3Config::from_file(&config_path)?;
+    let is_dots1 = c.raw.get("model_type").and_then(|v| v.as_str()) == Some("dots1");
+    if is_dots1 || MoeSpec::from_config(&c, &config_path)?.is_some() {
         bail!("{} is already a MoE model; surgery needs a dense Qwen3", a.model.display());
     }
-    let (c, p) = (&dense.config, &preset);
+    let p = &preset;
     if (c.hidden_size, c.intermediate_size, c.num_hidden_layers)
         != (p.hidden_size, p.intermediate_size, p.num_hidden_layers)
     {
@@ -98,9 +105,9 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let importance = if a.importance == "magnitude" {
-        magnitude(&dense)?
+        ImportanceSource::Magnitude
     } else {
-        read_importance(&PathBuf::from(&a.importance), c.num_hidden_layers, c.intermediate_size)?
+        ImportanceSource::File(PathBuf::from(&a.importance))
     };
     let opts = SurgeryOptions {
         split: match a.split {
@@ -119,22 +126,23 @@ pub fn run(a: Args) -> Result<()> {
         },
         seed: a.seed,
     };
-    let pb = bar(3, "surgery");
-    let plans = plan_model(&dense, &importance, &spec, &opts)?;
-    pb.inc(1);
-    let moe = convert(&dense, &plans, &spec, &opts)?;
-    pb.inc(1);
-    drop(dense);
-    let files = moe.save(&a.out, None).with_context(|| format!("writing {}", a.out.display()))?;
+    let pb = bar(1, "surgery");
+    let report =
+        surgery_streaming(&a.model, &spec, &importance, &opts, &a.out, Some(a.max_shard_bytes), |done, total| {
+            pb.set_length(total.max(1));
+            pb.set_position(done);
+        })
+        .with_context(|| format!("surgery of {} into {}", a.model.display(), a.out.display()))?;
     pb.finish_and_clear();
     eprintln!(
-        "wrote {} ({} files): shared {} + {} routed experts x {}, {:.2} M parameters",
+        "wrote {} ({} files, {:.2} GB): shared {} + {} routed experts x {}, {:.2} M parameters",
         a.out.display(),
-        files.len(),
+        report.files.len(),
+        report.tensor_bytes as f64 / 1e9,
         spec.shared_width,
         spec.num_experts,
         spec.expert_width,
-        moe.num_params() as f64 / 1e6
+        report.num_params as f64 / 1e6
     );
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! valid files) and is atomic: `<path>.tmp` is written, fsynced and renamed.
 
 mod read;
+mod stream_write;
 mod write;
 
 use std::borrow::Cow;
@@ -20,6 +21,7 @@ use std::fmt;
 use crate::error::{ModelError, Result};
 
 pub use read::Checkpoint;
+pub use stream_write::{write_checkpoint_streaming, TensorSpec, DEFAULT_MAX_SHARD_BYTES};
 pub use write::{write_checkpoint_dir, write_safetensors};
 
 /// File name of a single-file HF checkpoint inside a model directory.

@@ -4,3 +4,4 @@
 pub mod apply;
 pub mod kmeans;
 pub mod plan;
+pub mod stream;
