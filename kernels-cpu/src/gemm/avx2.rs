@@ -1,36 +1,38 @@
 //! BLIS-style f32 GEMM for x86-64 with AVX2 + FMA.
 //!
-//! Loop nest (outer to inner), for `C[m,n] (+)= A[m,k] · B[k,n]` with any operand strides:
-//! 1. `jc`: columns in blocks of `nc` (B block `kc x nc` packed once, shared read-only by all
-//!    threads: lives in L2/L3);
-//! 2. `pc`: k in blocks of `kc` (the first block stores or adds per `accumulate`, the later ones
-//!    add);
-//! 3. `ic`: rows in blocks of `mc`, one task each (a task packs its `mc x kc` A block into a
-//!    per-thread buffer that stays in L2);
-//! 4. `jr`: `NR`-column micro-panels of the packed B (`kc x NR`, stays in L1);
-//! 5. `ir`: `MR`-row micro-panels of the packed A, each one call of the 6x16 microkernel.
+//! `C[m,n] (+)= A[m,k] · B[k,n]` with any operand strides (so every transpose is just a
+//! packing order). Loop nest, outer to inner:
+//! 1. `jc`: columns in blocks of `nc`, sized so the packed B of the block, all of k
+//!    (`k x nc`, at most [`Blocking::b_max`] floats), stays in L3;
+//! 2. tasks: row block (`mc` rows) x part of the column block's micro-panels;
+//! 3. `pc`: k in blocks of `kc` (the first one stores or adds per `accumulate`, the later ones
+//!    add); the task's `mc x kc` A block is packed into a per-thread buffer (stays in L2), or,
+//!    when row blocks are reused by several column blocks or parts, taken from a packed A
+//!    shared by all tasks (each block packed once, by the first task that needs it);
+//! 4. `jr`: `NR`-column micro-panels of the packed B (`kc x NR`, 16 KiB, stays in L1), each
+//!    group of 8 packed by the first task that needs it;
+//! 5. `ir`: `MR`-row micro-panels of the packed A: one call of the 6x16 microkernel each.
 //!
-//! Threads: with `threads > 1` the row blocks (and, when there are fewer row blocks than
-//! threads, ranges of B micro-panels too) are tasks handed out dynamically to `threads` rayon
-//! jobs; B is packed in parallel beforehand. `threads == 1` runs everything on the calling
-//! thread and never touches rayon.
+//! Threads: with `threads > 1` the tasks are handed out dynamically to `threads` rayon jobs
+//! (one fork-join per column block; a thread the OS delays simply takes fewer tasks); the
+//! packed operands are filled cooperatively (fill-once flags, no barrier). `threads == 1`
+//! runs everything on the calling thread and never touches rayon.
 //!
 //! Determinism: `kc` depends only on `k` and the blocking, never on the thread count, and the
-//! microkernel sums every element in fixed k order (see [`kernel`]), so the result is bitwise
-//! the same for every thread count and every `mc`/`nc`.
+//! microkernel sums every element in fixed k order from zero before adding it to C (see
+//! [`kernel`]), so results are bitwise the same for every thread count and partition.
 
 mod kernel;
 mod pack;
+mod shared;
 
 use super::{strides, Trans};
 use kernel::{kernel_6x16, MR, NR};
-use pack::{pack_a, pack_b};
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::thread::LocalKey;
+use pack::pack_a;
+use shared::{run_tasks, with_buf, PackedA, PackedB, SharedPtr, A_BUF, A_SHARED, B_BUF, PACK_PANELS};
 
-/// Cache blocking: upper bounds on the row block (`mc`, A block in L2), the k block (`kc`,
-/// micro-panels in L1) and the column block (`nc`, B block in L2/L3). The driver balances the
+/// Cache blocking and threading knobs: upper bounds on the row block (`mc`, A block in L2),
+/// the k block (`kc`, micro-panels in L1) and the column block (`nc`). The driver balances the
 /// actual blocks below these bounds.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Blocking {
@@ -39,155 +41,24 @@ pub(crate) struct Blocking {
     pub nc: usize,
     /// Upper bound on the packed B of one column block, `k * nc` floats (all k blocks).
     pub b_max: usize,
+    /// Largest A (`m * k` floats) packed once and shared by all tasks when it is reused.
+    pub a_max: usize,
+    /// Products with fewer multiply-adds (`m * k * n`) run on one thread.
+    pub par_min: usize,
 }
 
 /// Blocking measured on AMD EPYC (Zen 3: 32 KiB L1d, 512 KiB L2 per core, 32 MiB L3).
-pub(crate) const DEFAULT_BLOCKING: Blocking = Blocking { mc: 144, kc: 256, nc: 4096, b_max: 1 << 20 };
+pub(crate) const DEFAULT_BLOCKING: Blocking =
+    Blocking { mc: 144, kc: 256, nc: 4096, b_max: 1 << 20, a_max: 1 << 22, par_min: 1 << 20 };
 
-/// Products with fewer multiply-adds than this run on one thread.
-const PAR_MIN_FLOPS: usize = 1 << 20;
-/// B micro-panels per packing task.
-const PACK_PANELS: usize = 8;
 /// Compute tasks aimed for per thread (dynamic balancing on a busy machine).
-const TASKS_PER_THREAD: usize = 4;
+const TASKS_PER_THREAD: usize = 2;
 /// Fewest B micro-panels a compute task covers when row blocks are split by columns.
 const MIN_PART_PANELS: usize = 4;
 
 /// Whether this CPU can run the backend.
 pub(crate) fn available() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-}
-
-thread_local! {
-    /// Packed A block of the tasks this thread runs.
-    static A_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// Packed B block of the products this thread drives.
-    static B_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with a 64-byte aligned scratch buffer of at least `len` floats: the thread's
-/// cached one, or a fresh one when it is already in use further up this thread's stack.
-fn with_buf<R>(key: &'static LocalKey<RefCell<Vec<f32>>>, len: usize, f: impl FnOnce(*mut f32) -> R) -> R {
-    fn aligned(v: &mut Vec<f32>, len: usize) -> *mut f32 {
-        let need = len + 64 / size_of::<f32>();
-        if v.len() < need {
-            *v = vec![0.0; need];
-        }
-        let p = v.as_mut_ptr();
-        // SAFETY: align_offset(64) of an f32 pointer is at most 15 elements, and the vector has
-        // 16 spare elements beyond `len`.
-        unsafe { p.add(p.align_offset(64)) }
-    }
-    key.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut v) => f(aligned(&mut v, len)),
-        Err(_) => f(aligned(&mut Vec::new(), len)),
-    })
-}
-
-/// A raw pointer that may cross threads: every user writes a disjoint part or only reads
-/// (the operands are cast to `*mut` only to share this type; they are never written).
-#[derive(Clone, Copy)]
-struct SharedPtr(*mut f32);
-// SAFETY: the driver only hands these to tasks that touch disjoint regions (C tiles, B panels)
-// or read (packed B), and joins all tasks before the pointee is released or reused.
-unsafe impl Send for SharedPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SharedPtr {}
-impl SharedPtr {
-    /// The pointer (a method, so closures capture the wrapper, not the raw field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// Runs `f(0..tasks)`: in order on this thread when `threads <= 1`, else on `threads` rayon
-/// jobs (at most) that take tasks from a shared counter.
-fn run_tasks(threads: usize, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-    if threads <= 1 || tasks <= 1 {
-        (0..tasks).for_each(f);
-        return;
-    }
-    let next = AtomicUsize::new(0);
-    let work = || loop {
-        let t = next.fetch_add(1, Ordering::Relaxed);
-        if t >= tasks {
-            break;
-        }
-        f(t);
-    };
-    rayon::scope(|s| {
-        for _ in 1..threads.min(tasks) {
-            s.spawn(|_| work());
-        }
-        work();
-    });
-}
-
-/// The packed B of one column block (`k x ncur`, all k blocks), packed lazily: groups of
-/// [`PACK_PANELS`] micro-panels of one k block are packed by the first task that needs them,
-/// other tasks needing the group meanwhile wait for it. Layout: k block `pb` (rows `pb*kc..`)
-/// starts at `buf + pb*kc*npan*NR` and holds `npan` panels of `kcur*NR` floats.
-struct LazyB {
-    buf: SharedPtr,
-    /// Element (0, 0) of the column block in `b`.
-    src: SharedPtr,
-    rs: usize,
-    cs: usize,
-    k: usize,
-    kc: usize,
-    ncur: usize,
-    npan: usize,
-    groups: usize,
-    /// Per (k block, group): EMPTY, BUSY (being packed) or READY.
-    state: Vec<AtomicU8>,
-}
-
-const EMPTY: u8 = 0;
-const BUSY: u8 = 1;
-const READY: u8 = 2;
-
-impl LazyB {
-    /// `buf` must hold `k * ceil(ncur/NR) * NR` floats and `src[p*rs + j*cs]` be readable
-    /// for `p < k`, `j < ncur` (checked by the caller, `matmul`).
-    fn new(buf: SharedPtr, src: SharedPtr, rs: usize, cs: usize, k: usize, kc: usize, ncur: usize) -> Self {
-        let npan = ncur.div_ceil(NR);
-        let groups = npan.div_ceil(PACK_PANELS);
-        let state = (0..k.div_ceil(kc) * groups).map(|_| AtomicU8::new(EMPTY)).collect();
-        LazyB { buf, src, rs, cs, k, kc, ncur, npan, groups, state }
-    }
-
-    /// Micro-panel `q` of k block `pb`, packed (by this thread if nobody has yet).
-    fn panel(&self, pb: usize, q: usize) -> *const f32 {
-        let (pc, g) = (pb * self.kc, q / PACK_PANELS);
-        let kcur = self.kc.min(self.k - pc);
-        let block = self.buf.get().wrapping_add(pc * self.npan * NR);
-        let st = &self.state[pb * self.groups + g];
-        if st.load(Ordering::Acquire) != READY {
-            if st.compare_exchange(EMPTY, BUSY, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                let q1 = ((g + 1) * PACK_PANELS).min(self.npan);
-                // SAFETY: AVX2 checked by `matmul`; rows pc..pc+kcur < k and columns < ncur
-                // are readable (constructor contract); the group's panels lie inside `buf`
-                // and only this thread writes them (it won the EMPTY -> BUSY exchange); readers
-                // wait for READY.
-                unsafe {
-                    let src = self.src.get().add(pc * self.rs);
-                    pack_b(src, self.rs, self.cs, self.ncur, kcur, g * PACK_PANELS, q1, block);
-                }
-                st.store(READY, Ordering::Release);
-            } else {
-                let mut spins = 0u32;
-                while st.load(Ordering::Acquire) != READY {
-                    spins += 1;
-                    if spins < 1 << 10 {
-                        std::hint::spin_loop();
-                    } else {
-                        std::thread::yield_now();
-                    }
-                }
-            }
-        }
-        block.wrapping_add(q * kcur * NR)
-    }
 }
 
 /// Rounds `x` up to a multiple of `m`.
@@ -236,7 +107,7 @@ pub(crate) fn matmul(
         }
         return;
     }
-    let threads = if m * n * k >= PAR_MIN_FLOPS { threads.max(1) } else { 1 };
+    let threads = if m * n * k >= blk.par_min { threads.max(1) } else { 1 };
     let (a_rs, a_cs) = strides(m, k, ta);
     let (b_rs, b_cs) = strides(k, n, tb);
     // kc is a function of k alone (determinism, module docs); a multiple of 8 for the
@@ -247,69 +118,115 @@ pub(crate) fn matmul(
     let mc = balanced_block(m, blk.mc, MR, threads);
     let m_blocks = m.div_ceil(mc);
     let c = SharedPtr(dst.as_mut_ptr());
-    let a_ptr = SharedPtr(a.as_ptr() as *mut f32);
-    let b_ptr = SharedPtr(b.as_ptr() as *mut f32);
+    let a_src = SharedPtr(a.as_ptr() as *mut f32);
+    let b_src = SharedPtr(b.as_ptr() as *mut f32);
+    // Tasks: row block x part of the column block's micro-panels; enough of them for dynamic
+    // balancing (with few row blocks, several parts).
+    let n_split = |npan: usize| {
+        if threads == 1 {
+            1
+        } else {
+            (tmp_tpt() * threads).div_ceil(m_blocks).min(npan / MIN_PART_PANELS).max(1)
+        }
+    };
+    // A row block is reused by every column block and part: pack it once for all of them when
+    // there are several and the packed A fits the budget, else per task into a cached buffer.
+    let share_a = (n > nc || n_split(nc.div_ceil(NR)) > 1) && m * k <= blk.a_max;
+    let a_len = if share_a { PackedA::len(m, k, mc, kc) } else { 0 };
 
-    with_buf(&B_BUF, k * round_up(nc, NR), |bbuf| {
-        let bbuf = SharedPtr(bbuf);
-        for jc in (0..n).step_by(nc) {
-            let ncur = nc.min(n - jc);
-            let npan = ncur.div_ceil(NR);
-            // SAFETY: jc < n, so the offset is inside `b`.
-            let bsrc = SharedPtr(unsafe { b_ptr.get().add(jc * b_cs) });
-            let packed = LazyB::new(bbuf, bsrc, b_rs, b_cs, k, kc, ncur);
-            // Enough tasks for dynamic balancing: with few row blocks, tasks also split the B
-            // micro-panels (each part repacks its A block).
-            let n_split = if threads == 1 {
-                1
-            } else {
-                (TASKS_PER_THREAD * threads).div_ceil(m_blocks).min(npan / MIN_PART_PANELS).max(1)
-            };
-            run_tasks(threads, m_blocks * n_split, &|t| {
-                let (ib, part) = (t / n_split, t % n_split);
-                let ic = ib * mc;
-                let mcur = mc.min(m - ic);
-                let (q0, q1) = (part * npan / n_split, (part + 1) * npan / n_split);
-                with_buf(&A_BUF, round_up(mcur, MR) * kc + 8, |abuf| {
-                    for pc in (0..k).step_by(kc) {
-                        let kcur = kc.min(k - pc);
-                        let add = accumulate || pc > 0;
-                        // SAFETY: AVX2 checked; rows ic..ic+mcur and k pc..pc+kcur of op(a) are
-                        // inside `a`; abuf holds ceil(mcur/MR) panels of kc steps + 8 floats.
-                        unsafe {
-                            let asrc = a_ptr.get().add(ic * a_rs + pc * a_cs);
-                            pack_a(asrc, a_rs, a_cs, mcur, kcur, abuf);
-                        }
-                        let pb = pc / kc;
-                        for q in q0..q1 {
-                            let bpanel = packed.panel(pb, q);
-                            let j = q * NR;
-                            let nr = NR.min(ncur - j);
-                            for ir in (0..mcur).step_by(MR) {
-                                let mr = MR.min(mcur - ir);
-                                // SAFETY: AVX2/FMA checked; the A and B micro-panels are packed
-                                // (kcur steps each; B made ready by `panel`); the tile rows
-                                // ic+ir..+mr and columns jc+j..+nr lie in dst (m x n, row stride
-                                // n) and no other task touches them (tasks own disjoint row
-                                // blocks or disjoint panel ranges).
-                                unsafe {
-                                    kernel_6x16(
-                                        kcur,
-                                        abuf.add(ir * kcur),
-                                        bpanel,
-                                        c.get().add((ic + ir) * n + jc + j),
-                                        n,
-                                        mr,
-                                        nr,
-                                        add,
-                                    );
+    with_buf(&A_SHARED, a_len, |abuf_shared| {
+        // SAFETY: the buffer holds PackedA::len floats and is ours for the call; op(a)'s
+        // elements are readable (length asserted above); AVX2 checked.
+        let packed_a =
+            share_a.then(|| unsafe { PackedA::new(SharedPtr(abuf_shared), a_src, (a_rs, a_cs), (m, k), mc, kc) });
+        with_buf(&B_BUF, PackedB::len(k, nc), |bbuf| {
+            for jc in (0..n).step_by(nc) {
+                let ncur = nc.min(n - jc);
+                let npan = ncur.div_ceil(NR);
+                let parts = n_split(npan);
+                // SAFETY: jc < n, so the offset is inside `b`; the buffer holds
+                // PackedB::len(k, nc) >= PackedB::len(k, ncur) floats and is ours until the
+                // tasks below are joined; columns jc..jc+ncur of op(b) are readable; AVX2
+                // checked.
+                let packed_b = unsafe {
+                    let src = SharedPtr(b_src.get().add(jc * b_cs));
+                    PackedB::new(SharedPtr(bbuf), src, (b_rs, b_cs), k, kc, ncur)
+                };
+                run_tasks(threads, m_blocks * parts, &|t| {
+                    // Part-major: concurrent tasks mostly work on different row blocks.
+                    let (part, ib) = (t / m_blocks, t % m_blocks);
+                    let ic = ib * mc;
+                    let mcur = mc.min(m - ic);
+                    let (q0, q1) = (part * npan / parts, (part + 1) * npan / parts);
+                    let body = |abuf: *mut f32| {
+                        for (pb, pc) in (0..k).step_by(kc).enumerate() {
+                            let kcur = kc.min(k - pc);
+                            let ablock = match &packed_a {
+                                Some(pa) => pa.block(ib, pb),
+                                None => {
+                                    // SAFETY: AVX2 checked; rows ic..ic+mcur and k pc..pc+kcur
+                                    // of op(a) are inside `a`; abuf holds ceil(mcur/MR) panels
+                                    // of kc steps + 8 floats.
+                                    unsafe {
+                                        let asrc = a_src.get().add(ic * a_rs + pc * a_cs);
+                                        pack_a(asrc, a_rs, a_cs, mcur, kcur, abuf);
+                                    }
+                                    abuf as *const f32
+                                }
+                            };
+                            let add = accumulate || pc > 0;
+                            let panels = |g: usize| {
+                                let qs = (g * PACK_PANELS).max(q0)..((g + 1) * PACK_PANELS).min(q1);
+                                for q in qs {
+                                    let bpanel = packed_b.panel(pb, q);
+                                    let j = q * NR;
+                                    let nr = NR.min(ncur - j);
+                                    for ir in (0..mcur).step_by(MR) {
+                                        // SAFETY: AVX2/FMA checked; the A and B micro-panels
+                                        // are packed (kcur steps each); the tile rows
+                                        // ic+ir..+mr and columns jc+j..+nr lie in dst (m x n,
+                                        // row stride n) and no other task touches them (tasks
+                                        // own disjoint (row block, panel range) pairs).
+                                        unsafe {
+                                            kernel_6x16(
+                                                kcur,
+                                                ablock.add(ir * kcur),
+                                                bpanel,
+                                                c.get().add((ic + ir) * n + jc + j),
+                                                n,
+                                                MR.min(mcur - ir),
+                                                nr,
+                                                add,
+                                            );
+                                        }
+                                    }
+                                }
+                            };
+                            // B panel groups another thread is packing right now are left for
+                            // last instead of waited for (tiles are independent within a k
+                            // block, so the order does not change any result).
+                            let mut deferred = Vec::new();
+                            for g in q0 / PACK_PANELS..q1.div_ceil(PACK_PANELS) {
+                                if packed_b.group(pb, g, false) {
+                                    panels(g);
+                                } else {
+                                    deferred.push(g);
                                 }
                             }
+                            for g in deferred {
+                                packed_b.group(pb, g, true);
+                                panels(g);
+                            }
                         }
+                    };
+                    if packed_a.is_some() {
+                        body(std::ptr::null_mut());
+                    } else {
+                        with_buf(&A_BUF, round_up(mcur, MR) * kc + 8, body);
                     }
                 });
-            });
-        }
+            }
+        });
     });
 }
 
@@ -347,8 +264,13 @@ pub(crate) fn tmp_blocking() -> Blocking {
     *B.get_or_init(|| match std::env::var("GEMM_BLK") {
         Ok(v) => {
             let x: Vec<usize> = v.split(',').map(|t| t.parse().unwrap()).collect();
-            Blocking { mc: x[0], kc: x[1], nc: x[2], b_max: x[3] }
+            Blocking { mc: x[0], kc: x[1], nc: x[2], b_max: x[3], a_max: x[4], par_min: 1 << 20 }
         }
         Err(_) => DEFAULT_BLOCKING,
     })
+}
+
+/// TEMP
+fn tmp_tpt() -> usize {
+    std::env::var("TPT").map(|v| v.parse().unwrap()).unwrap_or(TASKS_PER_THREAD)
 }

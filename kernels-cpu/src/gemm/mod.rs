@@ -356,15 +356,15 @@ mod tests {
         }
     }
 
-    /// Tiny cache blocks so every loop of the AVX2 driver (several jc, pc, ic blocks, edge
-    /// tiles, the k tail of the transposing packs) runs many times on small sizes.
+    /// Tiny cache blocks so every loop of the AVX2 driver (several jc, pc, ic blocks and parts,
+    /// edge tiles, the k tail of the transposing packs, shared and per-task packed A, threaded
+    /// or not) runs many times on small sizes.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_small_blocking_covers_every_loop() {
         if !GemmBackend::Avx2.is_available() {
             return;
         }
-        let blk = avx2::Blocking { mc: 13, kc: 20, nc: 40, b_max: 3000 };
         for (m, k, n) in [(50, 70, 90), (6, 16, 16), (1, 9, 100), (61, 8, 3)] {
             for ta in TRANS {
                 for tb in TRANS {
@@ -374,10 +374,12 @@ mod tests {
                         let init = rand_vec(m * n, 12);
                         let mut want = init.clone();
                         matmul_naive(&mut want, &a, &b, m, k, n, ta, tb, acc);
-                        for threads in [1, 2] {
+                        // a_max 0: A packed per task; else shared. par_min 0: always threaded.
+                        for (threads, a_max) in [(1, 0), (1, 1 << 20), (2, 0), (2, 1 << 20)] {
+                            let blk = avx2::Blocking { mc: 13, kc: 20, nc: 40, b_max: 3000, a_max, par_min: 0 };
                             let mut got = init.clone();
                             in_pool(threads, || avx2::matmul(&mut got, &a, &b, m, k, n, ta, tb, acc, threads, blk));
-                            let what = format!("t={threads} {m}x{k}x{n} {ta:?}{tb:?} acc={acc}");
+                            let what = format!("t={threads} a_max={a_max} {m}x{k}x{n} {ta:?}{tb:?} acc={acc}");
                             check(&got, &want, k, &what);
                         }
                     }
