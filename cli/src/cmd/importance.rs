@@ -17,9 +17,16 @@ pub struct Args {
     /// Dense model directory (HF Qwen3 layout).
     #[arg(long)]
     pub model: PathBuf,
-    /// Packed corpus directory (`moe-cli data pack`), or `magnitude` for the data-free proxy.
+    /// Packed corpus directory (`moe-cli data pack`), a plain UTF-8 text file (needs
+    /// --tokenizer), or `magnitude` for the data-free proxy.
     #[arg(long)]
     pub data: String,
+    /// Tokenizer (tokenizer.json or its directory) for text --data.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Tokens per sequence when --data is text.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
     /// Output importance file (safetensors: importance [L, F], ranking, Taylor EMA state).
     #[arg(long)]
     pub out: PathBuf,
@@ -76,8 +83,33 @@ pub fn run(a: Args) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be positive");
     }
-    let data_dir = PathBuf::from(&a.data);
-    let ds = PackedDataset::open(&data_dir).with_context(|| format!("opening packed data {}", data_dir.display()))?;
+    let data_path = PathBuf::from(&a.data);
+    let source = if data_path.is_dir() {
+        let ds =
+            PackedDataset::open(&data_path).with_context(|| format!("opening packed data {}", data_path.display()))?;
+        Source::Packed(ds)
+    } else {
+        let Some(tok_path) = &a.tokenizer else {
+            bail!("--data {} is a text file: give --tokenizer too (or a packed directory)", data_path.display());
+        };
+        if a.seq_len < 2 {
+            bail!("--seq-len must be at least 2");
+        }
+        let text = std::fs::read(&data_path).with_context(|| format!("reading {}", data_path.display()))?;
+        let text = String::from_utf8(text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not UTF-8 text (invalid byte at offset {})",
+                data_path.display(),
+                e.utf8_error().valid_up_to()
+            )
+        })?;
+        let tok = data::tokenizer::Tokenizer::load(tok_path)?;
+        let ids = tok.encode(&text)?;
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= model.config.vocab_size) {
+            bail!("tokenizer id {bad} is outside the model's vocabulary of {}", model.config.vocab_size);
+        }
+        Source::Text(ids.chunks_exact(a.seq_len).map(<[u32]>::to_vec).collect())
+    };
     let (mut state, mut cursor) = if a.resume && a.out.exists() {
         let (state, old) = read_taylor_state(&a.out)?;
         if (state.layers, state.width) != (l, f) {
@@ -88,23 +120,15 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         (TaylorState::new(l, f, a.decay), 0)
     };
-    meta.insert("data".into(), data_dir.display().to_string());
-    let total = ds.len();
+    meta.insert("data".into(), data_path.display().to_string());
+    let total = source.len();
     let limit = a.batches.map_or(total, |b| (cursor + b * a.batch as u64).min(total));
     let pb = bar((limit.saturating_sub(cursor)).div_ceil(a.batch as u64), "importance");
     let mut since_save = 0;
     while cursor < limit {
         let end = (cursor + a.batch as u64).min(limit);
-        let seqs: Vec<u64> = (cursor..end).collect();
-        let pbatch = batch_of(&ds, &seqs);
-        let batch = TokenBatch {
-            ids: pbatch.ids,
-            b: pbatch.b,
-            t: pbatch.t,
-            pos: Arc::from(pbatch.pos),
-            seg: Some(Arc::from(pbatch.seg)),
-        };
-        let loss = state.update(&model, &batch, &pbatch.targets)?;
+        let (batch, targets) = source.batch(cursor, end)?;
+        let loss = state.update(&model, &batch, &targets)?;
         cursor = end;
         pb.set_message(format!("loss {loss:.3}"));
         pb.inc(1);
@@ -117,7 +141,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     pb.finish_and_clear();
     if state.batches == 0 {
-        bail!("no sequences to score in {}", data_dir.display());
+        bail!("no sequences to score in {}", data_path.display());
     }
     eprintln!(
         "wrote importance [{l}, {f}] to {} ({} batches, {} tokens, cursor {cursor}/{total})",
@@ -126,4 +150,43 @@ pub fn run(a: Args) -> Result<()> {
         state.tokens
     );
     Ok(())
+}
+
+/// Where importance batches come from.
+enum Source {
+    /// A packed corpus (document-masked sequences).
+    Packed(PackedDataset),
+    /// Tokenised text cut into sequences of `--seq-len`.
+    Text(Vec<Vec<u32>>),
+}
+
+impl Source {
+    fn len(&self) -> u64 {
+        match self {
+            Source::Packed(ds) => ds.len(),
+            Source::Text(seqs) => seqs.len() as u64,
+        }
+    }
+
+    /// Sequences `start..end` as a batch and its next-token targets.
+    fn batch(&self, start: u64, end: u64) -> Result<(TokenBatch, Vec<i32>)> {
+        match self {
+            Source::Packed(ds) => {
+                let seqs: Vec<u64> = (start..end).collect();
+                let p = batch_of(ds, &seqs);
+                let batch =
+                    TokenBatch { ids: p.ids, b: p.b, t: p.t, pos: Arc::from(p.pos), seg: Some(Arc::from(p.seg)) };
+                Ok((batch, p.targets))
+            }
+            Source::Text(seqs) => {
+                let rows = &seqs[start as usize..end as usize];
+                let t = rows[0].len();
+                let targets = rows
+                    .iter()
+                    .flat_map(|r| (0..t).map(move |j| if j + 1 < t { r[j + 1] as i32 } else { -100 }))
+                    .collect();
+                Ok((TokenBatch::from_rows(rows)?, targets))
+            }
+        }
+    }
 }

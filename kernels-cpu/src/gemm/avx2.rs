@@ -117,9 +117,6 @@ pub(crate) fn matmul(
     let nc = balanced_block(n, blk.nc.min(blk.b_max / k).max(NR), NR, 1);
     let mc = balanced_block(m, blk.mc, MR, threads);
     let m_blocks = m.div_ceil(mc);
-    let c = SharedPtr(dst.as_mut_ptr());
-    let a_src = SharedPtr(a.as_ptr() as *mut f32);
-    let b_src = SharedPtr(b.as_ptr() as *mut f32);
     // Tasks: row block x part of the column block's micro-panels; enough of them for dynamic
     // balancing (with few row blocks, several parts).
     let n_split = |npan: usize| {
@@ -133,101 +130,135 @@ pub(crate) fn matmul(
     // there are several and the packed A fits the budget, else per task into a cached buffer.
     let share_a = (n > nc || n_split(nc.div_ceil(NR)) > 1) && m * k <= blk.a_max;
     let a_len = if share_a { PackedA::len(m, k, mc, kc) } else { 0 };
+    let ctx = Ctx {
+        c: SharedPtr(dst.as_mut_ptr()),
+        a: SharedPtr(a.as_ptr() as *mut f32),
+        a_rs,
+        a_cs,
+        m,
+        k,
+        n,
+        mc,
+        kc,
+        m_blocks,
+        accumulate,
+    };
 
-    with_buf(&A_SHARED, a_len, |abuf_shared| {
+    with_buf(&A_SHARED, a_len, |abuf| {
         // SAFETY: the buffer holds PackedA::len floats and is ours for the call; op(a)'s
         // elements are readable (length asserted above); AVX2 checked.
-        let packed_a =
-            share_a.then(|| unsafe { PackedA::new(SharedPtr(abuf_shared), a_src, (a_rs, a_cs), (m, k), mc, kc) });
+        let packed_a = share_a.then(|| unsafe { PackedA::new(SharedPtr(abuf), ctx.a, (a_rs, a_cs), (m, k), mc, kc) });
         with_buf(&B_BUF, PackedB::len(k, nc), |bbuf| {
             for jc in (0..n).step_by(nc) {
                 let ncur = nc.min(n - jc);
-                let npan = ncur.div_ceil(NR);
-                let parts = n_split(npan);
+                let parts = n_split(ncur.div_ceil(NR));
                 // SAFETY: jc < n, so the offset is inside `b`; the buffer holds
                 // PackedB::len(k, nc) >= PackedB::len(k, ncur) floats and is ours until the
                 // tasks below are joined; columns jc..jc+ncur of op(b) are readable; AVX2
                 // checked.
                 let packed_b = unsafe {
-                    let src = SharedPtr(b_src.get().add(jc * b_cs));
+                    let src = SharedPtr(b.as_ptr().add(jc * b_cs) as *mut f32);
                     PackedB::new(SharedPtr(bbuf), src, (b_rs, b_cs), k, kc, ncur)
                 };
                 run_tasks(threads, m_blocks * parts, &|t| {
-                    // Part-major: concurrent tasks mostly work on different row blocks.
-                    let (part, ib) = (t / m_blocks, t % m_blocks);
-                    let ic = ib * mc;
-                    let mcur = mc.min(m - ic);
-                    let (q0, q1) = (part * npan / parts, (part + 1) * npan / parts);
-                    let body = |abuf: *mut f32| {
-                        for (pb, pc) in (0..k).step_by(kc).enumerate() {
-                            let kcur = kc.min(k - pc);
-                            let ablock = match &packed_a {
-                                Some(pa) => pa.block(ib, pb),
-                                None => {
-                                    // SAFETY: AVX2 checked; rows ic..ic+mcur and k pc..pc+kcur
-                                    // of op(a) are inside `a`; abuf holds ceil(mcur/MR) panels
-                                    // of kc steps + 8 floats.
-                                    unsafe {
-                                        let asrc = a_src.get().add(ic * a_rs + pc * a_cs);
-                                        pack_a(asrc, a_rs, a_cs, mcur, kcur, abuf);
-                                    }
-                                    abuf as *const f32
-                                }
-                            };
-                            let add = accumulate || pc > 0;
-                            let panels = |g: usize| {
-                                let qs = (g * PACK_PANELS).max(q0)..((g + 1) * PACK_PANELS).min(q1);
-                                for q in qs {
-                                    let bpanel = packed_b.panel(pb, q);
-                                    let j = q * NR;
-                                    let nr = NR.min(ncur - j);
-                                    for ir in (0..mcur).step_by(MR) {
-                                        // SAFETY: AVX2/FMA checked; the A and B micro-panels
-                                        // are packed (kcur steps each); the tile rows
-                                        // ic+ir..+mr and columns jc+j..+nr lie in dst (m x n,
-                                        // row stride n) and no other task touches them (tasks
-                                        // own disjoint (row block, panel range) pairs).
-                                        unsafe {
-                                            kernel_6x16(
-                                                kcur,
-                                                ablock.add(ir * kcur),
-                                                bpanel,
-                                                c.get().add((ic + ir) * n + jc + j),
-                                                n,
-                                                MR.min(mcur - ir),
-                                                nr,
-                                                add,
-                                            );
-                                        }
-                                    }
-                                }
-                            };
-                            // B panel groups another thread is packing right now are left for
-                            // last instead of waited for (tiles are independent within a k
-                            // block, so the order does not change any result).
-                            let mut deferred = Vec::new();
-                            for g in q0 / PACK_PANELS..q1.div_ceil(PACK_PANELS) {
-                                if packed_b.group(pb, g, false) {
-                                    panels(g);
-                                } else {
-                                    deferred.push(g);
-                                }
-                            }
-                            for g in deferred {
-                                packed_b.group(pb, g, true);
-                                panels(g);
-                            }
-                        }
-                    };
-                    if packed_a.is_some() {
-                        body(std::ptr::null_mut());
-                    } else {
-                        with_buf(&A_BUF, round_up(mcur, MR) * kc + 8, body);
-                    }
+                    ctx.task(t, parts, jc, ncur, packed_a.as_ref(), &packed_b);
                 });
             }
         });
     });
+}
+
+/// What every task of one product needs (shared read-only; `c` written in disjoint tiles).
+struct Ctx {
+    c: SharedPtr,
+    a: SharedPtr,
+    a_rs: usize,
+    a_cs: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    mc: usize,
+    kc: usize,
+    m_blocks: usize,
+    accumulate: bool,
+}
+
+impl Ctx {
+    /// Task `t` of the column block at `jc` (`ncur` columns, split in `parts` panel ranges):
+    /// its row block x panel range of C, over all of k.
+    fn task(&self, t: usize, parts: usize, jc: usize, ncur: usize, packed_a: Option<&PackedA>, packed_b: &PackedB) {
+        let (k, kc) = (self.k, self.kc);
+        // Part-major: concurrent tasks mostly work on different row blocks.
+        let (part, ib) = (t / self.m_blocks, t % self.m_blocks);
+        let ic = ib * self.mc;
+        let mcur = self.mc.min(self.m - ic);
+        let npan = ncur.div_ceil(NR);
+        let (q0, q1) = (part * npan / parts, (part + 1) * npan / parts);
+        let body = |abuf: *mut f32| {
+            for (pb, pc) in (0..k).step_by(kc).enumerate() {
+                let kcur = kc.min(k - pc);
+                let ablock = match packed_a {
+                    Some(pa) => pa.block(ib, pb),
+                    None => {
+                        // SAFETY: AVX2 checked by `matmul`; rows ic..ic+mcur and k pc..pc+kcur
+                        // of op(a) are inside `a` (length asserted); abuf holds ceil(mcur/MR)
+                        // panels of kc steps + 8 floats and belongs to this thread.
+                        unsafe {
+                            let src = self.a.get().add(ic * self.a_rs + pc * self.a_cs);
+                            pack_a(src, self.a_rs, self.a_cs, mcur, kcur, abuf);
+                        }
+                        abuf as *const f32
+                    }
+                };
+                let add = self.accumulate || pc > 0;
+                let panels = |g: usize| {
+                    for q in (g * PACK_PANELS).max(q0)..((g + 1) * PACK_PANELS).min(q1) {
+                        let bpanel = packed_b.panel(pb, q);
+                        let j = q * NR;
+                        for ir in (0..mcur).step_by(MR) {
+                            // SAFETY: AVX2/FMA checked by `matmul`; the A and B micro-panels
+                            // are packed (kcur steps each); the tile, rows ic+ir.. (< m) and
+                            // columns jc+j.. (< n), lies in dst (m x n, row stride n, length
+                            // asserted) and no other task touches it (tasks own disjoint
+                            // (row block, panel range) pairs).
+                            unsafe {
+                                kernel_6x16(
+                                    kcur,
+                                    ablock.add(ir * kcur),
+                                    bpanel,
+                                    self.c.get().add((ic + ir) * self.n + jc + j),
+                                    self.n,
+                                    MR.min(mcur - ir),
+                                    NR.min(ncur - j),
+                                    add,
+                                );
+                            }
+                        }
+                    }
+                };
+                // B panel groups another thread is packing right now are left for last
+                // instead of waited for (tiles are independent within a k block, so the
+                // order changes no result).
+                let mut deferred = Vec::new();
+                for g in q0 / PACK_PANELS..q1.div_ceil(PACK_PANELS) {
+                    if packed_b.group(pb, g, false) {
+                        panels(g);
+                    } else {
+                        deferred.push(g);
+                    }
+                }
+                for g in deferred {
+                    packed_b.group(pb, g, true);
+                    panels(g);
+                }
+            }
+        };
+        if packed_a.is_some() {
+            body(std::ptr::null_mut());
+        } else {
+            with_buf(&A_BUF, round_up(mcur, MR) * kc + 8, body);
+        }
+    }
 }
 
 /// TEMP: kernel-only timing.
