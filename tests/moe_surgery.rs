@@ -1,7 +1,7 @@
 //! Dense → MoE surgery function checks on the transformers-verified dense fixtures.
 
 use kernels_cpu::check::max_errors;
-use medmoe_tests::{fixture_dir, open_reference};
+use medmoe_tests::fixture_dir;
 use model::importance::magnitude;
 use model::moe_spec::MoeSpec;
 use model::qwen3::RunOptions;
@@ -10,26 +10,11 @@ use model::surgery::plan::{FillStrategy, SplitStrategy};
 use model::{Qwen3, TokenBatch};
 
 fn spec(e: usize, w: usize, s: usize) -> MoeSpec {
-    MoeSpec {
-        num_experts: e,
-        expert_width: w,
-        shared_width: s,
-        weighting: autograd::ops::RouterWeighting::Ste,
-        temperature: 1.0,
-        capacity_factor: Some(1.25),
-        expert_dropout: 0.0,
-        router_noise: 0.0,
-        lb_coef: 0.01,
-        z_coef: 1e-4,
-    }
+    medmoe_tests::ste_spec(e, w, s)
 }
 
 fn batch(dir: &std::path::Path) -> (TokenBatch, Vec<i32>) {
-    let r = open_reference(dir);
-    let shape = r.info("input_ids").unwrap().shape.clone();
-    let ids = r.read_i64("input_ids").unwrap().iter().map(|&x| x as u32).collect();
-    let targets = r.read_i64("targets").unwrap().iter().map(|&x| x as i32).collect();
-    (TokenBatch::new(ids, shape[0], shape[1]).unwrap(), targets)
+    medmoe_tests::reference_batch(dir)
 }
 
 fn opts(split: SplitStrategy) -> SurgeryOptions {

@@ -3,22 +3,15 @@
 //! relative <= 1e-3, all f32. And a load/save round trip is bit-identical.
 
 use kernels_cpu::check::{max_errors, rel_norm_err};
-use medmoe_tests::{fixtures_with_prefix, open_reference};
+use medmoe_tests::{fixtures_with_prefix, open_reference, reference_batch};
 use model::qwen3::RunOptions;
 use model::safetensors_io::Checkpoint;
 use model::train::loss_and_grads;
-use model::{Qwen3, TokenBatch};
+use model::Qwen3;
 
 const LOGITS_MAX_ABS: f64 = 1e-4;
 const LOSS_REL: f64 = 1e-5;
 const GRAD_REL: f64 = 1e-3;
-
-fn batch_of(reference: &Checkpoint) -> (TokenBatch, Vec<i32>) {
-    let shape = reference.info("input_ids").expect("input_ids").shape.clone();
-    let ids: Vec<u32> = reference.read_i64("input_ids").unwrap().iter().map(|&x| x as u32).collect();
-    let targets: Vec<i32> = reference.read_i64("targets").unwrap().iter().map(|&x| x as i32).collect();
-    (TokenBatch::new(ids, shape[0], shape[1]).unwrap(), targets)
-}
 
 #[test]
 fn qwen3_matches_transformers_logits_loss_and_every_gradient() {
@@ -28,7 +21,7 @@ fn qwen3_matches_transformers_logits_loss_and_every_gradient() {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let reference = open_reference(&dir);
         let model = Qwen3::load(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let (batch, targets) = batch_of(&reference);
+        let (batch, targets) = reference_batch(&dir);
 
         let logits = model.logits(&batch).unwrap();
         let (abs, _) = max_errors(&logits, &reference.read_f32("logits").unwrap());
@@ -76,8 +69,7 @@ fn load_then_save_is_bit_identical_for_every_fixture() {
 fn bf16_storage_gives_the_same_logits_as_f32_storage_for_bf16_weights() {
     // qwen3_bf16_d's weights are bf16 on disk, so keeping them as bf16 in memory loses nothing.
     let dir = medmoe_tests::fixture_dir("qwen3_bf16_d");
-    let reference = open_reference(&dir);
-    let (batch, _) = batch_of(&reference);
+    let (batch, _) = reference_batch(&dir);
     let f32_model = Qwen3::load(&dir).unwrap();
     let bf16_model = Qwen3::load_as(&dir, autograd::DType::BF16).unwrap();
     assert_eq!(bf16_model.params.dtype(), autograd::DType::BF16);
@@ -88,7 +80,7 @@ fn bf16_storage_gives_the_same_logits_as_f32_storage_for_bf16_weights() {
 fn inference_tape_records_nothing_and_training_tape_records_every_op() {
     let dir = medmoe_tests::fixture_dir("qwen3_tied_a");
     let model = Qwen3::load(&dir).unwrap();
-    let (batch, targets) = batch_of(&open_reference(&dir));
+    let (batch, targets) = reference_batch(&dir);
     let tape = autograd::Tape::inference();
     let bound = model.bind(&tape);
     model.loss(&tape, &bound, &batch, &targets, &RunOptions::eval()).unwrap();
@@ -137,7 +129,7 @@ fn adamw_training_curve_matches_pytorch() {
         assert_eq!(want_losses.len(), steps, "{name}: losses length");
 
         let mut model = Qwen3::load(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let (batch, targets) = batch_of(&open_reference(&dir));
+        let (batch, targets) = reference_batch(&dir);
         let mut opt = AdamW::new(&model.params, cfg);
         let mut worst_loss = 0f64;
         for (step, &want) in want_losses.iter().enumerate() {

@@ -2,7 +2,7 @@
 //! (`plan_model` + `convert`): identical parameters and logits for F32 input, the same rounded to BF16 for BF16
 //! input; bad input leaves no output directory.
 
-use medmoe_tests::{fixture_dir, open_reference};
+use medmoe_tests::fixture_dir;
 use model::importance::{magnitude, read_importance, write_importance, TaylorForm, TaylorState};
 use model::moe_spec::MoeSpec;
 use model::safetensors_io::{write_checkpoint_dir, Checkpoint, DType, TensorToWrite};
@@ -14,25 +14,11 @@ use std::borrow::Cow;
 use std::path::Path;
 
 fn spec(e: usize, w: usize, s: usize) -> MoeSpec {
-    MoeSpec {
-        num_experts: e,
-        expert_width: w,
-        shared_width: s,
-        weighting: autograd::ops::RouterWeighting::Ste,
-        temperature: 1.0,
-        capacity_factor: Some(1.25),
-        expert_dropout: 0.0,
-        router_noise: 0.0,
-        lb_coef: 0.01,
-        z_coef: 1e-4,
-    }
+    medmoe_tests::ste_spec(e, w, s)
 }
 
 fn batch(dir: &Path) -> TokenBatch {
-    let r = open_reference(dir);
-    let shape = r.info("input_ids").unwrap().shape.clone();
-    let ids = r.read_i64("input_ids").unwrap().iter().map(|&x| x as u32).collect();
-    TokenBatch::new(ids, shape[0], shape[1]).unwrap()
+    medmoe_tests::reference_batch(dir).0
 }
 
 fn round(v: &[f32], dtype: DType) -> Vec<f32> {
