@@ -47,7 +47,11 @@ pub(crate) struct Blocking {
     pub par_min: usize,
 }
 
-/// Blocking measured on AMD EPYC (Zen 3: 32 KiB L1d, 512 KiB L2 per core, 32 MiB L3).
+/// Blocking for AMD EPYC Zen 3 (32 KiB L1d, 512 KiB L2 per core, 32 MiB L3): the `kc x NR`
+/// B micro-panel (16 KiB) and an `MR x kc` A micro-panel (6 KiB) fit L1, the `mc x kc` A block
+/// (144 KiB) L2, and a column block's packed B (4 MiB) and a shared packed A (16 MiB) L3.
+/// Nearby values (mc 96..288, kc 192..384, b_max 0.25M..4M) measured within the noise of the
+/// shared 2-core machine.
 pub(crate) const DEFAULT_BLOCKING: Blocking =
     Blocking { mc: 144, kc: 256, nc: 4096, b_max: 1 << 20, a_max: 1 << 22, par_min: 1 << 20 };
 
@@ -123,7 +127,7 @@ pub(crate) fn matmul(
         if threads == 1 {
             1
         } else {
-            (tmp_tpt() * threads).div_ceil(m_blocks).min(npan / MIN_PART_PANELS).max(1)
+            (TASKS_PER_THREAD * threads).div_ceil(m_blocks).min(npan / MIN_PART_PANELS).max(1)
         }
     };
     // A row block is reused by every column block and part: pack it once for all of them when
@@ -259,49 +263,4 @@ impl Ctx {
             with_buf(&A_BUF, round_up(mcur, MR) * kc + 8, body);
         }
     }
-}
-
-/// TEMP: kernel-only timing.
-pub fn bench_kernel_only(mc: usize, kc: usize, nc: usize, iters: usize) -> f64 {
-    let a = vec![0.5f32; round_up(mc, MR) * kc + 64];
-    let b = vec![0.25f32; round_up(nc, NR) * kc + 64];
-    let mut c = vec![0f32; mc * nc];
-    let t0 = std::time::Instant::now();
-    for _ in 0..iters {
-        for q in 0..nc / NR {
-            for ir in (0..mc).step_by(MR) {
-                unsafe {
-                    kernel_6x16(
-                        kc,
-                        a.as_ptr().add(ir * kc),
-                        b.as_ptr().add(q * kc * NR),
-                        c.as_mut_ptr().add(ir * nc + q * NR),
-                        nc,
-                        MR,
-                        NR,
-                        false,
-                    );
-                }
-            }
-        }
-    }
-    let s = t0.elapsed().as_secs_f64();
-    2.0 * (mc * kc * nc * iters) as f64 / s / 1e9
-}
-
-/// TEMP: blocking from env GEMM_BLK=mc,kc,nc.
-pub(crate) fn tmp_blocking() -> Blocking {
-    static B: std::sync::OnceLock<Blocking> = std::sync::OnceLock::new();
-    *B.get_or_init(|| match std::env::var("GEMM_BLK") {
-        Ok(v) => {
-            let x: Vec<usize> = v.split(',').map(|t| t.parse().unwrap()).collect();
-            Blocking { mc: x[0], kc: x[1], nc: x[2], b_max: x[3], a_max: x[4], par_min: 1 << 20 }
-        }
-        Err(_) => DEFAULT_BLOCKING,
-    })
-}
-
-/// TEMP
-fn tmp_tpt() -> usize {
-    std::env::var("TPT").map(|v| v.parse().unwrap()).unwrap_or(TASKS_PER_THREAD)
 }

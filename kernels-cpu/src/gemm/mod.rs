@@ -9,7 +9,8 @@
 //! picks one explicitly (tests, benchmarks).
 
 #[cfg(target_arch = "x86_64")]
-pub mod avx2;
+mod avx2;
+
 /// Whether an operand is read as stored or transposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trans {
@@ -128,7 +129,7 @@ pub fn matmul_with(
 ) {
     match backend.resolve() {
         #[cfg(target_arch = "x86_64")]
-        GemmBackend::Avx2 => avx2::matmul(dst, a, b, m, k, n, ta, tb, accumulate, threads, avx2::tmp_blocking()),
+        GemmBackend::Avx2 => avx2::matmul(dst, a, b, m, k, n, ta, tb, accumulate, threads, avx2::DEFAULT_BLOCKING),
         GemmBackend::GemmCrate => matmul_gemm_crate(dst, a, b, m, k, n, ta, tb, accumulate, threads),
         other => panic!("matmul: backend {other:?} is not available on this CPU"),
     }

@@ -85,6 +85,16 @@ pub(super) struct OnceFlags(Vec<AtomicU8>);
 const EMPTY: u8 = 0;
 const BUSY: u8 = 1;
 const READY: u8 = 2;
+/// The filler panicked: waiters panic too instead of waiting forever.
+const POISONED: u8 = 3;
+
+/// Marks a slot poisoned if its fill unwinds.
+struct PoisonOnUnwind<'a>(&'a AtomicU8);
+impl Drop for PoisonOnUnwind<'_> {
+    fn drop(&mut self) {
+        self.0.store(POISONED, Ordering::Release);
+    }
+}
 
 impl OnceFlags {
     pub(super) fn new(slots: usize) -> Self {
@@ -100,7 +110,12 @@ impl OnceFlags {
         }
         let st = &self.0[i];
         let mut spins = 0u32;
-        while st.load(Ordering::Acquire) != READY {
+        loop {
+            match st.load(Ordering::Acquire) {
+                READY => return,
+                POISONED => panic!("matmul: packing panicked on another thread"),
+                _ => {}
+            }
             spins += 1;
             if spins < 1 << 10 {
                 std::hint::spin_loop();
@@ -119,10 +134,13 @@ impl OnceFlags {
         }
         match st.compare_exchange(EMPTY, BUSY, Ordering::Acquire, Ordering::Acquire) {
             Ok(_) => {
+                let guard = PoisonOnUnwind(st);
                 fill();
+                std::mem::forget(guard);
                 st.store(READY, Ordering::Release);
                 true
             }
+            Err(POISONED) => panic!("matmul: packing panicked on another thread"),
             Err(now) => now == READY,
         }
     }
@@ -266,5 +284,32 @@ impl PackedA {
             }
         });
         dst
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn once_flags_fill_once_defer_while_busy_and_poison() {
+        let flags = OnceFlags::new(2);
+        let fills = AtomicUsize::new(0);
+        flags.ensure(0, || {
+            fills.fetch_add(1, Ordering::Relaxed);
+            // Another thread asking while slot 0 is being filled is told to come back later.
+            std::thread::scope(|s| {
+                let other = s.spawn(|| flags.try_ensure(0, || panic!("slot filled twice")));
+                assert!(!other.join().expect("try_ensure thread"));
+            });
+        });
+        flags.ensure(0, || panic!("slot filled twice"));
+        assert!(flags.try_ensure(0, || panic!("slot filled twice")));
+        assert_eq!(fills.load(Ordering::Relaxed), 1);
+        // A fill that panics poisons its slot: later askers panic instead of waiting forever.
+        let first = std::panic::catch_unwind(|| flags.ensure(1, || panic!("pack failed")));
+        assert!(first.is_err());
+        let later = std::panic::catch_unwind(|| flags.ensure(1, || {}));
+        assert!(later.is_err());
     }
 }
