@@ -85,6 +85,38 @@ pub fn swiglu_backward(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &
         .for_each(|((dg, du), (d, (g, u)))| backward_chunk(dg, du, d, g, u));
 }
 
+/// Rows per parallel task of the fused-layout variants (about `CHUNK` elements).
+fn rows_per_task(f: usize) -> usize {
+    (CHUNK / f.max(1)).max(1)
+}
+
+/// [`swiglu_forward`] reading gate and up from one fused projection `gu [N, 2F]` (each row is
+/// `[gate(F), up(F)]`) into `out [N, F]`: no copies of the two halves.
+pub fn swiglu_fused_forward(out: &mut [f32], gu: &[f32], f: usize) {
+    assert!(f > 0 && gu.len() == 2 * out.len() && out.len().is_multiple_of(f), "swiglu_fused: shapes");
+    let r = rows_per_task(f);
+    out.par_chunks_mut(r * f).zip(gu.par_chunks(2 * r * f)).for_each(|(o, g)| {
+        for (orow, grow) in o.chunks_mut(f).zip(g.chunks(2 * f)) {
+            forward_chunk(orow, &grow[..f], &grow[f..]);
+        }
+    });
+}
+
+/// Backward of [`swiglu_fused_forward`]: accumulates into `dgu [N, 2F]` (gate half, up half).
+pub fn swiglu_fused_backward(dgu: &mut [f32], dout: &[f32], gu: &[f32], f: usize) {
+    assert!(
+        f > 0 && gu.len() == 2 * dout.len() && dgu.len() == gu.len() && dout.len().is_multiple_of(f),
+        "swiglu_fused: shapes"
+    );
+    let r = rows_per_task(f);
+    dgu.par_chunks_mut(2 * r * f).zip(dout.par_chunks(r * f).zip(gu.par_chunks(2 * r * f))).for_each(|(dg, (d, g))| {
+        for ((dgrow, drow), grow) in dg.chunks_mut(2 * f).zip(d.chunks(f)).zip(g.chunks(2 * f)) {
+            let (dgate, dup) = dgrow.split_at_mut(f);
+            backward_chunk(dgate, dup, drow, &grow[..f], &grow[f..]);
+        }
+    });
+}
+
 /// Reference forward in f64: `gate / (1 + exp(-gate)) * up`.
 pub fn swiglu_naive(gate: &[f64], up: &[f64]) -> Vec<f64> {
     assert_eq!(gate.len(), up.len(), "swiglu_naive: length mismatch");
@@ -198,5 +230,33 @@ mod tests {
         let want_u: Vec<f32> = iu.iter().zip(&gu).map(|(a, b)| a + 2.0 * b).collect();
         assert_close(&dg, &want_g, 1e-5, 1e-6, "swiglu dgate accumulates");
         assert_close(&du, &want_u, 1e-5, 1e-6, "swiglu dup accumulates");
+    }
+
+    #[test]
+    fn fused_layout_matches_the_split_halves() {
+        let (n, f) = (37, 75);
+        let gu = rand_vec(n * 2 * f, 11).iter().map(|x| x * 4.0).collect::<Vec<f32>>();
+        let gate: Vec<f32> = gu.chunks(2 * f).flat_map(|r| r[..f].to_vec()).collect();
+        let up: Vec<f32> = gu.chunks(2 * f).flat_map(|r| r[f..].to_vec()).collect();
+        let (mut a, mut b) = (vec![0f32; n * f], vec![0f32; n * f]);
+        swiglu_forward(&mut a, &gate, &up);
+        swiglu_fused_forward(&mut b, &gu, f);
+        assert_eq!(a, b);
+        let dout = rand_vec(n * f, 12);
+        let (mut dg, mut du) = (vec![0f32; n * f], vec![0f32; n * f]);
+        swiglu_backward(&mut dg, &mut du, &dout, &gate, &up);
+        let mut dgu = vec![0f32; n * 2 * f];
+        swiglu_fused_backward(&mut dgu, &dout, &gu, f);
+        for r in 0..n {
+            for c in 0..f {
+                assert_eq!(dgu[r * 2 * f + c], dg[r * f + c], "dgate {r},{c}");
+                assert_eq!(dgu[r * 2 * f + f + c], du[r * f + c], "dup {r},{c}");
+            }
+        }
+        // Accumulates: a second call doubles it (up to one rounding per element).
+        let once = dgu.clone();
+        swiglu_fused_backward(&mut dgu, &dout, &gu, f);
+        let twice: Vec<f32> = once.iter().map(|x| 2.0 * x).collect();
+        assert_close(&dgu, &twice, 1e-6, 1e-6, "fused backward accumulates");
     }
 }

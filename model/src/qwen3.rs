@@ -116,11 +116,8 @@ pub struct MoeAux {
 
 /// `down(silu(gate) * up)` with gate/up fused `[2F, D]`.
 fn swiglu_ffn(tape: &Tape, x: &Tensor, gate_up: &Tensor, down: &Tensor) -> Result<Tensor> {
-    let f = gate_up.shape()[0] / 2;
     let gu = ops::linear(tape, x, gate_up).map_err(ag)?;
-    let g = ops::slice_cols(tape, &gu, 0, f).map_err(ag)?;
-    let u = ops::slice_cols(tape, &gu, f, f).map_err(ag)?;
-    let m = ops::swiglu(tape, &g, &u).map_err(ag)?;
+    let m = ops::swiglu_fused(tape, &gu).map_err(ag)?;
     ops::linear(tape, &m, down).map_err(ag)
 }
 

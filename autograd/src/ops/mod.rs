@@ -20,7 +20,7 @@ pub use moe::{moe_routed, MoeConfig, MoeOutput, MoePath, RouterStats, RouterWeig
 pub use norm::rmsnorm;
 pub use rope::rope;
 pub use slice::slice_cols;
-pub use swiglu::swiglu;
+pub use swiglu::{swiglu, swiglu_fused};
 
 use crate::error::{AutogradError, Result};
 use crate::tensor::Tensor;

@@ -19,3 +19,18 @@ pub fn swiglu(tape: &Tape, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         g.put(&ut, du);
     }))
 }
+
+/// `silu(gate) * up` from one fused projection `gu [N, 2F]` (rows `[gate, up]`) → `[N, F]`,
+/// without copying the halves out.
+pub fn swiglu_fused(tape: &Tape, gu: &Tensor) -> Result<Tensor> {
+    let two_f = gu.last_dim();
+    ensure(two_f > 0 && two_f.is_multiple_of(2), "swiglu_fused", || format!("last dim of {:?} is not 2F", gu.shape()))?;
+    let f = two_f / 2;
+    let n = gu.numel() / two_f;
+    let mut out = vec![0f32; n * f];
+    kernels_cpu::swiglu::swiglu_fused_forward(&mut out, &gu.f32s(), f);
+    let gt = gu.clone();
+    Ok(tape.record(Tensor::from_vec(out, &[n, f]), &[gu], move |dy, g| {
+        g.accumulate(&gt, |dgu| kernels_cpu::swiglu::swiglu_fused_backward(dgu, dy, &gt.f32s(), f));
+    }))
+}
