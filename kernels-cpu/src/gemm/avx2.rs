@@ -111,7 +111,6 @@ pub(crate) fn matmul(
         }
         return;
     }
-    let blk = Blocking { b_max: tmp_env("BMAX", blk.b_max), mc: tmp_env("MC", blk.mc), ..blk };
     let threads = if m * n * k >= blk.par_min { threads.max(1) } else { 1 };
     let (a_rs, a_cs) = strides(m, k, ta);
     let (b_rs, b_cs) = strides(k, n, tb);
@@ -128,7 +127,7 @@ pub(crate) fn matmul(
         if threads == 1 {
             1
         } else {
-            (tmp_env("TPT", TASKS_PER_THREAD) * threads).div_ceil(m_blocks).min(npan / MIN_PART_PANELS).max(1)
+            (TASKS_PER_THREAD * threads).div_ceil(m_blocks).min(npan / MIN_PART_PANELS).max(1)
         }
     };
     // A row block is reused by every column block and part: pack it once for all of them when
@@ -264,9 +263,4 @@ impl Ctx {
             with_buf(&A_BUF, round_up(mcur, MR) * kc + 8, body);
         }
     }
-}
-
-/// TEMP
-fn tmp_env(name: &str, d: usize) -> usize {
-    std::env::var(name).map(|v| v.parse().unwrap()).unwrap_or(d)
 }
