@@ -1,2 +1,11 @@
-//! medmoe actor supervisor (stub until its own issue).
+//! medmoe training engine and actor supervisor.
+//!
+//! Pure parts (schedules, AutoClip, breaker policies, evaluation, metrics writers, checkpoint
+//! format) are plain functions and structs; the actix actors (supervisor, data loader,
+//! trainer, checkpointer) wrap them. Architecture invariant: only this crate and the cli spawn
+//! threads for orchestration.
 #![deny(missing_docs)]
+
+pub mod breakers;
+pub mod eval;
+pub mod metrics;
