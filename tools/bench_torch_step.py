@@ -1,32 +1,46 @@
 #!/usr/bin/env python3
 """PyTorch/transformers training-step reference for `moe-cli bench step`.
 
-Builds a transformers Qwen3ForCausalLM (float32, eager attention, CPU) for a preset, then times full
-training steps on random token batches: forward with labels + backward + AdamW step + zero_grad.
+Builds a transformers model (float32, eager attention, CPU) for a preset, then times full training
+steps on random token batches: forward with labels + backward + AdamW step + zero_grad.
 --warmup untimed steps, then --steps timed steps; step_s is the median. Prints one JSON line:
   {"bench":"step","impl":"pytorch","preset":..,"batch":..,"seq":..,"threads":..,
    "tokens_per_s":..,"step_s":..,"peak_rss_mb":..,...}
 tokens_per_s = batch*seq/step_s; peak_rss_mb = getrusage(RUSAGE_SELF).ru_maxrss / 1024.
 
+Presets (the same shapes as configs/presets/):
+  tiny-dense         Qwen3ForCausalLM, FFN 768.
+  tiny-dense-active  Qwen3ForCausalLM, FFN 224 (the active width of tiny-k1p1-n16).
+  tiny-k1p1-n16      Qwen2MoeForCausalLM: shared expert 160 + 16 routed experts of 64, top-1,
+                     norm_topk_prob (routed weight 1), output_router_logits with router_aux_loss_coef
+                     0.01 (the Switch load-balance loss). Differences from medmoe's MoE model, all
+                     inherent to Qwen2MoE: no q_norm/k_norm (head_dim = hidden/heads = 32 anyway),
+                     a sigmoid shared_expert_gate [1, D] per layer, dropless routing (no capacity
+                     1.25), no z-loss, the plain softmax gradient instead of the straight-through one.
+
 Usage: pyenv/bin/python tools/bench_torch_step.py --preset tiny-dense --batch 8 --seq 256 --threads 2
 """
 import argparse
 import os
-import sys
 
+_TINY = dict(vocab_size=4096, hidden_size=256, num_hidden_layers=4, num_attention_heads=8,
+             num_key_value_heads=2, tie_word_embeddings=True)
+# preset -> (transformers architecture, config kwargs)
 PRESETS = {
-    "tiny-dense": dict(
-        vocab_size=4096, hidden_size=256, num_hidden_layers=4, num_attention_heads=8,
-        num_key_value_heads=2, head_dim=32, intermediate_size=768, tie_word_embeddings=True,
-    ),
+    "tiny-dense": ("qwen3", dict(_TINY, head_dim=32, intermediate_size=768)),
+    "tiny-dense-active": ("qwen3", dict(_TINY, head_dim=32, intermediate_size=224)),
+    "tiny-k1p1-n16": ("qwen2_moe", dict(
+        _TINY, intermediate_size=768, qkv_bias=False, decoder_sparse_step=1, mlp_only_layers=[],
+        use_sliding_window=False, shared_expert_intermediate_size=160, num_experts=16,
+        moe_intermediate_size=64, num_experts_per_tok=1, norm_topk_prob=True,
+        output_router_logits=True, router_aux_loss_coef=0.01,
+    )),
 }
-# Presets the Rust side will have; the reference does not implement them yet.
-PENDING_PRESETS = ("tiny-k1p1-n16",)
 
 
 def parse_args():
-    ap = argparse.ArgumentParser(description="transformers Qwen3 f32 training step (reference for moe-cli bench step)")
-    ap.add_argument("--preset", default="tiny-dense", choices=sorted(PRESETS) + list(PENDING_PRESETS))
+    ap = argparse.ArgumentParser(description="transformers Qwen3 / Qwen2MoE f32 training step (reference for moe-cli bench step)")
+    ap.add_argument("--preset", default="tiny-dense", choices=sorted(PRESETS))
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
@@ -34,10 +48,6 @@ def parse_args():
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    if a.preset in PENDING_PRESETS:
-        print(f"error: preset not supported yet: {a.preset} (supported: {', '.join(sorted(PRESETS))})",
-              file=sys.stderr)
-        sys.exit(2)
     for k in ("batch", "seq", "threads", "steps"):
         if getattr(a, k) < 1:
             ap.error(f"--{k} must be >= 1")
@@ -57,14 +67,17 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from transformers import Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+from transformers import (Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3Config,  # noqa: E402
+                          Qwen3ForCausalLM)
 
 
 def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    p = PRESETS[args.preset]
-    cfg = Qwen3Config(
+    arch, p = PRESETS[args.preset]
+    config_cls, model_cls = {"qwen3": (Qwen3Config, Qwen3ForCausalLM),
+                             "qwen2_moe": (Qwen2MoeConfig, Qwen2MoeForCausalLM)}[arch]
+    cfg = config_cls(
         **p,
         hidden_act="silu",
         max_position_embeddings=max(args.seq, 2048),
@@ -74,7 +87,7 @@ def main():
         attention_dropout=0.0,
         use_cache=False,
     )
-    model = Qwen3ForCausalLM(cfg).to(torch.float32)
+    model = model_cls(cfg).to(torch.float32)
     model.config._attn_implementation = "eager"
     model.train()
     n_params = sum(t.numel() for t in model.parameters())
@@ -93,7 +106,7 @@ def main():
         opt.step()
         opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
-        losses.append(out.loss.item())
+        losses.append(out.loss.item())  # with output_router_logits: ce + router_aux_loss_coef * aux
         if i >= args.warmup:
             times.append(dt)
 
@@ -107,7 +120,7 @@ def main():
         "peak_rss_mb": round(peak_rss_mb, 1),
         "rss_before_steps_mb": round(rss_setup_mb, 1),
         "min_step_s": round(min(times), 6), "all_step_s": [round(t, 4) for t in times], "steps": args.steps, "warmup": args.warmup,
-        "params": n_params, "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
+        "params": n_params, "arch": type(model).__name__, "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
         "torch": torch.__version__, "transformers": transformers.__version__,
     }), flush=True)
 

@@ -9,3 +9,16 @@
 pub mod breakers;
 pub mod eval;
 pub mod metrics;
+pub mod autoclip;
+pub mod batches;
+pub mod checkpoint;
+pub mod error;
+pub mod evaluator;
+pub mod manifest;
+pub mod phase;
+pub mod schedule;
+pub mod supervisor;
+pub mod trainer;
+
+pub use error::{EngineError, Result};
+pub mod stages;

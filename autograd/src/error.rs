@@ -27,6 +27,23 @@ pub enum AutogradError {
         /// What is wrong.
         msg: String,
     },
+    /// A tape was asked for a device this build or machine cannot run.
+    #[error("{device} device not available: {msg}")]
+    DeviceUnavailable {
+        /// The device asked for.
+        device: crate::tensor::Device,
+        /// Why not.
+        msg: String,
+    },
+    /// A simulated GPU kernel refused its launch or failed (a bug: ops check shapes first).
+    #[error("{op}: simulated kernel failed: {source}")]
+    Sim {
+        /// The op that launched.
+        op: &'static str,
+        /// The simulator's error.
+        #[source]
+        source: kernels_gpu::sim::SimError,
+    },
     /// A parameter name that the table does not hold.
     #[error("unknown parameter `{0}`")]
     UnknownParam(String),

@@ -1,7 +1,11 @@
 //! Optimisers over a [`ParamTable`]'s flat buffer.
 
+use crate::error::Result;
 use crate::params::ParamTable;
+use crate::sim::sim;
+use crate::tensor::Device;
 use kernels_cpu::adamw::{adamw_step, AdamWConfig};
+use kernels_gpu::sim::ops::AdamWHyper;
 
 /// AdamW with decoupled weight decay; moments are flat vectors matching the table layout.
 #[derive(Clone, Debug)]
@@ -32,5 +36,22 @@ impl AdamW {
         self.step += 1;
         adamw_step(p, grads, &mut self.m, &mut self.v, &self.cfg, self.step);
         true
+    }
+
+    /// [`AdamW::step`] on `device`: on `Device::Sim` the update is the `adamw_step` GPU kernel
+    /// in the simulator (one launch over the flat buffer), elsewhere kernels-cpu.
+    pub fn step_on(&mut self, device: Device, params: &mut ParamTable, grads: &[f32]) -> Result<bool> {
+        if device != Device::Sim {
+            return Ok(self.step(params, grads));
+        }
+        assert_eq!(grads.len(), self.m.len(), "AdamW: gradient length");
+        let Some(p) = params.flat_mut() else {
+            return Ok(false);
+        };
+        let c = &self.cfg;
+        let h = AdamWHyper { lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay };
+        sim("adamw", kernels_gpu::sim::ops::adamw_step(p, grads, &mut self.m, &mut self.v, &h, self.step + 1))?;
+        self.step += 1;
+        Ok(true)
     }
 }

@@ -1,7 +1,8 @@
 //! Reverse-mode tape: ops record a backward closure that accumulates into their inputs'
 //! gradients; [`Tape::backward`] runs them in reverse. An inference tape records nothing.
 
-use crate::tensor::{Tensor, TensorId};
+use crate::error::{AutogradError, Result};
+use crate::tensor::{Device, Tensor, TensorId};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -19,9 +20,11 @@ struct Inner {
     nodes: Vec<Node>,
 }
 
-/// Records ops for backward (or, built with [`Tape::inference`], records nothing).
+/// Records ops for backward (or, built with [`Tape::inference`], records nothing), and says on
+/// which [`Device`] its ops run.
 pub struct Tape {
     recording: bool,
+    device: Device,
     inner: RefCell<Inner>,
 }
 
@@ -32,14 +35,32 @@ impl Default for Tape {
 }
 
 impl Tape {
-    /// A recording tape.
+    /// A recording tape on [`Device::Cpu`].
     pub fn new() -> Self {
-        Tape { recording: true, inner: RefCell::default() }
+        Tape { recording: true, device: Device::Cpu, inner: RefCell::default() }
     }
 
-    /// A no-op tape: ops run forward only, nothing is saved for backward.
+    /// A no-op tape on [`Device::Cpu`]: ops run forward only, nothing is saved for backward.
     pub fn inference() -> Self {
-        Tape { recording: false, inner: RefCell::default() }
+        Tape { recording: false, device: Device::Cpu, inner: RefCell::default() }
+    }
+
+    /// A recording tape whose ops run on `device`; an error if this build or machine cannot
+    /// run it (`Cuda`: never a panic, also without a driver).
+    pub fn new_on(device: Device) -> Result<Self> {
+        check_device(device)?;
+        Ok(Tape { device, ..Self::new() })
+    }
+
+    /// A no-op tape whose ops run on `device` (see [`Tape::new_on`]).
+    pub fn inference_on(device: Device) -> Result<Self> {
+        check_device(device)?;
+        Ok(Tape { device, ..Self::inference() })
+    }
+
+    /// Where this tape's ops run.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// Whether ops are recorded.
@@ -112,6 +133,29 @@ impl Tape {
         }
         grads
     }
+}
+
+/// `Ok` when ops can run on `device` in this build, on this machine.
+fn check_device(device: Device) -> Result<()> {
+    match device {
+        Device::Cpu | Device::Sim => Ok(()),
+        Device::Cuda => Err(AutogradError::DeviceUnavailable { device, msg: cuda_unavailable() }),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_unavailable() -> String {
+    match kernels_gpu::host::Gpu::new(0) {
+        Err(e) => e.to_string(),
+        Ok(_) => "autograd does not dispatch its ops to CUDA yet; use Device::Sim (the same kernels in the \
+                  simulator) or Device::Cpu"
+            .into(),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_unavailable() -> String {
+    "autograd was built without the `cuda` feature".into()
 }
 
 /// Gradients by tensor identity, filled by backward.

@@ -4,12 +4,29 @@ use half::{bf16, f16};
 use std::borrow::Cow;
 use std::sync::Arc;
 
-/// Where a tensor's data lives and its ops run.
+/// Where the ops of a [`crate::Tape`] run (see [`crate::Tape::new_on`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Device {
     /// Host memory, kernels-cpu.
     #[default]
     Cpu,
+    /// The GPU path run through kernels-gpu's SIMT simulator: ops with a GPU kernel launch it
+    /// (same launch shapes and kernel sequence as on a GPU) on host buffers; the others run
+    /// kernels-cpu. Slow; for testing that a step on the GPU path matches [`Device::Cpu`].
+    Sim,
+    /// An NVIDIA GPU (feature `cuda`). Not dispatched yet: a tape on it is refused with
+    /// [`crate::AutogradError::DeviceUnavailable`].
+    Cuda,
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Device::Cpu => "cpu",
+            Device::Sim => "sim",
+            Device::Cuda => "cuda",
+        })
+    }
 }
 
 /// Element type of a tensor's storage (compute is always f32).
@@ -133,7 +150,8 @@ impl Tensor {
         self.storage.dtype()
     }
 
-    /// Where the data lives.
+    /// Where the data lives (host memory on every device so far: the simulator's kernels read
+    /// and write host buffers).
     pub fn device(&self) -> Device {
         Device::Cpu
     }

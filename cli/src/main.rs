@@ -42,6 +42,8 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Synthetic medical world, tokenizer, packing and data statistics.
     Data(cmd::data::Args),
+    /// Run the training pipeline (data, base, importance, surgery, p0, p1) in a run directory.
+    Run(cmd::run::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -56,6 +58,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Importance(a) => cmd::importance::run(a),
         Command::Init(a) => cmd::init::run(a),
         Command::Data(a) => cmd::data::run(a),
+        Command::Run(a) => cmd::run::run(a),
     }
 }
 

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 const PRESETS: &[(&str, &str)] = &[
     ("tiny-dense", include_str!("../../configs/presets/tiny-dense.json")),
+    // Dense with the active width of tiny-k1p1-n16 (FFN 224 = shared 160 + one routed expert 64).
+    ("tiny-dense-active", include_str!("../../configs/presets/tiny-dense-active.json")),
     ("tiny-k1p1-n16", include_str!("../../configs/presets/tiny-k1p1-n16.json")),
     ("qwen3-1.7b-k1p1-n16", include_str!("../../configs/presets/qwen3-1.7b-k1p1-n16.json")),
 ];

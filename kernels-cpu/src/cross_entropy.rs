@@ -20,7 +20,7 @@ pub fn default_chunk_rows(v: usize) -> usize {
 }
 
 /// Turns one row of logits into softmax probabilities in place; returns `logsumexp`.
-fn softmax_in_place(row: &mut [f32]) -> f32 {
+pub(crate) fn softmax_in_place(row: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if crate::fastmath::has_avx2_fma() {
         // SAFETY: the CPU supports the features the function was compiled for.

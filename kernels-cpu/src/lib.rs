@@ -14,6 +14,7 @@ pub mod adamw;
 pub mod attention;
 pub mod check;
 pub mod cross_entropy;
+pub mod distill;
 pub mod elementwise;
 pub mod embedding;
 pub mod fastmath;

@@ -6,12 +6,14 @@
 
 pub mod batch;
 pub mod config;
+pub mod distill;
 pub mod error;
 pub mod export;
 pub mod importance;
 pub mod init;
 pub mod load;
 pub mod moe_spec;
+pub mod presets;
 pub mod qwen3;
 pub mod safetensors_io;
 pub mod surgery;

@@ -108,22 +108,17 @@ impl Qwen3 {
         Ok(model)
     }
 
-    /// Saves config.json + safetensors in HF layout into a new directory `dir`, each tensor in
-    /// the dtype it was loaded with (so a load/save round trip is bit-identical). The directory
-    /// appears complete or not at all (written beside it, then renamed).
-    pub fn save(&self, dir: &Path, max_shard_bytes: Option<u64>) -> Result<Vec<PathBuf>> {
+    /// Every tensor of the model (parameters under HF names, then the router balancing biases)
+    /// ready to write: in the dtype it was loaded with, or all f32 when `f32_only` (training
+    /// checkpoints, which must resume bit-exactly).
+    pub fn tensors_to_write(&self, f32_only: bool) -> Result<Vec<TensorToWrite<'static>>> {
         let dtypes: HashMap<&str, FileDType> = self.file_dtypes.iter().map(|(n, d)| (n.as_str(), *d)).collect();
         let flat = self.params.flat();
-        let mut tensors = Vec::with_capacity(self.params.entries().len());
+        let mut tensors = Vec::with_capacity(self.params.entries().len() + self.router_bias.len());
         for e in self.params.entries() {
-            let dtype = dtypes.get(e.name.as_str()).copied().unwrap_or(FileDType::F32);
+            let dtype = if f32_only { FileDType::F32 } else { dtypes.get(e.name.as_str()).copied().unwrap_or(FileDType::F32) };
             let bytes = f32_to_bytes(&flat[e.offset..e.offset + e.numel()], dtype)?;
-            tensors.push(TensorToWrite {
-                name: e.name.clone(),
-                dtype,
-                shape: e.shape.clone(),
-                data: Cow::Owned(bytes),
-            });
+            tensors.push(TensorToWrite { name: e.name.clone(), dtype, shape: e.shape.clone(), data: Cow::Owned(bytes) });
         }
         for (i, bias) in self.router_bias.iter().enumerate() {
             let bytes = f32_to_bytes(bias, FileDType::F32)?;
@@ -134,11 +129,24 @@ impl Qwen3 {
                 data: Cow::Owned(bytes),
             });
         }
+        Ok(tensors)
+    }
+
+    /// The config.json text of the model (with its `moe` section for MoE models).
+    pub fn config_json(&self) -> String {
         let mut config = self.config.clone();
         if let Some(m) = &self.moe {
             m.apply_to(&mut config);
         }
-        let config = config.to_json_string();
+        config.to_json_string()
+    }
+
+    /// Saves config.json + safetensors in HF layout into a new directory `dir`, each tensor in
+    /// the dtype it was loaded with (so a load/save round trip is bit-identical). The directory
+    /// appears complete or not at all (written beside it, then renamed).
+    pub fn save(&self, dir: &Path, max_shard_bytes: Option<u64>) -> Result<Vec<PathBuf>> {
+        let tensors = self.tensors_to_write(false)?;
+        let config = self.config_json();
         write_dir_atomically(dir, |tmp| {
             let io = |source| ModelError::Io { path: tmp.join("config.json"), source };
             std::fs::write(tmp.join("config.json"), &config).map_err(io)?;

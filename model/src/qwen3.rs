@@ -13,7 +13,7 @@ use crate::config::Qwen3Config;
 use crate::error::{ModelError, Result};
 use crate::moe_spec::MoeSpec;
 use autograd::ops::{self, MoeConfig, MoePath, RouterStats};
-use autograd::{DType, ParamTable, Tape, Tensor};
+use autograd::{DType, Device, ParamTable, Tape, Tensor};
 use kernels_cpu::attention::AttnDims;
 use kernels_cpu::rope::RopeTable;
 use std::sync::Arc;
@@ -90,17 +90,24 @@ pub struct RunOptions {
     pub moe_path: MoePath,
     /// Test-only: every routed expert processes every token with weight 1.
     pub dense_equivalent: bool,
+    /// Where the ops run (`Device::Sim`: the GPU kernels in kernels-gpu's simulator).
+    pub device: Device,
 }
 
 impl RunOptions {
     /// Evaluation: deterministic, dropless, fast path.
     pub fn eval() -> Self {
-        RunOptions { training: false, seed: 0, moe_path: MoePath::Fast, dense_equivalent: false }
+        RunOptions { training: false, seed: 0, moe_path: MoePath::Fast, dense_equivalent: false, device: Device::Cpu }
     }
 
     /// Training with `seed`.
     pub fn train(seed: u64) -> Self {
         RunOptions { training: true, seed, ..Self::eval() }
+    }
+
+    /// The same options with the ops on `device`.
+    pub fn on(self, device: Device) -> Self {
+        RunOptions { device, ..self }
     }
 }
 
@@ -173,7 +180,8 @@ pub struct Bound {
     embed: Tensor,
     layers: Vec<LayerTensors>,
     norm: Tensor,
-    lm_head: Tensor,
+    /// LM head `[V, D]` (the embedding when tied).
+    pub(crate) lm_head: Tensor,
     /// `(offset, leaf)` pairs for [`ParamTable::flat_grads_at`].
     pub leaves: Vec<(usize, Tensor)>,
 }
@@ -374,16 +382,7 @@ impl Qwen3 {
         let (hidden, aux) = self.forward_hidden(tape, p, batch, run)?;
         let ce = ops::lm_head_cross_entropy(tape, &hidden, &p.lm_head, targets).map_err(ag)?;
         let ce_value = ce.loss.item();
-        let (mut loss, mut lb, mut z) = (ce.loss, 0f32, 0f32);
-        if let (Some(m), false) = (&self.moe, aux.is_empty()) {
-            let layers = aux.len() as f32;
-            for a in &aux {
-                lb += a.lb_loss.item() / layers;
-                z += a.z_loss.item() / layers;
-                loss = ops::add_scaled(tape, &loss, &a.lb_loss, m.lb_coef / layers).map_err(ag)?;
-                loss = ops::add_scaled(tape, &loss, &a.z_loss, m.z_coef / layers).map_err(ag)?;
-            }
-        }
+        let (loss, lb, z) = self.add_router_losses(tape, ce.loss, &aux)?;
         Ok(LossOutput {
             loss,
             ce: ce_value,
@@ -395,6 +394,22 @@ impl Qwen3 {
         })
     }
 
+    /// `loss + lb_coef * lb + z_coef * z` with the router losses averaged over the MoE layers
+    /// (`loss` unchanged for a dense model); also returns the mean `lb` and `z` values.
+    pub(crate) fn add_router_losses(&self, tape: &Tape, loss: Tensor, aux: &[MoeAux]) -> Result<(Tensor, f32, f32)> {
+        let (mut loss, mut lb, mut z) = (loss, 0f32, 0f32);
+        if let (Some(m), false) = (&self.moe, aux.is_empty()) {
+            let layers = aux.len() as f32;
+            for a in aux {
+                lb += a.lb_loss.item() / layers;
+                z += a.z_loss.item() / layers;
+                loss = ops::add_scaled(tape, &loss, &a.lb_loss, m.lb_coef / layers).map_err(ag)?;
+                loss = ops::add_scaled(tape, &loss, &a.z_loss, m.z_coef / layers).map_err(ag)?;
+            }
+        }
+        Ok((loss, lb, z))
+    }
+
     /// Logits `[B*T, V]` (evaluation mode, no tape).
     pub fn logits(&self, batch: &TokenBatch) -> Result<Vec<f32>> {
         self.logits_with(batch, &RunOptions::eval())
@@ -402,7 +417,7 @@ impl Qwen3 {
 
     /// Logits `[B*T, V]` under `run` (no tape).
     pub fn logits_with(&self, batch: &TokenBatch, run: &RunOptions) -> Result<Vec<f32>> {
-        let tape = Tape::inference();
+        let tape = Tape::inference_on(run.device).map_err(ag)?;
         let p = self.bind(&tape);
         let (hidden, _) = self.forward_hidden(&tape, &p, batch, run)?;
         Ok(ops::linear(&tape, &hidden, &p.lm_head).map_err(ag)?.to_vec())

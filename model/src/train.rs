@@ -2,7 +2,7 @@
 
 use crate::batch::TokenBatch;
 use crate::error::Result;
-use crate::qwen3::{Qwen3, RunOptions};
+use crate::qwen3::{ag, Qwen3, RunOptions};
 use autograd::optim::AdamW;
 use autograd::Tape;
 
@@ -18,14 +18,14 @@ pub struct StepStats {
 }
 
 /// Gradients of the objective, flat in the layout of `model.params`, plus the objective and
-/// the number of counted tokens.
+/// the number of counted tokens. The ops run on `run.device`.
 pub fn loss_and_grads(
     model: &Qwen3,
     batch: &TokenBatch,
     targets: &[i32],
     run: &RunOptions,
 ) -> Result<(f32, usize, Vec<f32>)> {
-    let tape = Tape::new();
+    let tape = Tape::new_on(run.device).map_err(ag)?;
     let bound = model.bind(&tape);
     let out = model.loss(&tape, &bound, batch, targets, run)?;
     let loss = out.loss.item();
@@ -33,7 +33,7 @@ pub fn loss_and_grads(
     Ok((loss, out.count, model.params.flat_grads_at(&bound.leaves, &mut grads)))
 }
 
-/// Forward + backward + one AdamW update.
+/// Forward + backward + one AdamW update, all on `run.device`.
 pub fn train_step(
     model: &mut Qwen3,
     opt: &mut AdamW,
@@ -43,6 +43,6 @@ pub fn train_step(
 ) -> Result<StepStats> {
     let (loss, tokens, grads) = loss_and_grads(model, batch, targets, run)?;
     let grad_norm = grads.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt() as f32;
-    opt.step(&mut model.params, &grads);
+    opt.step_on(run.device, &mut model.params, &grads).map_err(ag)?;
     Ok(StepStats { loss, grad_norm, tokens })
 }

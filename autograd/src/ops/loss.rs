@@ -2,8 +2,10 @@
 
 use super::{ensure, rows};
 use crate::error::{AutogradError, Result};
+use crate::sim::{sim, sim_matmul};
 use crate::tape::Tape;
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
+use kernels_cpu::gemm::Trans;
 use kernels_cpu::cross_entropy::{
     count_targets, default_chunk_rows, lm_head_ce_forward, lm_head_ce_forward_backward, IGNORE_INDEX,
 };
@@ -45,14 +47,24 @@ pub fn lm_head_cross_entropy(tape: &Tape, h: &Tensor, w: &Tensor, targets: &[i32
             (losses.iter().map(|&x| x as f64).sum::<f64>() / count as f64) as f32
         }
     };
+    let on_sim = tape.device() == Device::Sim;
     if !tape.needs_grad(&[h, w]) || count == 0 {
-        lm_head_ce_forward(&mut row_losses, &hf, &wf, targets, n, d, v, chunk);
+        if on_sim {
+            sim("cross_entropy", sim_lm_head_ce(&mut row_losses, None, &hf, &wf, targets, d, v, 0.0, chunk))?;
+        } else {
+            lm_head_ce_forward(&mut row_losses, &hf, &wf, targets, n, d, v, chunk);
+        }
         let loss = Tensor::from_vec(vec![mean(&row_losses)], &[]);
         return Ok(CrossEntropyOutput { loss, row_losses, count });
     }
     let (mut dh, mut dw) = (vec![0f32; n * d], vec![0f32; v * d]);
     let scale = 1.0 / count as f32;
-    lm_head_ce_forward_backward(&mut row_losses, &mut dh, &mut dw, &hf, &wf, targets, n, d, v, scale, chunk);
+    if on_sim {
+        let grads = Some((&mut dh[..], &mut dw[..]));
+        sim("cross_entropy", sim_lm_head_ce(&mut row_losses, grads, &hf, &wf, targets, d, v, scale, chunk))?;
+    } else {
+        lm_head_ce_forward_backward(&mut row_losses, &mut dh, &mut dw, &hf, &wf, targets, n, d, v, scale, chunk);
+    }
     let loss = Tensor::from_vec(vec![mean(&row_losses)], &[]);
     let (ht, wt) = (h.clone(), w.clone());
     let loss = tape.record(loss, &[h, w], move |dloss, g| {
@@ -60,4 +72,38 @@ pub fn lm_head_cross_entropy(tape: &Tape, h: &Tensor, w: &Tensor, targets: &[i32
         g.accumulate(&wt, |gw| axpy(gw, dloss[0], &dw));
     });
     Ok(CrossEntropyOutput { loss, row_losses, count })
+}
+
+/// The fused LM-head cross-entropy on the simulator, chunk by chunk over rows as kernels-cpu does
+/// (`[N, V]` logits are never materialised): per chunk of `chunk` rows, `logits = h_c · wᵀ`
+/// (one-group FMA GEMM), the softmax-CE kernel (row losses and `dlogits = scale * (softmax -
+/// onehot)`), then, when `grads = (dh [N, D], dw [V, D])` is given, `dh_c = dlogits · w` and
+/// `dw += dlogitsᵀ · h_c`.
+#[allow(clippy::too_many_arguments)]
+fn sim_lm_head_ce(
+    losses: &mut [f32],
+    mut grads: Option<(&mut [f32], &mut [f32])>,
+    h: &[f32],
+    w: &[f32],
+    targets: &[i32],
+    d: usize,
+    v: usize,
+    scale: f32,
+    chunk: usize,
+) -> std::result::Result<(), kernels_gpu::sim::SimError> {
+    let (n, chunk) = (targets.len(), chunk.max(1));
+    let mut logits = vec![0f32; chunk.min(n) * v]; // [rows, V]
+    let mut dlogits = vec![0f32; chunk.min(n) * v]; // [rows, V]
+    for r0 in (0..n).step_by(chunk) {
+        let r1 = (r0 + chunk).min(n);
+        let (rows, hc) = (r1 - r0, &h[r0 * d..r1 * d]);
+        let (lg, dl) = (&mut logits[..rows * v], &mut dlogits[..rows * v]);
+        sim_matmul(lg, hc, w, rows, d, v, Trans::No, Trans::Yes, false)?;
+        kernels_gpu::sim::ops::softmax_ce_forward_backward(&mut losses[r0..r1], dl, lg, &targets[r0..r1], v, scale)?;
+        if let Some((dh, dw)) = grads.as_mut() {
+            sim_matmul(&mut dh[r0 * d..r1 * d], dl, w, rows, v, d, Trans::No, Trans::No, false)?;
+            sim_matmul(dw, dl, hc, v, rows, d, Trans::Yes, Trans::No, true)?;
+        }
+    }
+    Ok(())
 }

@@ -1,17 +1,21 @@
-//! Differentiable ops: each runs a kernels-cpu forward and records the matching backward.
+//! Differentiable ops: each runs a kernel forward (kernels-cpu, or on `Device::Sim` the GPU kernel
+//! in kernels-gpu's simulator where one exists) and records the matching backward.
 
 mod attention;
+mod distill;
 mod elementwise;
 mod embedding;
 mod linear;
 mod loss;
 mod moe;
+mod moe_sim;
 mod norm;
 mod rope;
 mod slice;
 mod swiglu;
 
 pub use attention::attention;
+pub use distill::{hidden_l2, lm_head_distill, DistillLoss};
 pub use elementwise::{add, add_scaled};
 pub use embedding::embedding;
 pub use linear::linear;

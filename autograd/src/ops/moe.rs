@@ -1,12 +1,18 @@
 //! The routed part of an MoE FFN (top-1 router + experts) as one op with three outputs on the
 //! tape: the routed contribution, the load-balance loss and the z-loss. The math, shapes and
 //! the fast / naive paths are documented in [`kernels_cpu::moe`].
+//!
+//! On the tape the router logits `[N, E]` are an internal node between (x, router) and the three
+//! outputs: each output's backward only accumulates into `dlogits`, and the router projection's
+//! backward (two GEMMs) runs once per layer instead of once per output.
 
 use super::ensure;
 use crate::error::{AutogradError, Result};
 use crate::tape::Tape;
-use crate::tensor::Tensor;
-use kernels_cpu::moe::{moe_backward_aux, moe_backward_out, moe_forward, AuxLoss, MoeDims, MoeParams};
+use crate::tensor::{Device, Tensor};
+use kernels_cpu::moe::{
+    moe_backward_aux_logits, moe_backward_logits, moe_backward_out_logits, moe_forward, AuxLoss, MoeDims, MoeParams,
+};
 use std::sync::Arc;
 
 pub use kernels_cpu::moe::{MoePath, RouterStats, RouterWeighting};
@@ -135,6 +141,9 @@ pub fn moe_routed(
         }
     }
     let dims = MoeDims { n, d, e, w };
+    if tape.device() == Device::Sim && super::moe_sim::supported(cfg, training) {
+        return super::moe_sim::moe_routed_sim(tape, x, router, experts, bias, cfg, seed, training, dims);
+    }
     let params = cfg.params(seed, training);
     let fwd = moe_forward(cfg.path, &x.f32s(), &router.f32s(), &experts.f32s(), bias, dims, &params);
     let out = Tensor::from_vec(fwd.out, &[n, d]);
@@ -145,21 +154,25 @@ pub fn moe_routed(
         return Ok(MoeOutput { out, lb_loss, z_loss, stats, expert_of_token });
     }
     let saved = Arc::new(fwd.saved);
-    let (xs, rs, es, sv) = (x.clone(), router.clone(), experts.clone(), saved.clone());
-    let out = tape.record(out, &[x, router, experts], move |dout, g| {
-        let (mut dx, mut dr, mut de) = (g.take(&xs), g.take(&rs), g.take(&es));
-        moe_backward_out(&mut dx, &mut dr, &mut de, dout, &xs.f32s(), &rs.f32s(), &es.f32s(), &sv, dims);
+    let (xs, rs, sv) = (x.clone(), router.clone(), saved.clone());
+    let logits = tape.record(Tensor::from_vec(fwd.logits, &[n, e]), &[x, router], move |dlogits, g| {
+        let (mut dx, mut dr) = (g.take(&xs), g.take(&rs));
+        moe_backward_logits(&mut dx, &mut dr, dlogits, &xs.f32s(), &rs.f32s(), &sv, dims);
         g.put(&xs, dx);
         g.put(&rs, dr);
+    });
+    let (xs, ls, es, sv) = (x.clone(), logits.clone(), experts.clone(), saved.clone());
+    let out = tape.record(out, &[x, &logits, experts], move |dout, g| {
+        let (mut dx, mut dl, mut de) = (g.take(&xs), g.take(&ls), g.take(&es));
+        moe_backward_out_logits(&mut dx, &mut dl, &mut de, dout, &xs.f32s(), &es.f32s(), &sv, dims);
+        g.put(&xs, dx);
+        g.put(&ls, dl);
         g.put(&es, de);
     });
     let aux = |loss: Tensor, which: AuxLoss| {
-        let (xs, rs, sv) = (x.clone(), router.clone(), saved.clone());
-        tape.record(loss, &[x, router], move |dloss, g| {
-            let (mut dx, mut dr) = (g.take(&xs), g.take(&rs));
-            moe_backward_aux(&mut dx, &mut dr, which, dloss[0], &xs.f32s(), &rs.f32s(), &sv, dims);
-            g.put(&xs, dx);
-            g.put(&rs, dr);
+        let (ls, sv) = (logits.clone(), saved.clone());
+        tape.record(loss, &[&logits], move |dloss, g| {
+            g.accumulate(&ls, |dl| moe_backward_aux_logits(dl, which, dloss[0], &sv, dims));
         })
     };
     let lb_loss = aux(lb_loss, AuxLoss::LoadBalance);

@@ -2,6 +2,7 @@
 //! Python references in tools/ so the two can be compared in one run (tools/bench_*.sh).
 
 use crate::presets::preset_config;
+use model::moe_spec::MoeSpec;
 use crate::progress::bar;
 use anyhow::{bail, Context, Result};
 use autograd::optim::AdamW;
@@ -14,6 +15,7 @@ use model::qwen3::RunOptions;
 use model::train::train_step;
 use model::{Qwen3, TokenBatch};
 use serde_json::json;
+use std::path::Path;
 use std::time::Instant;
 
 /// Arguments of `bench`.
@@ -116,7 +118,14 @@ fn bench_step(preset: &str, b: usize, t: usize, steps: usize, warmup: usize, thr
         bail!("--seq {t} exceeds the preset's max_position_embeddings {}", config.max_position_embeddings);
     }
     let v = config.vocab_size as u32;
-    let mut model = Qwen3::from_init(config, None, DType::F32, qwen3_init(0, 0.02));
+    // A preset with a `moe` section trains the MoE model (training mode: capacity, router losses).
+    let moe = MoeSpec::from_config(&config, Path::new(preset))?;
+    let moe_json = moe.as_ref().map(|m| {
+        json!({"experts": m.num_experts, "expert_width": m.expert_width, "shared_width": m.shared_width,
+               "capacity_factor": m.capacity_factor, "weighting": model::moe_spec::weighting_name(m.weighting)})
+    });
+    let mut model = Qwen3::from_init(config, moe, DType::F32, qwen3_init(0, 0.02));
+    let params = model.params.numel();
     let cfg = AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.05 };
     let mut opt = AdamW::new(&model.params, cfg);
     let steps = steps.max(1);
@@ -146,6 +155,7 @@ fn bench_step(preset: &str, b: usize, t: usize, steps: usize, warmup: usize, thr
             "bench": "step", "impl": "medmoe", "preset": preset, "batch": b, "seq": t, "threads": threads,
             "tokens_per_s": (b * t) as f64 / step_s, "step_s": step_s,
             "peak_rss_mb": peak_rss_mb(), "loss": last_loss, "min_step_s": min_step_s, "all_step_s": all_step_s,
+            "params": params, "moe": moe_json,
         })
     );
     Ok(())

@@ -7,4 +7,5 @@ pub mod importance;
 pub mod init;
 pub mod inspect;
 pub mod logits;
+pub mod run;
 pub mod surgery;

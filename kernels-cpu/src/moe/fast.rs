@@ -36,9 +36,8 @@ pub struct FastSaved {
     /// Gathered inputs and expert outputs [Nk, D].
     xp: Vec<f32>,
     y: Vec<f32>,
-    /// Gate / up pre-activations and SwiGLU output [Nk, W].
-    hg: Vec<f32>,
-    hu: Vec<f32>,
+    /// Gate / up pre-activations [Nk, 2W] (per row gate then up) and SwiGLU output [Nk, W].
+    hgu: Vec<f32>,
     a: Vec<f32>,
 }
 
@@ -88,15 +87,14 @@ pub(super) fn fast_forward(
     let nk = order.len();
     let mut xp = vec![0f32; nk * d];
     gather_rows_forward(&mut xp, x, &order, d);
-    let (mut y, mut hg, mut hu, mut a) =
-        (vec![0f32; nk * d], vec![0f32; nk * w], vec![0f32; nk * w], vec![0f32; nk * w]);
-    experts_forward(&mut y, &mut hg, &mut hu, &mut a, &xp, experts, &offsets, d, w);
+    let (mut y, mut hgu, mut a) = (vec![0f32; nk * d], vec![0f32; nk * 2 * w], vec![0f32; nk * w]);
+    experts_forward(&mut y, &mut hgu, &mut a, &xp, experts, &offsets, d, w);
     let mut out = vec![0f32; n * d];
     combine_forward(&mut out, &y, &weights, &inv, k, d);
     let stats = router_stats(&counts, &entropy, overflowed, dropped, n);
     let saved = FastSaved {
         params: *params,
-        logits,
+        logits: logits.clone(),
         probs,
         lse,
         counts,
@@ -108,11 +106,10 @@ pub(super) fn fast_forward(
         weights,
         xp,
         y,
-        hg,
-        hu,
+        hgu,
         a,
     };
-    MoeForward { out, lb_loss, z_loss, stats, expert_of_token, saved: MoeSaved::Fast(Box::new(saved)) }
+    MoeForward { out, lb_loss, z_loss, logits, stats, expert_of_token, saved: MoeSaved::Fast(Box::new(saved)) }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -127,12 +124,31 @@ pub(super) fn fast_backward_out(
     s: &FastSaved,
     dims: MoeDims,
 ) {
+    let MoeDims { n, d, e, .. } = dims;
+    let mut dlogits = vec![0f32; n * e];
+    fast_backward_out_logits(dx, &mut dlogits, dexperts, dout, experts, s, dims);
+    if !s.params.dense_equivalent {
+        router_logits_backward(dx, drouter, &dlogits, x, router, n, d, e);
+    }
+}
+
+/// Backward of `out` up to the router logits: the expert path into `dx` and `dexperts`, the
+/// routed weight's gradient into `dlogits` [N, E].
+pub(super) fn fast_backward_out_logits(
+    dx: &mut [f32],
+    dlogits: &mut [f32],
+    dexperts: &mut [f32],
+    dout: &[f32],
+    experts: &[f32],
+    s: &FastSaved,
+    dims: MoeDims,
+) {
     let MoeDims { n, d, e, w } = dims;
     let nk = s.order.len();
     let (mut dyp, mut dweights) = (vec![0f32; nk * d], vec![0f32; nk]);
     combine_backward(&mut dyp, &mut dweights, dout, &s.y, &s.weights, &s.order, d);
     let mut dxp = vec![0f32; nk * d];
-    experts_backward(&mut dxp, dexperts, &dyp, &s.xp, &s.hg, &s.hu, &s.a, experts, &s.offsets, d, w);
+    experts_backward(&mut dxp, dexperts, &dyp, &s.xp, &s.hgu, &s.a, experts, &s.offsets, d, w);
     gather_rows_backward(dx, &dxp, &s.inv, s.k, d);
     if s.params.dense_equivalent {
         return; // weights are constants
@@ -141,9 +157,7 @@ pub(super) fn fast_backward_out(
     for (&t, &g) in s.order.iter().zip(&dweights) {
         dgate[t as usize] = g;
     }
-    let mut dlogits = vec![0f32; n * e];
-    gate_backward(&mut dlogits, &dgate, &s.probs, &s.expert_of_token, e, &s.params);
-    router_logits_backward(dx, drouter, &dlogits, x, router, n, d, e);
+    gate_backward(dlogits, &dgate, &s.probs, &s.expert_of_token, e, &s.params);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -159,9 +173,15 @@ pub(super) fn fast_backward_aux(
 ) {
     let MoeDims { n, d, e, .. } = dims;
     let mut dlogits = vec![0f32; n * e];
-    match which {
-        AuxLoss::LoadBalance => lb_loss_backward(&mut dlogits, dloss, &s.probs, &s.counts, e, &s.params),
-        AuxLoss::Z => z_loss_backward(&mut dlogits, dloss, &s.logits, &s.lse, e),
-    }
+    fast_backward_aux_logits(&mut dlogits, which, dloss, s, dims);
     router_logits_backward(dx, drouter, &dlogits, x, router, n, d, e);
+}
+
+/// Backward of `lb_loss` or `z_loss` (scaled by `dloss`) into `dlogits` [N, E].
+pub(super) fn fast_backward_aux_logits(dlogits: &mut [f32], which: AuxLoss, dloss: f32, s: &FastSaved, dims: MoeDims) {
+    let e = dims.e;
+    match which {
+        AuxLoss::LoadBalance => lb_loss_backward(dlogits, dloss, &s.probs, &s.counts, e, &s.params),
+        AuxLoss::Z => z_loss_backward(dlogits, dloss, &s.logits, &s.lse, e),
+    }
 }

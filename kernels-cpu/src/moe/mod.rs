@@ -157,6 +157,8 @@ pub struct MoeForward {
     pub lb_loss: f32,
     /// Router z-loss (unscaled).
     pub z_loss: f32,
+    /// Raw router logits `x · routerᵀ` [N, E] (before noise and temperature).
+    pub logits: Vec<f32>,
     /// Router statistics.
     pub stats: RouterStats,
     /// Expert per token after dropout and capacity (`u32::MAX`: dropped) `[N]`.
@@ -239,5 +241,61 @@ pub fn moe_backward_aux(
     match saved {
         MoeSaved::Fast(s) => fast::fast_backward_aux(dx, drouter, which, dloss, x, router, s, dims),
         MoeSaved::Naive(s) => naive::naive_backward_aux(dx, drouter, which, dloss, x, router, s, dims),
+    }
+}
+
+/// [`moe_backward_out`] up to the router logits: accumulates `dx` [N, D] (through the experts
+/// only), `dlogits` [N, E] (through the routed weight) and `dexperts` [E, 3*W*D] from `dout`.
+/// With [`moe_backward_aux_logits`] and [`moe_backward_logits`] this splits the backward so the
+/// gradients of `out`, `lb_loss` and `z_loss` share one router projection backward.
+#[allow(clippy::too_many_arguments)]
+pub fn moe_backward_out_logits(
+    dx: &mut [f32],
+    dlogits: &mut [f32],
+    dexperts: &mut [f32],
+    dout: &[f32],
+    x: &[f32],
+    experts: &[f32],
+    saved: &MoeSaved,
+    dims: MoeDims,
+) {
+    assert!(dx.len() == dims.n * dims.d && x.len() == dx.len() && dout.len() == dx.len(), "moe: x / dx / dout");
+    assert_eq!(dlogits.len(), dims.n * dims.e, "moe: dlogits is not [N, E]");
+    assert!(experts.len() == dims.e * dims.expert_len() && dexperts.len() == experts.len(), "moe: experts");
+    match saved {
+        MoeSaved::Fast(s) => fast::fast_backward_out_logits(dx, dlogits, dexperts, dout, experts, s, dims),
+        MoeSaved::Naive(s) => naive::naive_backward_out_logits(dx, dlogits, dexperts, dout, x, experts, s, dims),
+    }
+}
+
+/// [`moe_backward_aux`] up to the router logits: accumulates `dloss * d loss / d logits` into
+/// `dlogits` [N, E].
+pub fn moe_backward_aux_logits(dlogits: &mut [f32], which: AuxLoss, dloss: f32, saved: &MoeSaved, dims: MoeDims) {
+    assert_eq!(dlogits.len(), dims.n * dims.e, "moe: dlogits is not [N, E]");
+    match saved {
+        MoeSaved::Fast(s) => fast::fast_backward_aux_logits(dlogits, which, dloss, s, dims),
+        MoeSaved::Naive(s) => naive::naive_backward_aux_logits(dlogits, which, dloss, s, dims),
+    }
+}
+
+/// Backward of the router projection `logits = x · routerᵀ`: accumulates `dx += dlogits · router`
+/// and `drouter += dlogitsᵀ · x` (GEMMs on the fast path, f64 loops on the naive one).
+#[allow(clippy::too_many_arguments)]
+pub fn moe_backward_logits(
+    dx: &mut [f32],
+    drouter: &mut [f32],
+    dlogits: &[f32],
+    x: &[f32],
+    router: &[f32],
+    saved: &MoeSaved,
+    dims: MoeDims,
+) {
+    let MoeDims { n, d, e, .. } = dims;
+    assert!(dx.len() == n * d && x.len() == dx.len(), "moe: x / dx are not [N, D]");
+    assert!(drouter.len() == e * d && router.len() == drouter.len(), "moe: router is not [E, D]");
+    assert_eq!(dlogits.len(), n * e, "moe: dlogits is not [N, E]");
+    match saved {
+        MoeSaved::Fast(_) => router::router_logits_backward(dx, drouter, dlogits, x, router, n, d, e),
+        MoeSaved::Naive(_) => naive::naive_backward_logits(dx, drouter, dlogits, x, router, dims),
     }
 }

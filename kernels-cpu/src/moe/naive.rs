@@ -240,6 +240,7 @@ pub(super) fn naive_forward(
         out: r.out.iter().map(|&v| v as f32).collect(),
         lb_loss: r.lb_loss as f32,
         z_loss: r.z_loss as f32,
+        logits: r.logits.iter().map(|&v| v as f32).collect(),
         stats: r.stats.clone(),
         expert_of_token: r.expert_of_token.clone(),
         saved: MoeSaved::Naive(Box::new(r)),
@@ -256,21 +257,24 @@ fn project_row(dx: &mut [f64], drouter: &mut [f64], dl: &[f64], xt: &[f64], rout
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn naive_backward_out(
-    dx: &mut [f32],
-    drouter: &mut [f32],
-    dexperts: &mut [f32],
-    dout: &[f32],
-    x: &[f32],
-    router: &[f32],
-    experts: &[f32],
-    s: &NaiveF64,
-    dims: MoeDims,
-) {
+/// `dx += dl · router`, `drouter += dlᵀ · x` over all tokens (`dl` [N, E]), in f64, added into f32.
+fn project_rows(dx: &mut [f32], drouter: &mut [f32], dl: &[f64], x: &[f32], router: &[f32], dims: MoeDims) {
+    let MoeDims { n, d, e, .. } = dims;
+    let (x, router) = (wide(x), wide(router));
+    let (mut gx, mut gr) = (vec![0.0; n * d], vec![0.0; e * d]);
+    for t in 0..n {
+        project_row(&mut gx[t * d..(t + 1) * d], &mut gr, &dl[t * e..(t + 1) * e], &x[t * d..(t + 1) * d], &router, d);
+    }
+    add_into(dx, &gx);
+    add_into(drouter, &gr);
+}
+
+/// Gradients of `sum(out * dout)` in f64: (dx through the experts [N, D], dlogits through the
+/// routed weight [N, E], dexperts [E, 3*W*D]).
+fn out_grads(dout: &[f32], x: &[f32], experts: &[f32], s: &NaiveF64, dims: MoeDims) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let MoeDims { n, d, e, w } = dims;
-    let (x, router, experts) = (wide(x), wide(router), wide(experts));
-    let (mut gx, mut gr, mut ge) = (vec![0.0; n * d], vec![0.0; e * d], vec![0.0; experts.len()]);
+    let (x, experts) = (wide(x), wide(experts));
+    let (mut gx, mut gl, mut ge) = (vec![0.0; n * d], vec![0.0; n * e], vec![0.0; experts.len()]);
     let len = 3 * w * d;
     for t in 0..n {
         let xt = &x[t * d..(t + 1) * d];
@@ -300,7 +304,7 @@ pub(super) fn naive_backward_out(
         // dL/dg = <dout, y>; g (or its straight-through surrogate) is p_e or s_e.
         let dgate: f64 = go.iter().zip(&s.y[t * d..(t + 1) * d]).map(|(a, b)| a * b).sum();
         let p = &s.probs[t * e..(t + 1) * e];
-        let mut dl = vec![0.0; e];
+        let dl = &mut gl[t * e..(t + 1) * e];
         if s.params.weighting == RouterWeighting::Sigmoid {
             dl[i] = dgate * p[i] * (1.0 - p[i]);
         } else {
@@ -309,30 +313,52 @@ pub(super) fn naive_backward_out(
                 dl[j] = dgate * p[i] * (delta - p[j]) / s.params.temperature as f64;
             }
         }
-        project_row(gxt, &mut gr, &dl, xt, &router, d);
     }
-    add_into(dx, &gx);
-    add_into(drouter, &gr);
-    add_into(dexperts, &ge);
+    (gx, gl, ge)
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn naive_backward_aux(
+pub(super) fn naive_backward_out(
     dx: &mut [f32],
     drouter: &mut [f32],
-    which: AuxLoss,
-    dloss: f32,
+    dexperts: &mut [f32],
+    dout: &[f32],
     x: &[f32],
     router: &[f32],
+    experts: &[f32],
     s: &NaiveF64,
     dims: MoeDims,
 ) {
-    let MoeDims { n, d, e, .. } = dims;
-    let (x, router) = (wide(x), wide(router));
-    let (mut gx, mut gr) = (vec![0.0; n * d], vec![0.0; e * d]);
+    let (gx, gl, ge) = out_grads(dout, x, experts, s, dims);
+    add_into(dx, &gx);
+    add_into(dexperts, &ge);
+    project_rows(dx, drouter, &gl, x, router, dims);
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn naive_backward_out_logits(
+    dx: &mut [f32],
+    dlogits: &mut [f32],
+    dexperts: &mut [f32],
+    dout: &[f32],
+    x: &[f32],
+    experts: &[f32],
+    s: &NaiveF64,
+    dims: MoeDims,
+) {
+    let (gx, gl, ge) = out_grads(dout, x, experts, s, dims);
+    add_into(dx, &gx);
+    add_into(dlogits, &gl);
+    add_into(dexperts, &ge);
+}
+
+/// `dloss * d aux / d logits` [N, E] in f64.
+fn aux_grads(which: AuxLoss, dloss: f32, s: &NaiveF64, dims: MoeDims) -> Vec<f64> {
+    let MoeDims { n, e, .. } = dims;
+    let mut gl = vec![0.0; n * e];
     let (dloss, nf, tau) = (dloss as f64, n as f64, s.params.temperature as f64);
     for t in 0..n {
-        let mut dl = vec![0.0; e];
+        let dl = &mut gl[t * e..(t + 1) * e];
         let l = &s.logits[t * e..(t + 1) * e];
         let p = &s.probs[t * e..(t + 1) * e];
         match which {
@@ -364,8 +390,36 @@ pub(super) fn naive_backward_aux(
                 }
             }
         }
-        project_row(&mut gx[t * d..(t + 1) * d], &mut gr, &dl, &x[t * d..(t + 1) * d], &router, d);
     }
-    add_into(dx, &gx);
-    add_into(drouter, &gr);
+    gl
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn naive_backward_aux(
+    dx: &mut [f32],
+    drouter: &mut [f32],
+    which: AuxLoss,
+    dloss: f32,
+    x: &[f32],
+    router: &[f32],
+    s: &NaiveF64,
+    dims: MoeDims,
+) {
+    project_rows(dx, drouter, &aux_grads(which, dloss, s, dims), x, router, dims);
+}
+
+pub(super) fn naive_backward_aux_logits(dlogits: &mut [f32], which: AuxLoss, dloss: f32, s: &NaiveF64, dims: MoeDims) {
+    add_into(dlogits, &aux_grads(which, dloss, s, dims));
+}
+
+/// Backward of the router projection in f64 from an f32 `dlogits` [N, E].
+pub(super) fn naive_backward_logits(
+    dx: &mut [f32],
+    drouter: &mut [f32],
+    dlogits: &[f32],
+    x: &[f32],
+    router: &[f32],
+    dims: MoeDims,
+) {
+    project_rows(dx, drouter, &wide(dlogits), x, router, dims);
 }

@@ -162,6 +162,35 @@ fn backward_accumulates() {
     }
 }
 
+/// The split backward (out and both aux losses up to the logits, then one router projection)
+/// gives the gradients of the three separate calls, on both paths; `logits` is `x · routerᵀ`.
+#[test]
+fn split_backward_through_the_logits_equals_the_separate_calls() {
+    let c = case(97, 11, 5, 7, 41);
+    let MoeDims { n, d, e, .. } = c.dims;
+    let mut want_logits = vec![0f32; n * e];
+    let (no, yes) = (crate::gemm::Trans::No, crate::gemm::Trans::Yes);
+    crate::gemm::matmul_naive(&mut want_logits, &c.x, &c.router, n, d, e, no, yes, false);
+    for path in [MoePath::Fast, MoePath::Naive] {
+        for weighting in WEIGHTINGS {
+            let p = MoeParams { weighting, capacity_factor: Some(1.0), temperature: 0.9, ..MoeParams::default() };
+            let sep = run(&c, path, &p, true);
+            assert!(rel_norm_err(&sep.fwd.logits, &want_logits) <= 1e-6, "{path:?} {weighting:?}: logits");
+            let (mut dx, mut dr, mut de) = (vec![0.0; n * d], vec![0.0; e * d], vec![0.0; c.experts.len()]);
+            let mut dl = vec![0.0; n * e];
+            moe_backward_out_logits(&mut dx, &mut dl, &mut de, &c.r, &c.x, &c.experts, &sep.fwd.saved, c.dims);
+            moe_backward_aux_logits(&mut dl, AuxLoss::LoadBalance, A, &sep.fwd.saved, c.dims);
+            moe_backward_aux_logits(&mut dl, AuxLoss::Z, B, &sep.fwd.saved, c.dims);
+            moe_backward_logits(&mut dx, &mut dr, &dl, &c.x, &c.router, &sep.fwd.saved, c.dims);
+            for (got, want, name) in [(&dx, &sep.dx, "dx"), (&dr, &sep.drouter, "drouter"), (&de, &sep.dexperts, "dex")]
+            {
+                let err = rel_norm_err(got, want);
+                assert!(err <= 1e-6, "{path:?} {weighting:?} {name}: split vs separate rel err {err:.3e}");
+            }
+        }
+    }
+}
+
 /// `L(θ)` in f64 for finite differences, with `θ = (x, router, experts)` concatenated. With
 /// `surrogate = Some(s0)` the routed weight is `1 + score - s0` (the straight-through function
 /// whose derivative Ste and Sigmoid claim). Panics if the routing moved (FD would be invalid).

@@ -1,0 +1,227 @@
+//! Training checkpoints: `step-<N>/` with `config.json` + `model.safetensors` (a loadable
+//! model), `optimizer.safetensors` (AdamW moments) and `trainer.json` (step, data cursor,
+//! AutoClip window, breaker state). A checkpoint is written into a temporary directory, every
+//! file fsynced, then renamed into place, so a directory named `step-<N>` is always complete;
+//! the last K are kept.
+
+use crate::error::{EngineError, Result};
+use model::Qwen3;
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// File names inside a checkpoint directory.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// AdamW moments.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// Trainer state JSON.
+pub const TRAINER_FILE: &str = "trainer.json";
+
+/// Everything a checkpoint holds, detached from the trainer so another thread can write it.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Optimiser step the checkpoint was taken after.
+    pub step: u64,
+    /// config.json text.
+    pub config_json: String,
+    /// Model tensors (name, shape, f32 values), parameters and router biases.
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// AdamW first and second moments (flat) and its step counter.
+    pub adam_m: Vec<f32>,
+    /// Second moments.
+    pub adam_v: Vec<f32>,
+    /// AdamW steps taken.
+    pub adam_step: u64,
+    /// Trainer state (serialised JSON).
+    pub trainer_json: String,
+}
+
+impl Snapshot {
+    /// A snapshot of `model`, the AdamW state and the trainer's JSON state.
+    pub fn take(model: &Qwen3, opt: &autograd::optim::AdamW, step: u64, trainer_json: String) -> Self {
+        let flat = model.params.flat();
+        let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = model
+            .params
+            .entries()
+            .iter()
+            .map(|e| (e.name.clone(), e.shape.clone(), flat[e.offset..e.offset + e.numel()].to_vec()))
+            .collect();
+        for (i, b) in model.router_bias.iter().enumerate() {
+            tensors.push((model::qwen3::router_bias_name(i), vec![b.len()], b.clone()));
+        }
+        Snapshot {
+            step,
+            config_json: model.config_json(),
+            tensors,
+            adam_m: opt.m.clone(),
+            adam_v: opt.v.clone(),
+            adam_step: opt.step,
+            trainer_json,
+        }
+    }
+}
+
+/// Writes files with an optional byte budget: a test hook that behaves like a full disk
+/// (ENOSPC) once the budget is spent, leaving a partial file behind as a real full disk would.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiskBudget {
+    /// Bytes that may still be written (None: unlimited).
+    pub remaining: Option<u64>,
+}
+
+impl DiskBudget {
+    fn write(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let mut f = File::create(path).map_err(EngineError::io(path))?;
+        let allowed = self.remaining.map_or(bytes.len(), |r| (r as usize).min(bytes.len()));
+        f.write_all(&bytes[..allowed]).map_err(EngineError::io(path))?;
+        if let Some(r) = &mut self.remaining {
+            *r -= allowed as u64;
+        }
+        if allowed < bytes.len() {
+            return Err(EngineError::Io { path: path.to_path_buf(), source: std::io::Error::from_raw_os_error(28) });
+        }
+        f.sync_all().map_err(EngineError::io(path))
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the
+/// directory.
+pub fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let result = DiskBudget::default()
+        .write(&tmp, bytes)
+        .and_then(|_| fs::rename(&tmp, path).map_err(EngineError::io(path)));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(EngineError::io(dir))
+}
+
+/// Name of the checkpoint directory of `step`.
+pub fn step_dir_name(step: u64) -> String {
+    format!("step-{step:08}")
+}
+
+fn serialize(tensors: &[(&str, &[usize], &[f32])], path: &Path) -> Result<Vec<u8>> {
+    let views = tensors
+        .iter()
+        .map(|(name, shape, values)| {
+            TensorView::new(Dtype::F32, shape.to_vec(), bytemuck::cast_slice(values)).map(|v| (name.to_string(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| EngineError::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })?;
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    safetensors::tensor::serialize(views, &Some(meta))
+        .map_err(|e| EngineError::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })
+}
+
+/// Writes `snap` as `dir/step-<N>` (atomically) and removes all but the newest `keep_last`
+/// complete checkpoints. On error nothing named `step-<N>` appears and older checkpoints are
+/// untouched. Returns the new checkpoint's path.
+pub fn write_checkpoint(dir: &Path, snap: &Snapshot, keep_last: usize, budget: &mut DiskBudget) -> Result<PathBuf> {
+    fs::create_dir_all(dir).map_err(EngineError::io(dir))?;
+    let name = step_dir_name(snap.step);
+    let target = dir.join(&name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir(&tmp).map_err(EngineError::io(&tmp))?;
+    let result = (|| {
+        let model: Vec<(&str, &[usize], &[f32])> =
+            snap.tensors.iter().map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice())).collect();
+        budget.write(&tmp.join("config.json"), snap.config_json.as_bytes())?;
+        budget.write(&tmp.join(MODEL_FILE), &serialize(&model, &tmp)?)?;
+        let n = snap.adam_m.len();
+        let step = [snap.adam_step as f32];
+        let (shape, one) = ([n], [1usize]);
+        let opt: Vec<(&str, &[usize], &[f32])> =
+            vec![("m", &shape[..], &snap.adam_m[..]), ("v", &shape[..], &snap.adam_v[..]), ("step", &one[..], &step[..])];
+        budget.write(&tmp.join(OPTIMIZER_FILE), &serialize(&opt, &tmp)?)?;
+        budget.write(&tmp.join(TRAINER_FILE), snap.trainer_json.as_bytes())?;
+        sync_dir(&tmp)?;
+        if target.exists() {
+            // A rollback re-runs steps: the newer checkpoint of the same step is replaced.
+            fs::remove_dir_all(&target).map_err(EngineError::io(&target))?;
+        }
+        fs::rename(&tmp, &target).map_err(EngineError::io(&target))?;
+        sync_dir(dir)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let all = list_checkpoints(dir)?;
+    for (_, old) in all.iter().rev().skip(keep_last.max(1)) {
+        let _ = fs::remove_dir_all(old);
+    }
+    Ok(target)
+}
+
+/// Complete checkpoints in `dir`, oldest first (temporary directories are ignored).
+pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(EngineError::Io { path: dir.to_path_buf(), source: e }),
+    };
+    for e in entries {
+        let e = e.map_err(EngineError::io(dir))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) {
+            if e.path().join(TRAINER_FILE).is_file() {
+                out.push((step, e.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Removes temporary directories left by an interrupted writer.
+pub fn remove_stale_temps(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".step-") {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// A checkpoint read back.
+pub struct Loaded {
+    /// The model (f32 parameters).
+    pub model: Qwen3,
+    /// AdamW moments and step.
+    pub adam_m: Vec<f32>,
+    /// Second moments.
+    pub adam_v: Vec<f32>,
+    /// AdamW steps taken.
+    pub adam_step: u64,
+    /// trainer.json text.
+    pub trainer_json: String,
+}
+
+/// Reads checkpoint directory `path`.
+pub fn read_checkpoint(path: &Path) -> Result<Loaded> {
+    let model = Qwen3::load(path)?;
+    let opt_path = path.join(OPTIMIZER_FILE);
+    let ck = model::safetensors_io::Checkpoint::open(&opt_path)?;
+    let (m, v) = (ck.read_f32("m")?, ck.read_f32("v")?);
+    let step = ck.read_f32("step")?;
+    if m.len() != model.params.numel() || v.len() != m.len() || step.len() != 1 {
+        return Err(EngineError::Checkpoint {
+            path: opt_path,
+            msg: format!("moments of {} / {} elements for a model of {}", m.len(), v.len(), model.params.numel()),
+        });
+    }
+    let trainer_json = fs::read_to_string(path.join(TRAINER_FILE)).map_err(EngineError::io(path.join(TRAINER_FILE)))?;
+    Ok(Loaded { model, adam_m: m, adam_v: v, adam_step: step[0] as u64, trainer_json })
+}

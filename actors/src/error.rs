@@ -1,0 +1,66 @@
+//! Typed errors of the training engine.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while running a phase.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A model-level failure (loading, shapes, forward).
+    #[error(transparent)]
+    Model(#[from] model::ModelError),
+    /// A data-level failure (world, tokenizer, pack, sampler).
+    #[error(transparent)]
+    Data(#[from] data::error::DataError),
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A phase or run configuration is invalid.
+    #[error("config {what}: {msg}")]
+    Config {
+        /// Which setting or file.
+        what: String,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// A checkpoint is missing, incomplete or does not fit the run.
+    #[error("checkpoint {path}: {msg}")]
+    Checkpoint {
+        /// The checkpoint directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// An actor stopped and could not be restarted, or a message was lost.
+    #[error("actor {actor}: {msg}")]
+    Actor {
+        /// Which actor.
+        actor: &'static str,
+        /// What happened.
+        msg: String,
+    },
+    /// Training diverged beyond what the guards handle.
+    #[error("training: {0}")]
+    Training(String),
+}
+
+/// Result with [`EngineError`].
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+impl EngineError {
+    /// A config error.
+    pub fn config(what: impl Into<String>, msg: impl Into<String>) -> Self {
+        EngineError::Config { what: what.into(), msg: msg.into() }
+    }
+
+    /// An IO error for `path`.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| EngineError::Io { path, source }
+    }
+}

@@ -1,0 +1,297 @@
+//! Phase configuration: one JSON file per phase in configs/phases/ holding the seed plan's
+//! values, plus per-preset overrides (token budgets, learning rates and windows scaled to the
+//! model) merged on top.
+
+use crate::breakers::BreakerConfig;
+use crate::error::{EngineError, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What a phase trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseKind {
+    /// Next-token pretraining of the dense base from scratch.
+    Base,
+    /// Knowledge distillation from the dense teacher (P0).
+    Distill,
+    /// Continued pretraining (P1).
+    Cpt,
+}
+
+/// Cosine learning rate with linear warmup.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LrConfig {
+    /// Peak learning rate (after warmup).
+    pub max: f32,
+    /// Final learning rate (end of the cosine).
+    pub min: f32,
+    /// Fraction of the steps spent warming up (the seed plan says 3-5%).
+    pub warmup_frac: f32,
+}
+
+/// AutoClip: clip the gradient norm at a percentile of the recent norms.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoClipConfig {
+    /// Percentile of the window used as the clip threshold (10 in the seed plan).
+    pub percentile: f32,
+    /// Gradient norms remembered.
+    pub window: usize,
+}
+
+/// Domain mixing over the phase.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixConfig {
+    /// Domain weights of mixed batches.
+    pub weights: BTreeMap<String, f64>,
+    /// Fraction of the phase (from its start) whose batches are domain-biased: every batch is
+    /// drawn from one domain, picked with `weights`.
+    #[serde(default)]
+    pub biased_frac: f64,
+}
+
+/// Router settings and schedules (MoE phases).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSchedule {
+    /// Load-balance coefficient at the start and the end of the phase (linear).
+    pub lb: [f32; 2],
+    /// Router softmax temperature at the start and the end (linear).
+    pub temperature: [f32; 2],
+    /// z-loss coefficient.
+    pub z: f32,
+    /// Capacity factor in training.
+    pub capacity: f32,
+    /// Expert dropout probability.
+    #[serde(default)]
+    pub expert_dropout: f32,
+    /// Router noise std.
+    #[serde(default)]
+    pub noise: f32,
+}
+
+/// Distillation settings (P0).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillConfig {
+    /// Softmax temperature of the KL.
+    pub tau: f32,
+    /// Weight of the KL term.
+    pub kl_coef: f32,
+    /// Weight of the next-token cross-entropy.
+    #[serde(default)]
+    pub ce_coef: f32,
+    /// Weight of the last-hidden L2 (at most 0.1).
+    #[serde(default)]
+    pub hidden_l2: f32,
+}
+
+/// Periodic evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSchedule {
+    /// Evaluate every this many optimiser steps (0: only at the end).
+    pub every: u64,
+    /// Dev sequences per domain in a periodic evaluation.
+    pub dev_seqs: usize,
+    /// MCQ items per set in a periodic evaluation.
+    pub mcq_items: usize,
+    /// MCQ items per set in the final evaluation (0: all).
+    #[serde(default)]
+    pub final_mcq_items: usize,
+    /// Dev sequences per domain in the final evaluation.
+    #[serde(default)]
+    pub final_dev_seqs: usize,
+}
+
+/// One phase, resolved for a preset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseConfig {
+    /// Phase name (`base`, `p0`, `p1`).
+    pub phase: String,
+    /// What it trains.
+    pub kind: PhaseKind,
+    /// Token budget of the phase.
+    pub tokens: u64,
+    /// Tokens per optimiser step (gradient accumulation reaches it).
+    pub tokens_per_step: u64,
+    /// Sequences per micro-batch.
+    pub micro_batch: usize,
+    /// Tokens per sequence (the pack's sequence length must match).
+    pub seq_len: usize,
+    /// Learning-rate schedule.
+    pub lr: LrConfig,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f32,
+    /// AdamW betas.
+    pub betas: [f32; 2],
+    /// Gradient clipping.
+    pub autoclip: AutoClipConfig,
+    /// Domain mixing.
+    pub mix: MixConfig,
+    /// Router settings (MoE phases).
+    #[serde(default)]
+    pub router: Option<RouterSchedule>,
+    /// Distillation settings (P0).
+    #[serde(default)]
+    pub distill: Option<DistillConfig>,
+    /// Evaluation schedule.
+    pub eval: EvalSchedule,
+    /// Checkpoint every this many optimiser steps.
+    pub checkpoint_every: u64,
+    /// Complete checkpoints kept.
+    pub keep_last: usize,
+    /// Circuit breakers.
+    #[serde(default)]
+    pub breakers: BreakerConfig,
+    /// Non-finite steps in a row that end the phase with an error.
+    #[serde(default = "default_nonfinite_limit")]
+    pub nonfinite_limit: u32,
+    /// Seed of data order and routing randomness.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_nonfinite_limit() -> u32 {
+    8
+}
+
+/// The embedded phase files.
+pub const EMBEDDED: &[(&str, &str)] = &[
+    ("base", include_str!("../../configs/phases/base.json")),
+    ("p0", include_str!("../../configs/phases/p0.json")),
+    ("p1", include_str!("../../configs/phases/p1.json")),
+];
+
+/// Merges `patch` into `base` (objects recursively, everything else replaced).
+fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (base, patch) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
+impl PhaseConfig {
+    /// Parses a phase file and resolves it for `preset` (its `presets.<preset>` object is merged
+    /// over the seed-plan values; a file without that preset is used as it is).
+    pub fn parse(text: &str, source: &str, preset: &str) -> Result<Self> {
+        let mut v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| EngineError::config(source, format!("not JSON: {e}")))?;
+        let presets = v.as_object_mut().and_then(|o| o.remove("presets"));
+        let _ = v.as_object_mut().and_then(|o| o.remove("comment"));
+        if let Some(p) = presets.as_ref().and_then(|p| p.get(preset)) {
+            merge(&mut v, p);
+        }
+        let c: PhaseConfig = serde_json::from_value(v).map_err(|e| EngineError::config(source, e.to_string()))?;
+        c.validate(source)?;
+        Ok(c)
+    }
+
+    /// The embedded config of `phase` for `preset`.
+    pub fn embedded(phase: &str, preset: &str) -> Result<Self> {
+        let (_, text) = EMBEDDED.iter().find(|(n, _)| *n == phase).ok_or_else(|| {
+            EngineError::config("phase", format!("unknown phase `{phase}` (known: base, p0, p1)"))
+        })?;
+        Self::parse(text, &format!("configs/phases/{phase}.json"), preset)
+    }
+
+    fn validate(&self, source: &str) -> Result<()> {
+        let bad = |msg: String| Err(EngineError::config(source, msg));
+        if self.micro_batch == 0 || self.seq_len < 2 {
+            return bad(format!("micro_batch {} and seq_len {} must be positive", self.micro_batch, self.seq_len));
+        }
+        if self.tokens_per_step < self.micro_tokens() {
+            return bad(format!("tokens_per_step {} is below one micro-batch ({})", self.tokens_per_step, self.micro_tokens()));
+        }
+        if self.tokens < self.tokens_per_step {
+            return bad(format!("tokens {} is below one step ({})", self.tokens, self.tokens_per_step));
+        }
+        let lr = &self.lr;
+        if !(lr.max > 0.0 && lr.min >= 0.0 && lr.min <= lr.max && (0.0..1.0).contains(&lr.warmup_frac)) {
+            return bad(format!("lr {lr:?}: need 0 <= min <= max, 0 < max, 0 <= warmup_frac < 1"));
+        }
+        if !(0.0..=100.0).contains(&self.autoclip.percentile) || self.autoclip.window == 0 {
+            return bad(format!("autoclip {:?}", self.autoclip));
+        }
+        if self.mix.weights.is_empty() || self.mix.weights.values().any(|w| !(w.is_finite() && *w >= 0.0)) {
+            return bad(format!("mix weights {:?}", self.mix.weights));
+        }
+        if let Some(d) = &self.distill {
+            if !(d.tau > 0.0 && d.kl_coef >= 0.0 && d.ce_coef >= 0.0 && (0.0..=0.1).contains(&d.hidden_l2)) {
+                return bad(format!("distill {d:?}: tau > 0, coefficients >= 0, hidden_l2 <= 0.1"));
+            }
+        }
+        if (self.kind == PhaseKind::Distill) != self.distill.is_some() {
+            return bad("a distill phase needs a `distill` section (and only it)".into());
+        }
+        if self.checkpoint_every == 0 || self.keep_last == 0 {
+            return bad("checkpoint_every and keep_last must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Tokens in one micro-batch.
+    pub fn micro_tokens(&self) -> u64 {
+        (self.micro_batch * self.seq_len) as u64
+    }
+
+    /// Micro-batches per optimiser step.
+    pub fn accumulation(&self) -> u64 {
+        self.tokens_per_step.div_ceil(self.micro_tokens())
+    }
+
+    /// Optimiser steps of the phase.
+    pub fn total_steps(&self) -> u64 {
+        (self.tokens / (self.accumulation() * self.micro_tokens())).max(1)
+    }
+
+    /// SHA-256 (hex) of the resolved config: part of the stage manifest.
+    pub fn hash(&self) -> String {
+        crate::manifest::sha256_hex(serde_json::to_string(self).unwrap_or_default().as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_phases_resolve_for_tiny() {
+        for (name, _) in EMBEDDED {
+            let c = PhaseConfig::embedded(name, "tiny").unwrap();
+            assert_eq!(&c.phase, name);
+            assert!(c.total_steps() >= 10, "{name}: {} steps", c.total_steps());
+            let seed = PhaseConfig::embedded(name, "seed-plan").unwrap();
+            assert!(seed.tokens > c.tokens * 1000, "{name}: seed plan budget {} vs tiny {}", seed.tokens, c.tokens);
+        }
+        let p1 = PhaseConfig::embedded("p1", "tiny").unwrap();
+        assert_eq!(p1.router.as_ref().unwrap().lb, [0.015, 0.01]);
+        assert_eq!(p1.router.as_ref().unwrap().temperature, [0.9, 0.6]);
+        assert!((p1.mix.biased_frac - 1.0 / 3.0).abs() < 0.01);
+        let p0 = PhaseConfig::embedded("p0", "tiny").unwrap();
+        assert_eq!(p0.distill.as_ref().unwrap().tau, 1.0);
+        assert_eq!(p0.router.as_ref().unwrap().capacity, 1.25);
+    }
+
+    #[test]
+    fn bad_configs_are_clear_errors() {
+        let base = include_str!("../../configs/phases/p1.json");
+        let mut v: serde_json::Value = serde_json::from_str(base).unwrap();
+        v["lr"]["max"] = serde_json::json!(-1.0);
+        let e = PhaseConfig::parse(&v.to_string(), "x.json", "seed-plan").unwrap_err().to_string();
+        assert!(e.contains("x.json") && e.contains("lr"), "{e}");
+        let e = PhaseConfig::parse("{", "y.json", "tiny").unwrap_err().to_string();
+        assert!(e.contains("y.json") && e.contains("not JSON"), "{e}");
+        let e = PhaseConfig::parse(r#"{"phase": "p9"}"#, "z.json", "tiny").unwrap_err().to_string();
+        assert!(e.contains("z.json") && e.contains("missing field"), "{e}");
+        assert!(PhaseConfig::embedded("p7", "tiny").is_err());
+    }
+}

@@ -1,0 +1,514 @@
+//! The actix side of a phase: a Supervisor-managed DataLoader (prefetching, restarted without
+//! losing or repeating a batch), the Trainer on its own thread, an asynchronous Checkpointer,
+//! the Evaluator and Metrics. [`run_phase`] wires them and returns the phase's summary.
+
+use crate::batches::{BatchStream, LoaderCursor};
+use crate::checkpoint::{self, DiskBudget, Snapshot};
+use crate::error::{EngineError, Result};
+use crate::evaluator::{EvalInputs, EvalRecord};
+use crate::metrics::MetricsSink;
+use crate::trainer::{LoggedAction, StepRecord, Trainer};
+use actix::prelude::*;
+use data::pack::PackedBatch;
+use futures::executor::block_on;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Test hooks injecting failures (all off by default).
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// The DataLoader fails (stops itself) when asked for this micro-batch index, once.
+    pub loader_fail_at: Option<u64>,
+    /// The checkpointer behaves like a full disk after this many bytes.
+    pub disk_budget: Option<u64>,
+    /// Stop (as if killed) after this many optimiser steps of this process.
+    pub stop_after_steps: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// DataLoader
+
+/// Asks for micro-batch `cursor.index`.
+#[derive(Message)]
+#[rtype(result = "std::result::Result<(PackedBatch, LoaderCursor), String>")]
+pub struct Fetch(pub LoaderCursor);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Prefetch(LoaderCursor);
+
+/// Prefetches the next micro-batch after each one it serves.
+pub struct DataLoader {
+    stream: BatchStream,
+    ready: Option<(LoaderCursor, PackedBatch, LoaderCursor)>,
+    fail_at: Option<u64>,
+    restarts: Arc<AtomicU64>,
+}
+
+impl Actor for DataLoader {
+    type Context = Context<Self>;
+}
+
+impl Supervised for DataLoader {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // A restarted loader starts from the cursor of the next request: nothing it prefetched
+        // survives, so nothing can be served twice or skipped.
+        self.ready = None;
+        self.restarts.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Handler<Fetch> for DataLoader {
+    type Result = std::result::Result<(PackedBatch, LoaderCursor), String>;
+
+    fn handle(&mut self, Fetch(cursor): Fetch, ctx: &mut Context<Self>) -> Self::Result {
+        if self.fail_at == Some(cursor.index) && self.restarts.load(Ordering::SeqCst) == 0 {
+            ctx.stop();
+            return Err(format!("injected DataLoader failure at micro-batch {}", cursor.index));
+        }
+        let (batch, next) = match self.ready.take() {
+            Some((at, b, next)) if at == cursor => (b, next),
+            _ => self.stream.next(&cursor).map_err(|e| e.to_string())?,
+        };
+        ctx.notify(Prefetch(next.clone()));
+        Ok((batch, next))
+    }
+}
+
+impl Handler<Prefetch> for DataLoader {
+    type Result = ();
+
+    fn handle(&mut self, Prefetch(cursor): Prefetch, _: &mut Context<Self>) {
+        if let Ok((b, next)) = self.stream.next(&cursor) {
+            self.ready = Some((cursor, b, next));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpointer
+
+/// Writes a snapshot.
+#[derive(Message)]
+#[rtype(result = "Result<PathBuf>")]
+pub struct Save(pub Snapshot);
+
+/// Writes checkpoints on its own thread.
+pub struct Checkpointer {
+    dir: PathBuf,
+    keep_last: usize,
+    budget: DiskBudget,
+}
+
+impl Actor for Checkpointer {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<Save> for Checkpointer {
+    type Result = Result<PathBuf>;
+
+    fn handle(&mut self, Save(snap): Save, _: &mut SyncContext<Self>) -> Result<PathBuf> {
+        checkpoint::write_checkpoint(&self.dir, &snap, self.keep_last, &mut self.budget)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluator
+
+/// Evaluates a model snapshot.
+#[derive(Message)]
+#[rtype(result = "Result<EvalRecord>")]
+pub struct Evaluate {
+    /// The model.
+    pub model: Arc<model::Qwen3>,
+    /// Step it was taken at.
+    pub step: u64,
+    /// Final evaluation (full sizes).
+    pub last: bool,
+}
+
+/// Runs evaluations on its own thread.
+pub struct Evaluator {
+    inputs: Arc<EvalInputs>,
+}
+
+impl Actor for Evaluator {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<Evaluate> for Evaluator {
+    type Result = Result<EvalRecord>;
+
+    fn handle(&mut self, m: Evaluate, _: &mut SyncContext<Self>) -> Result<EvalRecord> {
+        self.inputs.evaluate(&m.model, m.step, m.last)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+
+/// Something to log.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum Log {
+    /// A finished optimiser step.
+    Step(StepRecord, f64),
+    /// An evaluation.
+    Eval(EvalRecord),
+    /// A breaker action.
+    Action(LoggedAction),
+    /// A checkpoint was written.
+    Checkpoint(u64, String),
+    /// A free-form event.
+    Event(&'static str, u64, serde_json::Value),
+}
+
+/// Flushes and reports the first write error, if any.
+#[derive(Message)]
+#[rtype(result = "Option<String>")]
+pub struct Finish;
+
+/// JSONL + TensorBoard + progress bar.
+pub struct Metrics {
+    sink: MetricsSink,
+    bar: indicatif::ProgressBar,
+    error: Option<String>,
+}
+
+impl Actor for Metrics {
+    type Context = Context<Self>;
+}
+
+impl Metrics {
+    fn keep(&mut self, r: std::result::Result<(), crate::metrics::MetricsError>) {
+        if let (Err(e), None) = (r, &self.error) {
+            self.error = Some(e.to_string());
+        }
+    }
+}
+
+impl Handler<Log> for Metrics {
+    type Result = ();
+
+    fn handle(&mut self, m: Log, _: &mut Context<Self>) {
+        match m {
+            Log::Step(r, tokens_per_s) => {
+                self.bar.set_position(r.step);
+                self.bar.set_message(format!("loss {:.3} lr {:.2e} {:.0} tok/s", r.loss, r.lr, tokens_per_s));
+                let fields = [
+                    ("loss", r.loss as f64),
+                    ("ce", r.ce as f64),
+                    ("kl", r.kl as f64),
+                    ("lb", r.lb as f64),
+                    ("z", r.z as f64),
+                    ("grad_norm", r.grad_norm as f64),
+                    ("clip", r.clip as f64),
+                    ("lr", r.lr as f64),
+                    ("tokens", r.tokens as f64),
+                    ("temperature", r.temperature as f64),
+                    ("applied", r.applied as u8 as f64),
+                    ("tokens_per_s", tokens_per_s),
+                ];
+                let r = self.sink.train(r.step, crate::metrics::tensorboard::now_wall_time(), &fields);
+                self.keep(r);
+            }
+            Log::Eval(e) => {
+                let step = e.step;
+                let msg = e.one_line();
+                self.bar.println(format!("eval @ {step}: {msg}"));
+                let mut v = serde_json::to_value(&e).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("step"); // the line's own `step` field says it
+                }
+                let r = self.sink.record("eval_report", step, v);
+                self.keep(r);
+                let scalars = e.scalars();
+                let fields: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+                let r = self.sink.scalars("eval", step, crate::metrics::tensorboard::now_wall_time(), &fields);
+                self.keep(r);
+            }
+            Log::Action(a) => {
+                self.bar.println(format!("breaker {:?}: {}", a.action.breaker, a.action.reason));
+                let r = self.sink.record("breaker", a.action.step, serde_json::to_value(&a).unwrap_or_default());
+                self.keep(r);
+            }
+            Log::Checkpoint(step, path) => {
+                let r = self.sink.record("checkpoint", step, serde_json::json!({ "path": path }));
+                self.keep(r);
+            }
+            Log::Event(kind, step, v) => {
+                let r = self.sink.record(kind, step, v);
+                self.keep(r);
+            }
+        }
+    }
+}
+
+impl Handler<Finish> for Metrics {
+    type Result = Option<String>;
+
+    fn handle(&mut self, _: Finish, _: &mut Context<Self>) -> Option<String> {
+        self.bar.finish_and_clear();
+        let r = self.sink.flush();
+        self.keep(r);
+        self.error.take()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trainer
+
+/// What the phase produced.
+#[derive(Clone, Debug)]
+pub struct PhaseOutcome {
+    /// The trained model (after the last step).
+    pub model: model::Qwen3,
+    /// Trainer state at the end.
+    pub state: crate::trainer::TrainerState,
+    /// Final evaluation.
+    pub final_eval: Option<EvalRecord>,
+    /// Every evaluation of this process.
+    pub evals: Vec<EvalRecord>,
+    /// DataLoader restarts seen.
+    pub loader_restarts: u64,
+    /// Micro-batch sequence numbers in the order trained (this process).
+    pub trained_sequences: Vec<u64>,
+    /// Newest checkpoint.
+    pub last_checkpoint: Option<PathBuf>,
+    /// False when the run stopped early (fault injection).
+    pub completed: bool,
+}
+
+/// Runs the loop.
+#[derive(Message)]
+#[rtype(result = "Result<PhaseOutcome>")]
+struct Run {
+    loader: Addr<DataLoader>,
+    ckpt: Addr<Checkpointer>,
+    eval: Option<Addr<Evaluator>>,
+    metrics: Addr<Metrics>,
+}
+
+/// Owns the [`Trainer`] on its own thread.
+pub struct TrainerActor {
+    trainer: Option<Trainer>,
+    ckpt_dir: PathBuf,
+    faults: Faults,
+}
+
+impl Actor for TrainerActor {
+    type Context = SyncContext<Self>;
+}
+
+/// Asks the loader for a micro-batch; while it is being restarted the request is retried.
+fn fetch(loader: &Addr<DataLoader>, cursor: &LoaderCursor, metrics: &Addr<Metrics>) -> Result<(PackedBatch, LoaderCursor)> {
+    let mut last = String::new();
+    for attempt in 0..50 {
+        let err = match block_on(loader.send(Fetch(cursor.clone()))) {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e,
+            Err(e) => e.to_string(),
+        };
+        metrics.do_send(Log::Event(
+            "loader_retry",
+            cursor.index,
+            serde_json::json!({ "micro_batch": cursor.index, "attempt": attempt + 1, "error": err }),
+        ));
+        last = err;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(EngineError::Actor { actor: "DataLoader", msg: format!("no batch after 50 attempts: {last}") })
+}
+
+impl Handler<Run> for TrainerActor {
+    type Result = Result<PhaseOutcome>;
+
+    fn handle(&mut self, m: Run, _: &mut SyncContext<Self>) -> Result<PhaseOutcome> {
+        let mut t = self.trainer.take().ok_or_else(|| EngineError::Actor { actor: "Trainer", msg: "ran twice".into() })?;
+        let accumulation = t.config.accumulation();
+        let mut pending: Option<Request<Checkpointer, Save>> = None;
+        let mut last_checkpoint = checkpoint::list_checkpoints(&self.ckpt_dir)?.last().map(|(_, p)| p.clone());
+        let mut evals = Vec::new();
+        let mut trained_sequences = Vec::new();
+        let mut steps_here = 0u64;
+        let wait_save = |pending: &mut Option<Request<Checkpointer, Save>>,
+                         last: &mut Option<PathBuf>,
+                         metrics: &Addr<Metrics>|
+         -> Result<()> {
+            if let Some(req) = pending.take() {
+                let path = block_on(req).map_err(|e| EngineError::Actor { actor: "Checkpointer", msg: e.to_string() })??;
+                let step = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-")).and_then(|s| s.parse().ok()).unwrap_or(0);
+                metrics.do_send(Log::Checkpoint(step, path.display().to_string()));
+                *last = Some(path);
+            }
+            Ok(())
+        };
+        while !t.done() {
+            if self.faults.stop_after_steps == Some(steps_here) {
+                wait_save(&mut pending, &mut last_checkpoint, &m.metrics)?;
+                return Ok(PhaseOutcome {
+                    model: t.model,
+                    state: t.state,
+                    final_eval: None,
+                    evals,
+                    loader_restarts: 0,
+                    trained_sequences,
+                    last_checkpoint,
+                    completed: false,
+                });
+            }
+            let started = Instant::now();
+            let mut micro = Vec::with_capacity(accumulation as usize);
+            let mut cursor = t.state.cursor.clone();
+            for _ in 0..accumulation {
+                let (b, next) = fetch(&m.loader, &cursor, &m.metrics)?;
+                trained_sequences.extend_from_slice(&b.sequences);
+                micro.push(b);
+                cursor = next;
+            }
+            let (rec, actions) = t.step(&micro, cursor)?;
+            steps_here += 1;
+            let tps = rec.tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            m.metrics.do_send(Log::Step(rec.clone(), tps));
+            let mut rollback = false;
+            for a in actions {
+                rollback |= a.rollback;
+                let logged = LoggedAction { action: a, checkpoint: last_checkpoint.as_ref().map(|p| p.display().to_string()) };
+                t.state.actions.push(logged.clone());
+                m.metrics.do_send(Log::Action(logged));
+            }
+            let step = t.state.step;
+            let eval_due = t.config.eval.every > 0 && step % t.config.eval.every == 0 && !t.done();
+            if let (true, Some(ev)) = (eval_due, &m.eval) {
+                let rec = block_on(ev.send(Evaluate { model: Arc::new(t.model.clone()), step, last: false }))
+                    .map_err(|e| EngineError::Actor { actor: "Evaluator", msg: e.to_string() })??;
+                for a in t.state.breakers.observe_eval(step, rec.medical_ppl(), &t.state.knobs) {
+                    rollback |= a.rollback;
+                    a.apply(&mut t.state.knobs);
+                    let logged = LoggedAction { action: a, checkpoint: last_checkpoint.as_ref().map(|p| p.display().to_string()) };
+                    t.state.actions.push(logged.clone());
+                    m.metrics.do_send(Log::Action(logged));
+                }
+                m.metrics.do_send(Log::Eval(rec.clone()));
+                evals.push(rec);
+            }
+            if rollback {
+                wait_save(&mut pending, &mut last_checkpoint, &m.metrics)?;
+                if let Some(path) = &last_checkpoint {
+                    // Roll back to the newest complete checkpoint, keeping the breakers' memory
+                    // and knobs (so the halved LR stays halved).
+                    let keep = (t.state.breakers.clone(), t.state.knobs.clone(), t.state.actions.clone());
+                    t.restore(checkpoint::read_checkpoint(path)?)?;
+                    (t.state.breakers, t.state.knobs, t.state.actions) = keep;
+                    m.metrics.do_send(Log::Event("rollback", t.state.step, serde_json::json!({ "to": path.display().to_string() })));
+                }
+            }
+            if step % t.config.checkpoint_every == 0 || t.done() {
+                wait_save(&mut pending, &mut last_checkpoint, &m.metrics)?;
+                let snap = Snapshot::take(&t.model, &t.opt, t.state.step, t.state_json());
+                pending = Some(m.ckpt.send(Save(snap)));
+            }
+        }
+        wait_save(&mut pending, &mut last_checkpoint, &m.metrics)?;
+        let mut final_eval = None;
+        if let Some(ev) = &m.eval {
+            let rec = block_on(ev.send(Evaluate { model: Arc::new(t.model.clone()), step: t.state.step, last: true }))
+                .map_err(|e| EngineError::Actor { actor: "Evaluator", msg: e.to_string() })??;
+            m.metrics.do_send(Log::Eval(rec.clone()));
+            final_eval = Some(rec);
+        }
+        Ok(PhaseOutcome {
+            model: t.model,
+            state: t.state,
+            final_eval,
+            evals,
+            loader_restarts: 0,
+            trained_sequences,
+            last_checkpoint,
+            completed: true,
+        })
+    }
+}
+
+/// Everything a phase needs.
+pub struct PhaseRun {
+    /// Trainer at its start (or restored from a checkpoint).
+    pub trainer: Trainer,
+    /// The batch stream.
+    pub stream: BatchStream,
+    /// Checkpoint directory.
+    pub ckpt_dir: PathBuf,
+    /// Metrics directory.
+    pub metrics_dir: PathBuf,
+    /// Evaluation inputs (None: no evaluation).
+    pub eval: Option<Arc<EvalInputs>>,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Fault injection.
+    pub faults: Faults,
+}
+
+/// Runs a phase under an actix System: the Supervisor (actix's) restarts the DataLoader when it
+/// fails; the Trainer, Checkpointer and Evaluator run on their own threads.
+pub fn run_phase(run: PhaseRun) -> Result<PhaseOutcome> {
+    let PhaseRun { trainer, stream, ckpt_dir, metrics_dir, eval, progress, faults } = run;
+    checkpoint::remove_stale_temps(&ckpt_dir);
+    let resume_step = (trainer.state.step > 0).then_some(trainer.state.step);
+    let sink = MetricsSink::create(&metrics_dir, resume_step)
+        .map_err(|e| EngineError::Actor { actor: "Metrics", msg: e.to_string() })?;
+    let total = trainer.total_steps();
+    let keep_last = trainer.config.keep_last;
+    let phase = trainer.config.phase.clone();
+    let start_step = trainer.state.step;
+    let restarts = Arc::new(AtomicU64::new(0));
+    let restarts_seen = restarts.clone();
+    let sys = System::new();
+    let result = sys.block_on(async move {
+        let bar = if progress {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} steps {elapsed} (eta {eta}) {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            b.set_prefix(phase);
+            b.set_position(start_step);
+            b
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let metrics = Metrics { sink, bar, error: None }.start();
+        let r = restarts.clone();
+        let fail_at = faults.loader_fail_at;
+        let loader = actix::Supervisor::start(move |_| DataLoader { stream, ready: None, fail_at, restarts: r });
+        let budget = DiskBudget { remaining: faults.disk_budget };
+        let dir = ckpt_dir.clone();
+        let ckpt = SyncArbiter::start(1, move || Checkpointer { dir: dir.clone(), keep_last, budget });
+        let eval = eval.map(|inputs| SyncArbiter::start(1, move || Evaluator { inputs: inputs.clone() }));
+        let cell = std::sync::Mutex::new(Some(trainer));
+        let trainer_addr = SyncArbiter::start(1, move || TrainerActor {
+            trainer: cell.lock().ok().and_then(|mut c| c.take()),
+            ckpt_dir: ckpt_dir.clone(),
+            faults: faults.clone(),
+        });
+        let out = trainer_addr
+            .send(Run { loader, ckpt, eval, metrics: metrics.clone() })
+            .await
+            .map_err(|e| EngineError::Actor { actor: "Trainer", msg: e.to_string() })
+            .and_then(|r| r);
+        let metrics_error = metrics.send(Finish).await.ok().flatten();
+        System::current().stop();
+        match (out, metrics_error) {
+            (Ok(o), Some(e)) => {
+                let _ = o;
+                Err(EngineError::Actor { actor: "Metrics", msg: e })
+            }
+            (o, _) => o,
+        }
+    });
+    let mut outcome = result?;
+    outcome.loader_restarts = restarts_seen.load(Ordering::SeqCst);
+    Ok(outcome)
+}

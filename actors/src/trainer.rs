@@ -1,0 +1,386 @@
+//! The training loop's step, free of threads: gradient accumulation over micro-batches,
+//! AutoClip, the non-finite guard, the LR and router schedules, breaker observations.
+//! The Trainer actor drives it; tests drive it directly (resume must be bitwise identical).
+
+use crate::autoclip::{clip_scale, AutoClip};
+use crate::batches::LoaderCursor;
+use crate::breakers::{BreakerAction, Breakers, RouterKnobs};
+use crate::error::{EngineError, Result};
+use crate::phase::{PhaseConfig, PhaseKind};
+use crate::schedule::{linear, lr_at};
+use autograd::optim::AdamW;
+use autograd::Tape;
+use data::pack::PackedBatch;
+use kernels_cpu::adamw::AdamWConfig;
+use kernels_cpu::moe::RouterStats;
+use model::distill::{distill_loss, teacher_hidden, DistillOptions};
+use model::qwen3::RunOptions;
+use model::Qwen3;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A breaker action as logged: the action plus the checkpoint it can roll back to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoggedAction {
+    /// The action.
+    pub action: BreakerAction,
+    /// Newest complete checkpoint when it fired.
+    pub checkpoint: Option<String>,
+}
+
+/// Router statistics of one MoE layer over a step (serialisable form of [`RouterStats`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerRouter {
+    /// Share of tokens per expert.
+    pub share: Vec<f32>,
+    /// Mean routing entropy (nats).
+    pub entropy: f32,
+    /// Entropy of the share (nats; ln E when balanced).
+    pub load_entropy: f32,
+    /// Fraction of tokens over capacity.
+    pub overflow_frac: f32,
+    /// Fraction of tokens without their routed expert (capacity or dropout).
+    pub dropped_frac: f32,
+}
+
+impl From<&RouterStats> for LayerRouter {
+    fn from(r: &RouterStats) -> Self {
+        LayerRouter {
+            share: r.share.clone(),
+            entropy: r.entropy,
+            load_entropy: r.load_entropy,
+            overflow_frac: r.overflow_frac,
+            dropped_frac: r.dropped_frac,
+        }
+    }
+}
+
+/// What one optimiser step measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Step number (1-based: steps done after it).
+    pub step: u64,
+    /// Objective (mean over the step's tokens).
+    pub loss: f32,
+    /// Cross-entropy part.
+    pub ce: f32,
+    /// KL part (distillation).
+    pub kl: f32,
+    /// Load-balance loss (mean over MoE layers).
+    pub lb: f32,
+    /// z-loss.
+    pub z: f32,
+    /// Gradient norm before clipping.
+    pub grad_norm: f32,
+    /// AutoClip threshold.
+    pub clip: f32,
+    /// Learning rate used.
+    pub lr: f32,
+    /// Tokens that counted.
+    pub tokens: u64,
+    /// False when the step was skipped (non-finite loss or gradient).
+    pub applied: bool,
+    /// Router temperature used.
+    pub temperature: f32,
+}
+
+/// The serialisable state of the loop (trainer.json).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Phase name.
+    pub phase: String,
+    /// Optimiser steps done.
+    pub step: u64,
+    /// Tokens consumed (counted targets).
+    pub tokens: u64,
+    /// Data cursor after the last consumed micro-batch.
+    pub cursor: LoaderCursor,
+    /// Gradient-norm window.
+    pub autoclip: AutoClip,
+    /// Breaker state.
+    pub breakers: Breakers,
+    /// Router and LR knobs as the breakers left them.
+    pub knobs: RouterKnobs,
+    /// Knobs at the start of the phase (schedules move relative to them).
+    pub base_knobs: RouterKnobs,
+    /// Steps skipped because the loss or gradient was not finite.
+    pub nonfinite_skipped: u64,
+    /// Consecutive skipped steps.
+    pub nonfinite_streak: u32,
+    /// Every breaker action so far.
+    pub actions: Vec<LoggedAction>,
+    /// The last step's record.
+    pub last: Option<StepRecord>,
+    /// Router statistics per MoE layer of the last step.
+    pub router: Vec<LayerRouter>,
+}
+
+/// Model, teacher, optimiser and state of a running phase.
+pub struct Trainer {
+    /// Resolved phase config.
+    pub config: PhaseConfig,
+    /// The model being trained.
+    pub model: Qwen3,
+    /// Distillation teacher (P0).
+    pub teacher: Option<Arc<Qwen3>>,
+    /// AdamW.
+    pub opt: AdamW,
+    /// Loop state.
+    pub state: TrainerState,
+}
+
+/// Knobs of a phase at its start.
+pub fn initial_knobs(c: &PhaseConfig) -> RouterKnobs {
+    let r = c.router.as_ref();
+    RouterKnobs {
+        capacity_factor: r.map_or(1.0, |r| r.capacity),
+        temperature: r.map_or(1.0, |r| r.temperature[0]),
+        lb_coef: r.map_or(0.0, |r| r.lb[0]),
+        router_noise: r.map_or(0.0, |r| r.noise),
+        lr_scale: 1.0,
+    }
+}
+
+/// One micro-batch's contribution.
+struct MicroOut {
+    loss: f32,
+    ce: f32,
+    kl: f32,
+    lb: f32,
+    z: f32,
+    count: usize,
+    grads: Vec<f32>,
+    router: Vec<RouterStats>,
+}
+
+/// Counts-weighted mean of router statistics over micro-batches (per layer).
+fn merge_router(parts: &[(usize, Vec<RouterStats>)]) -> Vec<RouterStats> {
+    let Some((_, first)) = parts.first() else { return Vec::new() };
+    let total: usize = parts.iter().map(|(n, _)| n).sum::<usize>().max(1);
+    (0..first.len())
+        .map(|l| {
+            let e = first[l].counts.len();
+            let mut s = RouterStats { counts: vec![0; e], share: vec![0.0; e], ..first[l].clone() };
+            s.entropy = 0.0;
+            s.load_entropy = 0.0;
+            s.overflow_frac = 0.0;
+            s.dropped_frac = 0.0;
+            for (n, layers) in parts {
+                let w = *n as f32 / total as f32;
+                let r = &layers[l];
+                for i in 0..e {
+                    s.counts[i] += r.counts[i];
+                }
+                s.entropy += w * r.entropy;
+                s.overflow_frac += w * r.overflow_frac;
+                s.dropped_frac += w * r.dropped_frac;
+            }
+            let n: usize = s.counts.iter().sum::<usize>().max(1);
+            s.share = s.counts.iter().map(|&c| c as f32 / n as f32).collect();
+            s.load_entropy = -s.share.iter().filter(|&&p| p > 0.0).map(|&p| p * p.ln()).sum::<f32>();
+            s
+        })
+        .collect()
+}
+
+impl Trainer {
+    /// A trainer at the start of a phase.
+    pub fn new(config: PhaseConfig, model: Qwen3, teacher: Option<Arc<Qwen3>>) -> Result<Self> {
+        if config.kind == PhaseKind::Distill && teacher.is_none() {
+            return Err(EngineError::config(&config.phase, "a distillation phase needs a teacher"));
+        }
+        if config.router.is_some() != model.moe.is_some() {
+            return Err(EngineError::config(
+                &config.phase,
+                "router settings are for MoE models (and MoE models need them)".to_string(),
+            ));
+        }
+        let opt = AdamW::new(
+            &model.params,
+            AdamWConfig {
+                lr: config.lr.max,
+                beta1: config.betas[0],
+                beta2: config.betas[1],
+                eps: 1e-8,
+                weight_decay: config.weight_decay,
+            },
+        );
+        let knobs = initial_knobs(&config);
+        let state = TrainerState {
+            phase: config.phase.clone(),
+            step: 0,
+            tokens: 0,
+            cursor: LoaderCursor::default(),
+            autoclip: AutoClip::new(config.autoclip.percentile, config.autoclip.window),
+            breakers: Breakers::new(config.breakers.clone()),
+            knobs: knobs.clone(),
+            base_knobs: knobs,
+            nonfinite_skipped: 0,
+            nonfinite_streak: 0,
+            actions: Vec::new(),
+            last: None,
+            router: Vec::new(),
+        };
+        Ok(Trainer { config, model, teacher, opt, state })
+    }
+
+    /// Optimiser steps of the phase.
+    pub fn total_steps(&self) -> u64 {
+        self.config.total_steps()
+    }
+
+    /// True when the phase's steps are done.
+    pub fn done(&self) -> bool {
+        self.state.step >= self.total_steps()
+    }
+
+    /// Sets the MoE spec for step `step` from the schedules and the breaker knobs.
+    fn apply_router_schedule(&mut self, step: u64) -> f32 {
+        let total = self.total_steps();
+        let (Some(r), Some(spec)) = (&self.config.router, self.model.moe.as_mut()) else { return 1.0 };
+        let k = &self.state.knobs;
+        let b = &self.state.base_knobs;
+        spec.temperature = (linear(r.temperature, step, total) + (k.temperature - b.temperature)).clamp(0.05, 10.0);
+        spec.lb_coef = (linear(r.lb, step, total) + (k.lb_coef - b.lb_coef)).max(0.0);
+        spec.z_coef = r.z;
+        spec.capacity_factor = Some(k.capacity_factor);
+        spec.expert_dropout = r.expert_dropout;
+        spec.router_noise = k.router_noise;
+        spec.temperature
+    }
+
+    fn micro(&self, p: &PackedBatch, run: &RunOptions) -> Result<MicroOut> {
+        let (batch, targets) = crate::eval::token_batch_of(p.clone());
+        let tape = Tape::new();
+        let bound = self.model.bind(&tape);
+        let out = match (&self.config.distill, &self.teacher) {
+            (Some(d), Some(teacher)) => {
+                let th = teacher_hidden(teacher, &batch)?;
+                let opts = DistillOptions { tau: d.tau, kl_coef: d.kl_coef, ce_coef: d.ce_coef, hidden_l2: d.hidden_l2 };
+                let o = distill_loss(&self.model, &tape, &bound, &th, teacher, &batch, &targets, run, &opts)?;
+                let (loss, kl) = (o.loss.item(), o.kl);
+                let mut grads = tape.backward(&o.loss);
+                let grads = self.model.params.flat_grads_at(&bound.leaves, &mut grads);
+                MicroOut { loss, ce: o.ce, kl, lb: o.lb, z: o.z, count: o.count, grads, router: o.router }
+            }
+            _ => {
+                let o = self.model.loss(&tape, &bound, &batch, &targets, run)?;
+                let loss = o.loss.item();
+                let mut grads = tape.backward(&o.loss);
+                let grads = self.model.params.flat_grads_at(&bound.leaves, &mut grads);
+                MicroOut { loss, ce: o.ce, kl: 0.0, lb: o.lb, z: o.z, count: o.count, grads, router: o.router }
+            }
+        };
+        Ok(out)
+    }
+
+    /// One optimiser step over `micro` (the step's micro-batches, in order), ending at data
+    /// cursor `cursor_after`. Returns the step record and the breaker actions it triggered
+    /// (already applied to the knobs; the caller logs them with a checkpoint).
+    pub fn step(&mut self, micro: &[PackedBatch], cursor_after: LoaderCursor) -> Result<(StepRecord, Vec<BreakerAction>)> {
+        let step = self.state.step;
+        let temperature = self.apply_router_schedule(step);
+        let lr = lr_at(&self.config.lr, step, self.total_steps()) * self.state.knobs.lr_scale;
+        let mut outs = Vec::with_capacity(micro.len());
+        for (j, p) in micro.iter().enumerate() {
+            let seed = self.config.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ (step << 8) ^ j as u64;
+            outs.push(self.micro(p, &RunOptions::train(seed))?);
+        }
+        let count: usize = outs.iter().map(|o| o.count).sum();
+        let denom = count.max(1) as f32;
+        let mut grads = vec![0f32; self.model.params.numel()];
+        let (mut loss, mut ce, mut kl, mut lb, mut z) = (0f32, 0f32, 0f32, 0f32, 0f32);
+        for o in &outs {
+            let w = o.count as f32 / denom;
+            for (g, x) in grads.iter_mut().zip(&o.grads) {
+                *g += w * x;
+            }
+            loss += w * o.loss;
+            ce += w * o.ce;
+            kl += w * o.kl;
+            lb += w * o.lb;
+            z += w * o.z;
+        }
+        let grad_norm = grads.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt() as f32;
+        let finite = loss.is_finite() && grad_norm.is_finite();
+        let clip = self.state.autoclip.observe(if finite { grad_norm } else { f32::NAN });
+        if finite {
+            let s = clip_scale(grad_norm, clip);
+            if s != 1.0 {
+                grads.iter_mut().for_each(|g| *g *= s);
+            }
+            self.opt.cfg.lr = lr;
+            self.opt.step(&mut self.model.params, &grads);
+            self.state.nonfinite_streak = 0;
+        } else {
+            self.state.nonfinite_skipped += 1;
+            self.state.nonfinite_streak += 1;
+            if self.state.nonfinite_streak >= self.config.nonfinite_limit {
+                return Err(EngineError::Training(format!(
+                    "{} non-finite steps in a row (last loss {loss}, gradient norm {grad_norm}) at step {}",
+                    self.state.nonfinite_streak,
+                    step + 1
+                )));
+            }
+        }
+        self.state.step += 1;
+        self.state.tokens += count as u64;
+        self.state.cursor = cursor_after;
+        let router = merge_router(&outs.iter().map(|o| (o.count, o.router.clone())).collect::<Vec<_>>());
+        let mut actions = Vec::new();
+        if !router.is_empty() {
+            actions = self.state.breakers.observe_step(self.state.step, &router, &self.state.knobs);
+        }
+        if !finite {
+            actions.extend(self.state.breakers.observe_nonfinite(self.state.step, loss, grad_norm));
+        }
+        for a in &actions {
+            a.apply(&mut self.state.knobs);
+        }
+        self.state.router = router.iter().map(LayerRouter::from).collect();
+        let rec = StepRecord {
+            step: self.state.step,
+            loss,
+            ce,
+            kl,
+            lb,
+            z,
+            grad_norm,
+            clip,
+            lr,
+            tokens: count as u64,
+            applied: finite,
+            temperature,
+        };
+        self.state.last = Some(rec.clone());
+        Ok((rec, actions))
+    }
+
+    /// The trainer's JSON state (for a checkpoint).
+    pub fn state_json(&self) -> String {
+        serde_json::to_string_pretty(&self.state).unwrap_or_default()
+    }
+
+    /// Restores the state, model and optimiser from a checkpoint.
+    pub fn restore(&mut self, loaded: crate::checkpoint::Loaded) -> Result<()> {
+        let state: TrainerState = serde_json::from_str(&loaded.trainer_json)
+            .map_err(|e| EngineError::config("trainer.json", format!("unreadable trainer state: {e}")))?;
+        if state.phase != self.config.phase {
+            return Err(EngineError::config("trainer.json", format!("belongs to phase {}", state.phase)));
+        }
+        if loaded.model.params.numel() != self.model.params.numel() {
+            return Err(EngineError::config("checkpoint", "model shape differs from the phase's model"));
+        }
+        let moe = self.model.moe.clone();
+        self.model = loaded.model;
+        if let (Some(spec), Some(keep)) = (self.model.moe.as_mut(), moe) {
+            // Schedules set the knobs every step; keep the phase's static settings.
+            *spec = keep;
+        }
+        self.opt.m = loaded.adam_m;
+        self.opt.v = loaded.adam_v;
+        self.opt.step = loaded.adam_step;
+        self.state = state;
+        Ok(())
+    }
+}

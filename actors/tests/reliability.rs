@@ -1,0 +1,171 @@
+//! Reliability of the training engine on a micro run (small world, tiny-dense / tiny MoE,
+//! sequences of 64): resume equals uninterrupted training bitwise, a failed DataLoader is
+//! restarted without losing or repeating a batch, an injected router collapse makes the
+//! breaker fire and log, a full disk while checkpointing is a clear error that leaves the
+//! previous checkpoint intact.
+
+use actors::batches::BatchStream;
+use actors::checkpoint::{list_checkpoints, read_checkpoint};
+use actors::phase::PhaseConfig;
+use actors::stages::{Run, RunConfig, RunOptions};
+use actors::supervisor::{run_phase, Faults, PhaseOutcome, PhaseRun};
+use actors::trainer::Trainer;
+use data::pack::PackedDataset;
+use model::Qwen3;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+/// A run config small enough for tests.
+fn micro_run_config() -> RunConfig {
+    let mut c = RunConfig::embedded().unwrap();
+    c.world.corpus.tokens = 60_000;
+    c.world.eval.fact_recall = 24;
+    c.world.eval.two_hop = 12;
+    c.world.eval.general = 12;
+    c.vocab = 600;
+    c.seq_len = 64;
+    c.dev_every = 10;
+    c.importance_batches = 2;
+    c
+}
+
+/// The micro run's data stage, built once per test binary.
+fn data_dir() -> &'static Path {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, p) = DIR.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = Run { root: tmp.path().to_path_buf(), config: micro_run_config(), options: RunOptions::default() };
+        run.run_until("data").unwrap();
+        let p = tmp.path().to_path_buf();
+        (tmp, p)
+    });
+    p
+}
+
+/// A phase config for the micro run.
+fn micro_phase(phase: &str, steps: u64) -> PhaseConfig {
+    let mut c = PhaseConfig::embedded(phase, "tiny").unwrap();
+    c.seq_len = 64;
+    c.micro_batch = 2;
+    c.tokens_per_step = 256; // 2 micro-batches per step: accumulation is exercised
+    c.tokens = 256 * steps;
+    c.checkpoint_every = 2;
+    c.keep_last = 2;
+    c.eval.every = 0;
+    c
+}
+
+fn micro_model(moe: bool, vocab: usize) -> Qwen3 {
+    let name = if moe { "tiny-k1p1-n16" } else { "tiny-dense" };
+    let mut config = model::presets::embedded(name).unwrap().unwrap();
+    config.vocab_size = vocab;
+    config.num_hidden_layers = 2;
+    let spec = if moe { Some(model::presets::embedded_moe(name).unwrap().1) } else { None };
+    Qwen3::from_init(config, spec, autograd::DType::F32, model::init::qwen3_init(7, 0.02))
+}
+
+fn phase_run(cfg: &PhaseConfig, model: Qwen3, dir: &Path, faults: Faults) -> PhaseRun {
+    let ds = Arc::new(PackedDataset::open(&data_dir().join("data/train")).unwrap());
+    let total_micro = cfg.total_steps() * cfg.accumulation();
+    let stream = BatchStream::new(ds, &cfg.mix, cfg.micro_batch, cfg.seed, total_micro).unwrap();
+    let mut trainer = Trainer::new(cfg.clone(), model, None).unwrap();
+    if let Some((_, p)) = list_checkpoints(&dir.join("ckpt")).unwrap().pop() {
+        trainer.restore(read_checkpoint(&p).unwrap()).unwrap();
+    }
+    PhaseRun {
+        trainer,
+        stream,
+        ckpt_dir: dir.join("ckpt"),
+        metrics_dir: dir.join("metrics"),
+        eval: None,
+        progress: false,
+        faults,
+    }
+}
+
+fn vocab() -> usize {
+    PackedDataset::open(&data_dir().join("data/train")).unwrap().manifest.vocab_size as usize
+}
+
+fn run(cfg: &PhaseConfig, model: Qwen3, dir: &Path, faults: Faults) -> actors::Result<PhaseOutcome> {
+    run_phase(phase_run(cfg, model, dir, faults))
+}
+
+#[test]
+fn resume_after_n_steps_equals_uninterrupted_bitwise() {
+    let cfg = micro_phase("base", 6);
+    let straight_dir = tempfile::tempdir().unwrap();
+    let straight = run(&cfg, micro_model(false, vocab()), straight_dir.path(), Faults::default()).unwrap();
+    assert!(straight.completed && straight.state.step == 6);
+
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults { stop_after_steps: Some(4), ..Faults::default() };
+    let first = run(&cfg, micro_model(false, vocab()), dir.path(), faults).unwrap();
+    assert!(!first.completed);
+    assert_eq!(list_checkpoints(&dir.path().join("ckpt")).unwrap().last().unwrap().0, 4);
+    // A fresh process: model re-initialised, then restored from the newest checkpoint.
+    let resumed = run(&cfg, micro_model(false, vocab()), dir.path(), Faults::default()).unwrap();
+    assert!(resumed.completed && resumed.state.step == 6);
+    let (a, b) = (straight.model.params.flat(), resumed.model.params.flat());
+    let diff = a.iter().zip(b.iter()).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+    assert_eq!(diff, 0, "{diff} parameters differ after resume");
+    assert_eq!(straight.state.cursor, resumed.state.cursor, "data cursor");
+    assert_eq!(straight.state.autoclip, resumed.state.autoclip, "AutoClip window");
+    assert_eq!(straight.state.last, resumed.state.last, "last step record");
+}
+
+#[test]
+fn failed_dataloader_is_restarted_without_losing_or_repeating_a_batch() {
+    let cfg = micro_phase("base", 4);
+    let a = tempfile::tempdir().unwrap();
+    let clean = run(&cfg, micro_model(false, vocab()), a.path(), Faults::default()).unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let faults = Faults { loader_fail_at: Some(3), ..Faults::default() };
+    let failed = run(&cfg, micro_model(false, vocab()), b.path(), faults).unwrap();
+    assert_eq!(clean.loader_restarts, 0);
+    assert_eq!(failed.loader_restarts, 1, "the supervisor restarted the loader once");
+    assert_eq!(clean.trained_sequences, failed.trained_sequences, "same batches, same order");
+    let (x, y) = (clean.model.params.flat(), failed.model.params.flat());
+    assert!(x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits()), "same training");
+    let log = std::fs::read_to_string(b.path().join("metrics/metrics.jsonl")).unwrap();
+    assert!(log.contains("loader_retry"), "the retry is logged");
+}
+
+#[test]
+fn injected_router_collapse_fires_the_breaker_and_logs_it() {
+    let mut cfg = micro_phase("p1", 6);
+    cfg.breakers.collapse_window = 3;
+    let mut model = micro_model(true, vocab());
+    // Collapse: a huge balancing bias sends every token of every layer to expert 0.
+    for b in &mut model.router_bias {
+        b[0] = 1e4;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&cfg, model, dir.path(), Faults::default()).unwrap();
+    let collapse: Vec<_> = out.state.actions.iter().filter(|a| a.action.breaker == actors::breakers::BreakerKind::Collapse).collect();
+    assert!(!collapse.is_empty(), "collapse breaker fired: {:?}", out.state.actions);
+    let a = &collapse[0];
+    assert!(a.action.reason.contains("share"), "reason names the share: {}", a.action.reason);
+    assert!(a.checkpoint.is_some(), "the action names a checkpoint to roll back to");
+    let log = std::fs::read_to_string(dir.path().join("metrics/metrics.jsonl")).unwrap();
+    assert!(log.lines().any(|l| l.contains("\"breaker\"") && l.contains("collapse")), "logged in metrics.jsonl");
+}
+
+#[test]
+fn full_disk_while_checkpointing_is_a_clear_error_and_keeps_the_previous_checkpoint() {
+    let cfg = micro_phase("base", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults { stop_after_steps: Some(2), ..Faults::default() };
+    run(&cfg, micro_model(false, vocab()), dir.path(), faults).unwrap();
+    let before = list_checkpoints(&dir.path().join("ckpt")).unwrap();
+    assert_eq!(before.len(), 1);
+    let faults = Faults { disk_budget: Some(100_000), ..Faults::default() };
+    let err = run(&cfg, micro_model(false, vocab()), dir.path(), faults).unwrap_err().to_string();
+    assert!(err.contains("No space left on device") || err.contains("os error 28"), "{err}");
+    assert!(err.contains(".safetensors") || err.contains("config.json"), "names the file: {err}");
+    let after = list_checkpoints(&dir.path().join("ckpt")).unwrap();
+    assert_eq!(before, after, "previous checkpoint kept, no partial one");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("ckpt")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "no temporary directory left: {leftovers:?}");
+    read_checkpoint(&after[0].1).expect("the previous checkpoint still loads");
+}

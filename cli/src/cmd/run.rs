@@ -1,0 +1,137 @@
+//! `moe-cli run`: the training pipeline on a run directory (data -> base -> importance ->
+//! moe-init -> p0 -> p1), running missing prerequisites and resuming from checkpoints.
+
+use actors::stages::{PhaseSummary, Run, RunConfig, RunOptions, STAGES};
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Arguments of `run`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// Run directory (created if missing; stages already done there are skipped).
+    #[arg(long, default_value = "runs/default")]
+    run_dir: PathBuf,
+    /// Run config JSON (default: the embedded configs/runs/tiny.json).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Replace a phase's config: `p1=path/to/p1.json` (repeatable; default: configs/phases/, embedded).
+    #[arg(long = "phase-config", value_parser = parse_phase_file)]
+    phase_configs: Vec<(String, PathBuf)>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum What {
+    /// Run one training phase (base, p0, p1) and every missing prerequisite.
+    Phase {
+        /// Phase name.
+        phase: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run every stage up to and including `--until`.
+    All {
+        /// Last stage (data, base, importance, moe-init, p0, p1).
+        #[arg(long, default_value = "p1")]
+        until: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn parse_phase_file(s: &str) -> std::result::Result<(String, PathBuf), String> {
+    let (name, path) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected PHASE=FILE"))?;
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+/// Test hooks read from the environment (only the CLI touches the environment).
+fn faults_from_env() -> actors::supervisor::Faults {
+    let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
+    actors::supervisor::Faults {
+        loader_fail_at: num("MEDMOE_FAULT_LOADER_AT"),
+        disk_budget: num("MEDMOE_FAULT_DISK_BYTES"),
+        stop_after_steps: num("MEDMOE_FAULT_STOP_AFTER"),
+    }
+}
+
+/// Runs the pipeline.
+pub fn run(a: Args) -> Result<()> {
+    let (until, common) = match a.what {
+        What::Phase { phase, common } => {
+            if !["base", "p0", "p1"].contains(&phase.as_str()) {
+                anyhow::bail!("unknown phase `{phase}` (known: base, p0, p1)");
+            }
+            (phase, common)
+        }
+        What::All { until, common } => (until, common),
+    };
+    if !STAGES.contains(&until.as_str()) {
+        anyhow::bail!("unknown stage `{until}` (known: {})", STAGES.join(", "));
+    }
+    let config = match &common.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            RunConfig::parse(&text, &p.display().to_string())?
+        }
+        None => RunConfig::embedded()?,
+    };
+    let options = RunOptions {
+        progress: !common.quiet,
+        phase_files: common.phase_configs.into_iter().collect(),
+        faults: faults_from_env(),
+        verbose: true,
+    };
+    let started = std::time::Instant::now();
+    let run = Run { root: common.run_dir.clone(), config, options };
+    let summary = run.run_until(&until)?;
+    if let Some(s) = summary {
+        let path = common.run_dir.join("summary.json");
+        let text = serde_json::to_string_pretty(&s)?;
+        actors::checkpoint::write_file_synced(&path, text.as_bytes())?;
+        print_summary(&s);
+        println!("summary    {}", path.display());
+    }
+    println!("total      {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn print_summary(s: &PhaseSummary) {
+    println!("phase      {} ({} steps, {} tokens, {:.1} s)", s.phase, s.steps, s.tokens, s.seconds);
+    println!("loss       {:.4}", s.final_loss);
+    for (d, p) in &s.dev_ppl {
+        println!("dev ppl    {d:<14} {p:>8.2}");
+    }
+    for (set, acc) in &s.mcq_accuracy {
+        let chance = s.mcq_chance.get(set).copied().unwrap_or(0.0);
+        let norm = s.mcq_accuracy_norm.get(set).copied().unwrap_or(0.0);
+        println!("mcq        {set:<14} {:>6.1}%  (per-token {:>5.1}%, chance {:>4.1}%)", 100.0 * acc, 100.0 * norm, 100.0 * chance);
+    }
+    for (i, r) in s.router.iter().enumerate() {
+        let max = r.share.iter().cloned().fold(0.0f32, f32::max);
+        let min = r.share.iter().cloned().fold(1.0f32, f32::min);
+        println!(
+            "router     layer {i}: share min {:.1}% max {:.1}%, load entropy {:.2}, overflow {:.2}%",
+            100.0 * min,
+            100.0 * max,
+            r.load_entropy,
+            100.0 * r.overflow_frac
+        );
+    }
+    println!("breakers   {} actions", s.breaker_actions.len());
+    for a in &s.breaker_actions {
+        println!("           step {}: {:?} ({})", a.action.step, a.action.breaker, a.action.reason);
+    }
+    let artifacts: BTreeMap<_, _> = s.artifacts.iter().collect();
+    for (k, v) in artifacts {
+        println!("artifact   {k:<14} {v}");
+    }
+}
