@@ -182,6 +182,11 @@ impl Run {
         let last = STAGES.iter().position(|s| *s == until).ok_or_else(|| {
             EngineError::config("stage", format!("unknown stage `{until}` (known: {})", STAGES.join(", ")))
         })?;
+        // Every config is checked before anything is written.
+        for stage in STAGES[..=last].iter().filter(|s| ["base", "p0", "p1"].contains(s)) {
+            self.phase_config(stage)?;
+        }
+        self.config.surgery_options()?;
         std::fs::create_dir_all(&self.root).map_err(EngineError::io(&self.root))?;
         let mut summary = None;
         for stage in &STAGES[..=last] {

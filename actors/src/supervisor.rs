@@ -373,6 +373,13 @@ impl Handler<Run> for TrainerActor {
             let tps = rec.tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
             m.metrics.do_send(Log::Step(rec.clone(), tps));
             let mut rollback = false;
+            if !actions.is_empty() {
+                // Every knob change gets a checkpoint of the state it changed, to roll back to.
+                wait_save(&mut pending, &mut last_checkpoint, &m.metrics)?;
+                let snap = Snapshot::take(&t.model, &t.opt, t.state.step, t.state_json());
+                pending = Some(m.ckpt.send(Save(snap)));
+                wait_save(&mut pending, &mut last_checkpoint, &m.metrics)?;
+            }
             for a in actions {
                 rollback |= a.rollback;
                 let logged = LoggedAction { action: a, checkpoint: last_checkpoint.as_ref().map(|p| p.display().to_string()) };

@@ -90,7 +90,9 @@ pub struct RunOptions {
     pub moe_path: MoePath,
     /// Test-only: every routed expert processes every token with weight 1.
     pub dense_equivalent: bool,
-    /// Where the ops run (`Device::Sim`: the GPU kernels in kernels-gpu's simulator).
+    /// Where the ops run (`Device::Sim`: the GPU kernels in kernels-gpu's simulator) when the
+    /// model builds the tape itself (`train::loss_and_grads`, `train::train_step`, `logits_with`);
+    /// a caller-made tape carries its own device.
     pub device: Device,
 }
 

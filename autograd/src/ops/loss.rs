@@ -5,11 +5,11 @@ use crate::error::{AutogradError, Result};
 use crate::sim::{sim, sim_matmul};
 use crate::tape::Tape;
 use crate::tensor::{Device, Tensor};
-use kernels_cpu::gemm::Trans;
 use kernels_cpu::cross_entropy::{
     count_targets, default_chunk_rows, lm_head_ce_forward, lm_head_ce_forward_backward, IGNORE_INDEX,
 };
 use kernels_cpu::elementwise::axpy;
+use kernels_cpu::gemm::Trans;
 
 /// Result of [`lm_head_cross_entropy`].
 pub struct CrossEntropyOutput {
@@ -23,7 +23,8 @@ pub struct CrossEntropyOutput {
 
 /// Mean cross-entropy of `logits = h · wᵀ` against `targets [N]` (`-100` = ignore), with
 /// `h [N, D]`, `w [V, D]`. Never materialises `[N, V]`: when recording, the gradients are
-/// computed in the same chunked pass and scaled by the upstream gradient in backward.
+/// computed in the same chunked pass and scaled by the upstream gradient in backward. On
+/// `Device::Sim` each chunk runs as simulated GEMM → softmax-CE kernel → two GEMMs.
 pub fn lm_head_cross_entropy(tape: &Tape, h: &Tensor, w: &Tensor, targets: &[i32]) -> Result<CrossEntropyOutput> {
     let (n, d) = (rows(h), h.last_dim());
     ensure(w.shape().len() == 2 && w.shape()[1] == d && targets.len() == n, "cross_entropy", || {

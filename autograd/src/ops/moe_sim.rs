@@ -76,8 +76,12 @@ pub(super) fn moe_routed_sim(
     let (xf, rf, ef) = (x.f32s(), router.f32s(), experts.f32s());
     let mut logits = vec![0f32; n * e];
     sim(OP, sim_matmul(&mut logits, &xf, &rf, n, d, e, Trans::No, Trans::Yes, false))?;
-    let (mut probs, mut choice, mut lse, mut entropy) = (vec![0f32; n * e], vec![0u32; n], vec![0f32; n], vec![0f32; n]);
-    let sums = sim(OP, gpu::router_forward(&mut probs, &mut choice, &mut lse, &mut entropy, &logits, bias, e, cfg.temperature))?;
+    let (mut probs, mut choice, mut lse, mut entropy) =
+        (vec![0f32; n * e], vec![0u32; n], vec![0f32; n], vec![0f32; n]);
+    let sums = sim(
+        OP,
+        gpu::router_forward(&mut probs, &mut choice, &mut lse, &mut entropy, &logits, bias, e, cfg.temperature),
+    )?;
 
     // Host: expert dropout and capacity, as kernels-cpu's fast path.
     let mut expert_of_token = choice;
@@ -156,7 +160,8 @@ pub(super) fn moe_routed_sim(
         tape.record(loss, &[&logits], move |dloss, g| {
             let (dlb, dz) = if lb { (dloss[0], 0.0) } else { (0.0, dloss[0]) };
             g.accumulate(&ls, |dl| {
-                let r = gpu::router_backward(dl, None, &s.probs, &s.logits, &s.lse, &s.counts, dlb, dz, e, s.temperature);
+                let r =
+                    gpu::router_backward(dl, None, &s.probs, &s.logits, &s.lse, &s.counts, dlb, dz, e, s.temperature);
                 sim_bwd(OP, r)
             });
         })
@@ -189,4 +194,70 @@ fn backward_out(
     }
     let dg = Some((&dgate[..], &s.expert_of_token[..]));
     gpu::router_backward(dlogits, dg, &s.probs, &s.logits, &s.lse, &s.counts, 0.0, 0.0, e, s.temperature)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::moe::moe_routed;
+    use super::*;
+    use crate::tensor::Device;
+    use kernels_cpu::check::{rand_vec, rel_norm_err};
+
+    /// Outputs and the gradients of `sum(out * r)`, `lb` and `z` w.r.t. (x, router, experts) on
+    /// `device`, one tape per loss.
+    fn run(device: Device, cfg: &MoeConfig, (n, d): (usize, usize)) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<u32>) {
+        let (e, w) = (cfg.num_experts, cfg.expert_width);
+        let mut router = rand_vec(e * d, 2);
+        router[0] = 1.5; // skewed towards expert 0, so capacity drops tokens
+        let x = Tensor::from_vec(rand_vec(n * d, 1).iter().map(|v| v + 0.3).collect(), &[n, d]);
+        let router = Tensor::from_vec(router, &[e, d]);
+        let experts = Tensor::from_vec(rand_vec(e * 3 * w * d, 3), &[e, 3 * w * d]);
+        let (r, bias) = (rand_vec(n * d, 4), [0.01, 0.0, -0.01, 0.02]);
+        let (mut outs, mut grads, mut choice) = (Vec::new(), Vec::new(), Vec::new());
+        for which in 0..3 {
+            let tape = Tape::new_on(device).unwrap();
+            let (xl, rl, el) = (tape.leaf(&x), tape.leaf(&router), tape.leaf(&experts));
+            let o = moe_routed(&tape, &xl, &rl, &el, Some(&bias), cfg, 7, true).unwrap();
+            if which == 0 {
+                outs = vec![o.out.to_vec(), vec![o.lb_loss.item(), o.z_loss.item(), o.stats.dropped_frac]];
+                choice = o.expert_of_token.clone();
+            }
+            let g = match which {
+                0 => tape.backward_with(&o.out, &r),
+                1 => tape.backward(&o.lb_loss),
+                _ => tape.backward(&o.z_loss),
+            };
+            for t in [&xl, &rl, &el] {
+                grads.push(g.get(t).map_or_else(|| vec![0.0; t.numel()], |v| v.to_vec()));
+            }
+        }
+        (outs, grads, choice)
+    }
+
+    #[test]
+    fn sim_moe_matches_cpu_with_capacity_dropout_and_bias() {
+        for weighting in [RouterWeighting::Ste, RouterWeighting::Prob, RouterWeighting::Sigmoid] {
+            let cfg = MoeConfig {
+                num_experts: 4,
+                expert_width: 6,
+                temperature: 0.8,
+                weighting,
+                capacity_factor: Some(1.0),
+                expert_dropout: 0.1,
+                ..MoeConfig::default()
+            };
+            assert_eq!(supported(&cfg, true), weighting != RouterWeighting::Sigmoid);
+            let (co, cg, cc) = run(Device::Cpu, &cfg, (29, 10));
+            let (so, sg, sc) = run(Device::Sim, &cfg, (29, 10));
+            assert_eq!(cc, sc, "{weighting:?}: expert of each token");
+            assert!(cc.iter().filter(|&&c| c == NONE).count() > 3, "capacity and dropout drop tokens");
+            let mut worst = 0f64;
+            for (i, (s, c)) in so.iter().chain(&sg).zip(co.iter().chain(&cg)).enumerate() {
+                let err = rel_norm_err(s, c);
+                assert!(err <= 1e-5, "{weighting:?} output / gradient {i}: {err:.2e}");
+                worst = worst.max(err);
+            }
+            println!("sim moe {weighting:?}: max rel err {worst:.2e} (tol 1e-5)");
+        }
+    }
 }

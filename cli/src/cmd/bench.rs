@@ -2,7 +2,6 @@
 //! Python references in tools/ so the two can be compared in one run (tools/bench_*.sh).
 
 use crate::presets::preset_config;
-use model::moe_spec::MoeSpec;
 use crate::progress::bar;
 use anyhow::{bail, Context, Result};
 use autograd::optim::AdamW;
@@ -11,6 +10,7 @@ use kernels_cpu::adamw::AdamWConfig;
 use kernels_cpu::check::rand_vec;
 use kernels_cpu::gemm::{matmul, Trans};
 use model::init::qwen3_init;
+use model::moe_spec::MoeSpec;
 use model::qwen3::RunOptions;
 use model::train::train_step;
 use model::{Qwen3, TokenBatch};
