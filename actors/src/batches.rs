@@ -35,9 +35,16 @@ pub struct BatchStream {
 
 impl BatchStream {
     /// The stream of a phase with `total_micro` micro-batches.
-    pub fn new(ds: Arc<PackedDataset>, mix: &MixConfig, micro_batch: usize, seed: u64, total_micro: u64) -> Result<Self> {
+    pub fn new(
+        ds: Arc<PackedDataset>,
+        mix: &MixConfig,
+        micro_batch: usize,
+        seed: u64,
+        total_micro: u64,
+    ) -> Result<Self> {
         let domains = ds.sequences_by_domain();
-        let weights: BTreeMap<String, f64> = mix.weights.iter().filter(|(_, &w)| w > 0.0).map(|(d, &w)| (d.clone(), w)).collect();
+        let weights: BTreeMap<String, f64> =
+            mix.weights.iter().filter(|(_, &w)| w > 0.0).map(|(d, &w)| (d.clone(), w)).collect();
         for d in weights.keys() {
             if !domains.contains_key(d) {
                 return Err(EngineError::config(

@@ -90,9 +90,8 @@ impl DiskBudget {
 /// directory.
 pub fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let result = DiskBudget::default()
-        .write(&tmp, bytes)
-        .and_then(|_| fs::rename(&tmp, path).map_err(EngineError::io(path)));
+    let result =
+        DiskBudget::default().write(&tmp, bytes).and_then(|_| fs::rename(&tmp, path).map_err(EngineError::io(path)));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -140,8 +139,11 @@ pub fn write_checkpoint(dir: &Path, snap: &Snapshot, keep_last: usize, budget: &
         let n = snap.adam_m.len();
         let step = [snap.adam_step as f32];
         let (shape, one) = ([n], [1usize]);
-        let opt: Vec<(&str, &[usize], &[f32])> =
-            vec![("m", &shape[..], &snap.adam_m[..]), ("v", &shape[..], &snap.adam_v[..]), ("step", &one[..], &step[..])];
+        let opt: Vec<(&str, &[usize], &[f32])> = vec![
+            ("m", &shape[..], &snap.adam_m[..]),
+            ("v", &shape[..], &snap.adam_v[..]),
+            ("step", &one[..], &step[..]),
+        ];
         budget.write(&tmp.join(OPTIMIZER_FILE), &serialize(&opt, &tmp)?)?;
         budget.write(&tmp.join(TRAINER_FILE), snap.trainer_json.as_bytes())?;
         sync_dir(&tmp)?;

@@ -40,8 +40,11 @@ impl EvalRecord {
     /// A short human summary.
     pub fn one_line(&self) -> String {
         let ppl: Vec<String> = self.dev.per_domain.iter().map(|(d, p)| format!("ppl {d} {:.2}", p.ppl)).collect();
-        let acc: Vec<String> =
-            self.mcq.iter().map(|m| format!("{} {:.1}% (chance {:.0}%)", m.set, 100.0 * m.accuracy, 100.0 * m.chance)).collect();
+        let acc: Vec<String> = self
+            .mcq
+            .iter()
+            .map(|m| format!("{} {:.1}% (chance {:.0}%)", m.set, 100.0 * m.accuracy, 100.0 * m.chance))
+            .collect();
         format!("{} | {}", ppl.join(", "), acc.join(", "))
     }
 }

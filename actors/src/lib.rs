@@ -6,15 +6,15 @@
 //! threads for orchestration.
 #![deny(missing_docs)]
 
-pub mod breakers;
-pub mod eval;
-pub mod metrics;
 pub mod autoclip;
 pub mod batches;
+pub mod breakers;
 pub mod checkpoint;
 pub mod error;
+pub mod eval;
 pub mod evaluator;
 pub mod manifest;
+pub mod metrics;
 pub mod phase;
 pub mod schedule;
 pub mod supervisor;

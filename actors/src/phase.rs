@@ -197,9 +197,10 @@ impl PhaseConfig {
 
     /// The embedded config of `phase` for `preset`.
     pub fn embedded(phase: &str, preset: &str) -> Result<Self> {
-        let (_, text) = EMBEDDED.iter().find(|(n, _)| *n == phase).ok_or_else(|| {
-            EngineError::config("phase", format!("unknown phase `{phase}` (known: base, p0, p1)"))
-        })?;
+        let (_, text) = EMBEDDED
+            .iter()
+            .find(|(n, _)| *n == phase)
+            .ok_or_else(|| EngineError::config("phase", format!("unknown phase `{phase}` (known: base, p0, p1)")))?;
         Self::parse(text, &format!("configs/phases/{phase}.json"), preset)
     }
 
@@ -209,7 +210,11 @@ impl PhaseConfig {
             return bad(format!("micro_batch {} and seq_len {} must be positive", self.micro_batch, self.seq_len));
         }
         if self.tokens_per_step < self.micro_tokens() {
-            return bad(format!("tokens_per_step {} is below one micro-batch ({})", self.tokens_per_step, self.micro_tokens()));
+            return bad(format!(
+                "tokens_per_step {} is below one micro-batch ({})",
+                self.tokens_per_step,
+                self.micro_tokens()
+            ));
         }
         if self.tokens < self.tokens_per_step {
             return bad(format!("tokens {} is below one step ({})", self.tokens, self.tokens_per_step));

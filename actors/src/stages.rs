@@ -202,7 +202,11 @@ impl Run {
                 "moe-init" => self.surgery_stage()?,
                 _ => unreachable!("STAGES lists every stage"),
             };
-            let what = if skipped { "up to date".to_string() } else { format!("done in {:.1} s", started.elapsed().as_secs_f64()) };
+            let what = if skipped {
+                "up to date".to_string()
+            } else {
+                format!("done in {:.1} s", started.elapsed().as_secs_f64())
+            };
             say(&self.options, format!("stage {stage:<10} {what} ({})", self.dir(stage).display()));
         }
         Ok(summary)
@@ -229,7 +233,8 @@ impl Run {
 
     fn data_stage(&self) -> Result<bool> {
         let c = &self.config;
-        let key = serde_json::json!({ "world": c.world, "vocab": c.vocab, "seq_len": c.seq_len, "dev_every": c.dev_every });
+        let key =
+            serde_json::json!({ "world": c.world, "vocab": c.vocab, "seq_len": c.seq_len, "dev_every": c.dev_every });
         let hash = sha256_hex(key.to_string().as_bytes());
         self.cached("data", hash, BTreeMap::new(), |dir| {
             for sub in ["world", "tokenizer", "train", "dev"] {
@@ -246,7 +251,7 @@ impl Run {
             let (mut train, mut dev) = (Vec::new(), Vec::new());
             for d in docs {
                 // Deterministic split by document id.
-                if data::rng::label_hash(&d.id) % c.dev_every.max(2) == 0 {
+                if data::rng::label_hash(&d.id).is_multiple_of(c.dev_every.max(2)) {
                     dev.push(d);
                 } else {
                     train.push(d);
@@ -314,7 +319,8 @@ impl Run {
         let dir = self.dir(phase);
         let hash = cfg.hash();
         if StageManifest::matches(&dir, &hash, &inputs) {
-            let text = std::fs::read_to_string(dir.join("summary.json")).map_err(EngineError::io(dir.join("summary.json")))?;
+            let text =
+                std::fs::read_to_string(dir.join("summary.json")).map_err(EngineError::io(dir.join("summary.json")))?;
             let s = serde_json::from_str(&text).map_err(|e| EngineError::config("summary.json", e.to_string()))?;
             return Ok((true, s));
         }
@@ -329,8 +335,9 @@ impl Run {
         }
         let _ = std::fs::remove_file(dir.join("manifest.json"));
         let model = if phase == "base" {
-            let config = model::presets::embedded(&self.config.base_model)
-                .ok_or_else(|| EngineError::config("base_model", format!("unknown preset `{}`", self.config.base_model)))??;
+            let config = model::presets::embedded(&self.config.base_model).ok_or_else(|| {
+                EngineError::config("base_model", format!("unknown preset `{}`", self.config.base_model))
+            })??;
             let std = config.raw.get("initializer_range").and_then(|v| v.as_f64()).unwrap_or(0.02) as f32;
             Qwen3::from_init(config, None, autograd::DType::F32, model::init::qwen3_init(self.config.seed, std))
         } else {
@@ -367,7 +374,10 @@ impl Run {
             faults: self.options.faults.clone(),
         })?;
         if !outcome.completed {
-            return Err(EngineError::Training(format!("{phase} stopped early at step {} (fault injection)", outcome.state.step)));
+            return Err(EngineError::Training(format!(
+                "{phase} stopped early at step {} (fault injection)",
+                outcome.state.step
+            )));
         }
         let model_dir = dir.join("model");
         let _ = std::fs::remove_dir_all(&model_dir);
@@ -380,7 +390,13 @@ impl Run {
         if let Some(c) = &outcome.last_checkpoint {
             artifacts.insert("checkpoint".to_string(), rel(c));
         }
-        let summary = summarise(phase, &outcome.state, outcome.final_eval.as_ref(), artifacts.clone(), started.elapsed().as_secs_f64());
+        let summary = summarise(
+            phase,
+            &outcome.state,
+            outcome.final_eval.as_ref(),
+            artifacts.clone(),
+            started.elapsed().as_secs_f64(),
+        );
         let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
         checkpoint::write_file_synced(&dir.join("summary.json"), text.as_bytes())?;
         let metrics = serde_json::to_value(&summary).unwrap_or_default();
@@ -401,7 +417,8 @@ impl Run {
             let mut state = TaylorState::new(l, f, 0.99);
             let n = ds.len();
             for b in 0..c.importance_batches {
-                let seqs: Vec<u64> = (0..c.importance_batch as u64).map(|i| (b * c.importance_batch as u64 + i) % n).collect();
+                let seqs: Vec<u64> =
+                    (0..c.importance_batch as u64).map(|i| (b * c.importance_batch as u64 + i) % n).collect();
                 let (batch, targets) = crate::eval::token_batch_of(data::pack::batch_of(&ds, &seqs));
                 state.update(&model, &batch, &targets)?;
             }

@@ -303,7 +303,11 @@ impl Actor for TrainerActor {
 }
 
 /// Asks the loader for a micro-batch; while it is being restarted the request is retried.
-fn fetch(loader: &Addr<DataLoader>, cursor: &LoaderCursor, metrics: &Addr<Metrics>) -> Result<(PackedBatch, LoaderCursor)> {
+fn fetch(
+    loader: &Addr<DataLoader>,
+    cursor: &LoaderCursor,
+    metrics: &Addr<Metrics>,
+) -> Result<(PackedBatch, LoaderCursor)> {
     let mut last = String::new();
     for attempt in 0..50 {
         let err = match block_on(loader.send(Fetch(cursor.clone()))) {
@@ -326,7 +330,8 @@ impl Handler<Run> for TrainerActor {
     type Result = Result<PhaseOutcome>;
 
     fn handle(&mut self, m: Run, _: &mut SyncContext<Self>) -> Result<PhaseOutcome> {
-        let mut t = self.trainer.take().ok_or_else(|| EngineError::Actor { actor: "Trainer", msg: "ran twice".into() })?;
+        let mut t =
+            self.trainer.take().ok_or_else(|| EngineError::Actor { actor: "Trainer", msg: "ran twice".into() })?;
         let accumulation = t.config.accumulation();
         let mut pending: Option<Request<Checkpointer, Save>> = None;
         let mut last_checkpoint = checkpoint::list_checkpoints(&self.ckpt_dir)?.last().map(|(_, p)| p.clone());
@@ -338,8 +343,14 @@ impl Handler<Run> for TrainerActor {
                          metrics: &Addr<Metrics>|
          -> Result<()> {
             if let Some(req) = pending.take() {
-                let path = block_on(req).map_err(|e| EngineError::Actor { actor: "Checkpointer", msg: e.to_string() })??;
-                let step = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-")).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let path =
+                    block_on(req).map_err(|e| EngineError::Actor { actor: "Checkpointer", msg: e.to_string() })??;
+                let step = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix("step-"))
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
                 metrics.do_send(Log::Checkpoint(step, path.display().to_string()));
                 *last = Some(path);
             }
@@ -382,7 +393,8 @@ impl Handler<Run> for TrainerActor {
             }
             for a in actions {
                 rollback |= a.rollback;
-                let logged = LoggedAction { action: a, checkpoint: last_checkpoint.as_ref().map(|p| p.display().to_string()) };
+                let logged =
+                    LoggedAction { action: a, checkpoint: last_checkpoint.as_ref().map(|p| p.display().to_string()) };
                 t.state.actions.push(logged.clone());
                 m.metrics.do_send(Log::Action(logged));
             }
@@ -394,7 +406,10 @@ impl Handler<Run> for TrainerActor {
                 for a in t.state.breakers.observe_eval(step, rec.medical_ppl(), &t.state.knobs) {
                     rollback |= a.rollback;
                     a.apply(&mut t.state.knobs);
-                    let logged = LoggedAction { action: a, checkpoint: last_checkpoint.as_ref().map(|p| p.display().to_string()) };
+                    let logged = LoggedAction {
+                        action: a,
+                        checkpoint: last_checkpoint.as_ref().map(|p| p.display().to_string()),
+                    };
                     t.state.actions.push(logged.clone());
                     m.metrics.do_send(Log::Action(logged));
                 }
@@ -409,7 +424,11 @@ impl Handler<Run> for TrainerActor {
                     let keep = (t.state.breakers.clone(), t.state.knobs.clone(), t.state.actions.clone());
                     t.restore(checkpoint::read_checkpoint(path)?)?;
                     (t.state.breakers, t.state.knobs, t.state.actions) = keep;
-                    m.metrics.do_send(Log::Event("rollback", t.state.step, serde_json::json!({ "to": path.display().to_string() })));
+                    m.metrics.do_send(Log::Event(
+                        "rollback",
+                        t.state.step,
+                        serde_json::json!({ "to": path.display().to_string() }),
+                    ));
                 }
             }
             if step % t.config.checkpoint_every == 0 || t.done() {
@@ -476,9 +495,11 @@ pub fn run_phase(run: PhaseRun) -> Result<PhaseOutcome> {
         let bar = if progress {
             let b = indicatif::ProgressBar::new(total);
             b.set_style(
-                indicatif::ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} steps {elapsed} (eta {eta}) {msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(
+                    "{prefix:>6} [{bar:30}] {pos}/{len} steps {elapsed} (eta {eta}) {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
             );
             b.set_prefix(phase);
             b.set_position(start_step);

@@ -256,7 +256,8 @@ impl Trainer {
         let out = match (&self.config.distill, &self.teacher) {
             (Some(d), Some(teacher)) => {
                 let th = teacher_hidden(teacher, &batch)?;
-                let opts = DistillOptions { tau: d.tau, kl_coef: d.kl_coef, ce_coef: d.ce_coef, hidden_l2: d.hidden_l2 };
+                let opts =
+                    DistillOptions { tau: d.tau, kl_coef: d.kl_coef, ce_coef: d.ce_coef, hidden_l2: d.hidden_l2 };
                 let o = distill_loss(&self.model, &tape, &bound, &th, teacher, &batch, &targets, run, &opts)?;
                 let (loss, kl) = (o.loss.item(), o.kl);
                 let mut grads = tape.backward(&o.loss);
@@ -277,7 +278,11 @@ impl Trainer {
     /// One optimiser step over `micro` (the step's micro-batches, in order), ending at data
     /// cursor `cursor_after`. Returns the step record and the breaker actions it triggered
     /// (already applied to the knobs; the caller logs them with a checkpoint).
-    pub fn step(&mut self, micro: &[PackedBatch], cursor_after: LoaderCursor) -> Result<(StepRecord, Vec<BreakerAction>)> {
+    pub fn step(
+        &mut self,
+        micro: &[PackedBatch],
+        cursor_after: LoaderCursor,
+    ) -> Result<(StepRecord, Vec<BreakerAction>)> {
         let step = self.state.step;
         let temperature = self.apply_router_schedule(step);
         let lr = lr_at(&self.config.lr, step, self.total_steps()) * self.state.knobs.lr_scale;

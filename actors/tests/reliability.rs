@@ -142,7 +142,8 @@ fn injected_router_collapse_fires_the_breaker_and_logs_it() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out = run(&cfg, model, dir.path(), Faults::default()).unwrap();
-    let collapse: Vec<_> = out.state.actions.iter().filter(|a| a.action.breaker == actors::breakers::BreakerKind::Collapse).collect();
+    let collapse: Vec<_> =
+        out.state.actions.iter().filter(|a| a.action.breaker == actors::breakers::BreakerKind::Collapse).collect();
     assert!(!collapse.is_empty(), "collapse breaker fired: {:?}", out.state.actions);
     let a = &collapse[0];
     assert!(a.action.reason.contains("share"), "reason names the share: {}", a.action.reason);
@@ -165,7 +166,8 @@ fn full_disk_while_checkpointing_is_a_clear_error_and_keeps_the_previous_checkpo
     assert!(err.contains(".safetensors") || err.contains("config.json"), "names the file: {err}");
     let after = list_checkpoints(&dir.path().join("ckpt")).unwrap();
     assert_eq!(before, after, "previous checkpoint kept, no partial one");
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("ckpt")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(dir.path().join("ckpt")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(leftovers.len(), 1, "no temporary directory left: {leftovers:?}");
     read_checkpoint(&after[0].1).expect("the previous checkpoint still loads");
 }

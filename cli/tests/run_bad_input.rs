@@ -40,11 +40,23 @@ fn phase_config_with_bad_values() {
     let mut p: serde_json::Value = serde_json::from_str(include_str!("../../configs/phases/p1.json")).unwrap();
     p["presets"]["tiny"]["lr"]["max"] = (-1.0).into();
     std::fs::write(tmp.path().join("p1.json"), p.to_string()).unwrap();
-    run_fails(tmp.path(), &["run", "phase", "p1", "--run-dir", "R", "--phase-config", "p1=p1.json"], &["p1.json", "lr"]);
+    run_fails(
+        tmp.path(),
+        &["run", "phase", "p1", "--run-dir", "R", "--phase-config", "p1=p1.json"],
+        &["p1.json", "lr"],
+    );
     let mut p: serde_json::Value = serde_json::from_str(include_str!("../../configs/phases/p0.json")).unwrap();
     p["distill"]["hidden_l2"] = 0.5.into();
     std::fs::write(tmp.path().join("p0.json"), p.to_string()).unwrap();
-    run_fails(tmp.path(), &["run", "phase", "p1", "--run-dir", "R", "--phase-config", "p0=p0.json"], &["p0.json", "hidden_l2"]);
-    run_fails(tmp.path(), &["run", "phase", "p1", "--run-dir", "R", "--phase-config", "p0=missing.json"], &["missing.json"]);
+    run_fails(
+        tmp.path(),
+        &["run", "phase", "p1", "--run-dir", "R", "--phase-config", "p0=p0.json"],
+        &["p0.json", "hidden_l2"],
+    );
+    run_fails(
+        tmp.path(),
+        &["run", "phase", "p1", "--run-dir", "R", "--phase-config", "p0=missing.json"],
+        &["missing.json"],
+    );
     run_fails(tmp.path(), &["run", "phase", "p1", "--run-dir", "R", "--phase-config", "nonsense"], &["PHASE=FILE"]);
 }

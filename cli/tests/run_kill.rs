@@ -83,8 +83,12 @@ fn sigkill_during_checkpoints_always_resumes_from_the_last_complete_one() {
     let mut newest = 0;
     let mut kills = 0;
     for trial in 0..20 {
-        let mut child =
-            moe_cli().args(run_args(&killed, &run, &phase)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = moe_cli()
+            .args(run_args(&killed, &run, &phase))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(rng.gen_range(150..900)));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL

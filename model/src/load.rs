@@ -116,9 +116,15 @@ impl Qwen3 {
         let flat = self.params.flat();
         let mut tensors = Vec::with_capacity(self.params.entries().len() + self.router_bias.len());
         for e in self.params.entries() {
-            let dtype = if f32_only { FileDType::F32 } else { dtypes.get(e.name.as_str()).copied().unwrap_or(FileDType::F32) };
+            let dtype =
+                if f32_only { FileDType::F32 } else { dtypes.get(e.name.as_str()).copied().unwrap_or(FileDType::F32) };
             let bytes = f32_to_bytes(&flat[e.offset..e.offset + e.numel()], dtype)?;
-            tensors.push(TensorToWrite { name: e.name.clone(), dtype, shape: e.shape.clone(), data: Cow::Owned(bytes) });
+            tensors.push(TensorToWrite {
+                name: e.name.clone(),
+                dtype,
+                shape: e.shape.clone(),
+                data: Cow::Owned(bytes),
+            });
         }
         for (i, bias) in self.router_bias.iter().enumerate() {
             let bytes = f32_to_bytes(bias, FileDType::F32)?;

@@ -33,7 +33,7 @@ use std::sync::Arc;
 pub struct McqConfig {
     /// Tokens per packed row (T); a sequence longer than this gets a row of its own length.
     pub row_len: usize,
-    /// Rows per forward (B).
+    /// Rows per forward (B); the default 4 (1024 tokens a forward) measured fastest on 2 cores.
     pub rows_per_batch: usize,
     /// Evaluate only this many items, evenly spaced over the set (see [`subset_indices`]).
     pub max_items: Option<usize>,
@@ -44,7 +44,7 @@ pub struct McqConfig {
 
 impl Default for McqConfig {
     fn default() -> Self {
-        McqConfig { row_len: 256, rows_per_batch: 16, max_items: None, max_seq_len: 2048 }
+        McqConfig { row_len: 256, rows_per_batch: 4, max_items: None, max_seq_len: 2048 }
     }
 }
 

@@ -9,7 +9,6 @@ use model::importance::{magnitude, read_taylor_state, write_importance, TaylorFo
 use model::{Qwen3, TokenBatch};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// Arguments of `importance`.
 #[derive(clap::Args)]
@@ -173,10 +172,7 @@ impl Source {
         match self {
             Source::Packed(ds) => {
                 let seqs: Vec<u64> = (start..end).collect();
-                let p = batch_of(ds, &seqs);
-                let batch =
-                    TokenBatch { ids: p.ids, b: p.b, t: p.t, pos: Arc::from(p.pos), seg: Some(Arc::from(p.seg)) };
-                Ok((batch, p.targets))
+                Ok(actors::eval::token_batch_of(batch_of(ds, &seqs)))
             }
             Source::Text(seqs) => {
                 let rows = &seqs[start as usize..end as usize];

@@ -113,7 +113,12 @@ fn print_summary(s: &PhaseSummary) {
     for (set, acc) in &s.mcq_accuracy {
         let chance = s.mcq_chance.get(set).copied().unwrap_or(0.0);
         let norm = s.mcq_accuracy_norm.get(set).copied().unwrap_or(0.0);
-        println!("mcq        {set:<14} {:>6.1}%  (per-token {:>5.1}%, chance {:>4.1}%)", 100.0 * acc, 100.0 * norm, 100.0 * chance);
+        println!(
+            "mcq        {set:<14} {:>6.1}%  (per-token {:>5.1}%, chance {:>4.1}%)",
+            100.0 * acc,
+            100.0 * norm,
+            100.0 * chance
+        );
     }
     for (i, r) in s.router.iter().enumerate() {
         let max = r.share.iter().cloned().fold(0.0f32, f32::max);
