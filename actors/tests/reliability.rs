@@ -171,3 +171,36 @@ fn full_disk_while_checkpointing_is_a_clear_error_and_keeps_the_previous_checkpo
     assert_eq!(leftovers.len(), 1, "no temporary directory left: {leftovers:?}");
     read_checkpoint(&after[0].1).expect("the previous checkpoint still loads");
 }
+
+#[test]
+fn first_third_of_p1_is_domain_biased_then_mixed_and_the_stream_resumes_from_any_cursor() {
+    let cfg = micro_phase("p1", 30);
+    let ds = Arc::new(PackedDataset::open(&data_dir().join("data/train")).unwrap());
+    let total = cfg.total_steps() * cfg.accumulation();
+    let mut wide = cfg.mix.clone();
+    wide.weights = [("medical".to_string(), 1.0), ("general".to_string(), 1.0)].into();
+    let stream = BatchStream::new(ds, &wide, 8, cfg.seed, total).unwrap();
+    let biased_until = (total as f64 * wide.biased_frac).round() as u64;
+    let mut cursor = actors::batches::LoaderCursor::default();
+    let (mut single, mut mixed_batches, mut cursors) = (0, 0, Vec::new());
+    let mut all = Vec::new();
+    for k in 0..total {
+        cursors.push(cursor.clone());
+        let (b, next) = stream.next(&cursor).unwrap();
+        let one_domain = b.domains.iter().all(|d| d == &b.domains[0]);
+        if k < biased_until {
+            assert!(one_domain, "biased micro-batch {k} mixes domains: {:?}", b.domains);
+            single += 1;
+        } else if !one_domain {
+            mixed_batches += 1;
+        }
+        all.push(b.sequences.clone());
+        cursor = next;
+    }
+    assert!(single > 0 && mixed_batches > 0, "{single} biased, {mixed_batches} mixed");
+    // Any cursor (as saved in a checkpoint) reproduces the rest of the stream exactly.
+    for k in [0, biased_until.saturating_sub(1), biased_until, total - 1] {
+        let (b, _) = stream.next(&cursors[k as usize]).unwrap();
+        assert_eq!(b.sequences, all[k as usize], "micro-batch {k} from its cursor");
+    }
+}
