@@ -79,9 +79,24 @@ ptxas=$(ls "$venv"/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas 2>/dev/
 if [[ -z "$ptxas" ]]; then
     ((install)) || { echo "check_ptx: ptxas missing under $venv (run without --no-install)" >&2; exit 1; }
     echo "== check_ptx: installing $PTXAS_WHEEL into $venv"
-    "${PYTHON:-python3}" -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "$PTXAS_WHEEL"
-    ptxas=$(ls "$venv"/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas | head -n 1)
+    if "${PYTHON:-python3}" -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "$PTXAS_WHEEL"; then
+        ptxas=$(ls "$venv"/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas | head -n 1)
+    else
+        # No venv/pip on this machine: fetch the same pinned wheel from PyPI with the standard
+        # library and unpack it (a wheel is a zip).
+        echo "== check_ptx: venv/pip unavailable; fetching the wheel with python's standard library"
+        pkg="$cache/ptxas-pkg"
+        "${PYTHON:-python3}" - "$PTXAS_WHEEL" "$pkg" <<'PY'
+import io, re, sys, urllib.request, zipfile
+name, version = sys.argv[1].split("==")
+index = urllib.request.urlopen(f"https://pypi.org/simple/{name}/").read().decode()
+wheel = re.escape(name.replace("-", "_")) + "-" + re.escape(version)
+url = re.search(r'href="([^"#]+/' + wheel + r'-[^"#]*x86_64[^"#]*\.whl)', index).group(1)
+zipfile.ZipFile(io.BytesIO(urllib.request.urlopen(url).read())).extractall(sys.argv[2])
+PY
+        ptxas="$pkg/nvidia/cuda_nvcc/bin/ptxas"
+        chmod +x "$ptxas"
+    fi
 fi
 echo "== check_ptx: $("$ptxas" --version | grep -o "release [0-9.]*, V[0-9.]*") on $ptx (PTX ISA $vmaj.$vmin)"
 
