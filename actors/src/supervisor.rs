@@ -25,6 +25,8 @@ pub struct Faults {
     pub disk_budget: Option<u64>,
     /// Stop (as if killed) after this many optimiser steps of this process.
     pub stop_after_steps: Option<u64>,
+    /// Inject a dev-PPL rollback action (LR x 0.5) after this optimiser step, once.
+    pub rollback_at: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -338,6 +340,7 @@ impl Handler<Run> for TrainerActor {
         let mut evals = Vec::new();
         let mut trained_sequences = Vec::new();
         let mut steps_here = 0u64;
+        let mut injected = false;
         let wait_save = |pending: &mut Option<Request<Checkpointer, Save>>,
                          last: &mut Option<PathBuf>,
                          metrics: &Addr<Metrics>|
@@ -379,17 +382,37 @@ impl Handler<Run> for TrainerActor {
                 micro.push(b);
                 cursor = next;
             }
-            let (rec, actions) = t.step(&micro, cursor)?;
+            let (rec, mut actions) = t.step(&micro, cursor)?;
+            if self.faults.rollback_at == Some(t.state.step) && !std::mem::replace(&mut injected, true) {
+                let lr = t.state.knobs.lr_scale;
+                actions.push(crate::breakers::BreakerAction {
+                    step: t.state.step,
+                    breaker: crate::breakers::BreakerKind::DevPpl,
+                    reason: "injected rollback (fault injection)".into(),
+                    changes: vec![crate::breakers::KnobChange {
+                        knob: crate::breakers::Knob::LrScale,
+                        from: lr,
+                        to: lr * 0.5,
+                    }],
+                    rollback: true,
+                });
+                if let Some(a) = actions.last() {
+                    a.apply(&mut t.state.knobs);
+                }
+            }
             steps_here += 1;
             let tps = rec.tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
             m.metrics.do_send(Log::Step(rec.clone(), tps));
             let mut rollback = false;
+            // A knob change gets a checkpoint of the state it changed (to roll back to); a
+            // rollback goes back to the newest checkpoint taken before it.
             if !actions.is_empty() {
-                // Every knob change gets a checkpoint of the state it changed, to roll back to.
                 wait_save(&mut pending, &mut last_checkpoint, &m.metrics)?;
-                let snap = Snapshot::take(&t.model, &t.opt, t.state.step, t.state_json());
-                pending = Some(m.ckpt.send(Save(snap)));
-                wait_save(&mut pending, &mut last_checkpoint, &m.metrics)?;
+                if !actions.iter().any(|a| a.rollback) {
+                    let snap = Snapshot::take(&t.model, &t.opt, t.state.step, t.state_json());
+                    pending = Some(m.ckpt.send(Save(snap)));
+                    wait_save(&mut pending, &mut last_checkpoint, &m.metrics)?;
+                }
             }
             for a in actions {
                 rollback |= a.rollback;

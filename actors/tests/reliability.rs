@@ -204,3 +204,24 @@ fn first_third_of_p1_is_domain_biased_then_mixed_and_the_stream_resumes_from_any
         assert_eq!(b.sequences, all[k as usize], "micro-batch {k} from its cursor");
     }
 }
+
+#[test]
+fn rollback_restores_the_newest_checkpoint_keeps_the_halved_lr_and_finishes() {
+    let cfg = micro_phase("base", 8);
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults { rollback_at: Some(5), ..Faults::default() };
+    let out = run(&cfg, micro_model(false, vocab()), dir.path(), faults).unwrap();
+    assert!(out.completed && out.state.step == 8);
+    let a = out.state.actions.iter().find(|a| a.action.rollback).expect("the rollback action is logged");
+    assert!(a.checkpoint.as_deref().is_some_and(|c| c.ends_with("step-00000004")), "rolls back to step 4: {a:?}");
+    assert_eq!(out.state.knobs.lr_scale, 0.5, "the halved LR survives the rollback");
+    // Step 5 ran twice: once before the rollback, once after.
+    let per_step = (cfg.accumulation() * cfg.micro_batch as u64) as usize;
+    assert_eq!(out.trained_sequences.len(), 9 * per_step);
+    let log = std::fs::read_to_string(dir.path().join("metrics/metrics.jsonl")).unwrap();
+    assert!(log.lines().any(|l| l.contains("\"rollback\"") && l.contains("step-00000004")), "rollback logged");
+    // Steps 5..8 replayed with half the LR: not the weights of a run without the rollback.
+    let plain = tempfile::tempdir().unwrap();
+    let reference = run(&cfg, micro_model(false, vocab()), plain.path(), Faults::default()).unwrap();
+    assert_ne!(reference.model.params.flat(), out.model.params.flat());
+}

@@ -60,6 +60,7 @@ fn faults_from_env() -> actors::supervisor::Faults {
         loader_fail_at: num("MEDMOE_FAULT_LOADER_AT"),
         disk_budget: num("MEDMOE_FAULT_DISK_BYTES"),
         stop_after_steps: num("MEDMOE_FAULT_STOP_AFTER"),
+        rollback_at: num("MEDMOE_FAULT_ROLLBACK_AT"),
     }
 }
 
