@@ -147,12 +147,17 @@ pub fn write_checkpoint(dir: &Path, snap: &Snapshot, keep_last: usize, budget: &
         budget.write(&tmp.join(OPTIMIZER_FILE), &serialize(&opt, &tmp)?)?;
         budget.write(&tmp.join(TRAINER_FILE), snap.trainer_json.as_bytes())?;
         sync_dir(&tmp)?;
+        // A rollback re-runs steps: the older checkpoint of the same step is replaced. It is
+        // first renamed aside (atomic), so a kill between the two renames leaves it restorable
+        // by `remove_stale_temps`, never half deleted under its real name.
+        let replaced = dir.join(format!(".{name}.old-{}", std::process::id()));
         if target.exists() {
-            // A rollback re-runs steps: the newer checkpoint of the same step is replaced.
-            fs::remove_dir_all(&target).map_err(EngineError::io(&target))?;
+            fs::rename(&target, &replaced).map_err(EngineError::io(&target))?;
         }
         fs::rename(&tmp, &target).map_err(EngineError::io(&target))?;
-        sync_dir(dir)
+        sync_dir(dir)?;
+        let _ = fs::remove_dir_all(&replaced);
+        Ok(())
     })();
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&tmp);
@@ -160,9 +165,20 @@ pub fn write_checkpoint(dir: &Path, snap: &Snapshot, keep_last: usize, budget: &
     }
     let all = list_checkpoints(dir)?;
     for (_, old) in all.iter().rev().skip(keep_last.max(1)) {
-        let _ = fs::remove_dir_all(old);
+        remove_checkpoint(old);
     }
     Ok(target)
+}
+
+/// Deletes a checkpoint directory without ever leaving a partial `step-<N>` behind: it is
+/// renamed to a hidden temporary name first (atomic), then deleted. A kill during the
+/// deletion leaves only a hidden directory that `remove_stale_temps` clears.
+fn remove_checkpoint(path: &Path) {
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else { return };
+    let doomed = path.with_file_name(format!(".{name}.del-{}", std::process::id()));
+    if fs::rename(path, &doomed).is_ok() {
+        let _ = fs::remove_dir_all(&doomed);
+    }
 }
 
 /// Complete checkpoints in `dir`, oldest first (temporary directories are ignored).
@@ -186,14 +202,21 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// Removes temporary directories left by an interrupted writer.
+/// Clears what an interrupted writer left: temporary and half-deleted directories are removed;
+/// a checkpoint renamed aside for replacement (`.step-<N>.old-*`) whose replacement never
+/// arrived is put back under its name.
 pub fn remove_stale_temps(dir: &Path) {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".step-") {
-                let _ = fs::remove_dir_all(e.path());
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix('.').filter(|r| r.starts_with("step-")) else { continue };
+        if let Some((step_name, _)) = rest.split_once(".old-") {
+            let original = dir.join(step_name);
+            if !original.exists() && e.path().join(TRAINER_FILE).is_file() && fs::rename(e.path(), &original).is_ok() {
+                continue;
             }
         }
+        let _ = fs::remove_dir_all(e.path());
     }
 }
 
@@ -227,3 +250,6 @@ pub fn read_checkpoint(path: &Path) -> Result<Loaded> {
     let trainer_json = fs::read_to_string(path.join(TRAINER_FILE)).map_err(EngineError::io(path.join(TRAINER_FILE)))?;
     Ok(Loaded { model, adam_m: m, adam_v: v, adam_step: step[0] as u64, trainer_json })
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,75 @@
+//! Interrupted checkpoint housekeeping: a kill while an old checkpoint is pruned or while a
+//! checkpoint of the same step is replaced never leaves a partial `step-<N>` directory.
+
+use super::*;
+
+fn snapshot(step: u64) -> Snapshot {
+    Snapshot {
+        step,
+        config_json: "{}".into(),
+        tensors: vec![("w".into(), vec![2], vec![step as f32, 1.0])],
+        adam_m: vec![0.0; 2],
+        adam_v: vec![0.0; 2],
+        adam_step: step,
+        trainer_json: format!("{{\"step\":{step}}}"),
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn pruning_keeps_the_last_k_and_leaves_nothing_hidden() {
+    let tmp = tempfile::tempdir().unwrap();
+    for step in 1..=4 {
+        write_checkpoint(tmp.path(), &snapshot(step), 2, &mut DiskBudget::default()).unwrap();
+    }
+    assert_eq!(names(tmp.path()), ["step-00000003", "step-00000004"]);
+}
+
+#[test]
+fn a_kill_while_pruning_leaves_only_a_hidden_directory_that_is_cleared() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_checkpoint(tmp.path(), &snapshot(2), 2, &mut DiskBudget::default()).unwrap();
+    // What a kill in the middle of deleting step 1 leaves: a renamed, half-deleted directory.
+    let half = tmp.path().join(".step-00000001.del-99");
+    fs::create_dir(&half).unwrap();
+    fs::write(half.join(TRAINER_FILE), "{\"step\":1}").unwrap();
+    let listed: Vec<u64> = list_checkpoints(tmp.path()).unwrap().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(listed, [2], "a half-deleted checkpoint is never listed");
+    remove_stale_temps(tmp.path());
+    assert_eq!(names(tmp.path()), ["step-00000002"]);
+}
+
+#[test]
+fn a_kill_between_the_renames_of_a_replacement_restores_the_old_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = write_checkpoint(tmp.path(), &snapshot(3), 2, &mut DiskBudget::default()).unwrap();
+    // The replacement renamed the old step-3 aside and was killed before its own rename.
+    fs::rename(&first, tmp.path().join(".step-00000003.old-99")).unwrap();
+    fs::create_dir(tmp.path().join(".step-00000003.tmp-99")).unwrap();
+    remove_stale_temps(tmp.path());
+    assert_eq!(names(tmp.path()), ["step-00000003"]);
+    assert_eq!(fs::read_to_string(first.join(TRAINER_FILE)).unwrap(), "{\"step\":3}");
+    // With the replacement in place, the renamed-aside copy is just deleted.
+    write_checkpoint(tmp.path(), &snapshot(3), 2, &mut DiskBudget::default()).unwrap();
+    fs::create_dir(tmp.path().join(".step-00000003.old-98")).unwrap();
+    fs::write(tmp.path().join(".step-00000003.old-98").join(TRAINER_FILE), "{}").unwrap();
+    remove_stale_temps(tmp.path());
+    assert_eq!(names(tmp.path()), ["step-00000003"]);
+}
+
+#[test]
+fn replacing_a_checkpoint_of_the_same_step_leaves_one_complete_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_checkpoint(tmp.path(), &snapshot(5), 2, &mut DiskBudget::default()).unwrap();
+    let mut again = snapshot(5);
+    again.trainer_json = "{\"step\":5,\"replaced\":true}".into();
+    let path = write_checkpoint(tmp.path(), &again, 2, &mut DiskBudget::default()).unwrap();
+    assert_eq!(names(tmp.path()), ["step-00000005"]);
+    assert!(fs::read_to_string(path.join(TRAINER_FILE)).unwrap().contains("replaced"));
+}
