@@ -306,7 +306,7 @@ impl Trainer {
             lb += w * o.lb;
             z += w * o.z;
         }
-        let grad_norm = grads.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt() as f32;
+        let grad_norm = kernels_cpu::adamw::global_norm(&grads);
         let finite = loss.is_finite() && grad_norm.is_finite();
         let clip = self.state.autoclip.observe(if finite { grad_norm } else { f32::NAN });
         if finite {

@@ -131,7 +131,7 @@ impl ParamTable {
     /// Gathers the gradients of `(offset, leaf)` pairs into one flat vector in layout order;
     /// elements no leaf covers, or whose leaf got no gradient, are zero.
     pub fn flat_grads_at(&self, leaves: &[(usize, Tensor)], grads: &mut Gradients) -> Vec<f32> {
-        let mut flat = vec![0f32; self.numel()];
+        let mut flat = kernels_cpu::buffer::zeroed(self.numel());
         for (offset, leaf) in leaves {
             if let Some(g) = grads.remove(leaf) {
                 flat[*offset..*offset + g.len()].copy_from_slice(&g);

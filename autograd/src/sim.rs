@@ -102,6 +102,52 @@ pub(crate) fn matmul_on(
     }
 }
 
+/// `op(a) · op(b)` as a new `[M, N]` vector on `device` (on CPU written into fresh memory with
+/// no zero fill).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_new_on(
+    device: Device,
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: Trans,
+    tb: Trans,
+) -> std::result::Result<Vec<f32>, SimError> {
+    match device {
+        Device::Sim => {
+            let mut c = vec![0f32; m * n];
+            sim_matmul(&mut c, a, b, m, k, n, ta, tb, false)?;
+            Ok(c)
+        }
+        Device::Cpu | Device::Cuda => Ok(kernels_cpu::gemm::matmul_new(a, b, m, k, n, ta, tb)),
+    }
+}
+
+/// Adds `op(a) · op(b)` to the gradient of `t` in `g`: into its buffer when it has one, else as
+/// a fresh product (no zero-filled buffer to add to).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_into_grad(
+    op: &'static str,
+    g: &mut crate::tape::Gradients,
+    t: &crate::tensor::Tensor,
+    device: Device,
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: Trans,
+    tb: Trans,
+) {
+    g.add_or_insert(
+        t,
+        |acc| sim_bwd(op, matmul_on(device, acc, a, b, m, k, n, ta, tb, true)),
+        || sim_bwd(op, matmul_new_on(device, a, b, m, k, n, ta, tb)),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

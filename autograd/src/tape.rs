@@ -178,15 +178,59 @@ impl Gradients {
     /// Runs `f` on the (zero-initialised if new) gradient buffer of `t`, if `t` requires one.
     pub fn accumulate(&mut self, t: &Tensor, f: impl FnOnce(&mut [f32])) {
         if let Some(id) = t.id {
-            let buf = self.map.entry(id).or_insert_with(|| vec![0.0; t.numel()]);
+            let buf = self.map.entry(id).or_insert_with(|| kernels_cpu::buffer::zeroed(t.numel()));
             f(buf);
+        }
+    }
+
+    /// If `t` requires a gradient: runs `add` on its buffer when it already has one, else stores
+    /// `fresh()` (which must hold `t.numel()` values) as its gradient: an op whose kernel can
+    /// write its result needs no zero-filled buffer to add it to.
+    pub fn add_or_insert(&mut self, t: &Tensor, add: impl FnOnce(&mut [f32]), fresh: impl FnOnce() -> Vec<f32>) {
+        let Some(id) = t.id else { return };
+        match self.map.get_mut(&id) {
+            Some(buf) => add(buf),
+            None => {
+                let buf = fresh();
+                assert_eq!(buf.len(), t.numel(), "fresh gradient of the wrong length");
+                self.map.insert(id, buf);
+            }
+        }
+    }
+
+    /// Adds `scale * grad` to the gradient of `t` (if `t` requires one); when `t` has none yet,
+    /// `grad` itself becomes it (scaled in place), with no zero-filled buffer and no copy.
+    pub fn add_scaled(&mut self, t: &Tensor, scale: f32, mut grad: Vec<f32>) {
+        let Some(id) = t.id else { return };
+        assert_eq!(grad.len(), t.numel(), "gradient of the wrong length");
+        match self.map.get_mut(&id) {
+            Some(buf) => kernels_cpu::elementwise::axpy(buf, scale, &grad),
+            None => {
+                if scale != 1.0 {
+                    kernels_cpu::elementwise::scale(&mut grad, scale);
+                }
+                self.map.insert(id, grad);
+            }
+        }
+    }
+
+    /// Adds `scale * grad` to the gradient of `t` (if `t` requires one); when `t` has none yet,
+    /// it becomes a scaled copy of `grad` (no zero-filled buffer to add to).
+    pub fn add_scaled_slice(&mut self, t: &Tensor, scale: f32, grad: &[f32]) {
+        let Some(id) = t.id else { return };
+        assert_eq!(grad.len(), t.numel(), "gradient of the wrong length");
+        match self.map.get_mut(&id) {
+            Some(buf) => kernels_cpu::elementwise::axpy(buf, scale, grad),
+            None => {
+                self.map.insert(id, kernels_cpu::buffer::scaled_copy(grad, scale));
+            }
         }
     }
 
     /// Takes the gradient buffer of `t` out so several can be borrowed at once (zeros when new,
     /// or a scratch buffer when `t` requires no gradient); give it back with [`Gradients::put`].
     pub fn take(&mut self, t: &Tensor) -> Vec<f32> {
-        t.id.and_then(|id| self.map.remove(&id)).unwrap_or_else(|| vec![0.0; t.numel()])
+        t.id.and_then(|id| self.map.remove(&id)).unwrap_or_else(|| kernels_cpu::buffer::zeroed(t.numel()))
     }
 
     /// Returns a buffer taken with [`Gradients::take`] (dropped if `t` requires no gradient).

@@ -133,6 +133,15 @@ pub fn adamw_step(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32],
 }
 
 /// Reference step in f64 with the same hyperparameters (read as [`intended_f64`]).
+/// Global L2 norm of a gradient, summed in f64. Fixed chunks summed in order, so the value is
+/// the same for every thread count (it feeds clipping, which must resume bitwise).
+pub fn global_norm(grad: &[f32]) -> f32 {
+    let partial: Vec<f64> =
+        grad.par_chunks(CHUNK).map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>()).collect();
+    partial.iter().sum::<f64>().sqrt() as f32
+}
+
+/// Naive reference of [`adamw_step`] in f64.
 pub fn adamw_naive(param: &mut [f64], grad: &[f64], m: &mut [f64], v: &mut [f64], cfg: &AdamWConfig, step: u64) {
     let len = param.len();
     assert!(grad.len() == len && m.len() == len && v.len() == len, "adamw_naive: length mismatch");

@@ -23,13 +23,18 @@ pub fn axpy(dst: &mut [f32], scale: f32, src: &[f32]) {
     });
 }
 
+/// `dst *= scale`.
+pub fn scale(dst: &mut [f32], scale: f32) {
+    dst.par_chunks_mut(CHUNK).for_each(|d| d.iter_mut().for_each(|x| *x *= scale));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::check::rand_vec;
 
     #[test]
-    fn add_and_axpy_match_scalar_loops() {
+    fn add_axpy_and_scale_match_scalar_loops() {
         let n = 40_000 + 17;
         let a = rand_vec(n, 1);
         let b = rand_vec(n, 2);
@@ -37,9 +42,12 @@ mod tests {
         add_forward(&mut out, &a, &b);
         let mut acc = a.clone();
         axpy(&mut acc, 0.5, &b);
+        let mut scaled = b.clone();
+        scale(&mut scaled, 0.25);
         for i in 0..n {
             assert_eq!(out[i], a[i] + b[i]);
             assert_eq!(acc[i], a[i] + b[i] * 0.5);
+            assert_eq!(scaled[i], b[i] * 0.25);
         }
     }
 }

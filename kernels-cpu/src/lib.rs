@@ -12,6 +12,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod buffer;
 pub mod check;
 pub mod cross_entropy;
 pub mod distill;

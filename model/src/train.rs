@@ -42,7 +42,7 @@ pub fn train_step(
     run: &RunOptions,
 ) -> Result<StepStats> {
     let (loss, tokens, grads) = loss_and_grads(model, batch, targets, run)?;
-    let grad_norm = grads.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt() as f32;
+    let grad_norm = kernels_cpu::adamw::global_norm(&grads);
     opt.step_on(run.device, &mut model.params, &grads).map_err(ag)?;
     Ok(StepStats { loss, grad_norm, tokens })
 }

@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 use kernels_cpu::attention::{attention_backward, attention_forward, AttnDims};
+use kernels_cpu::buffer::zeroed;
 use std::sync::Arc;
 
 /// `q [B*T, H*Dh]`, `k`/`v [B*T, KV*Dh]` → `[B*T, H*Dh]`; `seg [B*T]` (optional) restricts
@@ -29,8 +30,8 @@ pub fn attention(
         "attention",
         || format!("q {:?} k {:?} v {:?} for {dims:?}", q.shape(), k.shape(), v.shape()),
     )?;
-    let mut out = vec![0f32; q.numel()];
-    let mut lse = vec![0f32; dims.b * dims.h * dims.t];
+    let mut out = zeroed(q.numel());
+    let mut lse = zeroed(dims.b * dims.h * dims.t);
     attention_forward(&mut out, &mut lse, &q.f32s(), &k.f32s(), &v.f32s(), seg.map(|s| &s[..]), dims);
     let out = Tensor::from_vec(out, q.shape());
     if !tape.needs_grad(&[q, k, v]) {

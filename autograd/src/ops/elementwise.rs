@@ -4,17 +4,18 @@ use super::ensure;
 use crate::error::Result;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
-use kernels_cpu::elementwise::{add_forward, axpy};
+use kernels_cpu::buffer::zeroed;
+use kernels_cpu::elementwise::add_forward;
 
 /// `a + b` (same shapes).
 pub fn add(tape: &Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     ensure(a.shape() == b.shape(), "add", || format!("{:?} vs {:?}", a.shape(), b.shape()))?;
-    let mut out = vec![0f32; a.numel()];
+    let mut out = zeroed(a.numel());
     add_forward(&mut out, &a.f32s(), &b.f32s());
     let (at, bt) = (a.clone(), b.clone());
     Ok(tape.record(Tensor::from_vec(out, a.shape()), &[a, b], move |dy, g| {
-        g.accumulate(&at, |da| axpy(da, 1.0, dy));
-        g.accumulate(&bt, |db| axpy(db, 1.0, dy));
+        g.add_scaled_slice(&at, 1.0, dy);
+        g.add_scaled_slice(&bt, 1.0, dy);
     }))
 }
 
@@ -24,7 +25,7 @@ pub fn add_scaled(tape: &Tape, a: &Tensor, b: &Tensor, scale: f32) -> Result<Ten
     let out: Vec<f32> = a.f32s().iter().zip(b.f32s().iter()).map(|(&x, &y)| x + scale * y).collect();
     let (at, bt) = (a.clone(), b.clone());
     Ok(tape.record(Tensor::from_vec(out, a.shape()), &[a, b], move |dy, g| {
-        g.accumulate(&at, |da| axpy(da, 1.0, dy));
-        g.accumulate(&bt, |db| axpy(db, scale, dy));
+        g.add_scaled_slice(&at, 1.0, dy);
+        g.add_scaled_slice(&bt, scale, dy);
     }))
 }

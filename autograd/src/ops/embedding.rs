@@ -4,6 +4,7 @@ use super::ensure;
 use crate::error::{AutogradError, Result};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
+use kernels_cpu::buffer::zeroed;
 use kernels_cpu::embedding::{embedding_backward, embedding_forward};
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ pub fn embedding(tape: &Tape, ids: &[u32], table: &Tensor) -> Result<Tensor> {
             msg: format!("token id {bad} at position {i} is outside the vocabulary of {v}"),
         });
     }
-    let mut out = vec![0f32; ids.len() * d];
+    let mut out = zeroed(ids.len() * d);
     embedding_forward(&mut out, ids, &table.f32s(), d);
     let (tt, ids) = (table.clone(), Arc::<[u32]>::from(ids));
     Ok(tape.record(Tensor::from_vec(out, &[ids.len(), d]), &[table], move |dy, g| {

@@ -2,7 +2,7 @@
 
 use super::{ensure, rows};
 use crate::error::Result;
-use crate::sim::{matmul_on, sim, sim_bwd};
+use crate::sim::{matmul_into_grad, matmul_new_on, sim};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 use kernels_cpu::gemm::Trans;
@@ -15,17 +15,12 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     })?;
     let (n, k, m) = (rows(x), x.last_dim(), w.shape()[0]);
     let dev = tape.device();
-    let mut out = vec![0f32; n * m];
-    sim("linear", matmul_on(dev, &mut out, &x.f32s(), &w.f32s(), n, k, m, Trans::No, Trans::Yes, false))?;
+    let out = sim("linear", matmul_new_on(dev, &x.f32s(), &w.f32s(), n, k, m, Trans::No, Trans::Yes))?;
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("x has a last dim") = m;
     let (xs, ws) = (x.clone(), w.clone());
     Ok(tape.record(Tensor::from_vec(out, &shape), &[x, w], move |dy, g| {
-        g.accumulate(&xs, |dx| {
-            sim_bwd("linear", matmul_on(dev, dx, dy, &ws.f32s(), n, m, k, Trans::No, Trans::No, true));
-        });
-        g.accumulate(&ws, |dw| {
-            sim_bwd("linear", matmul_on(dev, dw, dy, &xs.f32s(), m, n, k, Trans::Yes, Trans::No, true));
-        });
+        matmul_into_grad("linear", g, &xs, dev, dy, &ws.f32s(), n, m, k, Trans::No, Trans::No);
+        matmul_into_grad("linear", g, &ws, dev, dy, &xs.f32s(), m, n, k, Trans::Yes, Trans::No);
     }))
 }

@@ -5,10 +5,10 @@ use crate::error::{AutogradError, Result};
 use crate::sim::{sim, sim_matmul};
 use crate::tape::Tape;
 use crate::tensor::{Device, Tensor};
+use kernels_cpu::buffer::zeroed;
 use kernels_cpu::cross_entropy::{
     count_targets, default_chunk_rows, lm_head_ce_forward, lm_head_ce_forward_backward, IGNORE_INDEX,
 };
-use kernels_cpu::elementwise::axpy;
 use kernels_cpu::gemm::Trans;
 
 /// Result of [`lm_head_cross_entropy`].
@@ -39,7 +39,7 @@ pub fn lm_head_cross_entropy(tape: &Tape, h: &Tensor, w: &Tensor, targets: &[i32
     }
     let count = count_targets(targets);
     let chunk = default_chunk_rows(v);
-    let mut row_losses = vec![0f32; n];
+    let mut row_losses = zeroed(n);
     let (hf, wf) = (h.f32s(), w.f32s());
     let mean = |losses: &[f32]| {
         if count == 0 {
@@ -58,7 +58,7 @@ pub fn lm_head_cross_entropy(tape: &Tape, h: &Tensor, w: &Tensor, targets: &[i32
         let loss = Tensor::from_vec(vec![mean(&row_losses)], &[]);
         return Ok(CrossEntropyOutput { loss, row_losses, count });
     }
-    let (mut dh, mut dw) = (vec![0f32; n * d], vec![0f32; v * d]);
+    let (mut dh, mut dw) = (zeroed(n * d), zeroed(v * d));
     let scale = 1.0 / count as f32;
     if on_sim {
         let grads = Some((&mut dh[..], &mut dw[..]));
@@ -69,8 +69,8 @@ pub fn lm_head_cross_entropy(tape: &Tape, h: &Tensor, w: &Tensor, targets: &[i32
     let loss = Tensor::from_vec(vec![mean(&row_losses)], &[]);
     let (ht, wt) = (h.clone(), w.clone());
     let loss = tape.record(loss, &[h, w], move |dloss, g| {
-        g.accumulate(&ht, |gh| axpy(gh, dloss[0], &dh));
-        g.accumulate(&wt, |gw| axpy(gw, dloss[0], &dw));
+        g.add_scaled(&ht, dloss[0], dh);
+        g.add_scaled(&wt, dloss[0], dw);
     });
     Ok(CrossEntropyOutput { loss, row_losses, count })
 }
@@ -93,8 +93,8 @@ fn sim_lm_head_ce(
     chunk: usize,
 ) -> std::result::Result<(), kernels_gpu::sim::SimError> {
     let (n, chunk) = (targets.len(), chunk.max(1));
-    let mut logits = vec![0f32; chunk.min(n) * v]; // [rows, V]
-    let mut dlogits = vec![0f32; chunk.min(n) * v]; // [rows, V]
+    let mut logits = zeroed(chunk.min(n) * v); // [rows, V]
+    let mut dlogits = zeroed(chunk.min(n) * v); // [rows, V]
     for r0 in (0..n).step_by(chunk) {
         let r1 = (r0 + chunk).min(n);
         let (rows, hc) = (r1 - r0, &h[r0 * d..r1 * d]);

@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::sim::{sim, sim_bwd};
 use crate::tape::Tape;
 use crate::tensor::{Device, Tensor};
+use kernels_cpu::buffer::zeroed;
 use kernels_cpu::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use kernels_gpu::sim::ops as gpu;
 
@@ -14,7 +15,7 @@ pub fn rmsnorm(tape: &Tape, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> 
     ensure(w.shape() == [c], "rmsnorm", || format!("x {:?} vs w {:?}", x.shape(), w.shape()))?;
     let n = rows(x);
     let dev = tape.device();
-    let (mut out, mut rstd) = (vec![0f32; n * c], vec![0f32; n]);
+    let (mut out, mut rstd) = (zeroed(n * c), zeroed(n));
     if dev == Device::Sim {
         sim("rmsnorm", gpu::rmsnorm_forward(&mut out, &mut rstd, &x.f32s(), &w.f32s(), n, c, eps))?;
     } else {

@@ -4,6 +4,7 @@ use super::{ensure, rows};
 use crate::error::Result;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
+use kernels_cpu::buffer::zeroed;
 use kernels_cpu::rope::{rope_backward, rope_forward, RopeTable};
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ pub fn rope(tape: &Tape, x: &Tensor, pos: &Arc<[u32]>, table: &Arc<RopeTable>, h
             msg: format!("position {p} beyond the table of {} positions", table.max_pos),
         });
     }
-    let mut out = vec![0f32; x.numel()];
+    let mut out = zeroed(x.numel());
     rope_forward(&mut out, &x.f32s(), pos, table, n, heads);
     let (xs, pos, table) = (x.clone(), pos.clone(), table.clone());
     Ok(tape.record(Tensor::from_vec(out, x.shape()), &[x], move |dy, g| {

@@ -4,6 +4,7 @@ use super::{ensure, rows};
 use crate::error::Result;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
+use kernels_cpu::buffer::zeroed;
 use rayon::prelude::*;
 
 /// Columns `start..start + width` of `x [N, C]` → `[N, width]` (a copy).
@@ -14,7 +15,7 @@ pub fn slice_cols(tape: &Tape, x: &Tensor, start: usize, width: usize) -> Result
     })?;
     let n = rows(x);
     let xs = x.f32s();
-    let mut out = vec![0f32; n * width];
+    let mut out = zeroed(n * width);
     out.par_chunks_mut(width).zip(xs.par_chunks(c)).for_each(|(o, row)| o.copy_from_slice(&row[start..start + width]));
     drop(xs);
     let xt = x.clone();

@@ -5,13 +5,14 @@ use crate::error::Result;
 use crate::sim::{sim, sim_bwd};
 use crate::tape::Tape;
 use crate::tensor::{Device, Tensor};
+use kernels_cpu::buffer::zeroed;
 use kernels_gpu::sim::ops as gpu;
 
 /// `silu(gate) * up`, same shapes.
 pub fn swiglu(tape: &Tape, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     ensure(gate.shape() == up.shape(), "swiglu", || format!("{:?} vs {:?}", gate.shape(), up.shape()))?;
     let dev = tape.device();
-    let mut out = vec![0f32; gate.numel()];
+    let mut out = zeroed(gate.numel());
     if dev == Device::Sim {
         sim("swiglu", gpu::swiglu_forward(&mut out, &gate.f32s(), &up.f32s()))?;
     } else {
@@ -38,7 +39,7 @@ pub fn swiglu_fused(tape: &Tape, gu: &Tensor) -> Result<Tensor> {
     let f = two_f / 2;
     let n = gu.numel() / two_f;
     let dev = tape.device();
-    let mut out = vec![0f32; n * f];
+    let mut out = zeroed(n * f);
     if dev == Device::Sim {
         sim("swiglu_fused", gpu::swiglu_fused_forward(&mut out, &gu.f32s(), f))?;
     } else {

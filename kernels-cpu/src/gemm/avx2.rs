@@ -26,7 +26,7 @@ mod kernel;
 mod pack;
 mod shared;
 
-use super::{strides, Trans};
+use super::{strides, DstPtr, Trans};
 use kernel::{kernel_6x16, MR, NR};
 use pack::pack_a;
 use shared::{run_tasks, with_buf, PackedA, PackedB, SharedPtr, A_BUF, A_SHARED, B_BUF, PACK_PANELS};
@@ -86,7 +86,7 @@ fn balanced_block(len: usize, max: usize, unit: usize, parts: usize) -> usize {
 /// Panics if the CPU lacks AVX2/FMA or a slice is shorter than its shape says.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(
-    dst: &mut [f32],
+    dst: DstPtr,
     a: &[f32],
     b: &[f32],
     m: usize,
@@ -99,7 +99,7 @@ pub(crate) fn matmul(
     blk: Blocking,
 ) {
     assert!(available(), "matmul: the AVX2 backend needs AVX2 and FMA");
-    assert!(dst.len() >= m * n, "matmul: dst too short");
+    assert!(dst.len >= m * n, "matmul: dst too short");
     assert!(a.len() >= m * k, "matmul: a too short");
     assert!(b.len() >= k * n, "matmul: b too short");
     if m == 0 || n == 0 {
@@ -107,7 +107,7 @@ pub(crate) fn matmul(
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            dst.zero(m * n);
         }
         return;
     }
@@ -135,7 +135,7 @@ pub(crate) fn matmul(
     let share_a = (n > nc || n_split(nc.div_ceil(NR)) > 1) && m * k <= blk.a_max;
     let a_len = if share_a { PackedA::len(m, k, mc, kc) } else { 0 };
     let ctx = Ctx {
-        c: SharedPtr(dst.as_mut_ptr()),
+        c: SharedPtr(dst.ptr),
         a: SharedPtr(a.as_ptr() as *mut f32),
         a_rs,
         a_cs,

@@ -6,7 +6,10 @@
 //!
 //! Backends ([`GemmBackend`]): our BLIS-style AVX2+FMA kernel (`avx2`, x86-64 only, the default
 //! where the CPU supports it) and the portable `gemm` crate (the fallback). [`matmul_with`]
-//! picks one explicitly (tests, benchmarks).
+//! picks one explicitly (tests, benchmarks). [`matmul_new`] writes a product into fresh memory
+//! without zero-filling it first.
+
+use std::mem::MaybeUninit;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -25,6 +28,32 @@ fn strides(rows: usize, cols: usize, t: Trans) -> (usize, usize) {
     match t {
         Trans::No => (cols, 1),
         Trans::Yes => (1, rows),
+    }
+}
+
+/// Where a product goes: `len` floats at `ptr`. Built from an initialised slice, or from
+/// uninitialised memory that a product with `accumulate == false` writes completely (every
+/// element is stored before any is read, so fresh outputs need no zero fill).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DstPtr {
+    pub ptr: *mut f32,
+    pub len: usize,
+}
+
+impl DstPtr {
+    fn of(dst: &mut [f32]) -> Self {
+        DstPtr { ptr: dst.as_mut_ptr(), len: dst.len() }
+    }
+
+    fn of_uninit(dst: &mut [MaybeUninit<f32>]) -> Self {
+        DstPtr { ptr: dst.as_mut_ptr().cast(), len: dst.len() }
+    }
+
+    /// Stores zeros into the first `n` floats.
+    fn zero(self, n: usize) {
+        assert!(n <= self.len, "matmul: dst too short");
+        // SAFETY: `ptr` is valid for writes of `len >= n` floats (how a DstPtr is built).
+        unsafe { std::ptr::write_bytes(self.ptr, 0, n) };
     }
 }
 
@@ -127,6 +156,23 @@ pub fn matmul_with(
     tb: Trans,
     accumulate: bool,
 ) {
+    matmul_dst(backend, threads, DstPtr::of(dst), a, b, m, k, n, ta, tb, accumulate);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_dst(
+    backend: GemmBackend,
+    threads: usize,
+    dst: DstPtr,
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: Trans,
+    tb: Trans,
+    accumulate: bool,
+) {
     match backend.resolve() {
         #[cfg(target_arch = "x86_64")]
         GemmBackend::Avx2 => avx2::matmul(dst, a, b, m, k, n, ta, tb, accumulate, threads, avx2::DEFAULT_BLOCKING),
@@ -135,10 +181,24 @@ pub fn matmul_with(
     }
 }
 
+/// `op(a)[m,k] · op(b)[k,n]` as a new `[m,n]` vector on all threads of the current rayon
+/// pool. The product is stored straight into freshly allocated memory (no zero fill first:
+/// that serial memset was ~6% of a training step).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_new(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, ta: Trans, tb: Trans) -> Vec<f32> {
+    let mut out = Vec::with_capacity(m * n);
+    let dst = DstPtr::of_uninit(&mut out.spare_capacity_mut()[..m * n]);
+    matmul_dst(GemmBackend::Auto, rayon::current_num_threads(), dst, a, b, m, k, n, ta, tb, false);
+    // SAFETY: a product with `accumulate == false` stores every element of its m x n
+    // destination (both backends, including k == 0), so the first m * n floats are initialised.
+    unsafe { out.set_len(m * n) };
+    out
+}
+
 /// The `gemm` crate backend of [`matmul_with`].
 #[allow(clippy::too_many_arguments)]
 fn matmul_gemm_crate(
-    dst: &mut [f32],
+    dst: DstPtr,
     a: &[f32],
     b: &[f32],
     m: usize,
@@ -149,7 +209,7 @@ fn matmul_gemm_crate(
     accumulate: bool,
     threads: usize,
 ) {
-    assert!(dst.len() >= m * n, "matmul: dst too short");
+    assert!(dst.len >= m * n, "matmul: dst too short");
     assert!(a.len() >= m * k, "matmul: a too short");
     assert!(b.len() >= k * n, "matmul: b too short");
     if m == 0 || n == 0 {
@@ -157,7 +217,7 @@ fn matmul_gemm_crate(
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            dst.zero(m * n);
         }
         return;
     }
@@ -170,14 +230,15 @@ fn matmul_gemm_crate(
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the asserts above guarantee every strided access stays inside the slices;
-    // dst does not alias a or b (distinct borrows).
+    // SAFETY: the asserts above guarantee every strided access stays inside the slices and
+    // dst; dst does not alias a or b (distinct borrows); with `accumulate == false` gemm never
+    // reads dst (read_dst false), so it may be uninitialised.
     unsafe {
         gemm::gemm(
             n,
             m,
             k,
-            dst.as_mut_ptr(),
+            dst.ptr,
             n as isize,
             1,
             accumulate,
@@ -311,6 +372,24 @@ mod tests {
         }
     }
 
+    /// `matmul_new` writes fresh memory without zero fill: every element must still equal the
+    /// product, including the k == 0 case (all zeros) and a shape with edge tiles and k blocks.
+    #[test]
+    fn matmul_new_matches_naive() {
+        for (m, k, n) in [(33, 65, 17), (70, 600, 45), (5, 0, 9)] {
+            for ta in TRANS {
+                for tb in TRANS {
+                    let a = rand_vec(m * k, 7);
+                    let b = rand_vec(k * n, 8);
+                    let mut want = vec![0f32; m * n];
+                    matmul_naive(&mut want, &a, &b, m, k, n, ta, tb, false);
+                    let got = in_pool(2, || matmul_new(&a, &b, m, k, n, ta, tb));
+                    check(&got, &want, k.max(1), &format!("matmul_new {m}x{k}x{n} {ta:?}{tb:?}"));
+                }
+            }
+        }
+    }
+
     #[test]
     fn auto_resolves_to_avx2_exactly_when_available() {
         let want = if GemmBackend::Avx2.is_available() { GemmBackend::Avx2 } else { GemmBackend::GemmCrate };
@@ -379,7 +458,9 @@ mod tests {
                         for (threads, a_max) in [(1, 0), (1, 1 << 20), (2, 0), (2, 1 << 20)] {
                             let blk = avx2::Blocking { mc: 13, kc: 20, nc: 40, b_max: 3000, a_max, par_min: 0 };
                             let mut got = init.clone();
-                            in_pool(threads, || avx2::matmul(&mut got, &a, &b, m, k, n, ta, tb, acc, threads, blk));
+                            in_pool(threads, || {
+                                avx2::matmul(DstPtr::of(&mut got), &a, &b, m, k, n, ta, tb, acc, threads, blk)
+                            });
                             let what = format!("t={threads} a_max={a_max} {m}x{k}x{n} {ta:?}{tb:?} acc={acc}");
                             check(&got, &want, k, &what);
                         }
