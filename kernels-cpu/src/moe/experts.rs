@@ -11,6 +11,7 @@
 //! holding more than one thread's share of the rows runs first, alone, on all threads
 //! ([`matmul`]), so one dominant expert does not serialise the layer.
 
+use crate::buffer::zeroed;
 use crate::gemm::{matmul, matmul_single, Trans};
 use crate::swiglu::{swiglu_fused_backward, swiglu_fused_forward};
 use rayon::prelude::*;
@@ -109,10 +110,10 @@ pub fn experts_backward(
         let (hgu, a) = (block(hgu, offsets, i, 2 * w), block(a, offsets, i, w));
         let (gu, down) = split_weights(&experts[i * 3 * w * d..(i + 1) * 3 * w * d], w, d);
         let (dgu, ddown) = dwts.split_at_mut(2 * w * d);
-        let mut da = vec![0f32; n * w];
+        let mut da = zeroed(n * w);
         mm(&mut da, dy, down, n, d, w, Trans::No, Trans::No, false);
         mm(ddown, dy, a, d, n, w, Trans::Yes, Trans::No, true);
-        let mut dhgu = vec![0f32; n * 2 * w];
+        let mut dhgu = zeroed(n * 2 * w);
         swiglu_fused_backward(&mut dhgu, &da, hgu, w);
         mm(dgu, &dhgu, x, 2 * w, n, d, Trans::Yes, Trans::No, true);
         mm(dx, &dhgu, gu, n, 2 * w, d, Trans::No, Trans::No, true);

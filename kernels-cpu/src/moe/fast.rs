@@ -1,6 +1,7 @@
 //! The fast path: router GEMM, routing, stable counting sort by expert, capacity, gather into
 //! per-expert blocks, grouped expert GEMMs, weighted combine; and its backward.
 
+use crate::buffer::zeroed;
 use super::experts::{experts_backward, experts_forward};
 use super::permute::{
     apply_capacity, combine_backward, combine_forward, dense_layout, gather_rows_backward, gather_rows_forward,
@@ -50,10 +51,10 @@ pub(super) fn fast_forward(
     params: &MoeParams,
 ) -> MoeForward {
     let MoeDims { n, d, e, w } = dims;
-    let mut logits = vec![0f32; n * e];
+    let mut logits = zeroed(n * e);
     router_logits_forward(&mut logits, x, router, n, d, e);
     let (mut probs, mut choice, mut lse, mut entropy) =
-        (vec![0f32; n * e], vec![0u32; n], vec![0f32; n], vec![0f32; n]);
+        (zeroed(n * e), vec![0u32; n], zeroed(n), zeroed(n));
     route_forward(&mut probs, &mut choice, &mut lse, &mut entropy, &logits, bias, e, params);
     let counts = choice_counts(&choice, e);
     let lb_loss = lb_loss_forward(&probs, &counts, e, params.weighting);
@@ -85,11 +86,11 @@ pub(super) fn fast_forward(
     };
 
     let nk = order.len();
-    let mut xp = vec![0f32; nk * d];
+    let mut xp = zeroed(nk * d);
     gather_rows_forward(&mut xp, x, &order, d);
-    let (mut y, mut hgu, mut a) = (vec![0f32; nk * d], vec![0f32; nk * 2 * w], vec![0f32; nk * w]);
+    let (mut y, mut hgu, mut a) = (zeroed(nk * d), zeroed(nk * 2 * w), zeroed(nk * w));
     experts_forward(&mut y, &mut hgu, &mut a, &xp, experts, &offsets, d, w);
-    let mut out = vec![0f32; n * d];
+    let mut out = zeroed(n * d);
     combine_forward(&mut out, &y, &weights, &inv, k, d);
     let stats = router_stats(&counts, &entropy, overflowed, dropped, n);
     let saved = FastSaved {
@@ -125,7 +126,7 @@ pub(super) fn fast_backward_out(
     dims: MoeDims,
 ) {
     let MoeDims { n, d, e, .. } = dims;
-    let mut dlogits = vec![0f32; n * e];
+    let mut dlogits = zeroed(n * e);
     fast_backward_out_logits(dx, &mut dlogits, dexperts, dout, experts, s, dims);
     if !s.params.dense_equivalent {
         router_logits_backward(dx, drouter, &dlogits, x, router, n, d, e);
@@ -145,15 +146,15 @@ pub(super) fn fast_backward_out_logits(
 ) {
     let MoeDims { n, d, e, w } = dims;
     let nk = s.order.len();
-    let (mut dyp, mut dweights) = (vec![0f32; nk * d], vec![0f32; nk]);
+    let (mut dyp, mut dweights) = (zeroed(nk * d), zeroed(nk));
     combine_backward(&mut dyp, &mut dweights, dout, &s.y, &s.weights, &s.order, d);
-    let mut dxp = vec![0f32; nk * d];
+    let mut dxp = zeroed(nk * d);
     experts_backward(&mut dxp, dexperts, &dyp, &s.xp, &s.hgu, &s.a, experts, &s.offsets, d, w);
     gather_rows_backward(dx, &dxp, &s.inv, s.k, d);
     if s.params.dense_equivalent {
         return; // weights are constants
     }
-    let mut dgate = vec![0f32; n];
+    let mut dgate = zeroed(n);
     for (&t, &g) in s.order.iter().zip(&dweights) {
         dgate[t as usize] = g;
     }
@@ -172,7 +173,7 @@ pub(super) fn fast_backward_aux(
     dims: MoeDims,
 ) {
     let MoeDims { n, d, e, .. } = dims;
-    let mut dlogits = vec![0f32; n * e];
+    let mut dlogits = zeroed(n * e);
     fast_backward_aux_logits(&mut dlogits, which, dloss, s, dims);
     router_logits_backward(dx, drouter, &dlogits, x, router, n, d, e);
 }
