@@ -249,7 +249,13 @@ impl Trainer {
         spec.temperature
     }
 
+    /// Forward + backward of one micro-batch, on a worker of the rayon pool (see
+    /// `kernels_cpu::pool`).
     fn micro(&self, p: &PackedBatch, run: &RunOptions) -> Result<MicroOut> {
+        kernels_cpu::pool::on_pool(|| self.micro_here(p, run))
+    }
+
+    fn micro_here(&self, p: &PackedBatch, run: &RunOptions) -> Result<MicroOut> {
         let (batch, targets) = crate::eval::token_batch_of(p.clone());
         let tape = Tape::new();
         let bound = self.model.bind(&tape);
@@ -293,13 +299,11 @@ impl Trainer {
         }
         let count: usize = outs.iter().map(|o| o.count).sum();
         let denom = count.max(1) as f32;
-        let mut grads = vec![0f32; self.model.params.numel()];
+        let mut grads = kernels_cpu::buffer::zeroed(self.model.params.numel());
         let (mut loss, mut ce, mut kl, mut lb, mut z) = (0f32, 0f32, 0f32, 0f32, 0f32);
         for o in &outs {
             let w = o.count as f32 / denom;
-            for (g, x) in grads.iter_mut().zip(&o.grads) {
-                *g += w * x;
-            }
+            kernels_cpu::elementwise::axpy(&mut grads, w, &o.grads);
             loss += w * o.loss;
             ce += w * o.ce;
             kl += w * o.kl;
@@ -312,7 +316,7 @@ impl Trainer {
         if finite {
             let s = clip_scale(grad_norm, clip);
             if s != 1.0 {
-                grads.iter_mut().for_each(|g| *g *= s);
+                kernels_cpu::elementwise::scale(&mut grads, s);
             }
             self.opt.cfg.lr = lr;
             self.opt.step(&mut self.model.params, &grads);

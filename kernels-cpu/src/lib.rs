@@ -21,6 +21,7 @@ pub mod embedding;
 pub mod fastmath;
 pub mod gemm;
 pub mod moe;
+pub mod pool;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;

@@ -18,8 +18,18 @@ pub struct StepStats {
 }
 
 /// Gradients of the objective, flat in the layout of `model.params`, plus the objective and
-/// the number of counted tokens. The ops run on `run.device`.
+/// the number of counted tokens. The ops run on `run.device`, the step itself on a worker of
+/// the rayon pool (see `kernels_cpu::pool`).
 pub fn loss_and_grads(
+    model: &Qwen3,
+    batch: &TokenBatch,
+    targets: &[i32],
+    run: &RunOptions,
+) -> Result<(f32, usize, Vec<f32>)> {
+    kernels_cpu::pool::on_pool(|| loss_and_grads_here(model, batch, targets, run))
+}
+
+fn loss_and_grads_here(
     model: &Qwen3,
     batch: &TokenBatch,
     targets: &[i32],

@@ -1,7 +1,6 @@
 //! The fast path: router GEMM, routing, stable counting sort by expert, capacity, gather into
 //! per-expert blocks, grouped expert GEMMs, weighted combine; and its backward.
 
-use crate::buffer::zeroed;
 use super::experts::{experts_backward, experts_forward};
 use super::permute::{
     apply_capacity, combine_backward, combine_forward, dense_layout, gather_rows_backward, gather_rows_forward,
@@ -12,6 +11,7 @@ use super::router::{
     router_logits_backward, router_logits_forward, router_stats, z_loss_backward, z_loss_forward, NONE,
 };
 use super::{capacity, AuxLoss, MoeDims, MoeForward, MoeParams, MoeSaved, RouterWeighting};
+use crate::buffer::zeroed;
 
 /// What the fast forward keeps for backward.
 pub struct FastSaved {
@@ -53,8 +53,7 @@ pub(super) fn fast_forward(
     let MoeDims { n, d, e, w } = dims;
     let mut logits = zeroed(n * e);
     router_logits_forward(&mut logits, x, router, n, d, e);
-    let (mut probs, mut choice, mut lse, mut entropy) =
-        (zeroed(n * e), vec![0u32; n], zeroed(n), zeroed(n));
+    let (mut probs, mut choice, mut lse, mut entropy) = (zeroed(n * e), vec![0u32; n], zeroed(n), zeroed(n));
     route_forward(&mut probs, &mut choice, &mut lse, &mut entropy, &logits, bias, e, params);
     let counts = choice_counts(&choice, e);
     let lb_loss = lb_loss_forward(&probs, &counts, e, params.weighting);
