@@ -26,7 +26,7 @@ mod tests {
     fn runs_on_a_worker_and_returns_the_result() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         assert_eq!(rayon::current_thread_index(), None);
-        let index = on_pool(|| rayon::current_thread_index());
+        let index = on_pool(rayon::current_thread_index);
         assert!(index.is_some(), "the body ran on a worker of the global pool");
         let nested = pool.install(|| on_pool(|| (rayon::current_thread_index(), 7)));
         assert_eq!(nested.1, 7);
