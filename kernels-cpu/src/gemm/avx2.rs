@@ -9,6 +9,8 @@
 //!    add); the task's `mc x kc` A block is packed into a per-thread buffer (stays in L2), or,
 //!    when row blocks are reused by several column blocks or parts, taken from a packed A
 //!    shared by all tasks (each block packed once, by the first task that needs it);
+//!    single-threaded products with a row-major A (the small tile products of attention)
+//!    skip packing and let the microkernel read six rows of A in place;
 //! 4. `jr`: `NR`-column micro-panels of the packed B (`kc x NR`, 16 KiB, stays in L1), each
 //!    group of 8 packed by the first task that needs it;
 //! 5. `ir`: `MR`-row micro-panels of the packed A: one call of the 6x16 microkernel each.
@@ -27,7 +29,7 @@ mod pack;
 mod shared;
 
 use super::{strides, DstPtr, Trans};
-use kernel::{kernel_6x16, MR, NR};
+use kernel::{kernel_6x16, packed_rows, unpacked_rows, MR, NR};
 use pack::pack_a;
 use shared::{run_tasks, with_buf, PackedA, PackedB, SharedPtr, A_BUF, A_SHARED, B_BUF, PACK_PANELS};
 
@@ -132,7 +134,12 @@ pub(crate) fn matmul(
     };
     // A row block is reused by every column block and part: pack it once for all of them when
     // there are several and the packed A fits the budget, else per task into a cached buffer.
-    let share_a = (n > nc || n_split(nc.div_ceil(NR)) > 1) && m * k <= blk.a_max;
+    // A row-major op(a) of a single-threaded product is read in place by the microkernel (six
+    // row streams) instead of packed: for the small tile products inside attention, packing A
+    // cost about as much as the product. Row strides of a multiple of 16 KiB would put all rows
+    // in the same few cache sets and are packed.
+    let unpacked_a = threads == 1 && a_cs == 1 && (a_rs * 4) % (16 << 10) != 0;
+    let share_a = !unpacked_a && (n > nc || n_split(nc.div_ceil(NR)) > 1) && m * k <= blk.a_max;
     let a_len = if share_a { PackedA::len(m, k, mc, kc) } else { 0 };
     let ctx = Ctx {
         c: SharedPtr(dst.ptr),
@@ -146,6 +153,7 @@ pub(crate) fn matmul(
         kc,
         m_blocks,
         accumulate,
+        unpacked_a,
     };
 
     with_buf(&A_SHARED, a_len, |abuf| {
@@ -185,6 +193,8 @@ struct Ctx {
     kc: usize,
     m_blocks: usize,
     accumulate: bool,
+    /// op(a) is row-major and read in place (no packing).
+    unpacked_a: bool,
 }
 
 impl Ctx {
@@ -203,6 +213,8 @@ impl Ctx {
                 let kcur = kc.min(k - pc);
                 let ablock = match packed_a {
                     Some(pa) => pa.block(ib, pb),
+                    // SAFETY: row ic and k offset pc lie inside `a` (length asserted).
+                    None if self.unpacked_a => unsafe { self.a.get().add(ic * self.a_rs + pc) as *const f32 },
                     None => {
                         // SAFETY: AVX2 checked by `matmul`; rows ic..ic+mcur and k pc..pc+kcur
                         // of op(a) are inside `a` (length asserted); abuf holds ceil(mcur/MR)
@@ -215,27 +227,29 @@ impl Ctx {
                     }
                 };
                 let add = self.accumulate || pc > 0;
+                let c_tile = |ir: usize, j: usize| self.c.get().wrapping_add((ic + ir) * self.n + jc + j);
+                let nr = |j: usize| NR.min(ncur - j);
                 let panels = |g: usize| {
                     for q in (g * PACK_PANELS).max(q0)..((g + 1) * PACK_PANELS).min(q1) {
                         let bpanel = packed_b.panel(pb, q);
                         let j = q * NR;
                         for ir in (0..mcur).step_by(MR) {
-                            // SAFETY: AVX2/FMA checked by `matmul`; the A and B micro-panels
-                            // are packed (kcur steps each); the tile, rows ic+ir.. (< m) and
-                            // columns jc+j.. (< n), lies in dst (m x n, row stride n, length
-                            // asserted) and no other task touches it (tasks own disjoint
-                            // (row block, panel range) pairs).
+                            let mr = MR.min(mcur - ir);
+                            // SAFETY: AVX2/FMA checked by `matmul`; the A rows (packed: a
+                            // micro-panel of kcur steps; unpacked: rows ic+ir..ic+ir+mr of a,
+                            // k from pc, kcur steps, inside `a`) and the packed B micro-panel
+                            // are readable; the tile, rows ic+ir.. (< m) and columns jc+j..
+                            // (< n), lies in dst (m x n, row stride n, length asserted) and no
+                            // other task touches it (tasks own disjoint (row block, panel
+                            // range) pairs).
                             unsafe {
-                                kernel_6x16(
-                                    kcur,
-                                    ablock.add(ir * kcur),
-                                    bpanel,
-                                    self.c.get().add((ic + ir) * self.n + jc + j),
-                                    self.n,
-                                    MR.min(mcur - ir),
-                                    NR.min(ncur - j),
-                                    add,
-                                );
+                                if self.unpacked_a {
+                                    let rows = unpacked_rows(ablock.add(ir * self.a_rs), self.a_rs, mr);
+                                    kernel_6x16::<1>(kcur, rows, bpanel, c_tile(ir, j), self.n, mr, nr(j), add);
+                                } else {
+                                    let rows = packed_rows(ablock.add(ir * kcur));
+                                    kernel_6x16::<MR>(kcur, rows, bpanel, c_tile(ir, j), self.n, mr, nr(j), add);
+                                }
                             }
                         }
                     }
@@ -257,7 +271,7 @@ impl Ctx {
                 }
             }
         };
-        if packed_a.is_some() {
+        if packed_a.is_some() || self.unpacked_a {
             body(std::ptr::null_mut());
         } else {
             with_buf(&A_BUF, round_up(mcur, MR) * kc + 8, body);

@@ -1,9 +1,11 @@
 //! The 6x16 AVX2+FMA register-blocked microkernel.
 //!
-//! One call computes a `MR x NR` tile of C from an A micro-panel (`kc` steps of `MR` values,
-//! see [`super::pack::pack_a`]) and a B micro-panel (`kc` steps of `NR` values, see
-//! [`super::pack::pack_b`]): 12 ymm accumulators (6 rows x 2 vectors of 8 columns), two ymm for
-//! the B row and one for the broadcast A value, 15 of the 16 ymm registers.
+//! One call computes a `MR x NR` tile of C from `MR` rows of A and a B micro-panel (`kc` steps
+//! of `NR` values, see [`super::pack::pack_b`]): 12 ymm accumulators (6 rows x 2 vectors of 8
+//! columns), two ymm for the B row and one for the broadcast A value, 15 of the 16 ymm
+//! registers. A is read through six row pointers advancing `S` floats per k step: a packed
+//! micro-panel (`kc` steps of `MR` values, see [`super::pack::pack_a`]; rows `a + i`, `S = MR`)
+//! or, unpacked, six rows of a row-major A (`S = 1`).
 //!
 //! Each accumulator lane sums its products in increasing `p` starting from zero, with one
 //! fused multiply-add per step; the sum is then stored into C or added to it. The value of an
@@ -17,18 +19,30 @@ pub(crate) const MR: usize = 6;
 /// Columns of a microtile (columns of a B micro-panel): two ymm vectors.
 pub(crate) const NR: usize = 16;
 
-/// `c[i*ldc + j] (+)= sum_p a[p*MR + i] * b[p*NR + j]` for `i < mr`, `j < nr`; `add` chooses
-/// `+=` over `=`.
+/// Row pointers of a packed A micro-panel, for [`kernel_6x16`] with `S = MR`.
+pub(crate) fn packed_rows(a: *const f32) -> [*const f32; MR] {
+    std::array::from_fn(|i| a.wrapping_add(i))
+}
+
+/// Row pointers of rows `0..mr` of a row-major A with row stride `lda`, for [`kernel_6x16`]
+/// with `S = 1`. Rows `mr..MR` of an edge tile repeat the last row (read, never stored).
+pub(crate) fn unpacked_rows(a: *const f32, lda: usize, mr: usize) -> [*const f32; MR] {
+    std::array::from_fn(|i| a.wrapping_add(i.min(mr.max(1) - 1) * lda))
+}
+
+/// `c[i*ldc + j] (+)= sum_p a[i][p*S] * b[p*NR + j]` for `i < mr`, `j < nr`, where `a[i]` is
+/// the i-th row pointer; `add` chooses `+=` over `=`.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA. `a` must be readable for `kc * MR` floats, `b` for
-/// `kc * NR` floats; `c` must be valid for reads and writes of rows `0..mr`, columns `0..nr`
-/// at row stride `ldc`, and must not overlap `a` or `b`. `mr <= MR`, `nr <= NR`.
+/// The CPU must support AVX2 and FMA. Each `a[i]` must be readable at `p * S` for `p < kc`,
+/// `b` for `kc * NR` floats; `c` must be valid for writes (and reads when `add`) of rows
+/// `0..mr`, columns `0..nr` at row stride `ldc`, and must not overlap `a` or `b`. `mr <= MR`,
+/// `nr <= NR`.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn kernel_6x16(
+pub(crate) unsafe fn kernel_6x16<const S: usize>(
     kc: usize,
-    a: *const f32,
+    a: [*const f32; MR],
     b: *const f32,
     c: *mut f32,
     ldc: usize,
@@ -42,32 +56,32 @@ pub(crate) unsafe fn kernel_6x16(
         unsafe { _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8) };
     }
     let mut acc = [_mm256_setzero_ps(); 12];
-    let mut ap = a;
+    let [mut a0p, mut a1p, mut a2p, mut a3p, mut a4p, mut a5p] = a;
     let mut bp = b;
     macro_rules! step {
         ($off:expr) => {{
             // SAFETY: step `p = $off` of this iteration is below kc, so the A reads
-            // `ap[p*MR..p*MR+MR]` and the B reads `bp[p*NR..p*NR+NR]` are inside the
-            // micro-panels the caller vouched for.
+            // `a_i[p*S]` and the B reads `bp[p*NR..p*NR+NR]` are inside what the caller
+            // vouched for.
             unsafe {
                 let b0 = _mm256_loadu_ps(bp.add($off * NR));
                 let b1 = _mm256_loadu_ps(bp.add($off * NR + 8));
-                let a0 = _mm256_broadcast_ss(&*ap.add($off * MR));
+                let a0 = _mm256_broadcast_ss(&*a0p.add($off * S));
                 acc[0] = _mm256_fmadd_ps(a0, b0, acc[0]);
                 acc[1] = _mm256_fmadd_ps(a0, b1, acc[1]);
-                let a1 = _mm256_broadcast_ss(&*ap.add($off * MR + 1));
+                let a1 = _mm256_broadcast_ss(&*a1p.add($off * S));
                 acc[2] = _mm256_fmadd_ps(a1, b0, acc[2]);
                 acc[3] = _mm256_fmadd_ps(a1, b1, acc[3]);
-                let a2 = _mm256_broadcast_ss(&*ap.add($off * MR + 2));
+                let a2 = _mm256_broadcast_ss(&*a2p.add($off * S));
                 acc[4] = _mm256_fmadd_ps(a2, b0, acc[4]);
                 acc[5] = _mm256_fmadd_ps(a2, b1, acc[5]);
-                let a3 = _mm256_broadcast_ss(&*ap.add($off * MR + 3));
+                let a3 = _mm256_broadcast_ss(&*a3p.add($off * S));
                 acc[6] = _mm256_fmadd_ps(a3, b0, acc[6]);
                 acc[7] = _mm256_fmadd_ps(a3, b1, acc[7]);
-                let a4 = _mm256_broadcast_ss(&*ap.add($off * MR + 4));
+                let a4 = _mm256_broadcast_ss(&*a4p.add($off * S));
                 acc[8] = _mm256_fmadd_ps(a4, b0, acc[8]);
                 acc[9] = _mm256_fmadd_ps(a4, b1, acc[9]);
-                let a5 = _mm256_broadcast_ss(&*ap.add($off * MR + 5));
+                let a5 = _mm256_broadcast_ss(&*a5p.add($off * S));
                 acc[10] = _mm256_fmadd_ps(a5, b0, acc[10]);
                 acc[11] = _mm256_fmadd_ps(a5, b1, acc[11]);
             }
@@ -79,9 +93,9 @@ pub(crate) unsafe fn kernel_6x16(
         step!(1);
         step!(2);
         step!(3);
-        // SAFETY: stays within (or one past) the micro-panels: p + 4 <= kc.
+        // SAFETY: stays within (or one past) the rows and micro-panel: p + 4 <= kc.
         unsafe {
-            ap = ap.add(4 * MR);
+            advance(&mut [&mut a0p, &mut a1p, &mut a2p, &mut a3p, &mut a4p, &mut a5p], 4 * S);
             bp = bp.add(4 * NR);
         }
         p += 4;
@@ -90,7 +104,7 @@ pub(crate) unsafe fn kernel_6x16(
         step!(0);
         // SAFETY: as above, p + 1 <= kc.
         unsafe {
-            ap = ap.add(MR);
+            advance(&mut [&mut a0p, &mut a1p, &mut a2p, &mut a3p, &mut a4p, &mut a5p], S);
             bp = bp.add(NR);
         }
         p += 1;
@@ -127,5 +141,17 @@ pub(crate) unsafe fn kernel_6x16(
                 }
             }
         }
+    }
+}
+
+/// Moves every row pointer `by` floats on.
+///
+/// # Safety
+/// Each pointer plus `by` stays within (or one past) the allocation it points into.
+#[inline(always)]
+unsafe fn advance(rows: &mut [&mut *const f32; MR], by: usize) {
+    for r in rows.iter_mut() {
+        // SAFETY: the caller's contract.
+        **r = unsafe { r.add(by) };
     }
 }
