@@ -24,37 +24,60 @@ pub(crate) fn softmax_in_place(row: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if crate::fastmath::has_avx2_fma() {
         // SAFETY: the CPU supports the features the function was compiled for.
-        return unsafe { softmax_avx2(row) };
+        return unsafe { softmax_avx2(row, 1.0) };
     }
-    softmax_body(row)
+    softmax_body(row, 1.0)
+}
+
+/// Turns one row of logits into `scale * softmax` in place (one pass fewer than scaling
+/// afterwards); returns `logsumexp`.
+fn scaled_softmax_in_place(row: &mut [f32], scale: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::fastmath::has_avx2_fma() {
+        // SAFETY: the CPU supports the features the function was compiled for.
+        return unsafe { softmax_avx2(row, scale) };
+    }
+    softmax_body(row, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_avx2(row: &mut [f32]) -> f32 {
-    softmax_body(row)
+unsafe fn softmax_avx2(row: &mut [f32], scale: f32) -> f32 {
+    softmax_body(row, scale)
 }
 
-/// Eight-lane max / exp-sum / scale so the loops vectorise.
+/// Eight-lane max / exp-sum / scale so the loops vectorise. Full chunks of eight go through
+/// fixed-size lane arrays the compiler keeps in registers; the tail joins lanes `0..r`. The
+/// sum's order (lane by lane, then across lanes) is the same for every caller.
 #[inline(always)]
-fn softmax_body(row: &mut [f32]) -> f32 {
+fn softmax_body(row: &mut [f32], scale: f32) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
-    for c in row.chunks(8) {
-        for (m, &v) in lanes.iter_mut().zip(c) {
-            *m = if v > *m { v } else { *m };
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
         }
+    }
+    for (m, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *m = if v > *m { v } else { *m };
     }
     let max = lanes.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
     let mut sums = [0f32; 8];
-    for c in row.chunks_mut(8) {
-        for (s, x) in sums.iter_mut().zip(c.iter_mut()) {
-            let e = crate::fastmath::exp_fast(*x - max);
-            *x = e;
-            *s += e;
+    let mut chunks = row.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            let e = crate::fastmath::exp_fast(c[i] - max);
+            c[i] = e;
+            sums[i] += e;
         }
     }
+    for (s, x) in sums.iter_mut().zip(chunks.into_remainder()) {
+        let e = crate::fastmath::exp_fast(*x - max);
+        *x = e;
+        *s += e;
+    }
     let sum: f32 = sums.iter().sum();
-    let inv = 1.0 / sum;
+    let inv = scale / sum;
     for x in row.iter_mut() {
         *x *= inv;
     }
@@ -147,11 +170,8 @@ pub fn lm_head_ce_forward_backward(
                 }
                 Some(t) => {
                     let target_logit = row[t];
-                    *loss = softmax_in_place(row) - target_logit;
-                    row[t] -= 1.0;
-                    for x in row.iter_mut() {
-                        *x *= scale;
-                    }
+                    *loss = scaled_softmax_in_place(row, scale) - target_logit;
+                    row[t] -= scale;
                 }
             });
         matmul(&mut dh[start * d..(start + rows) * d], buf, w, rows, v, d, Trans::No, Trans::No, true);
