@@ -10,6 +10,7 @@ pub mod error;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod profile;
 mod sim;
 pub mod tape;
 pub mod tensor;

@@ -2,6 +2,7 @@
 //! gradients; [`Tape::backward`] runs them in reverse. An inference tape records nothing.
 
 use crate::error::{AutogradError, Result};
+use crate::profile;
 use crate::tensor::{Device, Tensor, TensorId};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -10,6 +11,8 @@ use std::collections::HashMap;
 type BackwardFn = Box<dyn FnOnce(&[f32], &mut Gradients)>;
 
 struct Node {
+    /// The op that recorded it (for [`crate::profile`]).
+    op: &'static str,
     out: TensorId,
     backward: BackwardFn,
 }
@@ -37,6 +40,7 @@ impl Default for Tape {
 impl Tape {
     /// A recording tape on [`Device::Cpu`].
     pub fn new() -> Self {
+        profile::restart_clock();
         Tape { recording: true, device: Device::Cpu, inner: RefCell::default() }
     }
 
@@ -105,11 +109,13 @@ impl Tape {
         inputs: &[&Tensor],
         backward: impl FnOnce(&[f32], &mut Gradients) + 'static,
     ) -> Tensor {
+        let op = profile::op_name_of(&backward);
+        profile::forward_recorded(op);
         if !self.needs_grad(inputs) {
             return out.with_id(None);
         }
         let id = self.fresh_id();
-        self.inner.borrow_mut().nodes.push(Node { out: id, backward: Box::new(backward) });
+        self.inner.borrow_mut().nodes.push(Node { op, out: id, backward: Box::new(backward) });
         out.with_id(Some(id))
     }
 
@@ -128,7 +134,13 @@ impl Tape {
         let nodes = std::mem::take(&mut self.inner.borrow_mut().nodes);
         for node in nodes.into_iter().rev() {
             if let Some(g) = grads.map.remove(&node.out) {
-                (node.backward)(&g, &mut grads);
+                if profile::is_on() {
+                    let t0 = std::time::Instant::now();
+                    (node.backward)(&g, &mut grads);
+                    profile::backward_ran(node.op, t0.elapsed().as_secs_f64());
+                } else {
+                    (node.backward)(&g, &mut grads);
+                }
             }
         }
         grads

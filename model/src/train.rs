@@ -4,7 +4,7 @@ use crate::batch::TokenBatch;
 use crate::error::Result;
 use crate::qwen3::{ag, Qwen3, RunOptions};
 use autograd::optim::AdamW;
-use autograd::Tape;
+use autograd::{profile, Tape};
 
 /// What a step measured.
 #[derive(Clone, Copy, Debug)]
@@ -40,7 +40,8 @@ fn loss_and_grads_here(
     let out = model.loss(&tape, &bound, batch, targets, run)?;
     let loss = out.loss.item();
     let mut grads = tape.backward(&out.loss);
-    Ok((loss, out.count, model.params.flat_grads_at(&bound.leaves, &mut grads)))
+    let flat = profile::stage("flatten_grads", || model.params.flat_grads_at(&bound.leaves, &mut grads));
+    Ok((loss, out.count, flat))
 }
 
 /// Forward + backward + one AdamW update, all on `run.device`.
@@ -52,7 +53,7 @@ pub fn train_step(
     run: &RunOptions,
 ) -> Result<StepStats> {
     let (loss, tokens, grads) = loss_and_grads(model, batch, targets, run)?;
-    let grad_norm = kernels_cpu::adamw::global_norm(&grads);
-    opt.step_on(run.device, &mut model.params, &grads).map_err(ag)?;
+    let grad_norm = profile::stage("grad_norm", || kernels_cpu::adamw::global_norm(&grads));
+    profile::stage("adamw", || opt.step_on(run.device, &mut model.params, &grads)).map_err(ag)?;
     Ok(StepStats { loss, grad_norm, tokens })
 }

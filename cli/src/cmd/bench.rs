@@ -53,6 +53,10 @@ enum What {
         /// Untimed warm-up steps.
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        /// Also time every op (forward and backward) over the timed steps: adds `profile` to
+        /// the JSON line and prints a table on stderr.
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -60,7 +64,9 @@ enum What {
 pub fn run(a: Args, threads: usize) -> Result<()> {
     match a.what {
         What::Gemm { shapes, reps } => bench_gemm(&shapes, reps, threads),
-        What::Step { preset, batch, seq, steps, warmup } => bench_step(&preset, batch, seq, steps, warmup, threads),
+        What::Step { preset, batch, seq, steps, warmup, profile } => {
+            bench_step(&StepBench { preset: &preset, b: batch, t: seq, steps, warmup, profile }, threads)
+        }
     }
 }
 
@@ -112,7 +118,18 @@ fn bench_gemm(shapes: &str, reps: usize, threads: usize) -> Result<()> {
     Ok(())
 }
 
-fn bench_step(preset: &str, b: usize, t: usize, steps: usize, warmup: usize, threads: usize) -> Result<()> {
+/// What `bench step` runs.
+struct StepBench<'a> {
+    preset: &'a str,
+    b: usize,
+    t: usize,
+    steps: usize,
+    warmup: usize,
+    profile: bool,
+}
+
+fn bench_step(sb: &StepBench, threads: usize) -> Result<()> {
+    let StepBench { preset, b, t, steps, warmup, profile } = *sb;
     let config = preset_config(preset)?;
     if t > config.max_position_embeddings {
         bail!("--seq {t} exceeds the preset's max_position_embeddings {}", config.max_position_embeddings);
@@ -137,6 +154,9 @@ fn bench_step(preset: &str, b: usize, t: usize, steps: usize, warmup: usize, thr
             rand_vec(b * t, 100 + i as u64).iter().map(|&x| ((x + 1.0) * 0.5 * v as f32) as u32 % v).collect();
         let targets: Vec<i32> = (0..b * t).map(|j| if (j + 1) % t == 0 { -100 } else { ids[j + 1] as i32 }).collect();
         let batch = TokenBatch::new(ids, b, t)?;
+        if profile && i == warmup {
+            autograd::profile::start();
+        }
         let t0 = Instant::now();
         let stats = train_step(&mut model, &mut opt, &batch, &targets, &RunOptions::train(i as u64))?;
         if i >= warmup {
@@ -146,17 +166,57 @@ fn bench_step(preset: &str, b: usize, t: usize, steps: usize, warmup: usize, thr
         pb.inc(1);
     }
     pb.finish_and_clear();
+    let profile_json = profile.then(|| profile_report(&autograd::profile::take(), steps, &times));
     let all_step_s: Vec<f64> = times.iter().map(|t| (t * 1e4).round() / 1e4).collect();
     let min_step_s = times.iter().cloned().fold(f64::INFINITY, f64::min);
-    let step_s = median(times);
+    let step_s = median(times.clone());
     println!(
         "{}",
         json!({
             "bench": "step", "impl": "medmoe", "preset": preset, "batch": b, "seq": t, "threads": threads,
             "tokens_per_s": (b * t) as f64 / step_s, "step_s": step_s,
             "peak_rss_mb": peak_rss_mb(), "loss": last_loss, "min_step_s": min_step_s, "all_step_s": all_step_s,
-            "params": params, "moe": moe_json,
+            "params": params, "moe": moe_json, "profile": profile_json,
         })
     );
     Ok(())
+}
+
+/// Prints the per-op profile of `steps` timed steps as a table on stderr and returns it as JSON
+/// (milliseconds per step).
+fn profile_report(ops: &[autograd::profile::OpTimes], steps: usize, times: &[f64]) -> serde_json::Value {
+    let per_step = |s: f64| s * 1e3 / steps as f64;
+    let step_ms = per_step(times.iter().sum());
+    let covered: f64 = ops.iter().map(|o| per_step(o.forward_s + o.backward_s)).sum();
+    eprintln!("{:<24} {:>10} {:>10} {:>10} {:>6} {:>7}", "op", "fwd ms", "bwd ms", "total ms", "calls", "share");
+    for o in ops {
+        let total = per_step(o.forward_s + o.backward_s);
+        eprintln!(
+            "{:<24} {:>10.2} {:>10.2} {:>10.2} {:>6} {:>6.1}%",
+            o.op,
+            per_step(o.forward_s),
+            per_step(o.backward_s),
+            total,
+            o.calls / steps,
+            100.0 * total / step_ms
+        );
+    }
+    eprintln!(
+        "{:<24} {:>10} {:>10} {:>10.2} {:>6} {:>6.1}%",
+        "(all ops)",
+        "",
+        "",
+        covered,
+        "",
+        100.0 * covered / step_ms
+    );
+    eprintln!("{:<24} {:>10} {:>10} {:>10.2}", "(mean step)", "", "", step_ms);
+    serde_json::Value::Array(
+        ops.iter()
+            .map(|o| {
+                json!({"op": o.op, "forward_ms": per_step(o.forward_s), "backward_ms": per_step(o.backward_s),
+                       "calls_per_step": o.calls / steps})
+            })
+            .collect(),
+    )
 }

@@ -1,0 +1,40 @@
+//! `moe-cli bench step`: one JSON line; with `--profile`, the per-op times of the step.
+
+use std::process::Command;
+
+fn bench_step(extra: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_moe-cli"))
+        .args(["--threads", "1", "bench", "step", "--preset", "tiny-dense", "--batch", "1", "--seq", "16"])
+        .args(["--steps", "2", "--warmup", "1"])
+        .args(extra)
+        .output()
+        .expect("run moe-cli");
+    assert!(out.status.success(), "bench step failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON line: {stdout}");
+    serde_json::from_str(lines[0]).expect("JSON line")
+}
+
+#[test]
+fn profile_lists_the_ops_of_the_step() {
+    let plain = bench_step(&[]);
+    assert!(plain["step_s"].as_f64().unwrap() > 0.0);
+    assert!(plain["profile"].is_null(), "no profile unless asked: {plain}");
+
+    let v = bench_step(&["--profile"]);
+    let ops = v["profile"].as_array().expect("profile array");
+    let get =
+        |name: &str| ops.iter().find(|o| o["op"] == name).unwrap_or_else(|| panic!("op {name} missing from {ops:?}"));
+    // tiny-dense: 4 layers, fused q/k/v and gate/up (4 linears per layer), 2 + 2 norms per layer + final.
+    assert_eq!(get("linear")["calls_per_step"], 16);
+    assert_eq!(get("attention")["calls_per_step"], 4);
+    assert_eq!(get("rmsnorm")["calls_per_step"], 17);
+    assert_eq!(get("lm_head_cross_entropy")["calls_per_step"], 1);
+    assert_eq!(get("adamw")["calls_per_step"], 1);
+    assert!(get("linear")["backward_ms"].as_f64().unwrap() > 0.0);
+    let total: f64 = ops.iter().map(|o| o["forward_ms"].as_f64().unwrap() + o["backward_ms"].as_f64().unwrap()).sum();
+    let step_ms = 1e3 * v["all_step_s"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).sum::<f64>() / 2.0;
+    // The ops and stages cover the step (rounding of all_step_s to 0.1 ms aside).
+    assert!(total <= step_ms * 1.05 + 0.2 && total >= step_ms * 0.5, "ops {total:.2} ms vs step {step_ms:.2} ms");
+}
