@@ -131,13 +131,10 @@ impl ParamTable {
     /// Gathers the gradients of `(offset, leaf)` pairs into one flat vector in layout order;
     /// elements no leaf covers, or whose leaf got no gradient, are zero.
     pub fn flat_grads_at(&self, leaves: &[(usize, Tensor)], grads: &mut Gradients) -> Vec<f32> {
-        let mut flat = kernels_cpu::buffer::zeroed(self.numel());
-        for (offset, leaf) in leaves {
-            if let Some(g) = grads.remove(leaf) {
-                flat[*offset..*offset + g.len()].copy_from_slice(&g);
-            }
-        }
-        flat
+        let taken: Vec<(usize, Vec<f32>)> =
+            leaves.iter().filter_map(|(offset, leaf)| grads.remove(leaf).map(|g| (*offset, g))).collect();
+        let parts: Vec<(usize, &[f32])> = taken.iter().map(|(offset, g)| (*offset, g.as_slice())).collect();
+        kernels_cpu::buffer::assemble(self.numel(), &parts)
     }
 
     /// The flat f32 values (a copy for half storage).

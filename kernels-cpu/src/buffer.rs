@@ -7,6 +7,7 @@
 //! parallel chunks instead; small ones stay serial.
 
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Buffers below this many floats are zeroed on the calling thread (hand-off costs more).
 const PAR_MIN: usize = 1 << 16;
@@ -48,9 +49,66 @@ pub fn scaled_copy(src: &[f32], scale: f32) -> Vec<f32> {
     v
 }
 
+/// A stretch of an output being assembled: a part to copy into it, or a gap to zero (`None`).
+type Piece<'a> = (&'a mut [MaybeUninit<f32>], Option<&'a [f32]>);
+
+/// A new vector of `len` floats holding each `(offset, src)` part at
+/// `offset..offset + src.len()` and zeros elsewhere: every element written once, by every
+/// thread (no zero fill under the parts). Panics if a part lies outside `len` or two overlap.
+pub fn assemble(len: usize, parts: &[(usize, &[f32])]) -> Vec<f32> {
+    let mut order: Vec<&(usize, &[f32])> = parts.iter().filter(|(_, s)| !s.is_empty()).collect();
+    order.sort_by_key(|(offset, _)| *offset);
+    let mut out = Vec::with_capacity(len);
+    // Pieces covering 0..len in order: a part to copy, or a gap to zero (None).
+    let mut pieces: Vec<Piece> = Vec::with_capacity(2 * order.len() + 1);
+    let (mut rest, mut at) = (&mut out.spare_capacity_mut()[..len], 0usize);
+    for &&(offset, src) in &order {
+        assert!(offset >= at, "assemble: parts overlap at {offset}");
+        assert!(offset + src.len() <= len, "assemble: part at {offset} (len {}) outside {len}", src.len());
+        let (gap, tail) = std::mem::take(&mut rest).split_at_mut(offset - at);
+        let (piece, tail) = tail.split_at_mut(src.len());
+        pieces.push((gap, None));
+        pieces.push((piece, Some(src)));
+        rest = tail;
+        at = offset + src.len();
+    }
+    pieces.push((rest, None));
+    // Large pieces are split further so one big part does not leave a thread idle.
+    pieces.into_par_iter().for_each(|(d, s)| match s {
+        Some(s) => d.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(|(d, s)| {
+            d.iter_mut().zip(s).for_each(|(d, &x)| {
+                d.write(x);
+            })
+        }),
+        None => d.par_chunks_mut(CHUNK).for_each(|d| {
+            d.iter_mut().for_each(|d| {
+                d.write(0.0);
+            })
+        }),
+    });
+    // SAFETY: the pieces cover 0..len exactly and each element was written above.
+    unsafe { out.set_len(len) };
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn assemble_places_disjoint_parts_zeroes_the_rest_and_rejects_overlaps() {
+        let (a, b) = ([1f32, 2.0], [3f32, 4.0, 5.0]);
+        assert_eq!(assemble(10, &[(6, &b), (1, &a), (9, &[])]), [0., 1., 2., 0., 0., 0., 3., 4., 5., 0.]);
+        assert_eq!(assemble(5, &[(0, &a), (2, &b)]), [1., 2., 3., 4., 5.]);
+        assert_eq!(assemble(3, &[]), [0.; 3]);
+        assert!(assemble(0, &[]).is_empty());
+        let big: Vec<f32> = (0..PAR_MIN + 7).map(|i| i as f32).collect();
+        let got = assemble(PAR_MIN + 20, &[(13, &big)]);
+        assert!(got[..13].iter().chain(&got[13 + big.len()..]).all(|x| x.to_bits() == 0));
+        assert_eq!(&got[13..13 + big.len()], &big[..]);
+        assert!(std::panic::catch_unwind(|| assemble(10, &[(1, &a), (2, &b)])).is_err(), "overlap");
+        assert!(std::panic::catch_unwind(|| assemble(10, &[(8, &b)])).is_err(), "outside");
+    }
 
     #[test]
     fn zeroed_is_all_zero_at_every_size() {
