@@ -17,7 +17,7 @@ fn rows_per_task(c: usize) -> usize {
 }
 
 /// `sum(a[i] * b[i])` in f32 with eight independent accumulators (so the loop vectorizes).
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -41,15 +41,39 @@ pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], 
     assert_eq!(rstd.len(), n, "rmsnorm: rstd must be [N]");
     assert_eq!(w.len(), c, "rmsnorm: w must be [C]");
     let r = rows_per_task(c);
-    out.par_chunks_mut(r * c).zip(rstd.par_chunks_mut(r)).zip(x.par_chunks(r * c)).for_each(|((out, rstd), x)| {
-        for ((o, rs), x) in out.chunks_exact_mut(c).zip(rstd.iter_mut()).zip(x.chunks_exact(c)) {
-            let s = 1.0 / (dot(x, x) / c as f32 + eps).sqrt();
-            *rs = s;
-            for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
-                *o = x * s * w;
-            }
+    out.par_chunks_mut(r * c)
+        .zip(rstd.par_chunks_mut(r))
+        .zip(x.par_chunks(r * c))
+        .for_each(|((out, rstd), x)| forward_rows(out, rstd, x, w, c, eps));
+}
+
+/// [`forward_rows_body`], compiled for AVX2 when the CPU has it (same bits: Rust never
+/// contracts `a * b + c`, and the lanes are the same eight sums).
+fn forward_rows(out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], c: usize, eps: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::fastmath::has_avx2_fma() {
+        // SAFETY: the CPU supports the features the function was compiled for.
+        return unsafe { forward_rows_avx2(out, rstd, x, w, c, eps) };
+    }
+    forward_rows_body(out, rstd, x, w, c, eps)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn forward_rows_avx2(out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], c: usize, eps: f32) {
+    forward_rows_body(out, rstd, x, w, c, eps)
+}
+
+/// The rows of one task: `out = x * rstd * w`, saving `rstd`.
+#[inline(always)]
+fn forward_rows_body(out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], c: usize, eps: f32) {
+    for ((o, rs), x) in out.chunks_exact_mut(c).zip(rstd.iter_mut()).zip(x.chunks_exact(c)) {
+        let s = 1.0 / (dot(x, x) / c as f32 + eps).sqrt();
+        *rs = s;
+        for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+            *o = x * s * w;
         }
-    });
+    }
 }
 
 /// Accumulates the gradients of [`rmsnorm_forward`]: `dx += ..`, `dw += ..`.
@@ -87,32 +111,7 @@ pub fn rmsnorm_backward(
         .zip(dout.par_chunks(r * c))
         .zip(x.par_chunks(r * c))
         .zip(rstd.par_chunks(r))
-        .for_each(|((((dx, dwp), dout), x), rstd)| {
-            let rows = dx.chunks_exact_mut(c).zip(dout.chunks_exact(c)).zip(x.chunks_exact(c));
-            for (((dx, dout), x), &s) in rows.zip(rstd) {
-                // sum(g * x) with g = dout * w, and dw += dout * x * s.
-                let mut acc = [0f32; 8];
-                let mut tail = 0f32;
-                let (dc, xc, wc) = (dout.chunks_exact(8), x.chunks_exact(8), w.chunks_exact(8));
-                for (((&d, &xv), &wv), p) in
-                    dc.remainder().iter().zip(xc.remainder()).zip(wc.remainder()).zip(dwp[c - c % 8..].iter_mut())
-                {
-                    tail += d * wv * xv;
-                    *p += d * (xv * s);
-                }
-                for (((d, xv), wv), p) in dc.zip(xc).zip(wc).zip(dwp.chunks_exact_mut(8)) {
-                    for k in 0..8 {
-                        acc[k] += d[k] * wv[k] * xv[k];
-                        p[k] += d[k] * (xv[k] * s);
-                    }
-                }
-                let sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
-                let k = s * s * s * sum / c as f32;
-                for (((dx, &d), &xv), &wv) in dx.iter_mut().zip(dout).zip(x).zip(w) {
-                    *dx += s * (d * wv) - k * xv;
-                }
-            }
-        });
+        .for_each(|((((dx, dwp), dout), x), rstd)| backward_rows(dx, dwp, dout, x, w, rstd, c));
     let (first, rest) = partial.split_at_mut(c);
     for p in rest.chunks_exact(c) {
         for (a, &b) in first.iter_mut().zip(p) {
@@ -121,6 +120,62 @@ pub fn rmsnorm_backward(
     }
     for (d, &p) in dw.iter_mut().zip(first.iter()) {
         *d += p;
+    }
+}
+
+/// [`backward_rows_body`], compiled for AVX2 when the CPU has it (same bits, as the forward).
+#[allow(clippy::too_many_arguments)]
+fn backward_rows(dx: &mut [f32], dwp: &mut [f32], dout: &[f32], x: &[f32], w: &[f32], rstd: &[f32], c: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::fastmath::has_avx2_fma() {
+        // SAFETY: the CPU supports the features the function was compiled for.
+        return unsafe { backward_rows_avx2(dx, dwp, dout, x, w, rstd, c) };
+    }
+    backward_rows_body(dx, dwp, dout, x, w, rstd, c)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn backward_rows_avx2(
+    dx: &mut [f32],
+    dwp: &mut [f32],
+    dout: &[f32],
+    x: &[f32],
+    w: &[f32],
+    rstd: &[f32],
+    c: usize,
+) {
+    backward_rows_body(dx, dwp, dout, x, w, rstd, c)
+}
+
+/// The rows of one backward task: `dx +=` per row, this task's `dw` partial `dwp +=`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_rows_body(dx: &mut [f32], dwp: &mut [f32], dout: &[f32], x: &[f32], w: &[f32], rstd: &[f32], c: usize) {
+    let rows = dx.chunks_exact_mut(c).zip(dout.chunks_exact(c)).zip(x.chunks_exact(c));
+    for (((dx, dout), x), &s) in rows.zip(rstd) {
+        // sum(g * x) with g = dout * w, and dw += dout * x * s.
+        let mut acc = [0f32; 8];
+        let mut tail = 0f32;
+        let (dc, xc, wc) = (dout.chunks_exact(8), x.chunks_exact(8), w.chunks_exact(8));
+        for (((&d, &xv), &wv), p) in
+            dc.remainder().iter().zip(xc.remainder()).zip(wc.remainder()).zip(dwp[c - c % 8..].iter_mut())
+        {
+            tail += d * wv * xv;
+            *p += d * (xv * s);
+        }
+        for (((d, xv), wv), p) in dc.zip(xc).zip(wc).zip(dwp.chunks_exact_mut(8)) {
+            for k in 0..8 {
+                acc[k] += d[k] * wv[k] * xv[k];
+                p[k] += d[k] * (xv[k] * s);
+            }
+        }
+        let sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
+        let k = s * s * s * sum / c as f32;
+        for (((dx, &d), &xv), &wv) in dx.iter_mut().zip(dout).zip(x).zip(w) {
+            *dx += s * (d * wv) - k * xv;
+        }
     }
 }
 
@@ -149,6 +204,25 @@ mod tests {
 
     fn f32s(v: &[f64]) -> Vec<f32> {
         v.iter().map(|&x| x as f32).collect()
+    }
+
+    /// The dispatched (AVX2 where available) and portable row loops give identical bits.
+    #[test]
+    fn row_loops_match_portable_build_bitwise() {
+        for (n, c) in [(5, 37), (3, 256), (4, 8)] {
+            let x = rand_vec(n * c, 1);
+            let w = rand_vec(c, 2);
+            let (mut o1, mut o2, mut r1, mut r2) = (vec![0f32; n * c], vec![0f32; n * c], vec![0f32; n], vec![0f32; n]);
+            forward_rows(&mut o1, &mut r1, &x, &w, c, 1e-6);
+            forward_rows_body(&mut o2, &mut r2, &x, &w, c, 1e-6);
+            assert_eq!((&o1, &r1), (&o2, &r2), "forward c={c}");
+            let dout = rand_vec(n * c, 3);
+            let (mut d1, mut d2) = (rand_vec(n * c, 4), rand_vec(n * c, 4));
+            let (mut p1, mut p2) = (rand_vec(c, 5), rand_vec(c, 5));
+            backward_rows(&mut d1, &mut p1, &dout, &x, &w, &r1, c);
+            backward_rows_body(&mut d2, &mut p2, &dout, &x, &w, &r1, c);
+            assert_eq!((&d1, &p1), (&d2, &p2), "backward c={c}");
+        }
     }
 
     #[test]
