@@ -49,6 +49,29 @@ pub fn scaled_copy(src: &[f32], scale: f32) -> Vec<f32> {
     v
 }
 
+/// Columns `start..start + width` of the row-major `src [N, cols]` as a new `[N, width]`
+/// vector, written once by every thread (no zero fill first).
+pub fn copy_cols(src: &[f32], cols: usize, start: usize, width: usize) -> Vec<f32> {
+    assert!(cols > 0 && start + width <= cols && src.len().is_multiple_of(cols), "copy_cols: shapes");
+    let n = src.len() / cols * width;
+    let mut out = Vec::with_capacity(n);
+    if width > 0 {
+        let rows = (CHUNK / width).max(1);
+        out.spare_capacity_mut()[..n].par_chunks_mut(rows * width).zip(src.par_chunks(rows * cols)).for_each(
+            |(d, s)| {
+                for (d, s) in d.chunks_mut(width).zip(s.chunks(cols)) {
+                    for (d, &x) in d.iter_mut().zip(&s[start..start + width]) {
+                        d.write(x);
+                    }
+                }
+            },
+        );
+    }
+    // SAFETY: the row chunks cover all n elements and each one was written above.
+    unsafe { out.set_len(n) };
+    out
+}
+
 /// A stretch of an output being assembled: a part to copy into it, or a gap to zero (`None`).
 type Piece<'a> = (&'a mut [MaybeUninit<f32>], Option<&'a [f32]>);
 
@@ -108,6 +131,15 @@ mod tests {
         assert_eq!(&got[13..13 + big.len()], &big[..]);
         assert!(std::panic::catch_unwind(|| assemble(10, &[(1, &a), (2, &b)])).is_err(), "overlap");
         assert!(std::panic::catch_unwind(|| assemble(10, &[(8, &b)])).is_err(), "outside");
+    }
+
+    #[test]
+    fn copy_cols_copies_the_column_range_of_every_row() {
+        for (rows, cols, start, width) in [(3, 5, 1, 2), (1000, 384, 320, 64), (7, 4, 0, 4), (2, 3, 3, 0)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let want: Vec<f32> = src.chunks(cols).flat_map(|r| r[start..start + width].to_vec()).collect();
+            assert_eq!(copy_cols(&src, cols, start, width), want, "{rows}x{cols} [{start}..+{width}]");
+        }
     }
 
     #[test]

@@ -13,6 +13,23 @@ pub fn add_forward(out: &mut [f32], a: &[f32], b: &[f32]) {
     });
 }
 
+/// `a + b` into a new vector: each element written once (no zero fill first).
+pub fn add_new(a: &[f32], b: &[f32]) -> Vec<f32> {
+    assert_eq!(a.len(), b.len(), "add: length mismatch");
+    let n = a.len();
+    let mut out = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n].par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(
+        |(o, (a, b))| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                o.write(a + b);
+            }
+        },
+    );
+    // SAFETY: the chunks cover all n elements and each one was written above.
+    unsafe { out.set_len(n) };
+    out
+}
+
 /// `dst += scale * src` (the backward of add with `scale = 1`, and of scaling).
 pub fn axpy(dst: &mut [f32], scale: f32, src: &[f32]) {
     assert_eq!(dst.len(), src.len(), "axpy: length mismatch");
@@ -40,6 +57,8 @@ mod tests {
         let b = rand_vec(n, 2);
         let mut out = vec![0.0; n];
         add_forward(&mut out, &a, &b);
+        assert_eq!(add_new(&a, &b), out);
+        assert!(add_new(&[], &[]).is_empty());
         let mut acc = a.clone();
         axpy(&mut acc, 0.5, &b);
         let mut scaled = b.clone();

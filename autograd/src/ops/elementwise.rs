@@ -4,14 +4,12 @@ use super::ensure;
 use crate::error::Result;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
-use kernels_cpu::buffer::zeroed;
-use kernels_cpu::elementwise::add_forward;
+use kernels_cpu::elementwise::add_new;
 
 /// `a + b` (same shapes).
 pub fn add(tape: &Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     ensure(a.shape() == b.shape(), "add", || format!("{:?} vs {:?}", a.shape(), b.shape()))?;
-    let mut out = zeroed(a.numel());
-    add_forward(&mut out, &a.f32s(), &b.f32s());
+    let out = add_new(&a.f32s(), &b.f32s());
     let (at, bt) = (a.clone(), b.clone());
     Ok(tape.record(Tensor::from_vec(out, a.shape()), &[a, b], move |dy, g| {
         g.add_scaled_slice(&at, 1.0, dy);

@@ -4,7 +4,6 @@ use super::{ensure, rows};
 use crate::error::Result;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
-use kernels_cpu::buffer::zeroed;
 use rayon::prelude::*;
 
 /// Columns `start..start + width` of `x [N, C]` → `[N, width]` (a copy).
@@ -15,8 +14,7 @@ pub fn slice_cols(tape: &Tape, x: &Tensor, start: usize, width: usize) -> Result
     })?;
     let n = rows(x);
     let xs = x.f32s();
-    let mut out = zeroed(n * width);
-    out.par_chunks_mut(width).zip(xs.par_chunks(c)).for_each(|(o, row)| o.copy_from_slice(&row[start..start + width]));
+    let out = kernels_cpu::buffer::copy_cols(&xs, c, start, width);
     drop(xs);
     let xt = x.clone();
     Ok(tape.record(Tensor::from_vec(out, &[n, width]), &[x], move |dy, g| {
