@@ -55,8 +55,8 @@ pub fn copy_cols(src: &[f32], cols: usize, start: usize, width: usize) -> Vec<f3
     assert!(cols > 0 && start + width <= cols && src.len().is_multiple_of(cols), "copy_cols: shapes");
     let n = src.len() / cols * width;
     let mut out = Vec::with_capacity(n);
-    if width > 0 {
-        let rows = (CHUNK / width).max(1);
+    if let Some(rows) = CHUNK.checked_div(width) {
+        let rows = rows.max(1);
         out.spare_capacity_mut()[..n].par_chunks_mut(rows * width).zip(src.par_chunks(rows * cols)).for_each(
             |(d, s)| {
                 for (d, s) in d.chunks_mut(width).zip(s.chunks(cols)) {
