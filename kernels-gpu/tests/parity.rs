@@ -10,6 +10,8 @@ mod fake_quant;
 mod gemm;
 #[path = "parity/moe.rs"]
 mod moe;
+#[path = "parity/rope.rs"]
+mod rope;
 #[path = "parity/rows.rs"]
 mod rows;
 

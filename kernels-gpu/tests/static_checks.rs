@@ -16,6 +16,7 @@ const CORE_ONLY: &[(&str, &str)] = &[
     ("kernels/permute.rs", include_str!("../src/kernels/permute.rs")),
     ("kernels/reduce.rs", include_str!("../src/kernels/reduce.rs")),
     ("kernels/rmsnorm.rs", include_str!("../src/kernels/rmsnorm.rs")),
+    ("kernels/rope.rs", include_str!("../src/kernels/rope.rs")),
     ("kernels/router.rs", include_str!("../src/kernels/router.rs")),
     ("kernels/swiglu.rs", include_str!("../src/kernels/swiglu.rs")),
 ];

@@ -15,6 +15,7 @@ pub mod gemm_mma;
 pub mod permute;
 pub mod reduce;
 pub mod rmsnorm;
+pub mod rope;
 pub mod router;
 pub mod swiglu;
 

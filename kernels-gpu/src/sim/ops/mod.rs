@@ -8,6 +8,7 @@
 mod elementwise;
 mod gemm;
 mod moe;
+mod rope;
 mod rows;
 
 pub use elementwise::{
@@ -19,6 +20,7 @@ pub use moe::{
     combine_backward, combine_forward, gather_backward, gather_forward, router_backward, router_forward,
     sort_by_expert, RouterSums, Sorted,
 };
+pub use rope::{rope_backward, rope_forward};
 pub use rows::{rmsnorm_backward, rmsnorm_forward, softmax_ce_forward_backward};
 
 use super::SimError;
