@@ -4,6 +4,8 @@
 
 #[path = "parity/elementwise.rs"]
 mod elementwise;
+#[path = "parity/embedding.rs"]
+mod embedding;
 #[path = "parity/fake_quant.rs"]
 mod fake_quant;
 #[path = "parity/gemm.rs"]

@@ -9,6 +9,7 @@ const CORE_ONLY: &[(&str, &str)] = &[
     ("kernels/mod.rs", include_str!("../src/kernels/mod.rs")),
     ("kernels/adamw.rs", include_str!("../src/kernels/adamw.rs")),
     ("kernels/cross_entropy.rs", include_str!("../src/kernels/cross_entropy.rs")),
+    ("kernels/embedding.rs", include_str!("../src/kernels/embedding.rs")),
     ("kernels/fake_quant.rs", include_str!("../src/kernels/fake_quant.rs")),
     ("kernels/gemm.rs", include_str!("../src/kernels/gemm.rs")),
     ("kernels/gemm_fma.rs", include_str!("../src/kernels/gemm_fma.rs")),

@@ -8,6 +8,7 @@
 
 pub mod adamw;
 pub mod cross_entropy;
+pub mod embedding;
 pub mod fake_quant;
 pub mod gemm;
 pub mod gemm_fma;

@@ -26,6 +26,9 @@ macro_rules! for_each_kernel {
             SwigluBackward swiglu_backward medmoe_swiglu_backward = crate::kernels::swiglu::swiglu_backward => (dgate: Gmem<f32>, dup: Gmem<f32>, dout: Gmem<f32>, gate: Gmem<f32>, up: Gmem<f32>, len: usize);
             RopeForward rope_forward medmoe_rope_forward = crate::kernels::rope::rope_forward => (out: Gmem<f32>, x: Gmem<f32>, pos: Gmem<u32>, cos: Gmem<f32>, sin: Gmem<f32>, n: usize, heads: usize, dh: usize, max_pos: usize);
             RopeBackward rope_backward medmoe_rope_backward = crate::kernels::rope::rope_backward => (dx: Gmem<f32>, dout: Gmem<f32>, pos: Gmem<u32>, cos: Gmem<f32>, sin: Gmem<f32>, n: usize, heads: usize, dh: usize, max_pos: usize);
+            EmbeddingForward embedding_forward medmoe_embedding_forward = crate::kernels::embedding::embedding_forward => (out: Gmem<f32>, ids: Gmem<u32>, table: Gmem<f32>, n: usize, d: usize, v: usize);
+            EmbeddingSortIds embedding_sort_ids medmoe_embedding_sort_ids = crate::kernels::embedding::embedding_sort_ids => (order: Gmem<u32>, ids: Gmem<u32>, n: usize);
+            EmbeddingBackward embedding_backward medmoe_embedding_backward = crate::kernels::embedding::embedding_backward => (dtable: Gmem<f32>, dout: Gmem<f32>, ids: Gmem<u32>, order: Gmem<u32>, n: usize, d: usize, v: usize);
         }
     };
 }

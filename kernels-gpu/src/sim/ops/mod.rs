@@ -6,6 +6,7 @@
 //! at [`MAX_SIM_BLOCKS`] blocks, so simulated launches stay cheap; results do not depend on it.
 
 mod elementwise;
+mod embedding;
 mod gemm;
 mod moe;
 mod rope;
@@ -15,6 +16,7 @@ pub use elementwise::{
     adamw_scalars, adamw_step, fake_quant_backward, fake_quant_forward, swiglu_backward, swiglu_forward,
     swiglu_fused_backward, swiglu_fused_forward, AdamWHyper,
 };
+pub use embedding::{embedding_backward, embedding_forward};
 pub use gemm::{experts_backward, experts_forward, grouped_gemm, to_bf16, ExpertsGemm, GemmElem};
 pub use moe::{
     combine_backward, combine_forward, gather_backward, gather_forward, router_backward, router_forward,
