@@ -2,6 +2,8 @@
 //! f64 reference where kernels-cpu has none), over sizes that are not multiples of the block or
 //! tile sizes. Each test prints its max abs / rel error and asserts a stated tolerance.
 
+#[path = "parity/attention.rs"]
+mod attention;
 #[path = "parity/elementwise.rs"]
 mod elementwise;
 #[path = "parity/embedding.rs"]

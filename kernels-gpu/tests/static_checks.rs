@@ -8,6 +8,7 @@ const CORE_ONLY: &[(&str, &str)] = &[
     ("simt.rs", include_str!("../src/simt.rs")),
     ("kernels/mod.rs", include_str!("../src/kernels/mod.rs")),
     ("kernels/adamw.rs", include_str!("../src/kernels/adamw.rs")),
+    ("kernels/attention.rs", include_str!("../src/kernels/attention.rs")),
     ("kernels/cross_entropy.rs", include_str!("../src/kernels/cross_entropy.rs")),
     ("kernels/embedding.rs", include_str!("../src/kernels/embedding.rs")),
     ("kernels/fake_quant.rs", include_str!("../src/kernels/fake_quant.rs")),

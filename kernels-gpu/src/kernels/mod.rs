@@ -7,6 +7,7 @@
 //! `i = global_thread, global_thread + total_threads, ...`.
 
 pub mod adamw;
+pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod fake_quant;

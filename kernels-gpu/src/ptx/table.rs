@@ -29,6 +29,10 @@ macro_rules! for_each_kernel {
             EmbeddingForward embedding_forward medmoe_embedding_forward = crate::kernels::embedding::embedding_forward => (out: Gmem<f32>, ids: Gmem<u32>, table: Gmem<f32>, n: usize, d: usize, v: usize);
             EmbeddingSortIds embedding_sort_ids medmoe_embedding_sort_ids = crate::kernels::embedding::embedding_sort_ids => (order: Gmem<u32>, ids: Gmem<u32>, n: usize);
             EmbeddingBackward embedding_backward medmoe_embedding_backward = crate::kernels::embedding::embedding_backward => (dtable: Gmem<f32>, dout: Gmem<f32>, ids: Gmem<u32>, order: Gmem<u32>, n: usize, d: usize, v: usize);
+            AttentionForward attention_forward medmoe_attention_forward = crate::kernels::attention::attention_forward => (out: Gmem<f32>, lse: Gmem<f32>, q: Gmem<f32>, k: Gmem<f32>, v: Gmem<f32>, seg: Gmem<u32>, t: usize, h: usize, kv: usize, dh: usize, scale: f32);
+            AttentionBackwardDvec attention_backward_dvec medmoe_attention_backward_dvec = crate::kernels::attention::attention_backward_dvec => (dvec: Gmem<f32>, dout: Gmem<f32>, out: Gmem<f32>, b: usize, t: usize, h: usize, dh: usize);
+            AttentionBackwardDq attention_backward_dq medmoe_attention_backward_dq = crate::kernels::attention::attention_backward_dq => (dq: Gmem<f32>, dout: Gmem<f32>, lse: Gmem<f32>, dvec: Gmem<f32>, q: Gmem<f32>, k: Gmem<f32>, v: Gmem<f32>, seg: Gmem<u32>, t: usize, h: usize, kv: usize, dh: usize, scale: f32);
+            AttentionBackwardDkv attention_backward_dkv medmoe_attention_backward_dkv = crate::kernels::attention::attention_backward_dkv => (dk: Gmem<f32>, dv: Gmem<f32>, dout: Gmem<f32>, lse: Gmem<f32>, dvec: Gmem<f32>, q: Gmem<f32>, k: Gmem<f32>, v: Gmem<f32>, seg: Gmem<u32>, t: usize, h: usize, kv: usize, dh: usize, scale: f32);
         }
     };
 }

@@ -5,6 +5,7 @@
 //! The simulator helpers use blocks of 128 threads (64 for the FMA GEMM) and cap grid-stride grids
 //! at [`MAX_SIM_BLOCKS`] blocks, so simulated launches stay cheap; results do not depend on it.
 
+mod attention;
 mod elementwise;
 mod embedding;
 mod gemm;
@@ -12,6 +13,7 @@ mod moe;
 mod rope;
 mod rows;
 
+pub use attention::{attention_backward, attention_forward, AttnShape};
 pub use elementwise::{
     adamw_scalars, adamw_step, fake_quant_backward, fake_quant_forward, swiglu_backward, swiglu_forward,
     swiglu_fused_backward, swiglu_fused_forward, AdamWHyper,
