@@ -24,6 +24,8 @@ macro_rules! for_each_kernel {
             RouterBackward router_backward medmoe_router_backward = crate::kernels::router::router_backward => (dlogits: Gmem<f32>, dgate: Gmem<f32>, expert_of_token: Gmem<u32>, lb_coeff: Gmem<f32>, probs: Gmem<f32>, logits: Gmem<f32>, lse: Gmem<f32>, n: usize, e: usize, inv_temp: f32, z_scale: f32);
             SwigluForward swiglu_forward medmoe_swiglu_forward = crate::kernels::swiglu::swiglu_forward => (out: Gmem<f32>, gate: Gmem<f32>, up: Gmem<f32>, len: usize);
             SwigluBackward swiglu_backward medmoe_swiglu_backward = crate::kernels::swiglu::swiglu_backward => (dgate: Gmem<f32>, dup: Gmem<f32>, dout: Gmem<f32>, gate: Gmem<f32>, up: Gmem<f32>, len: usize);
+            SwigluFusedForward swiglu_fused_forward medmoe_swiglu_fused_forward = crate::kernels::swiglu::swiglu_fused_forward => (out: Gmem<f32>, gu: Gmem<f32>, len: usize, f: usize);
+            SwigluFusedBackward swiglu_fused_backward medmoe_swiglu_fused_backward = crate::kernels::swiglu::swiglu_fused_backward => (dgu: Gmem<f32>, dout: Gmem<f32>, gu: Gmem<f32>, len: usize, f: usize);
             RopeForward rope_forward medmoe_rope_forward = crate::kernels::rope::rope_forward => (out: Gmem<f32>, x: Gmem<f32>, pos: Gmem<u32>, cos: Gmem<f32>, sin: Gmem<f32>, n: usize, heads: usize, dh: usize, max_pos: usize);
             RopeBackward rope_backward medmoe_rope_backward = crate::kernels::rope::rope_backward => (dx: Gmem<f32>, dout: Gmem<f32>, pos: Gmem<u32>, cos: Gmem<f32>, sin: Gmem<f32>, n: usize, heads: usize, dh: usize, max_pos: usize);
             EmbeddingForward embedding_forward medmoe_embedding_forward = crate::kernels::embedding::embedding_forward => (out: Gmem<f32>, ids: Gmem<u32>, table: Gmem<f32>, n: usize, d: usize, v: usize);
