@@ -35,14 +35,15 @@ pub enum AutogradError {
         /// Why not.
         msg: String,
     },
-    /// A simulated GPU kernel refused its launch or failed (a bug: ops check shapes first).
-    #[error("{op}: simulated kernel failed: {source}")]
-    Sim {
+    /// A GPU kernel (simulated or on a device) refused its launch or failed; on the simulator a
+    /// bug (ops check shapes first), on a GPU also a driver or memory failure.
+    #[error("{op}: kernel failed: {source}")]
+    Kernel {
         /// The op that launched.
         op: &'static str,
-        /// The simulator's error.
+        /// The launcher's error.
         #[source]
-        source: kernels_gpu::sim::SimError,
+        source: kernels_gpu::launcher::LaunchError,
     },
     /// A parameter name that the table does not hold.
     #[error("unknown parameter `{0}`")]

@@ -1,11 +1,13 @@
 //! Reverse-mode tape: ops record a backward closure that accumulates into their inputs'
 //! gradients; [`Tape::backward`] runs them in reverse. An inference tape records nothing.
 
-use crate::error::{AutogradError, Result};
+use crate::backend::{self, Backend};
+use crate::error::Result;
 use crate::profile;
 use crate::tensor::{Device, Tensor, TensorId};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A backward closure: gets the output's gradient and accumulates into the inputs'.
 type BackwardFn = Box<dyn FnOnce(&[f32], &mut Gradients)>;
@@ -23,11 +25,11 @@ struct Inner {
     nodes: Vec<Node>,
 }
 
-/// Records ops for backward (or, built with [`Tape::inference`], records nothing), and says on
-/// which [`Device`] its ops run.
+/// Records ops for backward (or, built with [`Tape::inference`], records nothing), and holds the
+/// [`Backend`] its ops run on.
 pub struct Tape {
     recording: bool,
-    device: Device,
+    backend: Arc<dyn Backend>,
     inner: RefCell<Inner>,
 }
 
@@ -41,30 +43,33 @@ impl Tape {
     /// A recording tape on [`Device::Cpu`].
     pub fn new() -> Self {
         profile::restart_clock();
-        Tape { recording: true, device: Device::Cpu, inner: RefCell::default() }
+        Tape { recording: true, backend: cpu(), inner: RefCell::default() }
     }
 
     /// A no-op tape on [`Device::Cpu`]: ops run forward only, nothing is saved for backward.
     pub fn inference() -> Self {
-        Tape { recording: false, device: Device::Cpu, inner: RefCell::default() }
+        Tape { recording: false, backend: cpu(), inner: RefCell::default() }
     }
 
     /// A recording tape whose ops run on `device`; an error if this build or machine cannot
     /// run it (`Cuda`: never a panic, also without a driver).
     pub fn new_on(device: Device) -> Result<Self> {
-        check_device(device)?;
-        Ok(Tape { device, ..Self::new() })
+        Ok(Tape { backend: backend::for_device(device)?, ..Self::new() })
     }
 
     /// A no-op tape whose ops run on `device` (see [`Tape::new_on`]).
     pub fn inference_on(device: Device) -> Result<Self> {
-        check_device(device)?;
-        Ok(Tape { device, ..Self::inference() })
+        Ok(Tape { backend: backend::for_device(device)?, ..Self::inference() })
     }
 
     /// Where this tape's ops run.
     pub fn device(&self) -> Device {
-        self.device
+        self.backend.device()
+    }
+
+    /// The backend this tape's ops run on (ops keep a clone for their backward).
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
     }
 
     /// Whether ops are recorded.
@@ -147,27 +152,9 @@ impl Tape {
     }
 }
 
-/// `Ok` when ops can run on `device` in this build, on this machine.
-fn check_device(device: Device) -> Result<()> {
-    match device {
-        Device::Cpu | Device::Sim => Ok(()),
-        Device::Cuda => Err(AutogradError::DeviceUnavailable { device, msg: cuda_unavailable() }),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_unavailable() -> String {
-    match kernels_gpu::host::Gpu::new(0) {
-        Err(e) => e.to_string(),
-        Ok(_) => "autograd does not dispatch its ops to CUDA yet; use Device::Sim (the same kernels in the \
-                  simulator) or Device::Cpu"
-            .into(),
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_unavailable() -> String {
-    "autograd was built without the `cuda` feature".into()
+/// The CPU backend (infallible).
+fn cpu() -> Arc<dyn Backend> {
+    backend::for_device(Device::Cpu).expect("the CPU backend is always available")
 }
 
 /// Gradients by tensor identity, filled by backward.

@@ -72,6 +72,23 @@ pub fn copy_cols(src: &[f32], cols: usize, start: usize, width: usize) -> Vec<f3
     out
 }
 
+/// Backward of [`copy_cols`]: `dst[:, start..start + width] += src [N, width]` for the row-major
+/// `dst [N, cols]` (`width` = `src.len() / N`).
+pub fn add_cols(dst: &mut [f32], src: &[f32], cols: usize, start: usize) {
+    assert!(cols > 0 && dst.len().is_multiple_of(cols), "add_cols: dst is not [N, cols]");
+    let rows = dst.len() / cols;
+    let width = src.len().checked_div(rows).unwrap_or(0);
+    assert!(src.len() == rows * width && start + width <= cols, "add_cols: shapes");
+    if width == 0 {
+        return;
+    }
+    dst.par_chunks_mut(cols).zip(src.par_chunks(width)).for_each(|(d, s)| {
+        for (d, &s) in d[start..start + width].iter_mut().zip(s) {
+            *d += s;
+        }
+    });
+}
+
 /// A stretch of an output being assembled: a part to copy into it, or a gap to zero (`None`).
 type Piece<'a> = (&'a mut [MaybeUninit<f32>], Option<&'a [f32]>);
 

@@ -16,6 +16,8 @@
 #[cfg(not(target_arch = "nvptx64"))]
 pub mod host;
 pub mod kernels;
+#[cfg(not(target_arch = "nvptx64"))]
+pub mod launcher;
 #[cfg(target_arch = "nvptx64")]
 mod ptx;
 #[cfg(not(target_arch = "nvptx64"))]

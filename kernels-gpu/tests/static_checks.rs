@@ -10,6 +10,7 @@ const CORE_ONLY: &[(&str, &str)] = &[
     ("kernels/adamw.rs", include_str!("../src/kernels/adamw.rs")),
     ("kernels/attention.rs", include_str!("../src/kernels/attention.rs")),
     ("kernels/cross_entropy.rs", include_str!("../src/kernels/cross_entropy.rs")),
+    ("kernels/elementwise.rs", include_str!("../src/kernels/elementwise.rs")),
     ("kernels/embedding.rs", include_str!("../src/kernels/embedding.rs")),
     ("kernels/fake_quant.rs", include_str!("../src/kernels/fake_quant.rs")),
     ("kernels/gemm.rs", include_str!("../src/kernels/gemm.rs")),
@@ -20,6 +21,7 @@ const CORE_ONLY: &[(&str, &str)] = &[
     ("kernels/rmsnorm.rs", include_str!("../src/kernels/rmsnorm.rs")),
     ("kernels/rope.rs", include_str!("../src/kernels/rope.rs")),
     ("kernels/router.rs", include_str!("../src/kernels/router.rs")),
+    ("kernels/selftest.rs", include_str!("../src/kernels/selftest.rs")),
     ("kernels/swiglu.rs", include_str!("../src/kernels/swiglu.rs")),
 ];
 

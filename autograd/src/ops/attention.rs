@@ -1,10 +1,11 @@
 //! Causal grouped-query attention (tiled kernel; the log-sum-exp is saved for backward).
 
 use super::ensure;
+use crate::backend::{kernel, kernel_bwd};
 use crate::error::Result;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
-use kernels_cpu::attention::{attention_backward, attention_forward, AttnDims};
+use kernels_cpu::attention::AttnDims;
 use kernels_cpu::buffer::zeroed;
 use std::sync::Arc;
 
@@ -32,7 +33,9 @@ pub fn attention(
     )?;
     let mut out = zeroed(q.numel());
     let mut lse = zeroed(dims.b * dims.h * dims.t);
-    attention_forward(&mut out, &mut lse, &q.f32s(), &k.f32s(), &v.f32s(), seg.map(|s| &s[..]), dims);
+    let be = tape.backend().clone();
+    let r = be.attention_forward(&mut out, &mut lse, &q.f32s(), &k.f32s(), &v.f32s(), seg.map(|s| &s[..]), dims);
+    kernel("attention", r)?;
     let out = Tensor::from_vec(out, q.shape());
     if !tape.needs_grad(&[q, k, v]) {
         return Ok(out);
@@ -40,7 +43,7 @@ pub fn attention(
     let (qs, ks, vs, os, seg) = (q.clone(), k.clone(), v.clone(), out.clone(), seg.cloned());
     Ok(tape.record(out, &[q, k, v], move |dy, g| {
         let (mut dq, mut dk, mut dv) = (g.take(&qs), g.take(&ks), g.take(&vs));
-        attention_backward(
+        let r = be.attention_backward(
             &mut dq,
             &mut dk,
             &mut dv,
@@ -53,6 +56,7 @@ pub fn attention(
             seg.as_ref().map(|s| &s[..]),
             dims,
         );
+        kernel_bwd("attention", r);
         g.put(&qs, dq);
         g.put(&ks, dk);
         g.put(&vs, dv);

@@ -3,13 +3,12 @@
 //! only the student's hidden states and head receive gradients.
 
 use super::{ensure, rows};
+use crate::backend::kernel;
 use crate::error::{AutogradError, Result};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 use kernels_cpu::cross_entropy::{count_targets, default_chunk_rows, IGNORE_INDEX};
-use kernels_cpu::distill::{
-    hidden_l2_backward, hidden_l2_forward, lm_head_kl_forward, lm_head_kl_forward_backward, DistillDims,
-};
+use kernels_cpu::distill::{hidden_l2_backward, hidden_l2_forward, DistillDims};
 use kernels_cpu::elementwise::axpy;
 
 /// Result of [`lm_head_distill`].
@@ -73,13 +72,15 @@ pub fn lm_head_distill(
     let mut row_kl = vec![0f32; n];
     let (hs, ws, ht, wt) = (h_s.f32s(), w_s.f32s(), h_t.f32s(), w_t.f32s());
     if !tape.needs_grad(&[h_s, w_s]) || count == 0 {
-        lm_head_kl_forward(&mut row_kl, &hs, &ws, &ht, &wt, targets, dims, tau, chunk);
+        let r = tape.backend().lm_head_kl(&mut row_kl, None, &hs, &ws, &ht, &wt, targets, dims, tau, 0.0, chunk);
+        kernel(OP, r)?;
         let loss = Tensor::from_vec(vec![masked_mean(&row_kl, count)], &[]);
         return Ok(DistillLoss { loss, count, row_kl });
     }
     let (mut dh, mut dw) = (vec![0f32; n * d], vec![0f32; v * d]);
     let scale = 1.0 / count as f32;
-    lm_head_kl_forward_backward(&mut row_kl, &mut dh, &mut dw, &hs, &ws, &ht, &wt, targets, dims, tau, scale, chunk);
+    let grads = Some((&mut dh[..], &mut dw[..]));
+    kernel(OP, tape.backend().lm_head_kl(&mut row_kl, grads, &hs, &ws, &ht, &wt, targets, dims, tau, scale, chunk))?;
     let loss = Tensor::from_vec(vec![masked_mean(&row_kl, count)], &[]);
     let (hst, wst) = (h_s.clone(), w_s.clone());
     let loss = tape.record(loss, &[h_s, w_s], move |dloss, g| {

@@ -1,11 +1,11 @@
 //! Token embedding lookup.
 
 use super::ensure;
+use crate::backend::{kernel, kernel_bwd};
 use crate::error::{AutogradError, Result};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 use kernels_cpu::buffer::zeroed;
-use kernels_cpu::embedding::{embedding_backward, embedding_forward};
 use std::sync::Arc;
 
 /// `ids [N]` rows of `table [V, D]` → `[N, D]`; an id `>= V` is an error.
@@ -19,9 +19,10 @@ pub fn embedding(tape: &Tape, ids: &[u32], table: &Tensor) -> Result<Tensor> {
         });
     }
     let mut out = zeroed(ids.len() * d);
-    embedding_forward(&mut out, ids, &table.f32s(), d);
+    let be = tape.backend().clone();
+    kernel("embedding", be.embedding_forward(&mut out, ids, &table.f32s(), d))?;
     let (tt, ids) = (table.clone(), Arc::<[u32]>::from(ids));
     Ok(tape.record(Tensor::from_vec(out, &[ids.len(), d]), &[table], move |dy, g| {
-        g.accumulate(&tt, |dt| embedding_backward(dt, dy, &ids, d));
+        g.accumulate(&tt, |dt| kernel_bwd("embedding", be.embedding_backward(dt, dy, &ids, d)));
     }))
 }

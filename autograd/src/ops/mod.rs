@@ -1,5 +1,6 @@
-//! Differentiable ops: each runs a kernel forward (kernels-cpu, or on `Device::Sim` the GPU kernel
-//! in kernels-gpu's simulator where one exists) and records the matching backward.
+//! Differentiable ops: each checks its inputs, runs its forward on the tape's backend
+//! ([`crate::backend`]) and records the matching backward (which runs on the same backend). No op
+//! branches on the device.
 
 mod attention;
 mod distill;
@@ -8,7 +9,6 @@ mod embedding;
 mod linear;
 mod loss;
 mod moe;
-mod moe_sim;
 mod norm;
 mod rope;
 mod slice;

@@ -7,13 +7,11 @@
 //! backward (two GEMMs) runs once per layer instead of once per output.
 
 use super::ensure;
+use crate::backend::{kernel, kernel_bwd};
 use crate::error::{AutogradError, Result};
 use crate::tape::Tape;
-use crate::tensor::{Device, Tensor};
-use kernels_cpu::moe::{
-    moe_backward_aux_logits, moe_backward_logits, moe_backward_out_logits, moe_forward, AuxLoss, MoeDims, MoeParams,
-};
-use std::sync::Arc;
+use crate::tensor::Tensor;
+use kernels_cpu::moe::{AuxLoss, MoeDims, MoeParams};
 
 pub use kernels_cpu::moe::{MoePath, RouterStats, RouterWeighting};
 
@@ -84,7 +82,7 @@ impl MoeConfig {
     }
 
     /// Kernel settings for one call (noise and dropout only in training).
-    fn params(&self, seed: u64, training: bool) -> MoeParams {
+    pub(crate) fn params(&self, seed: u64, training: bool) -> MoeParams {
         MoeParams {
             temperature: self.temperature,
             weighting: self.weighting,
@@ -141,11 +139,11 @@ pub fn moe_routed(
         }
     }
     let dims = MoeDims { n, d, e, w };
-    if tape.device() == Device::Sim && super::moe_sim::supported(cfg, training) {
-        return super::moe_sim::moe_routed_sim(tape, x, router, experts, bias, cfg, seed, training, dims);
-    }
-    let params = cfg.params(seed, training);
-    let fwd = moe_forward(cfg.path, &x.f32s(), &router.f32s(), &experts.f32s(), bias, dims, &params);
+    let be = tape.backend().clone();
+    let fwd = kernel(
+        "moe_routed",
+        be.moe_forward(&x.f32s(), &router.f32s(), &experts.f32s(), bias, dims, cfg, seed, training),
+    )?;
     let out = Tensor::from_vec(fwd.out, &[n, d]);
     let lb_loss = Tensor::from_vec(vec![fwd.lb_loss], &[]);
     let z_loss = Tensor::from_vec(vec![fwd.z_loss], &[]);
@@ -153,26 +151,30 @@ pub fn moe_routed(
     if !tape.needs_grad(&[x, router, experts]) {
         return Ok(MoeOutput { out, lb_loss, z_loss, stats, expert_of_token });
     }
-    let saved = Arc::new(fwd.saved);
-    let (xs, rs, sv) = (x.clone(), router.clone(), saved.clone());
+    let saved = fwd.saved;
+    let (xs, rs, sv, b) = (x.clone(), router.clone(), saved.clone(), be.clone());
     let logits = tape.record(Tensor::from_vec(fwd.logits, &[n, e]), &[x, router], move |dlogits, g| {
         let (mut dx, mut dr) = (g.take(&xs), g.take(&rs));
-        moe_backward_logits(&mut dx, &mut dr, dlogits, &xs.f32s(), &rs.f32s(), &sv, dims);
+        let r = b.moe_backward_logits(&mut dx, &mut dr, dlogits, &xs.f32s(), &rs.f32s(), &*sv, dims);
+        kernel_bwd("moe_routed", r);
         g.put(&xs, dx);
         g.put(&rs, dr);
     });
-    let (xs, ls, es, sv) = (x.clone(), logits.clone(), experts.clone(), saved.clone());
+    let (xs, ls, es, sv, b) = (x.clone(), logits.clone(), experts.clone(), saved.clone(), be.clone());
     let out = tape.record(out, &[x, &logits, experts], move |dout, g| {
         let (mut dx, mut dl, mut de) = (g.take(&xs), g.take(&ls), g.take(&es));
-        moe_backward_out_logits(&mut dx, &mut dl, &mut de, dout, &xs.f32s(), &es.f32s(), &sv, dims);
+        let r = b.moe_backward_out_logits(&mut dx, &mut dl, &mut de, dout, &xs.f32s(), &es.f32s(), &*sv, dims);
+        kernel_bwd("moe_routed", r);
         g.put(&xs, dx);
         g.put(&ls, dl);
         g.put(&es, de);
     });
     let aux = |loss: Tensor, which: AuxLoss| {
-        let (ls, sv) = (logits.clone(), saved.clone());
+        let (ls, sv, b) = (logits.clone(), saved.clone(), be.clone());
         tape.record(loss, &[&logits], move |dloss, g| {
-            g.accumulate(&ls, |dl| moe_backward_aux_logits(dl, which, dloss[0], &sv, dims));
+            g.accumulate(&ls, |dl| {
+                kernel_bwd("moe_routed", b.moe_backward_aux_logits(dl, which, dloss[0], &*sv, dims))
+            });
         })
     };
     let lb_loss = aux(lb_loss, AuxLoss::LoadBalance);

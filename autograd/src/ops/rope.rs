@@ -1,11 +1,12 @@
 //! Rotary position embedding over heads.
 
 use super::{ensure, rows};
+use crate::backend::{kernel, kernel_bwd};
 use crate::error::Result;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 use kernels_cpu::buffer::zeroed;
-use kernels_cpu::rope::{rope_backward, rope_forward, RopeTable};
+use kernels_cpu::rope::RopeTable;
 use std::sync::Arc;
 
 /// Rotates `x [N, heads * Dh]` by the angles of `pos [N]` (positions must be `< table.max_pos`).
@@ -21,9 +22,10 @@ pub fn rope(tape: &Tape, x: &Tensor, pos: &Arc<[u32]>, table: &Arc<RopeTable>, h
         });
     }
     let mut out = zeroed(x.numel());
-    rope_forward(&mut out, &x.f32s(), pos, table, n, heads);
+    let be = tape.backend().clone();
+    kernel("rope", be.rope_forward(&mut out, &x.f32s(), pos, table, n, heads))?;
     let (xs, pos, table) = (x.clone(), pos.clone(), table.clone());
     Ok(tape.record(Tensor::from_vec(out, x.shape()), &[x], move |dy, g| {
-        g.accumulate(&xs, |dx| rope_backward(dx, dy, &pos, &table, n, heads));
+        g.accumulate(&xs, |dx| kernel_bwd("rope", be.rope_backward(dx, dy, &pos, &table, n, heads)));
     }))
 }

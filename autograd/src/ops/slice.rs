@@ -1,10 +1,10 @@
 //! Column slices of a row-major matrix (how a fused projection is split into its parts).
 
 use super::{ensure, rows};
+use crate::backend::{kernel, kernel_bwd};
 use crate::error::Result;
 use crate::tape::Tape;
 use crate::tensor::Tensor;
-use rayon::prelude::*;
 
 /// Columns `start..start + width` of `x [N, C]` → `[N, width]` (a copy).
 pub fn slice_cols(tape: &Tape, x: &Tensor, start: usize, width: usize) -> Result<Tensor> {
@@ -14,17 +14,12 @@ pub fn slice_cols(tape: &Tape, x: &Tensor, start: usize, width: usize) -> Result
     })?;
     let n = rows(x);
     let xs = x.f32s();
-    let out = kernels_cpu::buffer::copy_cols(&xs, c, start, width);
+    let be = tape.backend().clone();
+    let out = kernel("slice_cols", be.copy_cols(&xs, c, start, width))?;
     drop(xs);
     let xt = x.clone();
     Ok(tape.record(Tensor::from_vec(out, &[n, width]), &[x], move |dy, g| {
-        g.accumulate(&xt, |dx| {
-            dx.par_chunks_mut(c).zip(dy.par_chunks(width)).for_each(|(d, s)| {
-                for (d, &s) in d[start..start + width].iter_mut().zip(s) {
-                    *d += s;
-                }
-            });
-        });
+        g.accumulate(&xt, |dx| kernel_bwd("slice_cols", be.add_cols(dx, dy, c, start)));
     }))
 }
 

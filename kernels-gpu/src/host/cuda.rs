@@ -1,7 +1,8 @@
 //! [`Gpu`]: the cudarc layer (pinned cudarc =0.19.10, driver + nvrtc + dynamic-loading + cuda-13000).
 
 use super::{GpuError, Kernel, PTX};
-use crate::simt::{Dim3, Gmem};
+use crate::launcher::{bytes_of, bytes_of_mut, Elem, LaunchDims, LaunchError, Launcher};
+use crate::simt::Gmem;
 use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
     ValidAsZeroBits,
@@ -107,18 +108,6 @@ impl Gpu {
     }
 }
 
-/// Grid, block and dynamic shared memory of one launch (as each kernel's doc states, and as the
-/// simulator's host helpers in `sim::ops` compute them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LaunchDims {
-    /// Blocks in the grid.
-    pub grid: Dim3,
-    /// Threads per block.
-    pub block: Dim3,
-    /// Dynamic shared memory bytes per block.
-    pub shared_bytes: u32,
-}
-
 impl From<LaunchDims> for LaunchConfig {
     fn from(d: LaunchDims) -> Self {
         LaunchConfig {
@@ -138,21 +127,62 @@ unsafe impl<T> DeviceRepr for crate::kernels::gemm::GroupedGemm<T> {}
 
 macro_rules! define_launchers {
     ($($variant:ident $launcher:ident $sym:ident = $kernel:path => ($($arg:ident : $ty:ty),* $(,)?);)*) => {
-        impl Gpu {$(
-            #[doc = concat!("Launches `", stringify!($sym), "` (`", stringify!($kernel), "`): ")]
-            #[doc = "arguments as the kernel takes them (its doc states the launch shape and sizes)."]
-            ///
-            /// # Safety
-            /// Every `Gmem` is [`Gpu::gmem`] of a live buffer of this `Gpu` holding at least the elements
-            /// the kernel indexes for these sizes, and `dims` is a launch shape the kernel's doc allows.
-            #[allow(clippy::too_many_arguments)]
-            pub unsafe fn $launcher(&self, dims: LaunchDims, $($arg: $ty),*) -> Result<(), GpuError> {
-                let mut launch = self.stream.launch_builder(self.function(Kernel::$variant));
-                $(launch.arg(&$arg);)*
-                launch.launch(dims.into()).map_err(driver(concat!("launching ", stringify!($sym))))?;
-                Ok(())
+        impl Launcher for Gpu {
+            type Mem = CudaSlice<u8>;
+
+            fn name(&self) -> &'static str {
+                "cuda"
             }
-        )*}
+
+            fn block_threads(&self) -> u32 {
+                256
+            }
+
+            fn max_grid(&self) -> u32 {
+                // Enough blocks to fill every SM several times over; grid-stride loops do the rest.
+                65_535
+            }
+
+            fn input<T: Elem>(&self, host: &[T]) -> Result<CudaSlice<u8>, LaunchError> {
+                Ok(self.stream.clone_htod(bytes_of(host)).map_err(driver("copying to the device"))?)
+            }
+
+            fn output<T: Elem>(&self, host: &mut [T], copy_in: bool) -> Result<CudaSlice<u8>, LaunchError> {
+                if copy_in {
+                    return self.input(host);
+                }
+                self.scratch::<T>(host.len())
+            }
+
+            fn scratch<T: Elem>(&self, len: usize) -> Result<CudaSlice<u8>, LaunchError> {
+                let bytes = (len * std::mem::size_of::<T>()).max(1);
+                Ok(self.stream.alloc_zeros::<u8>(bytes).map_err(driver("allocating device memory"))?)
+            }
+
+            fn read_back<T: Elem>(&self, mem: &CudaSlice<u8>, host: &mut [T]) -> Result<(), LaunchError> {
+                let dst = bytes_of_mut(host);
+                if dst.is_empty() {
+                    return Ok(());
+                }
+                let src = mem.slice(..dst.len());
+                self.stream.memcpy_dtoh(&src, dst).map_err(driver("copying from the device"))?;
+                Ok(self.synchronize()?)
+            }
+
+            fn ptr<T: Elem>(&self, mem: &CudaSlice<u8>) -> Gmem<T> {
+                let (ptr, _sync) = mem.device_ptr(&self.stream);
+                Gmem::new(ptr as usize as *mut T)
+            }
+
+            $(
+                unsafe fn $launcher(&self, dims: LaunchDims, $($arg: $ty),*) -> Result<(), LaunchError> {
+                    let mut launch = self.stream.launch_builder(self.function(Kernel::$variant));
+                    $(launch.arg(&$arg);)*
+                    launch.launch(dims.into()).map_err(driver(concat!("launching ", stringify!($sym))))?;
+                    Ok(())
+                }
+            )*
+        }
     };
 }
 

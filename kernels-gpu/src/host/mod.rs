@@ -15,7 +15,7 @@ mod names;
 mod tests;
 
 #[cfg(feature = "cuda")]
-pub use cuda::{Gpu, GpuBuf, GpuElem, LaunchDims};
+pub use cuda::{Gpu, GpuBuf, GpuElem};
 pub use names::{ptx_entries, Kernel, PTX};
 
 /// Why a GPU operation failed.

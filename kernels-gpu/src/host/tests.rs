@@ -1,11 +1,12 @@
 //! Tests of the cudarc layer. Without a GPU only the "no driver" path runs; the launches run when
 //! `MOE_GPU_TESTS=1` (and print "skipped: MOE_GPU_TESTS not set" otherwise).
 
-use super::{Gpu, GpuError, LaunchDims};
+use super::{Gpu, GpuError};
+use crate::launcher::{LaunchDims, Launcher};
 use crate::simt::Dim3;
 use cudarc::driver::sys;
 
-/// Words written per thread by `medmoe_simt_selftest` (as in `src/ptx/selftest.rs`).
+/// Words written per thread by `medmoe_simt_selftest` (as in `src/kernels/selftest.rs`).
 const SELFTEST_WORDS: usize = 26;
 
 fn gpu_tests_enabled(test: &str) -> bool {
@@ -50,7 +51,7 @@ fn simt_selftest_matches_the_trait_docs_on_the_gpu() {
     let dims = LaunchDims { grid: Dim3::x(1), block: Dim3::x(64), shared_bytes: 512 };
     let (g_out, g_a, g_b, g_x) = (gpu.gmem(&out), gpu.gmem(&a), gpu.gmem(&b), gpu.gmem(&xs));
     let (g_acc, g_cnt) = (gpu.gmem(&acc), gpu.gmem(&cnt));
-    // SAFETY: the buffers live and have the sizes of src/ptx/selftest.rs; the shape is its documented one.
+    // SAFETY: the buffers live and have the sizes of src/kernels/selftest.rs; the shape is its documented one.
     unsafe { gpu.simt_selftest(dims, g_out, g_a, g_b, g_x, g_acc, g_cnt) }.unwrap();
     let out = gpu.download(&out).unwrap();
     assert_eq!(gpu.download(&acc).unwrap(), vec![64.0]);

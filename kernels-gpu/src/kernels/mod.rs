@@ -9,6 +9,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
+pub mod elementwise;
 pub mod embedding;
 pub mod fake_quant;
 pub mod gemm;
@@ -19,6 +20,7 @@ pub mod reduce;
 pub mod rmsnorm;
 pub mod rope;
 pub mod router;
+pub mod selftest;
 pub mod swiglu;
 
 use crate::simt::Simt;

@@ -10,7 +10,6 @@
 
 mod ctx;
 mod entries;
-mod selftest;
 mod shared;
 
 pub use ctx::Ptx;

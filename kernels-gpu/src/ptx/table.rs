@@ -5,7 +5,7 @@
 macro_rules! for_each_kernel {
     ($m:ident) => {
         $m! {
-            SimtSelftest simt_selftest medmoe_simt_selftest = super::selftest::simt_selftest => (out: Gmem<u32>, a: Gmem<u16>, b: Gmem<u16>, x: Gmem<f32>, acc: Gmem<f32>, cnt: Gmem<u32>);
+            SimtSelftest simt_selftest medmoe_simt_selftest = crate::kernels::selftest::simt_selftest => (out: Gmem<u32>, a: Gmem<u16>, b: Gmem<u16>, x: Gmem<f32>, acc: Gmem<f32>, cnt: Gmem<u32>);
             AdamwStep adamw_step medmoe_adamw_step = crate::kernels::adamw::adamw_step => (param: Gmem<f32>, grad: Gmem<f32>, m: Gmem<f32>, v: Gmem<f32>, k: crate::kernels::adamw::AdamWScalars, len: usize);
             SoftmaxCeForwardBackward softmax_ce_forward_backward medmoe_softmax_ce_forward_backward = crate::kernels::cross_entropy::softmax_ce_forward_backward => (losses: Gmem<f32>, dlogits: Gmem<f32>, logits: Gmem<f32>, targets: Gmem<i32>, n: usize, v: usize, scale: f32);
             FakeQuantForward fake_quant_forward medmoe_fake_quant_forward = crate::kernels::fake_quant::fake_quant_forward => (y: Gmem<f32>, w: Gmem<f32>, clip: Gmem<f32>, len: usize, group: usize, qmax: f32);
@@ -35,6 +35,9 @@ macro_rules! for_each_kernel {
             AttentionBackwardDvec attention_backward_dvec medmoe_attention_backward_dvec = crate::kernels::attention::attention_backward_dvec => (dvec: Gmem<f32>, dout: Gmem<f32>, out: Gmem<f32>, b: usize, t: usize, h: usize, dh: usize);
             AttentionBackwardDq attention_backward_dq medmoe_attention_backward_dq = crate::kernels::attention::attention_backward_dq => (dq: Gmem<f32>, dout: Gmem<f32>, lse: Gmem<f32>, dvec: Gmem<f32>, q: Gmem<f32>, k: Gmem<f32>, v: Gmem<f32>, seg: Gmem<u32>, t: usize, h: usize, kv: usize, dh: usize, scale: f32);
             AttentionBackwardDkv attention_backward_dkv medmoe_attention_backward_dkv = crate::kernels::attention::attention_backward_dkv => (dk: Gmem<f32>, dv: Gmem<f32>, dout: Gmem<f32>, lse: Gmem<f32>, dvec: Gmem<f32>, q: Gmem<f32>, k: Gmem<f32>, v: Gmem<f32>, seg: Gmem<u32>, t: usize, h: usize, kv: usize, dh: usize, scale: f32);
+            AddScaled add_scaled medmoe_add_scaled = crate::kernels::elementwise::add_scaled => (out: Gmem<f32>, a: Gmem<f32>, b: Gmem<f32>, scale: f32, len: usize);
+            CopyCols copy_cols medmoe_copy_cols = crate::kernels::elementwise::copy_cols => (out: Gmem<f32>, x: Gmem<f32>, cols: usize, start: usize, width: usize, len: usize);
+            AddCols add_cols medmoe_add_cols = crate::kernels::elementwise::add_cols => (dx: Gmem<f32>, dy: Gmem<f32>, cols: usize, start: usize, width: usize, len: usize);
         }
     };
 }

@@ -3,6 +3,7 @@
 use super::report;
 use kernels_cpu::attention::{attention_backward, attention_forward, AttnDims};
 use kernels_cpu::check::{max_errors, rand_vec, rel_norm_err};
+use kernels_gpu::launcher::SimLauncher;
 use kernels_gpu::sim::ops::{self, AttnShape};
 
 /// Document ids `[B, T]`: row `b` split into `docs` documents at uneven, row-dependent points.
@@ -41,7 +42,7 @@ fn attention_forward_and_backward_match_kernels_cpu() {
         let tag = format!("attention b={b} t={t} h={h} kv={kv} dh={dh} docs={ndocs}");
 
         let (mut out, mut lse) = (vec![f32::NAN; q.len()], vec![f32::NAN; b * h * t]);
-        ops::attention_forward(&mut out, &mut lse, &q, &k, &v, seg, shape).unwrap();
+        ops::attention_forward(&SimLauncher, &mut out, &mut lse, &q, &k, &v, seg, shape).unwrap();
         let (mut wout, mut wlse) = (vec![0f32; q.len()], vec![0f32; b * h * t]);
         attention_forward(&mut wout, &mut wlse, &q, &k, &v, seg, dims);
         // Summation order of the tile products and exp (libm vs the CPU's polynomial) differ.
@@ -52,7 +53,8 @@ fn attention_forward_and_backward_match_kernels_cpu() {
         let (mut dq, mut dk, mut dv) = (rand_vec(q.len(), 5), rand_vec(k.len(), 6), rand_vec(v.len(), 7));
         let (init_q, init_k, init_v) = (dq.clone(), dk.clone(), dv.clone());
         let (mut wdq, mut wdk, mut wdv) = (dq.clone(), dk.clone(), dv.clone());
-        ops::attention_backward(&mut dq, &mut dk, &mut dv, &dout, &wout, &wlse, &q, &k, &v, seg, shape).unwrap();
+        ops::attention_backward(&SimLauncher, &mut dq, &mut dk, &mut dv, &dout, &wout, &wlse, &q, &k, &v, seg, shape)
+            .unwrap();
         attention_backward(&mut wdq, &mut wdk, &mut wdv, &dout, &wout, &wlse, &q, &k, &v, seg, dims);
         // Compare the increments (the backward accumulates onto random initial values).
         let delta = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<f32>>();
@@ -66,12 +68,15 @@ fn attention_forward_and_backward_match_kernels_cpu() {
 fn attention_rejects_bad_shapes() {
     let s = AttnShape { b: 1, t: 2, h: 3, kv: 2, dh: 4 };
     let (mut out, mut lse) = (vec![0f32; 24], vec![0f32; 6]);
-    assert!(ops::attention_forward(&mut out, &mut lse, &[0.0; 24], &[0.0; 16], &[0.0; 16], None, s).is_err());
+    assert!(
+        ops::attention_forward(&SimLauncher, &mut out, &mut lse, &[0.0; 24], &[0.0; 16], &[0.0; 16], None, s).is_err()
+    );
     let s = AttnShape { b: 1, t: 1, h: 1, kv: 1, dh: 129 };
     let (mut out, mut lse) = (vec![0f32; 129], vec![0f32; 1]);
-    assert!(ops::attention_forward(&mut out, &mut lse, &[0.0; 129], &[0.0; 129], &[0.0; 129], None, s).is_err());
+    assert!(ops::attention_forward(&SimLauncher, &mut out, &mut lse, &[0.0; 129], &[0.0; 129], &[0.0; 129], None, s)
+        .is_err());
     let s = AttnShape { b: 1, t: 2, h: 1, kv: 1, dh: 4 };
     let (mut out, mut lse) = (vec![0f32; 8], vec![0f32; 2]);
-    let r = ops::attention_forward(&mut out, &mut lse, &[0.0; 8], &[0.0; 8], &[0.0; 8], Some(&[0]), s);
+    let r = ops::attention_forward(&SimLauncher, &mut out, &mut lse, &[0.0; 8], &[0.0; 8], &[0.0; 8], Some(&[0]), s);
     assert!(r.is_err());
 }

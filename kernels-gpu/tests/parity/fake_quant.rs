@@ -3,6 +3,7 @@
 
 use super::report;
 use kernels_cpu::check::{finite_diff, rand_vec};
+use kernels_gpu::launcher::SimLauncher;
 use kernels_gpu::sim::ops;
 
 fn qmax(bits: u32) -> f64 {
@@ -57,7 +58,7 @@ fn fake_quant_matches_the_f64_reference_at_8_6_5_4_bits() {
         let scale = 1.0 / ((group as f64) * qmax(bits)).sqrt();
         let (ry, rdw, rdc) = naive(&w, &clip, &dy, group, bits, scale);
         let mut y = vec![f32::NAN; len];
-        ops::fake_quant_forward(&mut y, &w, &clip, group, bits).unwrap();
+        ops::fake_quant_forward(&SimLauncher, &mut y, &w, &clip, group, bits).unwrap();
         report(&format!("fake quant {bits}-bit y"), &y, &f32s(&ry), 1e-7, 1e-6);
         let levels: std::collections::BTreeSet<i64> = y
             .iter()
@@ -66,11 +67,11 @@ fn fake_quant_matches_the_f64_reference_at_8_6_5_4_bits() {
             .collect();
         assert!(levels.len() as f64 <= 2.0 * qmax(bits) + 1.0, "{bits}-bit: {} levels", levels.len());
         let (mut dw, mut dc) = (vec![0f32; len], vec![0f32; clip.len()]);
-        ops::fake_quant_backward(&mut dw, &mut dc, &dy, &w, &clip, group, bits, scale as f32).unwrap();
+        ops::fake_quant_backward(&SimLauncher, &mut dw, &mut dc, &dy, &w, &clip, group, bits, scale as f32).unwrap();
         report(&format!("fake quant {bits}-bit dw"), &dw, &f32s(&rdw), 0.0, 0.0);
         report(&format!("fake quant {bits}-bit dclip"), &dc, &f32s(&rdc), 1e-6, 1e-5);
     }
-    assert!(ops::fake_quant_forward(&mut [0.0; 4], &[0.0; 4], &[1.0; 1], 2, 8).is_err());
+    assert!(ops::fake_quant_forward(&SimLauncher, &mut [0.0; 4], &[0.0; 4], &[1.0; 1], 2, 8).is_err());
 }
 
 #[test]
@@ -83,7 +84,7 @@ fn lsq_gradients_match_finite_differences_where_meaningful() {
     let clip = [1.0f32];
     let dy = rand_vec(group, 71);
     let (mut dw, mut dc) = (vec![0f32; group], vec![0f32; 1]);
-    ops::fake_quant_backward(&mut dw, &mut dc, &dy, &w, &clip, group, bits, 1.0).unwrap();
+    ops::fake_quant_backward(&SimLauncher, &mut dw, &mut dc, &dy, &w, &clip, group, bits, 1.0).unwrap();
     let loss = |a: &[f64]| -> f64 {
         w.iter()
             .zip(&dy)
@@ -104,7 +105,7 @@ fn lsq_gradients_match_finite_differences_where_meaningful() {
     let inside: Vec<f32> = w.iter().map(|&x| x.clamp(-0.69 * clip[0], 0.69 * clip[0])).collect();
     let dy = rand_vec(group, 73);
     let (mut dw, mut dc) = (vec![0f32; group], vec![0f32; 1]);
-    ops::fake_quant_backward(&mut dw, &mut dc, &dy, &inside, &clip, group, bits, 1.0).unwrap();
+    ops::fake_quant_backward(&SimLauncher, &mut dw, &mut dc, &dy, &inside, &clip, group, bits, 1.0).unwrap();
     let a0 = clip[0] as f64;
     let r: Vec<f64> = inside
         .iter()

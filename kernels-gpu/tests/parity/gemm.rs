@@ -4,6 +4,7 @@
 use super::report;
 use kernels_cpu::check::{rand_vec, rel_norm_err};
 use kernels_gpu::kernels::gemm::{GroupedGemm, Operand, TokenAxis, TOKENS};
+use kernels_gpu::launcher::SimLauncher;
 use kernels_gpu::sim::ops::{self, ExpertsGemm};
 use kernels_gpu::simt::{bf16_from_f32, bf16_to_f32, Gmem};
 
@@ -77,7 +78,8 @@ fn check_layout(
                 offsets: off,
                 accumulate: true,
             };
-            ops::grouped_gemm(p, Some(offsets), groups).unwrap();
+            // SAFETY: the operands cover the shapes of this case.
+            unsafe { ops::grouped_gemm(&SimLauncher, p, Some(offsets), groups) }.unwrap();
         } else {
             let p = GroupedGemm {
                 a: with(Gmem::new(av.as_ptr() as *mut f32), shape(&a)),
@@ -89,7 +91,8 @@ fn check_layout(
                 offsets: off,
                 accumulate: true,
             };
-            ops::grouped_gemm(p, Some(offsets), groups).unwrap();
+            // SAFETY: the operands cover the shapes of this case.
+            unsafe { ops::grouped_gemm(&SimLauncher, p, Some(offsets), groups) }.unwrap();
         }
         // f32 accumulation of K <= 80 products of O(1) values vs f64.
         report(&format!("grouped gemm {name} {}", if mma { "mma bf16" } else { "fma f32" }), &got, &want, 2e-5, 1e-5);
@@ -177,13 +180,14 @@ fn experts_vs_cpu(kind: ExpertsGemm, d: usize, w: usize, offsets: &[u32]) -> [f6
     let xp = rand_vec(nk * d, 41);
     let experts: Vec<f32> = rand_vec(e * 3 * w * d, 42).iter().map(|v| v * 0.3).collect();
     let (mut y, mut hgu, mut a) = (vec![0f32; nk * d], vec![0f32; nk * 2 * w], vec![0f32; nk * w]);
-    ops::experts_forward(kind, &mut y, &mut hgu, &mut a, &xp, &experts, offsets, d, w).unwrap();
+    ops::experts_forward(&SimLauncher, kind, &mut y, &mut hgu, &mut a, &xp, &experts, offsets, d, w).unwrap();
     let (mut wy, mut whgu, mut wa) = (y.clone(), hgu.clone(), a.clone());
     kernels_cpu::moe::experts::experts_forward(&mut wy, &mut whgu, &mut wa, &xp, &experts, &off_us, d, w);
     let dy = rand_vec(nk * d, 43);
     let (mut dxp, mut dexp) = (rand_vec(nk * d, 44), rand_vec(experts.len(), 45));
     let (mut wdxp, mut wdexp) = (dxp.clone(), dexp.clone());
-    ops::experts_backward(kind, &mut dxp, &mut dexp, &dy, &xp, &hgu, &a, &experts, offsets, d, w).unwrap();
+    ops::experts_backward(&SimLauncher, kind, &mut dxp, &mut dexp, &dy, &xp, &hgu, &a, &experts, offsets, d, w)
+        .unwrap();
     kernels_cpu::moe::experts::experts_backward(&mut wdxp, &mut wdexp, &dy, &xp, &whgu, &wa, &experts, &off_us, d, w);
     let tag = format!("experts {kind:?} d={d} w={w}");
     if kind == ExpertsGemm::Fma {

@@ -3,6 +3,7 @@
 use super::report;
 use kernels_cpu::check::rand_vec;
 use kernels_cpu::moe::{permute as cpu_perm, router as cpu_router, MoeParams, RouterWeighting};
+use kernels_gpu::launcher::SimLauncher;
 use kernels_gpu::sim::ops;
 
 const NONE: u32 = u32::MAX;
@@ -15,7 +16,9 @@ fn router_forward_and_backward_match_kernels_cpu() {
         let bias = with_bias.then_some(&bias[..]);
         let (mut probs, mut choice, mut lse, mut ent) =
             (vec![0f32; n * e], vec![0u32; n], vec![0f32; n], vec![0f32; n]);
-        let sums = ops::router_forward(&mut probs, &mut choice, &mut lse, &mut ent, &logits, bias, e, temp).unwrap();
+        let sums =
+            ops::router_forward(&SimLauncher, &mut probs, &mut choice, &mut lse, &mut ent, &logits, bias, e, temp)
+                .unwrap();
         let params = MoeParams { temperature: temp, weighting: RouterWeighting::Ste, ..MoeParams::default() };
         let (mut wp, mut wc, mut wl, mut we) = (vec![0f32; n * e], vec![0u32; n], vec![0f32; n], vec![0f32; n]);
         cpu_router::route_forward(&mut wp, &mut wc, &mut wl, &mut we, &logits, bias, e, &params);
@@ -38,7 +41,20 @@ fn router_forward_and_backward_match_kernels_cpu() {
         let mut dl = rand_vec(n * e, 14);
         let mut want = dl.clone();
         let cnt32: Vec<u32> = counts.iter().map(|&c| c as u32).collect();
-        ops::router_backward(&mut dl, Some((&dgate, &expert)), &wp, &logits, &wl, &cnt32, dlb, dz, e, temp).unwrap();
+        ops::router_backward(
+            &SimLauncher,
+            &mut dl,
+            Some((&dgate, &expert)),
+            &wp,
+            &logits,
+            &wl,
+            &cnt32,
+            dlb,
+            dz,
+            e,
+            temp,
+        )
+        .unwrap();
         cpu_router::gate_backward(&mut want, &dgate, &wp, &expert, e, &params);
         cpu_router::lb_loss_backward(&mut want, dlb, &wp, &counts, e, &params);
         cpu_router::z_loss_backward(&mut want, dz, &logits, &wl, e);
@@ -53,7 +69,7 @@ fn sort_gather_and_combine_match_kernels_cpu() {
             .iter()
             .map(|v| if *v > 0.8 { NONE } else { ((v + 1.0) / 1.8 * e as f32) as u32 % e as u32 })
             .collect();
-        let s = ops::sort_by_expert(&expert, e).unwrap();
+        let s = ops::sort_by_expert(&SimLauncher, &expert, e).unwrap();
         let (order, offsets) = cpu_perm::sort_by_expert(&expert, e);
         let tag = format!("permute n={n} e={e} d={d}");
         assert_eq!(s.order, order, "{tag}: order");
@@ -62,23 +78,24 @@ fn sort_gather_and_combine_match_kernels_cpu() {
         let nk = order.len();
         let x = rand_vec(n * d, 22);
         let (mut xp, mut wxp) = (vec![0f32; nk * d], vec![0f32; nk * d]);
-        ops::gather_forward(&mut xp, &x, &s.order, &s.offsets, d).unwrap();
+        ops::gather_forward(&SimLauncher, &mut xp, &x, &s.order, &s.offsets, d).unwrap();
         cpu_perm::gather_rows_forward(&mut wxp, &x, &order, d);
         assert_eq!(xp, wxp, "{tag}: gather");
         let dxp = rand_vec(nk * d, 23);
         let (mut dx, mut wdx) = (rand_vec(n * d, 24), rand_vec(n * d, 24));
-        ops::gather_backward(&mut dx, &dxp, &s.inv, d).unwrap();
+        ops::gather_backward(&SimLauncher, &mut dx, &dxp, &s.inv, d).unwrap();
         cpu_perm::gather_rows_backward(&mut wdx, &dxp, &s.inv, 1, d);
         report(&format!("{tag} gather backward"), &dx, &wdx, 0.0, 0.0);
         let (yp, wts) = (rand_vec(nk * d, 25), rand_vec(nk, 26));
         let (mut out, mut wout) = (vec![f32::NAN; n * d], vec![0f32; n * d]);
-        ops::combine_forward(&mut out, &yp, Some(&wts), &s.inv, d).unwrap();
+        ops::combine_forward(&SimLauncher, &mut out, &yp, Some(&wts), &s.inv, d).unwrap();
         cpu_perm::combine_forward(&mut wout, &yp, &wts, &s.inv, 1, d);
         report(&format!("{tag} combine forward"), &out, &wout, 0.0, 0.0);
         let dout = rand_vec(n * d, 27);
         let (mut dyp, mut dw) = (rand_vec(nk * d, 28), rand_vec(nk, 29));
         let (mut wdyp, mut wdw) = (dyp.clone(), dw.clone());
-        ops::combine_backward(&mut dyp, Some(&mut dw), &dout, &yp, Some(&wts), &s.order, &s.offsets, d).unwrap();
+        ops::combine_backward(&SimLauncher, &mut dyp, Some(&mut dw), &dout, &yp, Some(&wts), &s.order, &s.offsets, d)
+            .unwrap();
         cpu_perm::combine_backward(&mut wdyp, &mut wdw, &dout, &yp, &wts, &order, d);
         report(&format!("{tag} combine backward dyp"), &dyp, &wdyp, 1e-7, 1e-6);
         report(&format!("{tag} combine backward dweights"), &dw, &wdw, 1e-6, 1e-5);

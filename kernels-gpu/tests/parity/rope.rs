@@ -3,6 +3,7 @@
 use super::report;
 use kernels_cpu::check::rand_vec;
 use kernels_cpu::rope::RopeTable;
+use kernels_gpu::launcher::SimLauncher;
 use kernels_gpu::sim::ops;
 
 /// Deterministic values in `0..bound`.
@@ -20,7 +21,7 @@ fn rope_forward_and_backward_match_kernels_cpu() {
         let x = rand_vec(n * heads * dh, 1);
         let pos = below(n, max_pos, 2);
         let (mut got, mut want) = (vec![f32::NAN; x.len()], vec![0f32; x.len()]);
-        ops::rope_forward(&mut got, &x, &pos, &table.cos, &table.sin, heads, dh).unwrap();
+        ops::rope_forward(&SimLauncher, &mut got, &x, &pos, &table.cos, &table.sin, heads, dh).unwrap();
         kernels_cpu::rope::rope_forward(&mut want, &x, &pos, &table, n, heads);
         // Same products and sums in the same order (no FMA): bit-identical.
         let tag = format!("rope n={n} h={heads} dh={dh} max_pos={max_pos}");
@@ -28,7 +29,7 @@ fn rope_forward_and_backward_match_kernels_cpu() {
         let dout = rand_vec(x.len(), 3);
         let mut dx = rand_vec(x.len(), 4);
         let mut wdx = dx.clone();
-        ops::rope_backward(&mut dx, &dout, &pos, &table.cos, &table.sin, heads, dh).unwrap();
+        ops::rope_backward(&SimLauncher, &mut dx, &dout, &pos, &table.cos, &table.sin, heads, dh).unwrap();
         kernels_cpu::rope::rope_backward(&mut wdx, &dout, &pos, &table, n, heads);
         report(&format!("{tag} backward (accumulated)"), &dx, &wdx, 0.0, 0.0);
     }
@@ -38,8 +39,8 @@ fn rope_forward_and_backward_match_kernels_cpu() {
 fn rope_rejects_positions_past_the_table_and_odd_head_dims() {
     let table = RopeTable::new(4, 8, 10_000.0);
     let mut out = vec![0f32; 4];
-    assert!(ops::rope_forward(&mut out, &[1.0; 4], &[8], &table.cos, &table.sin, 1, 4).is_err());
-    assert!(ops::rope_forward(&mut out, &[1.0; 4], &[7], &table.cos, &table.sin, 1, 4).is_ok());
+    assert!(ops::rope_forward(&SimLauncher, &mut out, &[1.0; 4], &[8], &table.cos, &table.sin, 1, 4).is_err());
+    assert!(ops::rope_forward(&SimLauncher, &mut out, &[1.0; 4], &[7], &table.cos, &table.sin, 1, 4).is_ok());
     let mut out = vec![0f32; 3];
-    assert!(ops::rope_backward(&mut out, &[1.0; 3], &[0], &table.cos, &table.sin, 1, 3).is_err());
+    assert!(ops::rope_backward(&SimLauncher, &mut out, &[1.0; 3], &[0], &table.cos, &table.sin, 1, 3).is_err());
 }

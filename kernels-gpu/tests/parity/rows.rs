@@ -2,6 +2,7 @@
 
 use super::report;
 use kernels_cpu::check::rand_vec;
+use kernels_gpu::launcher::SimLauncher;
 use kernels_gpu::sim::ops;
 
 const EPS: f32 = 1e-6;
@@ -13,14 +14,14 @@ fn rmsnorm_forward_and_backward_match_kernels_cpu() {
         let w: Vec<f32> = rand_vec(c, 2).iter().map(|v| 1.0 + 0.5 * v).collect();
         let (mut out, mut rstd) = (vec![0f32; n * c], vec![0f32; n]);
         let (mut wout, mut wrstd) = (out.clone(), rstd.clone());
-        ops::rmsnorm_forward(&mut out, &mut rstd, &x, &w, n, c, EPS).unwrap();
+        ops::rmsnorm_forward(&SimLauncher, &mut out, &mut rstd, &x, &w, n, c, EPS).unwrap();
         kernels_cpu::rmsnorm::rmsnorm_forward(&mut wout, &mut wrstd, &x, &w, n, c, EPS);
         report(&format!("rmsnorm forward n={n} c={c}"), &out, &wout, 1e-6, 2e-6);
         report(&format!("rmsnorm rstd n={n} c={c}"), &rstd, &wrstd, 0.0, 2e-6);
         let dout = rand_vec(n * c, 3);
         let (mut dx, mut dw) = (rand_vec(n * c, 4), rand_vec(c, 5));
         let (mut wdx, mut wdw) = (dx.clone(), dw.clone());
-        ops::rmsnorm_backward(&mut dx, &mut dw, &dout, &x, &w, &wrstd, n, c).unwrap();
+        ops::rmsnorm_backward(&SimLauncher, &mut dx, &mut dw, &dout, &x, &w, &wrstd, n, c).unwrap();
         kernels_cpu::rmsnorm::rmsnorm_backward(&mut wdx, &mut wdw, &dout, &x, &w, &wrstd, n, c);
         // dx: different summation order of sum(g * x) over C; dw: atomics over row chunks.
         report(&format!("rmsnorm backward dx n={n} c={c}"), &dx, &wdx, 2e-6, 1e-5);
@@ -38,7 +39,7 @@ fn softmax_cross_entropy_matches_the_fused_cpu_kernel() {
         let count = targets.iter().filter(|&&t| t != -100).count();
         let scale = 1.0 / count as f32;
         let (mut loss, mut dl) = (vec![0f32; n], vec![f32::NAN; n * v]);
-        ops::softmax_ce_forward_backward(&mut loss, &mut dl, &logits, &targets, v, scale).unwrap();
+        ops::softmax_ce_forward_backward(&SimLauncher, &mut loss, &mut dl, &logits, &targets, v, scale).unwrap();
         let mut eye = vec![0f32; v * v];
         for i in 0..v {
             eye[i * v + i] = 1.0;
@@ -51,5 +52,5 @@ fn softmax_cross_entropy_matches_the_fused_cpu_kernel() {
         report(&format!("cross-entropy dlogits n={n} v={v}"), &dl, &wdh, 1e-7, 1e-4);
     }
     let mut loss = vec![0f32; 1];
-    assert!(ops::softmax_ce_forward_backward(&mut loss, &mut [0.0; 3], &[0.0; 3], &[3], 3, 1.0).is_err());
+    assert!(ops::softmax_ce_forward_backward(&SimLauncher, &mut loss, &mut [0.0; 3], &[0.0; 3], &[3], 3, 1.0).is_err());
 }

@@ -1,9 +1,9 @@
 //! Host helpers of the MoE routing kernels: router forward / backward, sort by expert, gather,
 //! combine.
 
-use super::{capped_grid, ensure, rd, wr, SIM_BLOCK};
-use crate::kernels::{permute, router};
-use crate::sim::{launch, SimError};
+use super::{capped_grid, ensure, stride_dims};
+use crate::kernels::permute;
+use crate::launcher::{LaunchDims, LaunchError, Launcher};
 use crate::simt::{Dim3, Gmem};
 
 /// Load-balance and z-loss statistics of one router forward.
@@ -21,9 +21,10 @@ pub struct RouterSums {
     pub z_loss: f32,
 }
 
-/// [`router::router_forward`]: `probs [N, E]`, `choice`, `lse`, `entropy` `[N]` from `logits`.
+/// [`crate::kernels::router::router_forward`]: `probs [N, E]`, `choice`, `lse`, `entropy` `[N]` from `logits`.
 #[allow(clippy::too_many_arguments)]
-pub fn router_forward(
+pub fn router_forward<L: Launcher>(
+    l: &L,
     probs: &mut [f32],
     choice: &mut [u32],
     lse: &mut [f32],
@@ -32,7 +33,7 @@ pub fn router_forward(
     bias: Option<&[f32]>,
     e: usize,
     temperature: f32,
-) -> Result<RouterSums, SimError> {
+) -> Result<RouterSums, LaunchError> {
     let n = choice.len();
     ensure(e > 0 && probs.len() == n * e && logits.len() == n * e && lse.len() == n && entropy.len() == n, || {
         format!("router: shapes do not match N={n} E={e}")
@@ -41,13 +42,29 @@ pub fn router_forward(
     ensure(temperature > 0.0, || format!("router: temperature {temperature} must be positive"))?;
     let (mut counts, mut prob_sum, mut lse2) = (vec![0u32; e], vec![0f32; e], [0f32]);
     if n > 0 {
-        let (p, c, l, en) = (wr(probs), wr(choice), wr(lse), wr(entropy));
-        let (cn, ps, l2, x) = (wr(&mut counts), wr(&mut prob_sum), wr(&mut lse2), rd(logits));
-        let b = bias.map_or(Gmem::null(), rd);
+        let (pm, cm, lm, em) =
+            (l.output(probs, false)?, l.output(choice, false)?, l.output(lse, false)?, l.output(entropy, false)?);
+        let (cnm, psm, l2m) =
+            (l.output(&mut counts, true)?, l.output(&mut prob_sum, true)?, l.output(&mut lse2, true)?);
+        let xm = l.input(logits)?;
+        let bm = bias.map(|b| l.input(b)).transpose()?;
+        let b = bm.as_ref().map_or(Gmem::null(), |m| l.ptr(m));
         let inv_t = 1.0 / temperature;
-        launch(Dim3::x(n.div_ceil(SIM_BLOCK as usize) as u32), Dim3::x(SIM_BLOCK), 0, |ctx| {
-            router::router_forward(ctx, p, c, l, en, cn, ps, l2, x, b, n, e, inv_t)
-        })?;
+        let block = l.block_threads();
+        let dims = LaunchDims::linear(Dim3::x(n.div_ceil(block as usize) as u32), block);
+        let (p, c, ls, en) = (l.ptr(&pm), l.ptr(&cm), l.ptr(&lm), l.ptr(&em));
+        // SAFETY: probs/logits hold N*E, choice/lse/entropy N, counts/prob_sum/bias E, lse2 1 elements;
+        // one thread per token.
+        unsafe {
+            l.router_forward(dims, p, c, ls, en, l.ptr(&cnm), l.ptr(&psm), l.ptr(&l2m), l.ptr(&xm), b, n, e, inv_t)
+        }?;
+        l.read_back(&pm, probs)?;
+        l.read_back(&cm, choice)?;
+        l.read_back(&lm, lse)?;
+        l.read_back(&em, entropy)?;
+        l.read_back(&cnm, &mut counts)?;
+        l.read_back(&psm, &mut prob_sum)?;
+        l.read_back(&l2m, &mut lse2)?;
     }
     let nf = n.max(1) as f64;
     let lb = e as f64 * counts.iter().zip(&prob_sum).map(|(&c, &p)| c as f64 * p as f64).sum::<f64>() / (nf * nf);
@@ -55,10 +72,11 @@ pub fn router_forward(
     Ok(RouterSums { counts, prob_sum, lse2_sum: lse2[0], lb_loss: lb as f32, z_loss })
 }
 
-/// [`router::router_backward`]: accumulates into `dlogits [N, E]` the gradients of the routed
+/// [`crate::kernels::router::router_backward`]: accumulates into `dlogits [N, E]` the gradients of the routed
 /// weight (`dgate`, with `expert_of_token`), of `dlb * lb_loss` and of `dz * z_loss`.
 #[allow(clippy::too_many_arguments)]
-pub fn router_backward(
+pub fn router_backward<L: Launcher>(
+    l: &L,
     dlogits: &mut [f32],
     dgate: Option<(&[f32], &[u32])>,
     probs: &[f32],
@@ -69,7 +87,7 @@ pub fn router_backward(
     dz: f32,
     e: usize,
     temperature: f32,
-) -> Result<(), SimError> {
+) -> Result<(), LaunchError> {
     let n = lse.len();
     ensure(
         e > 0 && dlogits.len() == n * e && probs.len() == n * e && logits.len() == n * e && counts.len() == e,
@@ -81,13 +99,19 @@ pub fn router_backward(
     }
     let nf = n as f64;
     let coeff: Vec<f32> = counts.iter().map(|&k| (dlb as f64 * e as f64 * k as f64 / (nf * nf)) as f32).collect();
-    let (dl, p, l, ls) = (wr(dlogits), rd(probs), rd(logits), rd(lse));
-    let (dg, ex) = dgate.map_or((Gmem::null(), Gmem::null()), |(g, x)| (rd(g), rd(x)));
-    let lc = if dlb != 0.0 { rd(&coeff) } else { Gmem::null() };
+    let (pm, xm, lsm) = (l.input(probs)?, l.input(logits)?, l.input(lse)?);
+    let dlm = l.output(dlogits, true)?;
+    let gate = dgate.map(|(g, x)| Ok::<_, LaunchError>((l.input(g)?, l.input(x)?))).transpose()?;
+    let (dg, ex) = gate.as_ref().map_or((Gmem::null(), Gmem::null()), |(g, x)| (l.ptr(g), l.ptr(x)));
+    let cm = if dlb != 0.0 { Some(l.input(&coeff)?) } else { None };
+    let lc = cm.as_ref().map_or(Gmem::null(), |m| l.ptr(m));
     let (inv_t, z_scale) = (1.0 / temperature, 2.0 * dz / n as f32);
-    launch(Dim3::x(n.div_ceil(SIM_BLOCK as usize) as u32), Dim3::x(SIM_BLOCK), 0, |ctx| {
-        router::router_backward(ctx, dl, dg, ex, lc, p, l, ls, n, e, inv_t, z_scale)
-    })
+    let block = l.block_threads();
+    let dims = LaunchDims::linear(Dim3::x(n.div_ceil(block as usize) as u32), block);
+    let (dl, p, x, ls) = (l.ptr(&dlm), l.ptr(&pm), l.ptr(&xm), l.ptr(&lsm));
+    // SAFETY: dlogits/probs/logits hold N*E, lse/dgate/expert_of_token N, coeff E elements.
+    unsafe { l.router_backward(dims, dl, dg, ex, lc, p, x, ls, n, e, inv_t, z_scale) }?;
+    l.read_back(&dlm, dlogits)
 }
 
 /// Result of [`sort_by_expert`].
@@ -102,69 +126,103 @@ pub struct Sorted {
 }
 
 /// [`permute::sort_by_expert`]: the stable counting sort of `expert_of_token [N]` over `e` experts.
-pub fn sort_by_expert(expert_of_token: &[u32], e: usize) -> Result<Sorted, SimError> {
+pub fn sort_by_expert<L: Launcher>(l: &L, expert_of_token: &[u32], e: usize) -> Result<Sorted, LaunchError> {
     let n = expert_of_token.len();
     ensure(e > 0 && n < u32::MAX as usize, || format!("sort: E={e} N={n}"))?;
     let (mut order, mut offsets, mut inv) = (vec![0u32; n], vec![0u32; e + 1], vec![0u32; n]);
-    let (o, off, iv, x) = (wr(&mut order), wr(&mut offsets), wr(&mut inv), rd(expert_of_token));
-    launch(Dim3::x(1), Dim3::x(SIM_BLOCK), permute::sort_shared_bytes(e, SIM_BLOCK as usize), |ctx| {
-        permute::sort_by_expert(ctx, o, off, iv, x, n, e)
-    })?;
+    let (om, offm, ivm) = (l.output(&mut order, false)?, l.output(&mut offsets, false)?, l.output(&mut inv, false)?);
+    let xm = l.input(expert_of_token)?;
+    let block = l.block_threads();
+    let shared = permute::sort_shared_bytes(e, block as usize) as u32;
+    let dims = LaunchDims { grid: Dim3::x(1), block: Dim3::x(block), shared_bytes: shared };
+    // SAFETY: order/inv/expert_of_token hold N, offsets E+1 elements; one block as the kernel requires.
+    unsafe { l.sort_by_expert(dims, l.ptr(&om), l.ptr(&offm), l.ptr(&ivm), l.ptr(&xm), n, e) }?;
+    l.read_back(&om, &mut order)?;
+    l.read_back(&offm, &mut offsets)?;
+    l.read_back(&ivm, &mut inv)?;
     order.truncate(offsets[e] as usize);
     Ok(Sorted { order, offsets, inv })
 }
 
-fn check_offsets(offsets: &[u32], order: usize) -> Result<usize, SimError> {
+fn check_offsets(offsets: &[u32], order: usize) -> Result<usize, LaunchError> {
     ensure(offsets.len() >= 2 && offsets[offsets.len() - 1] as usize <= order, || "permute: bad offsets".into())?;
     Ok(offsets.len() - 1)
 }
 
 /// [`permute::gather_forward`]: `xp [Nk, D] = x[order]`.
-pub fn gather_forward(xp: &mut [f32], x: &[f32], order: &[u32], offsets: &[u32], d: usize) -> Result<(), SimError> {
+pub fn gather_forward<L: Launcher>(
+    l: &L,
+    xp: &mut [f32],
+    x: &[f32],
+    order: &[u32],
+    offsets: &[u32],
+    d: usize,
+) -> Result<(), LaunchError> {
     let e = check_offsets(offsets, order.len())?;
     let nk = offsets[e] as usize;
     ensure(d > 0 && xp.len() == nk * d && x.len().is_multiple_of(d), || "gather: shapes".into())?;
     ensure(order.iter().all(|&t| (t as usize) < x.len() / d), || "gather: token outside x".into())?;
-    let (o, xx, or, off) = (wr(xp), rd(x), rd(order), rd(offsets));
-    launch(capped_grid(nk * d, SIM_BLOCK as usize), Dim3::x(SIM_BLOCK), 0, |ctx| {
-        permute::gather_forward(ctx, o, xx, or, off, e, d)
-    })
+    if nk == 0 {
+        return Ok(());
+    }
+    let (xm, orm, offm, om) = (l.input(x)?, l.input(order)?, l.input(offsets)?, l.output(xp, false)?);
+    let dims = stride_dims(l, nk * d, l.block_threads() as usize);
+    // SAFETY: xp holds Nk*D, x N*D, order Nk, offsets E+1 elements; every order entry is a row of x.
+    unsafe { l.gather_forward(dims, l.ptr(&om), l.ptr(&xm), l.ptr(&orm), l.ptr(&offm), e, d) }?;
+    l.read_back(&om, xp)
 }
 
 /// [`permute::gather_backward`]: `dx[t] += dxp[inv[t]]`.
-pub fn gather_backward(dx: &mut [f32], dxp: &[f32], inv: &[u32], d: usize) -> Result<(), SimError> {
+pub fn gather_backward<L: Launcher>(
+    l: &L,
+    dx: &mut [f32],
+    dxp: &[f32],
+    inv: &[u32],
+    d: usize,
+) -> Result<(), LaunchError> {
     let n = inv.len();
     ensure(d > 0 && dx.len() == n * d && dxp.len().is_multiple_of(d), || "gather backward: shapes".into())?;
     ensure(inv.iter().all(|&p| p == permute::NONE || (p as usize) < dxp.len() / d), || "gather backward: inv".into())?;
-    let (o, g, iv) = (wr(dx), rd(dxp), rd(inv));
-    launch(capped_grid(n * d, SIM_BLOCK as usize), Dim3::x(SIM_BLOCK), 0, |ctx| {
-        permute::gather_backward(ctx, o, g, iv, n, d)
-    })
+    if n == 0 {
+        return Ok(());
+    }
+    let (gm, ivm, om) = (l.input(dxp)?, l.input(inv)?, l.output(dx, true)?);
+    let dims = stride_dims(l, n * d, l.block_threads() as usize);
+    // SAFETY: dx holds N*D, inv N elements; every inv entry is NONE or a row of dxp.
+    unsafe { l.gather_backward(dims, l.ptr(&om), l.ptr(&gm), l.ptr(&ivm), n, d) }?;
+    l.read_back(&om, dx)
 }
 
 /// [`permute::combine_forward`]: `out[t] = weights[inv[t]] * yp[inv[t]]` (zero rows without one).
-pub fn combine_forward(
+pub fn combine_forward<L: Launcher>(
+    l: &L,
     out: &mut [f32],
     yp: &[f32],
     weights: Option<&[f32]>,
     inv: &[u32],
     d: usize,
-) -> Result<(), SimError> {
+) -> Result<(), LaunchError> {
     let n = inv.len();
     let nk = yp.len() / d.max(1);
     ensure(d > 0 && out.len() == n * d && yp.len() == nk * d, || "combine: shapes".into())?;
     ensure(weights.is_none_or(|w| w.len() == nk), || "combine: weights are not [Nk]".into())?;
     ensure(inv.iter().all(|&p| p == permute::NONE || (p as usize) < nk), || "combine: inv".into())?;
-    let (o, y, iv) = (wr(out), rd(yp), rd(inv));
-    let w = weights.map_or(Gmem::null(), rd);
-    launch(capped_grid(n * d, SIM_BLOCK as usize), Dim3::x(SIM_BLOCK), 0, |ctx| {
-        permute::combine_forward(ctx, o, y, w, iv, n, d)
-    })
+    if n == 0 {
+        return Ok(());
+    }
+    let (ym, ivm, om) = (l.input(yp)?, l.input(inv)?, l.output(out, false)?);
+    let wm = weights.map(|w| l.input(w)).transpose()?;
+    let w = wm.as_ref().map_or(Gmem::null(), |m| l.ptr(m));
+    let dims = stride_dims(l, n * d, l.block_threads() as usize);
+    // SAFETY: out holds N*D, yp Nk*D, weights Nk, inv N elements; inv entries are NONE or rows of yp.
+    unsafe { l.combine_forward(dims, l.ptr(&om), l.ptr(&ym), w, l.ptr(&ivm), n, d) }?;
+    l.read_back(&om, out)
 }
 
 /// [`permute::combine_backward`]: accumulates `dyp [Nk, D]` and (when given) `dweights [Nk]`.
 #[allow(clippy::too_many_arguments)]
-pub fn combine_backward(
+pub fn combine_backward<L: Launcher>(
+    l: &L,
     dyp: &mut [f32],
     dweights: Option<&mut [f32]>,
     dout: &[f32],
@@ -173,7 +231,7 @@ pub fn combine_backward(
     order: &[u32],
     offsets: &[u32],
     d: usize,
-) -> Result<(), SimError> {
+) -> Result<(), LaunchError> {
     let e = check_offsets(offsets, order.len())?;
     let nk = offsets[e] as usize;
     ensure(d > 0 && dyp.len() == nk * d && yp.len() == nk * d && dout.len().is_multiple_of(d), || {
@@ -185,10 +243,23 @@ pub fn combine_backward(
     if nk == 0 {
         return Ok(());
     }
-    let (dy, g, y, or, off) = (wr(dyp), rd(dout), rd(yp), rd(order), rd(offsets));
-    let w = weights.map_or(Gmem::null(), rd);
-    let dw = dweights.map_or(Gmem::null(), wr);
-    launch(capped_grid(nk, 1), Dim3::x(SIM_BLOCK), 0, |ctx| {
-        permute::combine_backward(ctx, dy, dw, g, y, w, or, off, e, d)
-    })
+    let (gm, ym, orm, offm) = (l.input(dout)?, l.input(yp)?, l.input(order)?, l.input(offsets)?);
+    let dym = l.output(dyp, true)?;
+    let wm = weights.map(|w| l.input(w)).transpose()?;
+    let w = wm.as_ref().map_or(Gmem::null(), |m| l.ptr(m));
+    let mut dweights = dweights;
+    let dwm = match dweights.as_deref_mut() {
+        Some(dw) => Some(l.output(dw, true)?),
+        None => None,
+    };
+    let dw = dwm.as_ref().map_or(Gmem::null(), |m| l.ptr(m));
+    let dims = LaunchDims::linear(capped_grid(l, nk, 1), l.block_threads());
+    let (dy, g, y) = (l.ptr(&dym), l.ptr(&gm), l.ptr(&ym));
+    // SAFETY: dyp/yp hold Nk*D, dweights/weights/order Nk, offsets E+1 elements; order rows are in dout.
+    unsafe { l.combine_backward(dims, dy, dw, g, y, w, l.ptr(&orm), l.ptr(&offm), e, d) }?;
+    l.read_back(&dym, dyp)?;
+    if let (Some(m), Some(host)) = (dwm.as_ref(), dweights) {
+        l.read_back(m, host)?;
+    }
+    Ok(())
 }

@@ -1,9 +1,7 @@
-//! Host helpers of the rotary embedding kernels.
+//! Host sequences of the rotary embedding kernels.
 
-use super::{capped_grid, ensure, rd, wr, SIM_BLOCK};
-use crate::kernels::rope;
-use crate::sim::{launch, SimError};
-use crate::simt::Dim3;
+use super::{elementwise_dims, ensure};
+use crate::launcher::{LaunchError, Launcher};
 
 /// Checks the shapes shared by forward and backward; returns `max_pos`.
 fn check(
@@ -14,7 +12,7 @@ fn check(
     sin: &[f32],
     heads: usize,
     dh: usize,
-) -> Result<usize, SimError> {
+) -> Result<usize, LaunchError> {
     let n = pos.len();
     ensure(dh > 0 && dh.is_multiple_of(2), || format!("rope: head dim {dh} must be even and positive"))?;
     let half = dh / 2;
@@ -26,14 +24,16 @@ fn check(
     })?;
     let max_pos = cos.len() / half;
     if let Some(&p) = pos.iter().find(|&&p| p as usize >= max_pos) {
-        return Err(SimError::InvalidLaunch(format!("rope: position {p} >= max_pos {max_pos}")));
+        return Err(LaunchError::InvalidLaunch(format!("rope: position {p} >= max_pos {max_pos}")));
     }
     Ok(max_pos)
 }
 
-/// [`rope::rope_forward`]: `out = rotate(x, pos)` for `x`, `out` `[N, H, Dh]`, `pos` `[N]`, with the
+/// [`crate::kernels::rope::rope_forward`]: `out = rotate(x, pos)` for `x`, `out` `[N, H, Dh]`, `pos` `[N]`, with the
 /// table `cos`, `sin` `[max_pos, Dh/2]` (kernels-cpu `RopeTable`'s).
-pub fn rope_forward(
+#[allow(clippy::too_many_arguments)]
+pub fn rope_forward<L: Launcher>(
+    l: &L,
     out: &mut [f32],
     x: &[f32],
     pos: &[u32],
@@ -41,20 +41,23 @@ pub fn rope_forward(
     sin: &[f32],
     heads: usize,
     dh: usize,
-) -> Result<(), SimError> {
+) -> Result<(), LaunchError> {
     let max_pos = check(out.len(), x.len(), pos, cos, sin, heads, dh)?;
     let (n, pairs) = (pos.len(), out.len() / 2);
     if pairs == 0 {
         return Ok(());
     }
-    let (o, xx, p, c, s) = (wr(out), rd(x), rd(pos), rd(cos), rd(sin));
-    launch(capped_grid(pairs, SIM_BLOCK as usize), Dim3::x(SIM_BLOCK), 0, |ctx| {
-        rope::rope_forward(ctx, o, xx, p, c, s, n, heads, dh, max_pos)
-    })
+    let (xm, pm, cm, sm, om) = (l.input(x)?, l.input(pos)?, l.input(cos)?, l.input(sin)?, l.output(out, false)?);
+    let (p, c, s) = (l.ptr(&pm), l.ptr(&cm), l.ptr(&sm));
+    // SAFETY: out/x hold N*H*Dh, pos N, cos/sin max_pos*Dh/2 elements; positions < max_pos (checked).
+    unsafe { l.rope_forward(elementwise_dims(l, pairs), l.ptr(&om), l.ptr(&xm), p, c, s, n, heads, dh, max_pos) }?;
+    l.read_back(&om, out)
 }
 
-/// [`rope::rope_backward`]: accumulates `dx += rotate(dout, -pos)`.
-pub fn rope_backward(
+/// [`crate::kernels::rope::rope_backward`]: accumulates `dx += rotate(dout, -pos)`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_backward<L: Launcher>(
+    l: &L,
     dx: &mut [f32],
     dout: &[f32],
     pos: &[u32],
@@ -62,14 +65,15 @@ pub fn rope_backward(
     sin: &[f32],
     heads: usize,
     dh: usize,
-) -> Result<(), SimError> {
+) -> Result<(), LaunchError> {
     let max_pos = check(dx.len(), dout.len(), pos, cos, sin, heads, dh)?;
     let (n, pairs) = (pos.len(), dx.len() / 2);
     if pairs == 0 {
         return Ok(());
     }
-    let (g, d, p, c, s) = (wr(dx), rd(dout), rd(pos), rd(cos), rd(sin));
-    launch(capped_grid(pairs, SIM_BLOCK as usize), Dim3::x(SIM_BLOCK), 0, |ctx| {
-        rope::rope_backward(ctx, g, d, p, c, s, n, heads, dh, max_pos)
-    })
+    let (gm, pm, cm, sm, dm) = (l.input(dout)?, l.input(pos)?, l.input(cos)?, l.input(sin)?, l.output(dx, true)?);
+    let (p, c, s) = (l.ptr(&pm), l.ptr(&cm), l.ptr(&sm));
+    // SAFETY: dx/dout hold N*H*Dh, pos N, cos/sin max_pos*Dh/2 elements; positions < max_pos (checked).
+    unsafe { l.rope_backward(elementwise_dims(l, pairs), l.ptr(&dm), l.ptr(&gm), p, c, s, n, heads, dh, max_pos) }?;
+    l.read_back(&dm, dx)
 }

@@ -8,8 +8,8 @@
 use crate::kernels::reduce::block_sum;
 use crate::simt::{pack_bf16x2, Gmem, Simt};
 
-/// Words written per thread (keep in sync with `host::selftest`).
-const SELFTEST_WORDS: usize = 26;
+/// Words written per thread.
+pub const SELFTEST_WORDS: usize = 26;
 
 /// `out`: [64 * 26] u32; `a`: [16 x 16] bf16 row-major; `b`: [8 x 16] bf16 (column n at `b[n * 16 ..]`,
 /// i.e. B column-major); `x`: [64] f32 > 0; `acc`: [1] f32 (+= 1 per thread); `cnt`: [1] u32 (+= 1).

@@ -1,0 +1,322 @@
+//! [`CpuBackend`]: every op on kernels-cpu (rayon inside the kernels).
+
+use super::{Backend, KernelResult, MoeForwardOut};
+use crate::ops::MoeConfig;
+use crate::tensor::Device;
+use kernels_cpu::adamw::AdamWConfig;
+use kernels_cpu::attention::AttnDims;
+use kernels_cpu::distill::{lm_head_kl_forward, lm_head_kl_forward_backward, DistillDims};
+use kernels_cpu::gemm::Trans;
+use kernels_cpu::moe::{self, AuxLoss, MoeDims, MoeSaved};
+use kernels_cpu::rope::RopeTable;
+use kernels_cpu::{cross_entropy, embedding, rmsnorm, rope, swiglu};
+use std::any::Any;
+use std::sync::Arc;
+
+/// The CPU backend (kernels-cpu).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+/// The kernels-cpu state of a MoE forward, from `saved` (made by [`CpuBackend::moe_forward`]).
+pub(super) fn cpu_saved(saved: &(dyn Any + Send + Sync)) -> &MoeSaved {
+    saved.downcast_ref::<MoeSaved>().expect("MoE state made by the CPU backend")
+}
+
+#[allow(clippy::too_many_arguments)]
+impl Backend for CpuBackend {
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    fn matmul(
+        &self,
+        c: &mut [f32],
+        a: &[f32],
+        b: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: Trans,
+        tb: Trans,
+        accumulate: bool,
+    ) -> KernelResult<()> {
+        kernels_cpu::gemm::matmul(c, a, b, m, k, n, ta, tb, accumulate);
+        Ok(())
+    }
+
+    fn matmul_new(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: Trans,
+        tb: Trans,
+    ) -> KernelResult<Vec<f32>> {
+        Ok(kernels_cpu::gemm::matmul_new(a, b, m, k, n, ta, tb))
+    }
+
+    fn embedding_forward(&self, out: &mut [f32], ids: &[u32], table: &[f32], d: usize) -> KernelResult<()> {
+        embedding::embedding_forward(out, ids, table, d);
+        Ok(())
+    }
+
+    fn embedding_backward(&self, dtable: &mut [f32], dout: &[f32], ids: &[u32], d: usize) -> KernelResult<()> {
+        embedding::embedding_backward(dtable, dout, ids, d);
+        Ok(())
+    }
+
+    fn rmsnorm_forward(
+        &self,
+        out: &mut [f32],
+        rstd: &mut [f32],
+        x: &[f32],
+        w: &[f32],
+        n: usize,
+        c: usize,
+        eps: f32,
+    ) -> KernelResult<()> {
+        rmsnorm::rmsnorm_forward(out, rstd, x, w, n, c, eps);
+        Ok(())
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut [f32],
+        dw: &mut [f32],
+        dout: &[f32],
+        x: &[f32],
+        w: &[f32],
+        rstd: &[f32],
+        n: usize,
+        c: usize,
+    ) -> KernelResult<()> {
+        rmsnorm::rmsnorm_backward(dx, dw, dout, x, w, rstd, n, c);
+        Ok(())
+    }
+
+    fn rope_forward(
+        &self,
+        out: &mut [f32],
+        x: &[f32],
+        pos: &[u32],
+        table: &RopeTable,
+        n: usize,
+        heads: usize,
+    ) -> KernelResult<()> {
+        rope::rope_forward(out, x, pos, table, n, heads);
+        Ok(())
+    }
+
+    fn rope_backward(
+        &self,
+        dx: &mut [f32],
+        dout: &[f32],
+        pos: &[u32],
+        table: &RopeTable,
+        n: usize,
+        heads: usize,
+    ) -> KernelResult<()> {
+        rope::rope_backward(dx, dout, pos, table, n, heads);
+        Ok(())
+    }
+
+    fn attention_forward(
+        &self,
+        out: &mut [f32],
+        lse: &mut [f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        seg: Option<&[u32]>,
+        dims: AttnDims,
+    ) -> KernelResult<()> {
+        kernels_cpu::attention::attention_forward(out, lse, q, k, v, seg, dims);
+        Ok(())
+    }
+
+    fn attention_backward(
+        &self,
+        dq: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+        dout: &[f32],
+        out: &[f32],
+        lse: &[f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        seg: Option<&[u32]>,
+        dims: AttnDims,
+    ) -> KernelResult<()> {
+        kernels_cpu::attention::attention_backward(dq, dk, dv, dout, out, lse, q, k, v, seg, dims);
+        Ok(())
+    }
+
+    fn swiglu_forward(&self, out: &mut [f32], gate: &[f32], up: &[f32]) -> KernelResult<()> {
+        swiglu::swiglu_forward(out, gate, up);
+        Ok(())
+    }
+
+    fn swiglu_backward(
+        &self,
+        dgate: &mut [f32],
+        dup: &mut [f32],
+        dout: &[f32],
+        gate: &[f32],
+        up: &[f32],
+    ) -> KernelResult<()> {
+        swiglu::swiglu_backward(dgate, dup, dout, gate, up);
+        Ok(())
+    }
+
+    fn swiglu_fused_forward(&self, out: &mut [f32], gu: &[f32], f: usize) -> KernelResult<()> {
+        swiglu::swiglu_fused_forward(out, gu, f);
+        Ok(())
+    }
+
+    fn swiglu_fused_backward(&self, dgu: &mut [f32], dout: &[f32], gu: &[f32], f: usize) -> KernelResult<()> {
+        swiglu::swiglu_fused_backward(dgu, dout, gu, f);
+        Ok(())
+    }
+
+    fn add_scaled(&self, a: &[f32], b: &[f32], scale: f32) -> KernelResult<Vec<f32>> {
+        Ok(if scale == 1.0 {
+            kernels_cpu::elementwise::add_new(a, b)
+        } else {
+            a.iter().zip(b).map(|(&x, &y)| x + scale * y).collect()
+        })
+    }
+
+    fn copy_cols(&self, x: &[f32], c: usize, start: usize, width: usize) -> KernelResult<Vec<f32>> {
+        Ok(kernels_cpu::buffer::copy_cols(x, c, start, width))
+    }
+
+    fn add_cols(&self, dx: &mut [f32], dy: &[f32], c: usize, start: usize) -> KernelResult<()> {
+        kernels_cpu::buffer::add_cols(dx, dy, c, start);
+        Ok(())
+    }
+
+    fn lm_head_ce(
+        &self,
+        losses: &mut [f32],
+        grads: Option<(&mut [f32], &mut [f32])>,
+        h: &[f32],
+        w: &[f32],
+        targets: &[i32],
+        d: usize,
+        v: usize,
+        scale: f32,
+        chunk: usize,
+    ) -> KernelResult<()> {
+        let n = targets.len();
+        match grads {
+            Some((dh, dw)) => {
+                cross_entropy::lm_head_ce_forward_backward(losses, dh, dw, h, w, targets, n, d, v, scale, chunk)
+            }
+            None => cross_entropy::lm_head_ce_forward(losses, h, w, targets, n, d, v, chunk),
+        }
+        Ok(())
+    }
+
+    fn lm_head_kl(
+        &self,
+        kl: &mut [f32],
+        grads: Option<(&mut [f32], &mut [f32])>,
+        hs: &[f32],
+        ws: &[f32],
+        ht: &[f32],
+        wt: &[f32],
+        targets: &[i32],
+        dims: DistillDims,
+        tau: f32,
+        scale: f32,
+        chunk: usize,
+    ) -> KernelResult<()> {
+        match grads {
+            Some((dhs, dws)) => {
+                lm_head_kl_forward_backward(kl, dhs, dws, hs, ws, ht, wt, targets, dims, tau, scale, chunk)
+            }
+            None => lm_head_kl_forward(kl, hs, ws, ht, wt, targets, dims, tau, chunk),
+        }
+        Ok(())
+    }
+
+    fn moe_forward(
+        &self,
+        x: &[f32],
+        router: &[f32],
+        experts: &[f32],
+        bias: Option<&[f32]>,
+        dims: MoeDims,
+        cfg: &MoeConfig,
+        seed: u64,
+        training: bool,
+    ) -> KernelResult<MoeForwardOut> {
+        let f = moe::moe_forward(cfg.path, x, router, experts, bias, dims, &cfg.params(seed, training));
+        Ok(MoeForwardOut {
+            out: f.out,
+            logits: f.logits,
+            lb_loss: f.lb_loss,
+            z_loss: f.z_loss,
+            stats: f.stats,
+            expert_of_token: f.expert_of_token,
+            saved: Arc::new(f.saved),
+        })
+    }
+
+    fn moe_backward_logits(
+        &self,
+        dx: &mut [f32],
+        drouter: &mut [f32],
+        dlogits: &[f32],
+        x: &[f32],
+        router: &[f32],
+        saved: &(dyn Any + Send + Sync),
+        dims: MoeDims,
+    ) -> KernelResult<()> {
+        moe::moe_backward_logits(dx, drouter, dlogits, x, router, cpu_saved(saved), dims);
+        Ok(())
+    }
+
+    fn moe_backward_out_logits(
+        &self,
+        dx: &mut [f32],
+        dlogits: &mut [f32],
+        dexperts: &mut [f32],
+        dout: &[f32],
+        x: &[f32],
+        experts: &[f32],
+        saved: &(dyn Any + Send + Sync),
+        dims: MoeDims,
+    ) -> KernelResult<()> {
+        moe::moe_backward_out_logits(dx, dlogits, dexperts, dout, x, experts, cpu_saved(saved), dims);
+        Ok(())
+    }
+
+    fn moe_backward_aux_logits(
+        &self,
+        dlogits: &mut [f32],
+        which: AuxLoss,
+        dloss: f32,
+        saved: &(dyn Any + Send + Sync),
+        dims: MoeDims,
+    ) -> KernelResult<()> {
+        moe::moe_backward_aux_logits(dlogits, which, dloss, cpu_saved(saved), dims);
+        Ok(())
+    }
+
+    fn adamw_step(
+        &self,
+        param: &mut [f32],
+        grad: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        cfg: &AdamWConfig,
+        step: u64,
+    ) -> KernelResult<()> {
+        kernels_cpu::adamw::adamw_step(param, grad, m, v, cfg, step);
+        Ok(())
+    }
+}

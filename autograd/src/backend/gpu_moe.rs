@@ -1,0 +1,230 @@
+//! The routed MoE layer on [`GpuBackend`]: the GPU kernel sequence, with the same backward split as
+//! kernels-cpu (router logits as an internal node; `out`, `lb_loss`, `z_loss` accumulate into
+//! `dlogits`).
+//!
+//! Forward: router GEMM `logits = x · routerᵀ` → `router_forward` (softmax with temperature, top-1
+//! with bias, lse, entropy, counts, prob sums) → expert dropout and capacity on the host (kernels-cpu's
+//! own functions `dropout_sample` and `apply_capacity`, so both backends drop the same tokens) →
+//! `sort_by_expert` → `gather_forward` → `experts_forward` (grouped FMA GEMMs + fused SwiGLU) →
+//! `combine_forward`. Backward: `combine_backward` → `experts_backward` → `gather_backward` +
+//! `router_backward` (routed weight; lb; z) → router GEMM backward.
+//!
+//! Softmax weightings (`Ste`, `Prob`) without router noise only (the router kernel has neither
+//! sigmoid scores nor noise); other settings, the naive path and dense-equivalent mode run
+//! kernels-cpu ([`supported`]).
+
+use super::cpu::CpuBackend;
+use super::gpu::{trans, GpuBackend};
+use super::{Backend, KernelResult, MoeForwardOut};
+use crate::ops::MoeConfig;
+use kernels_cpu::gemm::Trans;
+use kernels_cpu::moe::permute::{apply_capacity, sort_by_expert};
+use kernels_cpu::moe::router::{dropout_sample, router_stats, NONE};
+use kernels_cpu::moe::{capacity, AuxLoss, MoeDims, MoePath, RouterWeighting};
+use kernels_gpu::launcher::Launcher;
+use kernels_gpu::sim::ops::{self as gpu, ExpertsGemm};
+use std::any::Any;
+use std::sync::Arc;
+
+/// Whether the GPU kernels implement this configuration.
+pub(crate) fn supported(cfg: &MoeConfig, training: bool) -> bool {
+    cfg.path == MoePath::Fast
+        && !cfg.dense_equivalent
+        && cfg.weighting != RouterWeighting::Sigmoid
+        && !(training && cfg.router_noise > 0.0)
+}
+
+/// What the GPU forward keeps for backward.
+struct KernelSaved {
+    temperature: f32,
+    /// Raw router logits, routing probabilities `[N, E]`; lse `[N]`; top-1 counts `[E]`.
+    logits: Vec<f32>,
+    probs: Vec<f32>,
+    lse: Vec<f32>,
+    counts: Vec<u32>,
+    /// Kept expert per token (`NONE`: dropped) `[N]`.
+    expert_of_token: Vec<u32>,
+    /// Token of each permuted row `[Nk]`, expert offsets `[E+1]`, permuted row of each token `[N]`.
+    order: Vec<u32>,
+    offsets: Vec<u32>,
+    inv: Vec<u32>,
+    /// Routed weight of each permuted row `[Nk]`.
+    weights: Vec<f32>,
+    /// Gathered inputs, expert outputs `[Nk, D]`; gate/up pre-activations `[Nk, 2W]`; SwiGLU `[Nk, W]`.
+    xp: Vec<f32>,
+    y: Vec<f32>,
+    hgu: Vec<f32>,
+    a: Vec<f32>,
+}
+
+fn kernel_saved(saved: &(dyn Any + Send + Sync)) -> Option<&KernelSaved> {
+    saved.downcast_ref::<KernelSaved>()
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn moe_forward<L: Launcher + Send + 'static>(
+    b: &GpuBackend<L>,
+    x: &[f32],
+    router: &[f32],
+    experts: &[f32],
+    bias: Option<&[f32]>,
+    dims: MoeDims,
+    cfg: &MoeConfig,
+    seed: u64,
+    training: bool,
+) -> KernelResult<MoeForwardOut> {
+    if !supported(cfg, training) {
+        return CpuBackend.moe_forward(x, router, experts, bias, dims, cfg, seed, training);
+    }
+    let l = &b.launcher;
+    let MoeDims { n, d, e, w } = dims;
+    let logits = b.matmul_new(x, router, n, d, e, Trans::No, Trans::Yes)?;
+    let (mut probs, mut choice, mut lse, mut entropy) =
+        (vec![0f32; n * e], vec![0u32; n], vec![0f32; n], vec![0f32; n]);
+    let sums =
+        gpu::router_forward(l, &mut probs, &mut choice, &mut lse, &mut entropy, &logits, bias, e, cfg.temperature)?;
+
+    // Host: expert dropout and capacity, with kernels-cpu's functions.
+    let mut expert_of_token = choice;
+    let dropout = if training { cfg.expert_dropout } else { 0.0 };
+    let mut dropped_out = 0;
+    if dropout > 0.0 {
+        for (t, ex) in expert_of_token.iter_mut().enumerate() {
+            if dropout_sample(seed, t) < dropout {
+                *ex = NONE;
+                dropped_out += 1;
+            }
+        }
+    }
+    let score = |t: usize, ex: u32| if ex == NONE { 0.0 } else { probs[t * e + ex as usize] };
+    let scores: Vec<f32> = expert_of_token.iter().enumerate().map(|(t, &ex)| score(t, ex)).collect();
+    let cap = capacity(cfg.capacity_factor, n, e);
+    let overflowed = if cap < n {
+        let (mut order, mut offsets) = sort_by_expert(&expert_of_token, e);
+        apply_capacity(&mut order, &mut offsets, &mut expert_of_token, &scores, cap)
+    } else {
+        0
+    };
+
+    let sorted = gpu::sort_by_expert(l, &expert_of_token, e)?;
+    let nk = sorted.order.len();
+    let prob_weight = cfg.weighting == RouterWeighting::Prob;
+    let weights: Vec<f32> = sorted.order.iter().map(|&t| if prob_weight { scores[t as usize] } else { 1.0 }).collect();
+    let mut xp = vec![0f32; nk * d];
+    gpu::gather_forward(l, &mut xp, x, &sorted.order, &sorted.offsets, d)?;
+    let (mut y, mut hgu, mut a) = (vec![0f32; nk * d], vec![0f32; nk * 2 * w], vec![0f32; nk * w]);
+    gpu::experts_forward(l, ExpertsGemm::Fma, &mut y, &mut hgu, &mut a, &xp, experts, &sorted.offsets, d, w)?;
+    let mut out = vec![0f32; n * d];
+    gpu::combine_forward(l, &mut out, &y, Some(&weights), &sorted.inv, d)?;
+
+    let counts: Vec<usize> = sums.counts.iter().map(|&c| c as usize).collect();
+    let stats = router_stats(&counts, &entropy, overflowed, overflowed + dropped_out, n);
+    let saved = KernelSaved {
+        temperature: cfg.temperature,
+        logits: logits.clone(),
+        probs,
+        lse,
+        counts: sums.counts,
+        expert_of_token: expert_of_token.clone(),
+        order: sorted.order,
+        offsets: sorted.offsets,
+        inv: sorted.inv,
+        weights,
+        xp,
+        y,
+        hgu,
+        a,
+    };
+    Ok(MoeForwardOut {
+        out,
+        logits,
+        lb_loss: sums.lb_loss,
+        z_loss: sums.z_loss,
+        stats,
+        expert_of_token,
+        saved: Arc::new(saved),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_logits<L: Launcher + Send + 'static>(
+    b: &GpuBackend<L>,
+    dx: &mut [f32],
+    drouter: &mut [f32],
+    dlogits: &[f32],
+    x: &[f32],
+    router: &[f32],
+    saved: &(dyn Any + Send + Sync),
+    dims: MoeDims,
+) -> KernelResult<()> {
+    if kernel_saved(saved).is_none() {
+        return CpuBackend.moe_backward_logits(dx, drouter, dlogits, x, router, saved, dims);
+    }
+    let MoeDims { n, d, e, .. } = dims;
+    let l = &b.launcher;
+    gpu::matmul(l, dx, dlogits, router, n, e, d, trans(Trans::No), trans(Trans::No), true)?;
+    gpu::matmul(l, drouter, dlogits, x, e, n, d, trans(Trans::Yes), trans(Trans::No), true)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_out_logits<L: Launcher + Send + 'static>(
+    b: &GpuBackend<L>,
+    dx: &mut [f32],
+    dlogits: &mut [f32],
+    dexperts: &mut [f32],
+    dout: &[f32],
+    x: &[f32],
+    experts: &[f32],
+    saved: &(dyn Any + Send + Sync),
+    dims: MoeDims,
+) -> KernelResult<()> {
+    let Some(s) = kernel_saved(saved) else {
+        return CpuBackend.moe_backward_out_logits(dx, dlogits, dexperts, dout, x, experts, saved, dims);
+    };
+    let l = &b.launcher;
+    let MoeDims { n, d, e, w } = dims;
+    let nk = s.order.len();
+    let (mut dyp, mut dweights) = (vec![0f32; nk * d], vec![0f32; nk]);
+    gpu::combine_backward(l, &mut dyp, Some(&mut dweights), dout, &s.y, Some(&s.weights), &s.order, &s.offsets, d)?;
+    let mut dxp = vec![0f32; nk * d];
+    gpu::experts_backward(
+        l,
+        ExpertsGemm::Fma,
+        &mut dxp,
+        dexperts,
+        &dyp,
+        &s.xp,
+        &s.hgu,
+        &s.a,
+        experts,
+        &s.offsets,
+        d,
+        w,
+    )?;
+    gpu::gather_backward(l, dx, &dxp, &s.inv, d)?;
+    let mut dgate = vec![0f32; n];
+    for (&t, &g) in s.order.iter().zip(&dweights) {
+        dgate[t as usize] = g;
+    }
+    let dg = Some((&dgate[..], &s.expert_of_token[..]));
+    gpu::router_backward(l, dlogits, dg, &s.probs, &s.logits, &s.lse, &s.counts, 0.0, 0.0, e, s.temperature)
+}
+
+pub(super) fn backward_aux_logits<L: Launcher + Send + 'static>(
+    b: &GpuBackend<L>,
+    dlogits: &mut [f32],
+    which: AuxLoss,
+    dloss: f32,
+    saved: &(dyn Any + Send + Sync),
+    dims: MoeDims,
+) -> KernelResult<()> {
+    let Some(s) = kernel_saved(saved) else {
+        return CpuBackend.moe_backward_aux_logits(dlogits, which, dloss, saved, dims);
+    };
+    let (dlb, dz) = match which {
+        AuxLoss::LoadBalance => (dloss, 0.0),
+        AuxLoss::Z => (0.0, dloss),
+    };
+    let (p, lg, ls) = (&s.probs, &s.logits, &s.lse);
+    gpu::router_backward(&b.launcher, dlogits, None, p, lg, ls, &s.counts, dlb, dz, dims.e, s.temperature)
+}
