@@ -164,11 +164,11 @@ macro_rules! define_sim_launchers {
             }
 
             fn block_threads(&self) -> u32 {
-                crate::sim::ops::SIM_BLOCK
+                crate::ops::SIM_BLOCK
             }
 
             fn max_grid(&self) -> u32 {
-                crate::sim::ops::MAX_SIM_BLOCKS
+                crate::ops::MAX_SIM_BLOCKS
             }
 
             fn input<T: Elem>(&self, host: &[T]) -> Result<SimMem, LaunchError> {

@@ -5,7 +5,7 @@
 //! - [`kernels`]: the kernel bodies (one file per op, forward and backward side by side). `core` only,
 //!   so the same source is compiled to PTX (nvptx64) and run on the host by the simulator.
 //! - `sim` (host only): the CPU SIMT simulator (`sim::launch`) and one host helper per kernel
-//!   (`sim::ops`) that computes launch dims and runs it over slices.
+//!   (`ops`) that computes launch dims and runs it over slices.
 //! - `host` (host only): kernel names + the committed PTX; cudarc launchers behind the `cuda` feature.
 //!
 //! Dimension letters as in the workspace glossary: N rows (tokens), D hidden, W expert width, E experts,
@@ -18,6 +18,8 @@ pub mod host;
 pub mod kernels;
 #[cfg(not(target_arch = "nvptx64"))]
 pub mod launcher;
+#[cfg(not(target_arch = "nvptx64"))]
+pub mod ops;
 #[cfg(target_arch = "nvptx64")]
 mod ptx;
 #[cfg(not(target_arch = "nvptx64"))]

@@ -1,4 +1,4 @@
-//! Simulator parity tests: every kernel run through `sim::ops` against kernels-cpu (or a naive
+//! Simulator parity tests: every kernel run through `ops` against kernels-cpu (or a naive
 //! f64 reference where kernels-cpu has none), over sizes that are not multiples of the block or
 //! tile sizes. Each test prints its max abs / rel error and asserts a stated tolerance.
 

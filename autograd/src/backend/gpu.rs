@@ -18,7 +18,7 @@ use kernels_cpu::gemm::Trans;
 use kernels_cpu::moe::{AuxLoss, MoeDims};
 use kernels_cpu::rope::RopeTable;
 use kernels_gpu::launcher::Launcher;
-use kernels_gpu::sim::ops as gpu;
+use kernels_gpu::ops as gpu;
 use std::any::Any;
 
 /// The GPU kernels on launcher `L`.

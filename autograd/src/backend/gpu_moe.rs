@@ -22,7 +22,7 @@ use kernels_cpu::moe::permute::{apply_capacity, sort_by_expert};
 use kernels_cpu::moe::router::{dropout_sample, router_stats, NONE};
 use kernels_cpu::moe::{capacity, AuxLoss, MoeDims, MoePath, RouterWeighting};
 use kernels_gpu::launcher::Launcher;
-use kernels_gpu::sim::ops::{self as gpu, ExpertsGemm};
+use kernels_gpu::ops::{self as gpu, ExpertsGemm};
 use std::any::Any;
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! AdamW step with torch.optim.AdamW semantics, operation by operation as kernels-cpu `adamw`.
 //!
 //! The per-step scalars are derived on the host in f64 (as torch does from Python floats) and
-//! rounded to f32: see [`AdamWScalars`] and `sim::ops::adamw_scalars`.
+//! rounded to f32: see [`AdamWScalars`] and `ops::adamw_scalars`.
 
 use super::grid_stride;
 use crate::simt::{Gmem, Simt};

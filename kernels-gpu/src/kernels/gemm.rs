@@ -6,7 +6,7 @@
 //! where `base_g = g * group_stride` for per-expert tensors (weights) or `offsets[g] * rs` /
 //! `offsets[g] * cs` for token-indexed tensors whose rows / columns are the group's tokens.
 //! One of `M`, `N`, `K` may be [`TOKENS`]: the group's token count `offsets[g+1] - offsets[g]`.
-//! The three GEMMs of an expert and their backward are all instances (see `sim::ops::experts`).
+//! The three GEMMs of an expert and their backward are all instances (see `ops::experts`).
 
 use crate::simt::Gmem;
 

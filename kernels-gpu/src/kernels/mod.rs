@@ -2,7 +2,7 @@
 //!
 //! One file per op with its forward and backward kernels side by side (outputs first; backward
 //! kernels accumulate into gradients unless their docs say otherwise). Each kernel's doc comment
-//! states its launch shape (grid / block / dynamic shared bytes); `sim::ops` has the host helper that
+//! states its launch shape (grid / block / dynamic shared bytes); `ops` has the host helper that
 //! computes it. "Grid-stride" kernels accept any 1-D grid and block: each thread handles elements
 //! `i = global_thread, global_thread + total_threads, ...`.
 

@@ -23,7 +23,6 @@
 
 mod block;
 mod ctx;
-pub mod ops;
 
 use crate::simt::Dim3;
 use block::BlockShared;

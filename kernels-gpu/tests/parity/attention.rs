@@ -4,7 +4,7 @@ use super::report;
 use kernels_cpu::attention::{attention_backward, attention_forward, AttnDims};
 use kernels_cpu::check::{max_errors, rand_vec, rel_norm_err};
 use kernels_gpu::launcher::SimLauncher;
-use kernels_gpu::sim::ops::{self, AttnShape};
+use kernels_gpu::ops::{self, AttnShape};
 
 /// Document ids `[B, T]`: row `b` split into `docs` documents at uneven, row-dependent points.
 fn docs(nb: usize, t: usize, docs: usize) -> Vec<u32> {

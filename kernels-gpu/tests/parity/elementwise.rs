@@ -3,7 +3,7 @@
 use super::report;
 use kernels_cpu::check::rand_vec;
 use kernels_gpu::launcher::SimLauncher;
-use kernels_gpu::sim::ops;
+use kernels_gpu::ops;
 
 /// Gates spread over [-12, 12] plus extremes.
 fn gates(len: usize, seed: u64) -> Vec<f32> {

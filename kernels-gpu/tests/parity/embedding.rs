@@ -3,7 +3,7 @@
 use super::report;
 use kernels_cpu::check::rand_vec;
 use kernels_gpu::launcher::SimLauncher;
-use kernels_gpu::sim::ops;
+use kernels_gpu::ops;
 
 /// Deterministic values in `0..bound`.
 fn below(n: usize, bound: usize, seed: u64) -> Vec<u32> {

@@ -4,7 +4,7 @@
 use super::report;
 use kernels_cpu::check::{finite_diff, rand_vec};
 use kernels_gpu::launcher::SimLauncher;
-use kernels_gpu::sim::ops;
+use kernels_gpu::ops;
 
 fn qmax(bits: u32) -> f64 {
     ((1u32 << (bits - 1)) - 1) as f64

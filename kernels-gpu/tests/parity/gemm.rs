@@ -5,7 +5,7 @@ use super::report;
 use kernels_cpu::check::{rand_vec, rel_norm_err};
 use kernels_gpu::kernels::gemm::{GroupedGemm, Operand, TokenAxis, TOKENS};
 use kernels_gpu::launcher::SimLauncher;
-use kernels_gpu::sim::ops::{self, ExpertsGemm};
+use kernels_gpu::ops::{self, ExpertsGemm};
 use kernels_gpu::simt::{bf16_from_f32, bf16_to_f32, Gmem};
 
 /// Element `(r, c)` of a strided operand of group `g`, in f64.

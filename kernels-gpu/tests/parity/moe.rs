@@ -4,7 +4,7 @@ use super::report;
 use kernels_cpu::check::rand_vec;
 use kernels_cpu::moe::{permute as cpu_perm, router as cpu_router, MoeParams, RouterWeighting};
 use kernels_gpu::launcher::SimLauncher;
-use kernels_gpu::sim::ops;
+use kernels_gpu::ops;
 
 const NONE: u32 = u32::MAX;
 
