@@ -3,9 +3,10 @@
 //! `dlogits`).
 //!
 //! Forward: router GEMM `logits = x · routerᵀ` → `router_forward` (softmax with temperature, top-1
-//! with bias, lse, entropy, counts, prob sums) → expert dropout and capacity on the host (kernels-cpu's
-//! own functions `dropout_sample` and `apply_capacity`, so both backends drop the same tokens) →
-//! `sort_by_expert` → `gather_forward` → `experts_forward` (grouped FMA GEMMs + fused SwiGLU) →
+//! with bias, lse, entropy, counts, prob sums) → expert dropout on the host (kernels-cpu's
+//! `dropout_sample`) → `sort_by_expert` → capacity on the host over that order (kernels-cpu's
+//! `apply_capacity`, which compacts it only when tokens overflow; so both backends drop the same
+//! tokens and the tokens are sorted once) → `gather_forward` → `experts_forward` (grouped FMA GEMMs + fused SwiGLU) →
 //! `combine_forward`. Backward: `combine_backward` → `experts_backward` → `gather_backward` +
 //! `router_backward` (routed weight; lb; z) → router GEMM backward.
 //!
@@ -18,7 +19,7 @@ use super::gpu::{trans, GpuBackend};
 use super::{Backend, KernelResult, MoeForwardOut};
 use crate::ops::MoeConfig;
 use kernels_cpu::gemm::Trans;
-use kernels_cpu::moe::permute::{apply_capacity, sort_by_expert};
+use kernels_cpu::moe::permute::{apply_capacity, inverse_positions};
 use kernels_cpu::moe::router::{dropout_sample, router_stats, NONE};
 use kernels_cpu::moe::{capacity, AuxLoss, MoeDims, MoePath, RouterWeighting};
 use kernels_gpu::launcher::Launcher;
@@ -98,15 +99,19 @@ pub(super) fn moe_forward<L: Launcher + Send + 'static>(
     }
     let score = |t: usize, ex: u32| if ex == NONE { 0.0 } else { probs[t * e + ex as usize] };
     let scores: Vec<f32> = expert_of_token.iter().enumerate().map(|(t, &ex)| score(t, ex)).collect();
+    // One sort (the kernel); capacity ranks inside each expert's run of that order and, only when
+    // tokens overflow, compacts it (kernels-cpu's `apply_capacity`, shared with the CPU path).
+    let mut sorted = gpu::sort_by_expert(l, &expert_of_token, e)?;
     let cap = capacity(cfg.capacity_factor, n, e);
-    let overflowed = if cap < n {
-        let (mut order, mut offsets) = sort_by_expert(&expert_of_token, e);
-        apply_capacity(&mut order, &mut offsets, &mut expert_of_token, &scores, cap)
-    } else {
-        0
-    };
-
-    let sorted = gpu::sort_by_expert(l, &expert_of_token, e)?;
+    let mut overflowed = 0;
+    if cap < n {
+        let mut offsets: Vec<usize> = sorted.offsets.iter().map(|&o| o as usize).collect();
+        overflowed = apply_capacity(&mut sorted.order, &mut offsets, &mut expert_of_token, &scores, cap);
+        if overflowed > 0 {
+            sorted.offsets = offsets.iter().map(|&o| o as u32).collect();
+            sorted.inv = inverse_positions(&sorted.order, n);
+        }
+    }
     let nk = sorted.order.len();
     let prob_weight = cfg.weighting == RouterWeighting::Prob;
     let weights: Vec<f32> = sorted.order.iter().map(|&t| if prob_weight { scores[t as usize] } else { 1.0 }).collect();
