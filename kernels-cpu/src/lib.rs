@@ -22,6 +22,7 @@ pub mod fastmath;
 pub mod gemm;
 pub mod moe;
 pub mod pool;
+pub mod quant;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;

@@ -1,0 +1,451 @@
+//! The 256-value super-block formats Q4_K, Q5_K and Q6_K (`ggml-common.h` layouts, little-endian).
+//!
+//! | type | bytes | layout |
+//! |---|---|---|
+//! | Q4_K | 144 | `d: f16, dmin: f16, scales: u8[12], qs: u8[128]` |
+//! | Q5_K | 176 | `d: f16, dmin: f16, scales: u8[12], qh: u8[32], qs: u8[128]` |
+//! | Q6_K | 210 | `ql: u8[128], qh: u8[64], scales: i8[16], d: f16` (d last) |
+//!
+//! Q4_K/Q5_K: eight sub-blocks of 32 with a 6-bit scale `ls` and a 6-bit min `lm` each (packed as
+//! in [`get_scale_min_k4`]); value = `d*ls*q - dmin*lm`. Q6_K: sixteen sub-blocks of 16 with an i8
+//! scale; value = `d*scale*(q - 32)`.
+//!
+//! The quantizers are llama.cpp's `quantize_row_q{4,5,6}_K_ref` (what llama-quantize runs without
+//! an importance matrix), with the same scale searches ([`make_qkx2_quants`] for Q4_K/Q5_K,
+//! [`make_qx_quants`] with `rmse_type = 1` for Q6_K), the same f32 expression order (C evaluates
+//! `w*l*x` as `(w*l)*x`; Rust never contracts to FMA) and the same rounding: every rounding step
+//! here is [`nearest_int`] (half to even), and integer narrowing wraps like C's.
+
+use super::half::{f16_to_f32, f32_to_f16};
+
+/// Values per super-block.
+pub const QK_K: usize = 256;
+/// Bytes of a Q4_K block.
+pub const Q4_K_BYTES: usize = 144;
+/// Bytes of a Q5_K block.
+pub const Q5_K_BYTES: usize = 176;
+/// Bytes of a Q6_K block.
+pub const Q6_K_BYTES: usize = 210;
+
+/// Below this absolute maximum a Q6_K sub-block (or super-block) counts as all zero.
+const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// ggml's `nearest_int`: add 1.5 * 2^23 and read the low mantissa bits, which rounds half to even
+/// for |x| < 2^22. Outside that range (or for NaN) the result is whatever the bits give, as in C.
+#[inline(always)]
+pub fn nearest_int(fval: f32) -> i32 {
+    let val = fval + 12_582_912.0;
+    (val.to_bits() as i32 & 0x007F_FFFF) - 0x0040_0000
+}
+
+/// llama.cpp's `make_qkx2_quants` for 32 values with `use_mad = false`: a scale and a min (<= 0)
+/// for `x ≈ scale*L + min`, `L` in `0..=nmax`, minimising the `weights`-weighted squared error over
+/// `nstep + 1` trial inverse scales `(nmax + rmin + rdelta*is) / (max - min)` after the plain
+/// `nmax / (max - min)` start. Writes the chosen levels to `l`; returns `(scale, -min)`.
+#[allow(clippy::too_many_arguments)]
+pub fn make_qkx2_quants(
+    nmax: i32,
+    x: &[f32; 32],
+    weights: &[f32; 32],
+    l: &mut [u8; 32],
+    laux: &mut [u8; 32],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..32 {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        l.fill(0);
+        return (0.0, -min);
+    }
+    let nmax_f = nmax as f32;
+    let mut iscale = nmax_f / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0.0f32;
+    for i in 0..32 {
+        let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+        l[i] = q as u8;
+        let diff = scale * l[i] as f32 + min - x[i];
+        best_error += weights[i] * (diff * diff);
+    }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmax_f) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
+        for i in 0..32 {
+            let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
+            laux[i] = q as u8;
+            let w = weights[i];
+            let lf = q as f32;
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let det = sum_w * sum_l2 - sum_l * sum_l;
+        if det > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut cur_error = 0.0f32;
+            for i in 0..32 {
+                let diff = this_scale * laux[i] as f32 + this_min - x[i];
+                cur_error += weights[i] * (diff * diff);
+            }
+            if cur_error < best_error {
+                l.copy_from_slice(laux);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// llama.cpp's `make_qx_quants` for 16 values with `rmse_type = 1` (weights `x²`, no importance
+/// matrix): a signed scale for `x ≈ scale*(L - nmax)`, `L` in `0..2*nmax`, starting from
+/// `-nmax/max` and trying `-(nmax + 0.1*is)/max` for `is` in -9..=9, kept when
+/// `sumlx²/suml2` improves. Writes the levels (offset by `nmax`) to `l`; returns the scale.
+pub fn make_qx_quants(nmax: i32, x: &[f32; 16], l: &mut [i8; 16]) -> f32 {
+    let mut max = 0.0f32;
+    let mut amax = 0.0f32;
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        l.fill(0);
+        return 0.0;
+    }
+    let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+        for &v in x {
+            let lf = level(iscale, v) as f32;
+            let w = v * v;
+            sumlx += w * v * lf;
+            suml2 += w * lf * lf;
+        }
+        (sumlx, suml2)
+    };
+    let mut iscale = -(nmax as f32) / max;
+    for (li, &v) in l.iter_mut().zip(x) {
+        *li = (level(iscale, v) + nmax) as i8;
+    }
+    let (sumlx, suml2) = sums(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for (li, &v) in l.iter_mut().zip(x) {
+                *li = (level(iscale, v) + nmax) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// The 6-bit scale and min of sub-block `j` (0..8) from the 12 packed scale bytes of Q4_K/Q5_K.
+#[inline(always)]
+pub fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+/// Q4_K/Q5_K levels and packed scales: the `quantize_row_q{4,5}_K_ref` body up to the bit packing.
+/// Writes d, dmin and the 12 scale bytes into `head` (16 bytes); returns the levels `0..=nmax`.
+fn quantize_k4_levels(x: &[f32; QK_K], nmax: i32, rmin: f32, nstep: i32, head: &mut [u8]) -> [u8; QK_K] {
+    let mut l = [0u8; QK_K];
+    let mut laux = [0u8; 32];
+    let mut weights = [0f32; 32];
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    for j in 0..8 {
+        let xs: &[f32; 32] = x[32 * j..32 * j + 32].try_into().expect("32 values");
+        let mut sum_x2 = 0.0f32;
+        for &v in xs {
+            sum_x2 += v * v;
+        }
+        let av_x = (sum_x2 / 32.0).sqrt();
+        for (w, &v) in weights.iter_mut().zip(xs) {
+            *w = av_x + v.abs();
+        }
+        let lj: &mut [u8; 32] = (&mut l[32 * j..32 * j + 32]).try_into().expect("32 levels");
+        (scales[j], mins[j]) = make_qkx2_quants(nmax, xs, &weights, lj, &mut laux, rmin, 0.1, nstep);
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
+        }
+    }
+
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let sc = &mut head[4..16];
+    for j in 0..8 {
+        // uint8_t ls = nearest_int(..): the int narrows (wraps) before MIN(63, ls).
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            sc[j] = ls;
+            sc[j + 4] = lm;
+        } else {
+            sc[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
+            sc[j - 4] |= (ls >> 4) << 6;
+            sc[j] |= (lm >> 4) << 6;
+        }
+    }
+    let d16 = f32_to_f16(max_scale / 63.0);
+    let dmin16 = f32_to_f16(max_min / 63.0);
+    head[0..2].copy_from_slice(&d16.to_le_bytes());
+    head[2..4].copy_from_slice(&dmin16.to_le_bytes());
+
+    // Re-quantize with the stored (f16, 6-bit) scales; a sub-block whose scale is 0 keeps the
+    // levels of its search.
+    for j in 0..8 {
+        let (s, m) = get_scale_min_k4(j, &head[4..16]);
+        let d = f16_to_f32(d16) * s as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = f16_to_f32(dmin16) * m as f32;
+        for ii in 0..32 {
+            l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).clamp(0, nmax) as u8;
+        }
+    }
+    l
+}
+
+/// `quantize_row_q4_K_ref` on one super-block.
+pub fn quantize_block_q4_k(x: &[f32; QK_K], y: &mut [u8; Q4_K_BYTES]) {
+    y.fill(0);
+    let l = quantize_k4_levels(x, 15, -1.0, 20, &mut y[..16]);
+    let qs = &mut y[16..];
+    for (c, chunk) in l.chunks_exact(64).enumerate() {
+        for i in 0..32 {
+            qs[32 * c + i] = chunk[i] | (chunk[i + 32] << 4);
+        }
+    }
+}
+
+/// `quantize_row_q5_K_ref` on one super-block.
+pub fn quantize_block_q5_k(x: &[f32; QK_K], y: &mut [u8; Q5_K_BYTES]) {
+    y.fill(0);
+    let l = quantize_k4_levels(x, 31, -0.5, 15, &mut y[..16]);
+    let (qh, qs) = y[16..].split_at_mut(32);
+    let (mut m1, mut m2) = (1u8, 2u8);
+    for (c, chunk) in l.chunks_exact(64).enumerate() {
+        for j in 0..32 {
+            let mut l1 = chunk[j];
+            if l1 > 15 {
+                l1 -= 16;
+                qh[j] |= m1;
+            }
+            let mut l2 = chunk[j + 32];
+            if l2 > 15 {
+                l2 -= 16;
+                qh[j] |= m2;
+            }
+            qs[32 * c + j] = l1 | (l2 << 4);
+        }
+        m1 <<= 2;
+        m2 <<= 2;
+    }
+}
+
+/// d and dmin of a Q4_K/Q5_K block.
+#[inline(always)]
+fn d_dmin(x: &[u8]) -> (f32, f32) {
+    (f16_to_f32(u16::from_le_bytes([x[0], x[1]])), f16_to_f32(u16::from_le_bytes([x[2], x[3]])))
+}
+
+/// `dequantize_row_q4_K` on one super-block.
+pub fn dequantize_block_q4_k(x: &[u8; Q4_K_BYTES], y: &mut [f32; QK_K]) {
+    let (d, min) = d_dmin(x);
+    let scales = &x[4..16];
+    for (c, (q, out)) in x[16..].chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+        let (s1, m1) = get_scale_min_k4(2 * c, scales);
+        let (s2, m2) = get_scale_min_k4(2 * c + 1, scales);
+        let (d1, min1) = (d * s1 as f32, min * m1 as f32);
+        let (d2, min2) = (d * s2 as f32, min * m2 as f32);
+        for l in 0..32 {
+            out[l] = d1 * (q[l] & 0x0F) as f32 - min1;
+            out[l + 32] = d2 * (q[l] >> 4) as f32 - min2;
+        }
+    }
+}
+
+/// `dequantize_row_q5_K` on one super-block.
+pub fn dequantize_block_q5_k(x: &[u8; Q5_K_BYTES], y: &mut [f32; QK_K]) {
+    let (d, min) = d_dmin(x);
+    let scales = &x[4..16];
+    let qh = &x[16..48];
+    let (mut u1, mut u2) = (1u8, 2u8);
+    for (c, (ql, out)) in x[48..].chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+        let (s1, m1) = get_scale_min_k4(2 * c, scales);
+        let (s2, m2) = get_scale_min_k4(2 * c + 1, scales);
+        let (d1, min1) = (d * s1 as f32, min * m1 as f32);
+        let (d2, min2) = (d * s2 as f32, min * m2 as f32);
+        for l in 0..32 {
+            let h1 = if qh[l] & u1 != 0 { 16 } else { 0 };
+            let h2 = if qh[l] & u2 != 0 { 16 } else { 0 };
+            out[l] = d1 * ((ql[l] & 0x0F) + h1) as f32 - min1;
+            out[l + 32] = d2 * ((ql[l] >> 4) + h2) as f32 - min2;
+        }
+        u1 <<= 2;
+        u2 <<= 2;
+    }
+}
+
+/// `quantize_row_q6_K_ref` on one super-block.
+pub fn quantize_block_q6_k(x: &[f32; QK_K], y: &mut [u8; Q6_K_BYTES]) {
+    y.fill(0);
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; 16];
+    let mut max_scale = 0.0f32;
+    let mut max_abs_scale = 0.0f32;
+    for ib in 0..16 {
+        let xs: &[f32; 16] = x[16 * ib..16 * ib + 16].try_into().expect("16 values");
+        let lb: &mut [i8; 16] = (&mut l[16 * ib..16 * ib + 16]).try_into().expect("16 levels");
+        let scale = make_qx_quants(32, xs, lb);
+        scales[ib] = scale;
+        if scale.abs() > max_abs_scale {
+            max_abs_scale = scale.abs();
+            max_scale = scale;
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        return; // the whole block is zero, d included
+    }
+
+    let iscale = -128.0 / max_scale;
+    let d16 = f32_to_f16(1.0 / iscale);
+    y[208..210].copy_from_slice(&d16.to_le_bytes());
+    let mut sc = [0i8; 16];
+    for (s, &scale) in sc.iter_mut().zip(&scales) {
+        *s = nearest_int(iscale * scale).min(127) as i8; // int -> int8_t wraps, as in C
+    }
+    for (dst, &s) in y[192..208].iter_mut().zip(&sc) {
+        *dst = s as u8;
+    }
+    for j in 0..16 {
+        let d = f16_to_f32(d16) * sc[j] as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-32, 31) + 32) as i8;
+        }
+    }
+
+    let (ql, qh) = y[..192].split_at_mut(128);
+    for (h, chunk) in l.chunks_exact(128).enumerate() {
+        let ql = &mut ql[64 * h..64 * h + 64];
+        let qh = &mut qh[32 * h..32 * h + 32];
+        for i in 0..32 {
+            let (a, b, c, e) = (chunk[i] as u8, chunk[i + 32] as u8, chunk[i + 64] as u8, chunk[i + 96] as u8);
+            ql[i] = (a & 0x0F) | ((c & 0x0F) << 4);
+            ql[i + 32] = (b & 0x0F) | ((e & 0x0F) << 4);
+            qh[i] = (a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6);
+        }
+    }
+}
+
+/// `dequantize_row_q6_K` on one super-block.
+pub fn dequantize_block_q6_k(x: &[u8; Q6_K_BYTES], y: &mut [f32; QK_K]) {
+    let d = f16_to_f32(u16::from_le_bytes([x[208], x[209]]));
+    for (h, out) in y.chunks_exact_mut(128).enumerate() {
+        let ql = &x[64 * h..64 * h + 64];
+        let qh = &x[128 + 32 * h..128 + 32 * h + 32];
+        let sc = &x[192 + 8 * h..192 + 8 * h + 8];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            out[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+            out[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+            out[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+            out[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        assert_eq!(nearest_int(0.5), 0);
+        assert_eq!(nearest_int(1.5), 2);
+        assert_eq!(nearest_int(2.5), 2);
+        assert_eq!(nearest_int(-0.5), 0);
+        assert_eq!(nearest_int(-1.5), -2);
+        assert_eq!(nearest_int(-2.5), -2);
+        assert_eq!(nearest_int(31.49), 31);
+        assert_eq!(nearest_int(4_194_303.0), 4_194_303);
+    }
+
+    #[test]
+    fn scale_min_packing_round_trips() {
+        // Pack every (ls, lm) pair the way the quantizer does and read it back.
+        for ls in 0..64u8 {
+            let lm = 63 - ls;
+            let mut sc = [0u8; 12];
+            for j in 0..8 {
+                let (a, b) = ((ls + j as u8) % 64, (lm + 3 * j as u8) % 64);
+                if j < 4 {
+                    sc[j] = a;
+                    sc[j + 4] = b;
+                } else {
+                    sc[j + 4] = (a & 0x0F) | ((b & 0x0F) << 4);
+                    sc[j - 4] |= (a >> 4) << 6;
+                    sc[j] |= (b >> 4) << 6;
+                }
+            }
+            for j in 0..8 {
+                assert_eq!(get_scale_min_k4(j, &sc), ((ls + j as u8) % 64, (lm + 3 * j as u8) % 64));
+            }
+        }
+    }
+}
