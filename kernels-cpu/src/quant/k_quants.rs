@@ -14,9 +14,12 @@
 //! an importance matrix), with the same scale searches ([`make_qkx2_quants`] for Q4_K/Q5_K,
 //! [`make_qx_quants`] with `rmse_type = 1` for Q6_K), the same f32 expression order (C evaluates
 //! `w*l*x` as `(w*l)*x`; Rust never contracts to FMA) and the same rounding: every rounding step
-//! here is [`nearest_int`] (half to even), and integer narrowing wraps like C's.
+//! here is [`nearest_int`] (half to even), and integer narrowing wraps like C's. The two searches
+//! are written here one sub-block at a time, as in C; the block quantizers run them on all
+//! sub-blocks at once through `k_lanes` (SIMD lanes, bit-identical, tested against these).
 
 use super::half::{f16_to_f32, f32_to_f16};
+use super::k_lanes;
 
 /// Values per super-block.
 pub const QK_K: usize = 256;
@@ -28,7 +31,7 @@ pub const Q5_K_BYTES: usize = 176;
 pub const Q6_K_BYTES: usize = 210;
 
 /// Below this absolute maximum a Q6_K sub-block (or super-block) counts as all zero.
-const GROUP_MAX_EPS: f32 = 1e-15;
+pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// ggml's `nearest_int`: add 1.5 * 2^23 and read the low mantissa bits, which rounds half to even
 /// for |x| < 2^22. Outside that range (or for NaN) the result is whatever the bits give, as in C.
@@ -190,25 +193,24 @@ pub fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 /// Q4_K/Q5_K levels and packed scales: the `quantize_row_q{4,5}_K_ref` body up to the bit packing.
 /// Writes d, dmin and the 12 scale bytes into `head` (16 bytes); returns the levels `0..=nmax`.
 fn quantize_k4_levels(x: &[f32; QK_K], nmax: i32, rmin: f32, nstep: i32, head: &mut [u8]) -> [u8; QK_K] {
-    let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 32];
-    let mut weights = [0f32; 32];
-    let mut scales = [0f32; 8];
-    let mut mins = [0f32; 8];
-    let mut max_scale = 0.0f32;
-    let mut max_min = 0.0f32;
-    for j in 0..8 {
-        let xs: &[f32; 32] = x[32 * j..32 * j + 32].try_into().expect("32 values");
+    // Weights per sub-block: sqrt(mean x²) + |x|.
+    let mut weights = [0f32; QK_K];
+    for (xs, ws) in x.chunks_exact(32).zip(weights.chunks_exact_mut(32)) {
         let mut sum_x2 = 0.0f32;
         for &v in xs {
             sum_x2 += v * v;
         }
         let av_x = (sum_x2 / 32.0).sqrt();
-        for (w, &v) in weights.iter_mut().zip(xs) {
+        for (w, &v) in ws.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        let lj: &mut [u8; 32] = (&mut l[32 * j..32 * j + 32]).try_into().expect("32 levels");
-        (scales[j], mins[j]) = make_qkx2_quants(nmax, xs, &weights, lj, &mut laux, rmin, 0.1, nstep);
+    }
+    // make_qkx2_quants on all 8 sub-blocks at once (bit-identical to one at a time).
+    let mut l = [0u8; QK_K];
+    let (scales, mins) = k_lanes::search_qkx2(nmax, x, &weights, &mut l, rmin, 0.1, nstep);
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    for j in 0..8 {
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -338,15 +340,12 @@ pub fn dequantize_block_q5_k(x: &[u8; Q5_K_BYTES], y: &mut [f32; QK_K]) {
 /// `quantize_row_q6_K_ref` on one super-block.
 pub fn quantize_block_q6_k(x: &[f32; QK_K], y: &mut [u8; Q6_K_BYTES]) {
     y.fill(0);
+    // make_qx_quants on all 16 sub-blocks at once (bit-identical to one at a time).
     let mut l = [0i8; QK_K];
-    let mut scales = [0f32; 16];
+    let scales = k_lanes::search_qx(32, x, &mut l);
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
-    for ib in 0..16 {
-        let xs: &[f32; 16] = x[16 * ib..16 * ib + 16].try_into().expect("16 values");
-        let lb: &mut [i8; 16] = (&mut l[16 * ib..16 * ib + 16]).try_into().expect("16 levels");
-        let scale = make_qx_quants(32, xs, lb);
-        scales[ib] = scale;
+    for &scale in &scales {
         if scale.abs() > max_abs_scale {
             max_abs_scale = scale.abs();
             max_scale = scale;

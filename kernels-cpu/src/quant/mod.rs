@@ -19,9 +19,12 @@
 //! Lengths come from files and configs, so they are checked and reported as [`QuantError`]s.
 //!
 //! Files: `half.rs` (F16/BF16), `legacy.rs` (32-element blocks Q4_0, Q5_0, Q5_1, Q8_0),
-//! `k_quants.rs` (256-element super-blocks Q4_K, Q5_K, Q6_K and their scale searches).
+//! `k_quants.rs` (256-element super-blocks Q4_K, Q5_K, Q6_K and their scale searches, one sub-block
+//! at a time), `k_lanes.rs` (the same searches on all sub-blocks of a super-block at once, SIMD
+//! lanes; what the quantizers run).
 
 pub mod half;
+mod k_lanes;
 pub mod k_quants;
 pub mod legacy;
 
