@@ -1,6 +1,6 @@
 //! The K-quant scale searches on every sub-block of a super-block at once.
 //!
-//! [`super::k_quants::make_qkx2_quants`] and [`super::k_quants::make_qx_quants`] are chains of
+//! [`super::k_search::make_qkx2_quants`] and [`super::k_search::make_qx_quants`] are chains of
 //! dependent f32 additions (their order is part of the result), so one sub-block at a time is
 //! bound by add latency. Here lane `j` of a `[f32; N]` is sub-block `j`: the values are transposed
 //! so that every step is the same operation on all lanes, each lane keeping its own sums in its own
@@ -9,7 +9,7 @@
 //! (SSE2 by default, AVX2 when the CPU has it: [`search_qkx2`] / [`search_qx`] dispatch at run time;
 //! AVX2 only widens the vectors, and Rust never contracts `a*b + c` into an FMA).
 
-use super::k_quants::{nearest_int, GROUP_MAX_EPS, QK_K};
+use super::k_search::{nearest_int, GROUP_MAX_EPS, QK_K};
 
 /// Sub-blocks of Q4_K / Q5_K (32 values each).
 const K4: usize = 8;
@@ -288,7 +288,7 @@ fn qx_lanes(nmax: i32, x: &[f32; QK_K], l: &mut [i8; QK_K]) -> [f32; K6] {
 
 #[cfg(test)]
 mod tests {
-    use super::super::k_quants::{make_qkx2_quants, make_qx_quants};
+    use super::super::k_search::{make_qkx2_quants, make_qx_quants};
     use super::*;
 
     /// Rows that stress the searches: random scales, flat and zero sub-blocks, positive-only

@@ -5,7 +5,7 @@
 //! reference quantizers (`quantize_row_*_ref`, what `ggml_quantize_chunk` runs without an
 //! importance matrix): the same scale searches, the same f32 operation order, and the same rounding
 //! at every step — `nearest_int` (add 12582912, round half to even, reproduced bit for bit in
-//! [`k_quants::nearest_int`]) in the K-quants, `roundf` (half away from zero) in Q8_0, truncating
+//! [`k_search::nearest_int`]) in the K-quants, `roundf` (half away from zero) in Q8_0, truncating
 //! casts after `+ 0.5` / `+ 8.5` / `+ 16.5` in Q4_0 / Q5_0 / Q5_1. [`dequantize_rows`] is
 //! bit-identical to ggml's `dequantize_row_*` (and gguf-py's numpy dequantizers). F16 and BF16
 //! convert exactly as ggml does ([`half`]). `kernels-cpu/tests/quant.rs` checks all of this against
@@ -19,13 +19,14 @@
 //! Lengths come from files and configs, so they are checked and reported as [`QuantError`]s.
 //!
 //! Files: `half.rs` (F16/BF16), `legacy.rs` (32-element blocks Q4_0, Q5_0, Q5_1, Q8_0),
-//! `k_quants.rs` (256-element super-blocks Q4_K, Q5_K, Q6_K and their scale searches, one sub-block
-//! at a time), `k_lanes.rs` (the same searches on all sub-blocks of a super-block at once, SIMD
-//! lanes; what the quantizers run).
+//! `k_quants.rs` (256-element super-blocks Q4_K, Q5_K, Q6_K), `k_search.rs` (their scale searches
+//! `make_qkx2_quants` / `make_qx_quants`, one sub-block at a time, as in C), `k_lanes.rs` (the same
+//! searches on all sub-blocks of a super-block at once, in SIMD lanes: what the quantizers run).
 
 pub mod half;
 mod k_lanes;
 pub mod k_quants;
+pub mod k_search;
 pub mod legacy;
 
 use rayon::prelude::*;
