@@ -7,11 +7,14 @@ run) quantizes every fixture row, and `gguf.quants.dequantize` (gguf-py, numpy) 
 llama.cpp's bytes. The script also checks that ggml's own `dequantize_row_*` agrees bit for bit with
 gguf's numpy dequantizer on every row (both are references; the Rust test compares with gguf's).
 
-Rows: random rows of several distributions at row lengths 256, 512, 768 (all types) and 32, 64, 96
-(32-element block types and F32/F16/BF16 only), plus special rows of length 256: all-zero, constant,
-tiny (1e-30, 1e-12 scale), subnormal, huge and outlier rows, rows of exact ties (half-integer grids,
-Q8_0 `roundf` ties), and an F32/F16/BF16-only row of float edge cases (inf, NaN payloads, f16
-overflow and subnormal boundaries, f16 and bf16 rounding ties).
+Rows: random rows of eight distributions at row length 256, half of them at 512 and 768 (all
+types), all of them at 32, 64 and 96 (32-value block types and F32/F16/BF16 only), plus special rows
+of length 256: all-zero, constant, tiny (1e-30, 1e-12 scale), subnormal, huge and outlier rows, rows
+of exact ties (half-integer grids, Q8_0 `roundf` ties, Q4_0/Q5_0 truncation ties, ties inside the
+K-quant scale searches, and one row per K-quant crafted with llama.cpp's own output so that values sit
+on exact .5 ties of the final requantization), and an F32/F16/BF16-only row of float edge cases (inf,
+NaN payloads, f16 overflow and subnormal boundaries, f16 and bf16 rounding ties). Bulk rows (2048 x 256
+per type) are checked by digest only (see below).
 
 Output: one little-endian binary file (default kernels-cpu/tests/fixtures/quant/ggml_ref.bin):
 

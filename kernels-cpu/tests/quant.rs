@@ -217,25 +217,26 @@ fn dequantization_is_bit_identical_to_gguf() {
 }
 
 /// Relative RMS round-trip error `rms(x - deq(quant(x))) / rms(x)` on the random fixture rows
-/// (names `<distribution>_<len>`), with the bound each type must meet. The bounds are about 1.5x
-/// the worst row measured (the `sparse`, `laplace` and `block_scales` rows are the hardest).
+/// (names `<distribution>_<len>`), with the bound each type must meet: about 1.5x the worst row
+/// measured (the `laplace` and `sparse` rows are the hardest). F32 must round-trip exactly.
 #[test]
 fn round_trip_error_is_within_stated_bounds() {
-    let bounds: [(BlockType, f64); 10] = [
-        (BlockType::F32, 0.0),
-        (BlockType::F16, 5e-4),  // 11-bit mantissa: <= 2^-12 relative per value
-        (BlockType::BF16, 4e-3), // 8-bit mantissa: <= 2^-9 relative per value
-        (BlockType::Q8_0, 0.012),
-        (BlockType::Q6_K, 0.05),
-        (BlockType::Q5_1, 0.06),
-        (BlockType::Q5_K, 0.07),
-        (BlockType::Q5_0, 0.08),
-        (BlockType::Q4_K, 0.14),
-        (BlockType::Q4_0, 0.16),
+    // (type, bound, worst measured on the fixture rows when the bound was set)
+    let bounds: [(BlockType, f64, f64); 10] = [
+        (BlockType::F32, 0.0, 0.0),
+        (BlockType::F16, 4e-4, 2.7e-4), // 11-bit significand: <= 2^-12 relative per value
+        (BlockType::BF16, 3.5e-3, 2.2e-3), // 8-bit significand: <= 2^-9 relative per value
+        (BlockType::Q8_0, 0.01, 0.0065),
+        (BlockType::Q6_K, 0.033, 0.0218),
+        (BlockType::Q5_1, 0.075, 0.0518),
+        (BlockType::Q5_K, 0.065, 0.0449),
+        (BlockType::Q5_0, 0.085, 0.0563),
+        (BlockType::Q4_K, 0.13, 0.0864),
+        (BlockType::Q4_0, 0.16, 0.1078),
     ];
     let f = load();
     let mut report = Vec::new();
-    for (ty, bound) in bounds {
+    for (ty, bound, measured) in bounds {
         let mut worst = (0.0f64, String::new());
         for e in entries_of(&f, ty) {
             let row = &f.rows[e.row];
@@ -253,7 +254,10 @@ fn round_trip_error_is_within_stated_bounds() {
                 worst = (rel, row.name.clone());
             }
         }
-        eprintln!("{ty}: worst relative RMS round-trip error {:.5} ({}), bound {bound}", worst.0, worst.1);
+        eprintln!(
+            "{ty}: worst relative RMS round-trip error {:.5} ({}), bound {bound} (set at {measured})",
+            worst.0, worst.1
+        );
         if worst.0 > bound {
             report.push(format!("{ty}: {:.5} on {} > {bound}", worst.0, worst.1));
         }
