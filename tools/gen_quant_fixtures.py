@@ -12,7 +12,8 @@ types), all of them at 32, 64 and 96 (32-value block types and F32/F16/BF16 only
 of length 256: all-zero, constant, tiny (1e-30, 1e-12 scale), subnormal, huge and outlier rows, rows
 of exact ties (half-integer grids, Q8_0 `roundf` ties, Q4_0/Q5_0 truncation ties, ties inside the
 K-quant scale searches, and one row per K-quant crafted with llama.cpp's own output so that values sit
-on exact .5 ties of the final requantization), and an F32/F16/BF16-only row of float edge cases (inf,
+on exact .5 ties of the final requantization), a row with inf and NaN among normal values (all types:
+llama.cpp accepts them, and its bytes must still be matched), and an F32/F16/BF16-only row of float edge cases (inf,
 NaN payloads, f16 overflow and subnormal boundaries, f16 and bf16 rounding ties). Bulk rows (2048 x 256
 per type) are checked by digest only (see below).
 
@@ -177,6 +178,12 @@ def special_rows(rng):
         v[::block] = lo
         v[1::block] = hi
         return v
+    # Garbage in: inf and NaN among normal values (llama.cpp does not reject them; neither do we,
+    # and the bytes must still be llama.cpp's).
+    nonfinite = 0.1 * rng.standard_normal(n)
+    nonfinite[[3, 40, 77]] = np.inf
+    nonfinite[[100, 150]] = -np.inf
+    nonfinite[[5, 64, 130, 200, 255]] = np.nan
     q6k_search = rng.integers(-31, 31, n) + 0.5
     q6k_search[::16] = -32.0
     return [
@@ -197,6 +204,7 @@ def special_rows(rng):
         ("q5k_search_ties", search_ties(-16, 15, 32)),
         ("q4k_search_ties", search_ties(-8, 7, 32)),
         ("q6k_search_ties", q6k_search),
+        ("nonfinite", nonfinite),
     ]
 
 
@@ -257,25 +265,29 @@ def requant_ties(tname, x, q):
     return n
 
 
-def craft_requant_ties(lib, rng, tname, tid, edits=3, rounds=6):
+def craft_requant_ties(lib, tname, tid, edits=3, rounds=6, want=8):
     """A random row whose small values are moved onto exact ties of the final requantization
     (half-way between two levels of the stored scale), iterated with llama.cpp's own output
-    until the scales settle. The sub-blocks that set d/dmin are left alone."""
-    x = rng.standard_normal(QK_K).astype(np.float32)
-    for _ in range(rounds):
-        q = ggml_quantize(lib, tid, x.reshape(1, -1))[0]
-        subs = k_subblocks(tname, q)
-        size = QK_K // len(subs)
-        for j, (d, dm, pinned) in enumerate(subs):
-            if d == 0 or pinned:
-                continue
-            blk = x[size * j:size * (j + 1)]
-            for p in np.argsort(np.abs(blk), kind="stable")[:edits]:
-                r = np.floor((blk[p] + dm) / d)
-                blk[p] = np.float32(np.float32((r + np.float32(0.5)) * d) - dm)
-    ties = requant_ties(tname, x, ggml_quantize(lib, tid, x.reshape(1, -1))[0])
-    assert ties >= 5, (tname, ties)
-    return x, ties
+    until the scales settle. The sub-blocks that set d/dmin are left alone. Own seeded stream, and
+    the first of up to 20 candidate rows with at least `want` ties."""
+    rng = np.random.default_rng(SEED + tid)
+    for _ in range(20):
+        x = rng.standard_normal(QK_K).astype(np.float32)
+        for _ in range(rounds):
+            q = ggml_quantize(lib, tid, x.reshape(1, -1))[0]
+            subs = k_subblocks(tname, q)
+            size = QK_K // len(subs)
+            for j, (d, dm, pinned) in enumerate(subs):
+                if d == 0 or pinned:
+                    continue
+                blk = x[size * j:size * (j + 1)]
+                for p in np.argsort(np.abs(blk), kind="stable")[:edits]:
+                    r = np.floor((blk[p] + dm) / d)
+                    blk[p] = np.float32(np.float32((r + np.float32(0.5)) * d) - dm)
+        ties = requant_ties(tname, x, ggml_quantize(lib, tid, x.reshape(1, -1))[0])
+        if ties >= want:
+            return x, ties
+    sys.exit(f"{tname}: no candidate row reached {want} requantization ties")
 
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -352,7 +364,7 @@ def build_rows(lib):
         rows.append((name, np.asarray(v, dtype=np.float32)))
     ties = {}
     for tname, tid in (("Q6_K", 14), ("Q5_K", 13), ("Q4_K", 12)):
-        x, ties[tname] = craft_requant_ties(lib, rng, tname, tid)
+        x, ties[tname] = craft_requant_ties(lib, tname, tid)
         rows.append((f"{tname.lower()}_requant_ties", x))
     name, u = float_special_row()
     rows.append((name, u.view(np.float32)))
