@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: locating and reading golden fixtures.
 #![deny(missing_docs)]
 
+use actors::phase::PhaseConfig;
 use model::moe_spec::MoeSpec;
 use model::safetensors_io::Checkpoint;
 use model::TokenBatch;
@@ -42,16 +43,35 @@ pub fn reference_batch(dir: &std::path::Path) -> (TokenBatch, Vec<i32>) {
 
 /// A straight-through (`ste`) MoE spec with E experts of width W and a shared expert of S.
 pub fn ste_spec(e: usize, w: usize, s: usize) -> MoeSpec {
-    MoeSpec {
-        num_experts: e,
-        expert_width: w,
-        shared_width: s,
-        weighting: autograd::ops::RouterWeighting::Ste,
-        temperature: 1.0,
-        capacity_factor: Some(1.25),
-        expert_dropout: 0.0,
-        router_noise: 0.0,
-        lb_coef: 0.01,
-        z_coef: 1e-4,
+    MoeSpec { num_experts: e, expert_width: w, shared_width: s, weighting: autograd::ops::RouterWeighting::Ste }
+}
+
+/// `batch` and its `targets` as the packed micro-batch the trainer consumes (one document per
+/// row, positions `0..T`).
+pub fn packed(batch: &TokenBatch, targets: &[i32]) -> data::pack::PackedBatch {
+    let (b, t) = (batch.b, batch.t);
+    data::pack::PackedBatch {
+        b,
+        t,
+        ids: batch.ids.clone(),
+        pos: (0..b * t).map(|j| (j % t) as u32).collect(),
+        seg: (0..b * t).map(|j| (j / t) as u32).collect(),
+        targets: targets.to_vec(),
+        domains: vec!["fixture".into(); b],
+        sequences: (0..b as u64).collect(),
     }
+}
+
+/// A next-token phase (`base`) for the product training step on `b` x `t` micro-batches, one per
+/// optimiser step, `steps` steps, with a constant learning rate `lr` (no warmup), AdamW betas and
+/// decay as given, AutoClip at the 100th percentile (never clips) and the breakers off: the
+/// plain loop `forward, backward, AdamW` that references like torch.optim.AdamW run.
+pub fn plain_phase(b: usize, t: usize, steps: usize, lr: f32, betas: [f32; 2], weight_decay: f32) -> PhaseConfig {
+    let mut c = PhaseConfig::embedded("base", "seed-plan").expect("embedded base phase");
+    (c.micro_batch, c.seq_len, c.tokens_per_step, c.tokens) = (b, t, (b * t) as u64, (b * t * steps) as u64);
+    c.lr = actors::phase::LrConfig { max: lr, min: lr, warmup_frac: 0.0 };
+    (c.betas, c.weight_decay) = (betas, weight_decay);
+    c.autoclip = actors::phase::AutoClipConfig { percentile: 100.0, window: 1 };
+    c.breakers.enabled = false;
+    c
 }

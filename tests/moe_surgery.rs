@@ -4,7 +4,7 @@ use kernels_cpu::check::max_errors;
 use medmoe_tests::fixture_dir;
 use model::importance::magnitude;
 use model::moe_spec::MoeSpec;
-use model::qwen3::RunOptions;
+use model::qwen3::ForwardOptions;
 use model::surgery::apply::{convert, plan_model, RouterInit, SurgeryOptions};
 use model::surgery::plan::{FillStrategy, SplitStrategy};
 use model::{Qwen3, TokenBatch};
@@ -33,7 +33,7 @@ fn partitioned_experts_all_active_reproduce_the_dense_logits() {
     for split in [SplitStrategy::ImportanceSplit, SplitStrategy::KMeans, SplitStrategy::Random] {
         let plans = plan_model(&dense, &imp, &s, &opts(split)).unwrap();
         let moe = convert(&dense, &plans, &s, &opts(split)).unwrap();
-        let run = RunOptions { dense_equivalent: true, ..RunOptions::eval() };
+        let run = ForwardOptions { dense_equivalent: true, ..ForwardOptions::eval() };
         let got = moe.logits_with(&b, &run).unwrap();
         let (abs, _) = max_errors(&got, &want);
         println!("{split:?}: dense-equivalent MoE logits max abs diff {abs:.3e}");
@@ -46,7 +46,7 @@ fn moe_checkpoint_round_trips_and_top1_loss_gap_is_reported() {
     let dir = fixture_dir("qwen3_untied_b");
     let dense = Qwen3::load(&dir).unwrap();
     let (b, t) = batch(&dir);
-    let run = RunOptions::eval();
+    let run = ForwardOptions::eval();
     let tape = autograd::Tape::inference();
     let dense_loss = dense.loss(&tape, &dense.bind(&tape), &b, &t, &run).unwrap().ce;
     // F = 80: shared 16 + 8 experts x 12 = 112 > 80, so each expert gets 8 own neurons + 4 filled.

@@ -4,9 +4,8 @@
 
 use kernels_cpu::check::{max_errors, rel_norm_err};
 use medmoe_tests::{fixtures_with_prefix, open_reference, reference_batch};
-use model::qwen3::RunOptions;
+use model::qwen3::ForwardOptions;
 use model::safetensors_io::Checkpoint;
-use model::train::loss_and_grads;
 use model::Qwen3;
 
 const LOGITS_MAX_ABS: f64 = 1e-4;
@@ -28,7 +27,8 @@ fn qwen3_matches_transformers_logits_loss_and_every_gradient() {
         println!("{name}: logits max abs diff {abs:.3e}");
         assert!(abs <= LOGITS_MAX_ABS, "{name}: logits max abs diff {abs:.3e} > {LOGITS_MAX_ABS:e}");
 
-        let (loss, _, grads) = loss_and_grads(&model, &batch, &targets, &RunOptions::eval()).unwrap();
+        let (out, grads) = model.loss_and_grads(&batch, &targets, &ForwardOptions::eval()).unwrap();
+        let loss = out.loss.item();
         let want_loss = reference.read_f32("loss").unwrap()[0];
         let rel = ((loss - want_loss) as f64).abs() / (want_loss as f64).abs();
         println!("{name}: loss {loss} vs {want_loss} (rel {rel:.3e})");
@@ -83,11 +83,11 @@ fn inference_tape_records_nothing_and_training_tape_records_every_op() {
     let (batch, targets) = reference_batch(&dir);
     let tape = autograd::Tape::inference();
     let bound = model.bind(&tape);
-    model.loss(&tape, &bound, &batch, &targets, &RunOptions::eval()).unwrap();
+    model.loss(&tape, &bound, &batch, &targets, &ForwardOptions::eval()).unwrap();
     assert!(tape.is_empty());
     let tape = autograd::Tape::new();
     let bound = model.bind(&tape);
-    model.loss(&tape, &bound, &batch, &targets, &RunOptions::eval()).unwrap();
+    model.loss(&tape, &bound, &batch, &targets, &ForwardOptions::eval()).unwrap();
     // per layer: 2 norms + qkv + 3 slices + 2 head norms + 2 ropes + attention + o + add + gate_up
     // + fused swiglu + down + add = 17; plus embedding, final norm, loss.
     assert_eq!(tape.len(), 17 * model.config.num_hidden_layers + 3);
@@ -98,10 +98,11 @@ fn adamw_training_curve_matches_pytorch() {
     // llm.c-style training check against tools/gen_qwen3_fixtures.py's train.safetensors: from the
     // stored weights, `steps` x (forward, backward, AdamW) on the reference batch must follow
     // torch.optim.AdamW(foreach=False) on transformers' model: every step's loss relative <= 1e-4,
-    // every parameter after the last step norm-wise relative <= 1e-4.
-    use autograd::optim::AdamW;
+    // every parameter after the last step norm-wise relative <= 1e-4. The steps are the product
+    // training step (`actors::trainer::Trainer::step`) with a constant learning rate and a clip
+    // threshold that never clips.
+    use actors::trainer::Trainer;
     use kernels_cpu::adamw::AdamWConfig;
-    use model::train::train_step;
 
     const TRAIN_LOSS_REL: f64 = 1e-4;
     const TRAIN_PARAM_REL: f64 = 1e-4;
@@ -128,12 +129,18 @@ fn adamw_training_curve_matches_pytorch() {
         let want_losses = train.read_f32("losses").unwrap();
         assert_eq!(want_losses.len(), steps, "{name}: losses length");
 
-        let mut model = Qwen3::load(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let model = Qwen3::load(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
         let (batch, targets) = reference_batch(&dir);
-        let mut opt = AdamW::new(&model.params, cfg);
+        let phase =
+            medmoe_tests::plain_phase(batch.b, batch.t, steps, cfg.lr, [cfg.beta1, cfg.beta2], cfg.weight_decay);
+        let mut trainer = Trainer::new(phase, model, None).unwrap();
+        trainer.opt.cfg = cfg;
+        let micro = [medmoe_tests::packed(&batch, &targets)];
         let mut worst_loss = 0f64;
         for (step, &want) in want_losses.iter().enumerate() {
-            let got = train_step(&mut model, &mut opt, &batch, &targets, &RunOptions::train(0)).unwrap().loss;
+            let (rec, _) = trainer.step(&micro, Default::default()).unwrap();
+            assert!(rec.applied && rec.lr == cfg.lr, "{name}: step {step}: {rec:?}");
+            let got = rec.loss;
             let rel = ((got - want) as f64).abs() / (want as f64).abs();
             println!("{name}: step {step} loss {got} vs {want} (rel {rel:.3e})");
             assert!(rel <= TRAIN_LOSS_REL, "{name}: step {step} loss rel diff {rel:.3e} > {TRAIN_LOSS_REL:e}");
@@ -141,6 +148,7 @@ fn adamw_training_curve_matches_pytorch() {
         }
 
         // Every final.* tensor is a model parameter and every parameter has one.
+        let model = &trainer.model;
         let n_final = train.names().iter().filter(|n| n.starts_with("final.")).count();
         assert_eq!(n_final, model.params.entries().len(), "{name}: final.* count");
         let flat = model.params.flat();

@@ -1,5 +1,6 @@
-//! One training step (forward, backward, AdamW) of a small MoE model on `Device::Sim` — the GPU
-//! kernels run in kernels-gpu's SIMT simulator — against the same step on `Device::Cpu`.
+//! One training step (the product step, `actors::trainer::Trainer::step`: forward, backward,
+//! AdamW) of a small MoE model on `Device::Sim` — the GPU kernels run in kernels-gpu's SIMT
+//! simulator — against the same step on `Device::Cpu`.
 //!
 //! Model: preset tiny-k1p1-n16 shrunk so the simulator stays quick (one OS thread per simulated
 //! thread): 2 layers, vocabulary 512, hidden 64 (4 heads, 2 KV heads of 16), 16 routed experts of
@@ -9,14 +10,16 @@
 //! every parameter's gradient relative L2 <= 1e-4; every parameter after one AdamW step relative
 //! L2 <= 1e-4. The AdamW kernel alone (same gradients on both devices) agrees to 1e-6.
 
+use actors::phase::RouterSchedule;
+use actors::trainer::Trainer;
 use autograd::optim::AdamW;
 use autograd::{DType, Device, Tape};
 use kernels_cpu::adamw::AdamWConfig;
 use kernels_cpu::check::rel_norm_err;
 use model::init::qwen3_init;
 use model::moe_spec::MoeSpec;
-use model::qwen3::{Qwen3, RunOptions};
-use model::train::{loss_and_grads, train_step};
+use model::qwen3::{ForwardOptions, Qwen3};
+use model::router_training::RouterTraining;
 use model::{presets, TokenBatch};
 
 const LOSS_RTOL: f64 = 1e-5;
@@ -68,21 +71,50 @@ fn worst(model: &Qwen3, got: &[f32], want: &[f32], what: &str, tol: f64) -> (f64
     worst
 }
 
+/// The router of the step: capacity 1.25 (tokens overflow), temperature 0.9, lb 0.01, z 1e-4.
+const ROUTER: RouterTraining = RouterTraining {
+    temperature: 0.9,
+    capacity_factor: Some(1.25),
+    lb_coef: 0.01,
+    z_coef: 1e-4,
+    expert_dropout: 0.0,
+    noise: 0.0,
+};
+
+/// A trainer of `model` on `device` for one step on `batch` with AdamW `cfg` and [`ROUTER`].
+fn trainer(model: Qwen3, batch: &TokenBatch, cfg: AdamWConfig, device: Device) -> Trainer {
+    let mut phase = medmoe_tests::plain_phase(batch.b, batch.t, 1, cfg.lr, [cfg.beta1, cfg.beta2], cfg.weight_decay);
+    phase.router = Some(RouterSchedule {
+        lb: [ROUTER.lb_coef; 2],
+        temperature: [ROUTER.temperature; 2],
+        z: ROUTER.z_coef,
+        capacity: ROUTER.capacity_factor.unwrap(),
+        expert_dropout: 0.0,
+        noise: 0.0,
+        bias_update_rate: 0.0,
+    });
+    let mut t = Trainer::new(phase, model, None).expect("trainer");
+    t.opt.cfg = cfg;
+    t.set_device(device).expect("device");
+    assert_eq!(t.router_training_at(0), Some(ROUTER));
+    t
+}
+
 #[test]
 fn training_step_on_sim_matches_cpu() {
     let model = tiny_model();
     let (batch, targets) = batch(2, 8, model.config.vocab_size);
-    let cpu = RunOptions::train(5);
-    let sim = cpu.on(Device::Sim);
+    let micro = [medmoe_tests::packed(&batch, &targets)];
     let cfg = AdamWConfig { lr: 1e-3, weight_decay: 0.1, ..AdamWConfig::default() };
-    let (mut mc, mut ms) = (model.clone(), model.clone());
-    let (mut oc, mut os) = (AdamW::new(&mc.params, cfg), AdamW::new(&ms.params, cfg));
+    let (mut tc, mut ts) =
+        (trainer(model.clone(), &batch, cfg, Device::Cpu), trainer(model.clone(), &batch, cfg, Device::Sim));
     let started = std::time::Instant::now();
-    let sc = train_step(&mut mc, &mut oc, &batch, &targets, &cpu).expect("cpu step");
+    let (sc, _) = tc.step(&micro, Default::default()).expect("cpu step");
     let cpu_s = started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
-    let ss = train_step(&mut ms, &mut os, &batch, &targets, &sim).expect("sim step");
+    let (ss, _) = ts.step(&micro, Default::default()).expect("sim step");
     println!("one training step: cpu {cpu_s:.2} s, sim {:.2} s", started.elapsed().as_secs_f64());
+    assert!(sc.applied && ss.applied);
     assert_eq!(sc.tokens, ss.tokens);
     let loss_err = ((ss.loss - sc.loss) as f64).abs() / (sc.loss as f64).abs();
     println!("loss cpu {:.7} sim {:.7} rel err {loss_err:.2e} (tol {LOSS_RTOL:.0e})", sc.loss, ss.loss);
@@ -93,11 +125,11 @@ fn training_step_on_sim_matches_cpu() {
 
     // After one step from zero moments the first moment is `(1 - beta1) * g` on both devices: the
     // per-parameter gradients of the step, compared without a second simulated pass.
-    let (_, _, cpu_grads) = loss_and_grads(&model, &batch, &targets, &cpu).expect("cpu grads");
+    let (_, cpu_grads) = model.loss_and_grads(&batch, &targets, &ForwardOptions::train(5, ROUTER)).expect("cpu grads");
     let scaled: Vec<f32> = cpu_grads.iter().map(|&g| g * (1.0 - cfg.beta1)).collect();
-    assert!(rel_norm_err(&oc.m, &scaled) <= 1e-6, "the first moment is (1 - beta1) g");
-    worst(&model, &os.m, &oc.m, "gradient", GRAD_RTOL);
-    worst(&model, &ms.params.flat(), &mc.params.flat(), "updated parameter", PARAM_RTOL);
+    assert!(rel_norm_err(&tc.opt.m, &scaled) <= 1e-6, "the first moment is (1 - beta1) g");
+    worst(&model, &ts.opt.m, &tc.opt.m, "gradient", GRAD_RTOL);
+    worst(&model, &ts.model.params.flat(), &tc.model.params.flat(), "updated parameter", PARAM_RTOL);
 
     // The AdamW kernel alone: both devices update from the CPU gradients, two steps.
     let (mut pc, mut ps) = (model.clone(), model.clone());
@@ -119,7 +151,23 @@ fn cuda_device_is_a_typed_error_not_a_panic() {
     assert!(err.to_string().contains("cuda device not available"), "{err}");
     let model = tiny_model();
     let (batch, targets) = batch(1, 4, model.config.vocab_size);
-    let run = RunOptions::train(1).on(Device::Cuda);
-    let err = loss_and_grads(&model, &batch, &targets, &run).expect_err("refused");
+    let run = ForwardOptions::train(1, ROUTER).on(Device::Cuda);
+    let err = model.loss_and_grads(&batch, &targets, &run).err().expect("refused");
     assert!(err.to_string().contains("not available"), "{err}");
+    // The trainer refuses the device up front, with autograd's typed error.
+    let cfg = AdamWConfig::default();
+    let mut phase = medmoe_tests::plain_phase(batch.b, batch.t, 1, 1e-3, [cfg.beta1, cfg.beta2], 0.0);
+    phase.router = Some(RouterSchedule {
+        lb: [0.0; 2],
+        temperature: [1.0; 2],
+        z: 0.0,
+        capacity: 1.25,
+        expert_dropout: 0.0,
+        noise: 0.0,
+        bias_update_rate: 0.0,
+    });
+    let mut t = Trainer::new(phase, model, None).expect("trainer");
+    let err = t.set_device(Device::Cuda).expect_err("refused");
+    assert!(matches!(err, actors::EngineError::Autograd(autograd::AutogradError::DeviceUnavailable { .. })), "{err:?}");
+    assert_eq!(t.device(), Device::Cpu);
 }

@@ -8,6 +8,9 @@ pub enum EngineError {
     /// A model-level failure (loading, shapes, forward).
     #[error(transparent)]
     Model(#[from] model::ModelError),
+    /// An autograd-level failure (e.g. a device this build or machine cannot run).
+    #[error(transparent)]
+    Autograd(#[from] autograd::AutogradError),
     /// A data-level failure (world, tokenizer, pack, sampler).
     #[error(transparent)]
     Data(#[from] data::error::DataError),

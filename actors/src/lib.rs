@@ -8,6 +8,7 @@
 
 pub mod autoclip;
 pub mod batches;
+pub mod bias_balance;
 pub mod breakers;
 pub mod checkpoint;
 pub mod error;

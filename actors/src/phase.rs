@@ -71,6 +71,15 @@ pub struct RouterSchedule {
     /// Router noise std.
     #[serde(default)]
     pub noise: f32,
+    /// Aux-loss-free balancing (DeepSeek-V3): after each optimiser step every MoE layer's
+    /// router bias moves `b_i -= rate * sign(load_i - mean load)` by the step's token counts.
+    /// 0 (the default) is off; DeepSeek-V3 and the seed plan use 1e-3.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bias_update_rate: f32,
+}
+
+fn is_zero(x: &f32) -> bool {
+    *x == 0.0
 }
 
 /// Distillation settings (P0).
@@ -234,6 +243,12 @@ impl PhaseConfig {
                 return bad(format!("distill {d:?}: tau > 0, coefficients >= 0, hidden_l2 <= 0.1"));
             }
         }
+        if let Some(r) = &self.router {
+            let rate = r.bias_update_rate;
+            if !(rate.is_finite() && rate >= 0.0) {
+                return bad(format!("router.bias_update_rate {rate} must be finite and >= 0"));
+            }
+        }
         if (self.kind == PhaseKind::Distill) != self.distill.is_some() {
             return bad("a distill phase needs a `distill` section (and only it)".into());
         }
@@ -284,6 +299,25 @@ mod tests {
         let p0 = PhaseConfig::embedded("p0", "tiny").unwrap();
         assert_eq!(p0.distill.as_ref().unwrap().tau, 1.0);
         assert_eq!(p0.router.as_ref().unwrap().capacity, 1.25);
+        // The router settings the MoE presets used to carry live here now.
+        let r = p0.router.as_ref().unwrap();
+        assert_eq!((r.temperature, r.lb, r.z), ([0.9, 0.9], [0.01, 0.01], 1e-4));
+        assert_eq!(r.bias_update_rate, 0.0, "bias balancing is off unless a phase asks for it");
+    }
+
+    #[test]
+    fn bias_update_rate_is_read_checked_and_left_out_of_the_hash_when_off() {
+        let text = include_str!("../../configs/phases/p1.json");
+        let off = PhaseConfig::parse(text, "p1.json", "tiny").unwrap();
+        assert!(!serde_json::to_string(&off).unwrap().contains("bias_update_rate"), "off: not serialised");
+        let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+        v["router"]["bias_update_rate"] = serde_json::json!(1e-3);
+        let on = PhaseConfig::parse(&v.to_string(), "p1.json", "tiny").unwrap();
+        assert_eq!(on.router.as_ref().unwrap().bias_update_rate, 1e-3);
+        assert_ne!(on.hash(), off.hash());
+        v["router"]["bias_update_rate"] = serde_json::json!(-1e-3);
+        let e = PhaseConfig::parse(&v.to_string(), "p1.json", "tiny").unwrap_err().to_string();
+        assert!(e.contains("bias_update_rate"), "{e}");
     }
 
     #[test]

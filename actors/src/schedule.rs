@@ -1,7 +1,9 @@
 //! Schedules over a phase: cosine learning rate with linear warmup, linear interpolation of
-//! router knobs.
+//! router knobs, and the router training settings of a step.
 
-use crate::phase::LrConfig;
+use crate::breakers::RouterKnobs;
+use crate::phase::{LrConfig, RouterSchedule};
+use model::router_training::RouterTraining;
 
 /// Learning rate of optimiser step `step` (0-based) of `total`: linear warmup from `max/warmup`
 /// to `max` over the first `warmup_frac` of the steps, then a cosine from `max` down to `min`.
@@ -23,9 +25,59 @@ pub fn linear(from_to: [f32; 2], step: u64, total: u64) -> f32 {
     from_to[0] + (from_to[1] - from_to[0]) * t
 }
 
+/// The router training settings of optimiser step `step` (0-based) of `total`: the phase's
+/// schedules (`lb` and `temperature` linear over the phase, `z`, expert dropout) with the breakers'
+/// moves on top (`knobs` minus the phase-start `base` for the scheduled knobs; capacity and noise
+/// are the breakers' values). Temperature is kept in [0.05, 10], the lb weight >= 0.
+pub fn router_at(r: &RouterSchedule, knobs: &RouterKnobs, base: &RouterKnobs, step: u64, total: u64) -> RouterTraining {
+    RouterTraining {
+        temperature: (linear(r.temperature, step, total) + (knobs.temperature - base.temperature)).clamp(0.05, 10.0),
+        capacity_factor: Some(knobs.capacity_factor),
+        lb_coef: (linear(r.lb, step, total) + (knobs.lb_coef - base.lb_coef)).max(0.0),
+        z_coef: r.z,
+        expert_dropout: r.expert_dropout,
+        noise: knobs.router_noise,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn router_settings_follow_the_schedule_and_the_breakers() {
+        let r = RouterSchedule {
+            lb: [0.015, 0.01],
+            temperature: [0.9, 0.6],
+            z: 1e-4,
+            capacity: 1.25,
+            expert_dropout: 0.05,
+            noise: 0.0,
+            bias_update_rate: 0.0,
+        };
+        let base =
+            RouterKnobs { capacity_factor: 1.25, temperature: 0.9, lb_coef: 0.015, router_noise: 0.0, lr_scale: 1.0 };
+        let first = router_at(&r, &base, &base, 0, 11);
+        let want = RouterTraining {
+            temperature: 0.9,
+            capacity_factor: Some(1.25),
+            lb_coef: 0.015,
+            z_coef: 1e-4,
+            expert_dropout: 0.05,
+            noise: 0.0,
+        };
+        assert_eq!(first, want);
+        let last = router_at(&r, &base, &base, 10, 11);
+        assert!((last.temperature - 0.6).abs() < 1e-6 && (last.lb_coef - 0.01).abs() < 1e-6, "{last:?}");
+        // A breaker raised capacity and lb, lowered the temperature, switched noise on.
+        let moved = RouterKnobs { capacity_factor: 1.5, temperature: 0.8, lb_coef: 0.025, router_noise: 0.01, ..base };
+        let m = router_at(&r, &moved, &base, 10, 11);
+        assert_eq!((m.capacity_factor, m.noise), (Some(1.5), 0.01));
+        assert!((m.temperature - 0.5).abs() < 1e-6 && (m.lb_coef - 0.02).abs() < 1e-6, "{m:?}");
+        let cold = RouterKnobs { temperature: -5.0, lb_coef: -1.0, ..base };
+        let c = router_at(&r, &cold, &base, 0, 11);
+        assert_eq!((c.temperature, c.lb_coef), (0.05, 0.0), "clamped");
+    }
 
     #[test]
     fn warmup_then_cosine() {

@@ -105,6 +105,8 @@ pub struct RunOptions {
     pub faults: Faults,
     /// Print stage lines to stderr.
     pub verbose: bool,
+    /// Where the training steps run.
+    pub device: autograd::Device,
 }
 
 /// What a finished training stage reports (`summary.json`).
@@ -357,6 +359,7 @@ impl Run {
         let total_micro = cfg.total_steps() * cfg.accumulation();
         let stream = BatchStream::new(ds, &cfg.mix, cfg.micro_batch, cfg.seed, total_micro)?;
         let mut trainer = Trainer::new(cfg.clone(), model, teacher)?;
+        trainer.set_device(self.options.device)?;
         let ckpt_dir = dir.join("checkpoints");
         checkpoint::remove_stale_temps(&ckpt_dir);
         if let Some((step, path)) = checkpoint::list_checkpoints(&ckpt_dir)?.pop() {

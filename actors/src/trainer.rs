@@ -1,20 +1,23 @@
-//! The training loop's step, free of threads: gradient accumulation over micro-batches,
-//! AutoClip, the non-finite guard, the LR and router schedules, breaker observations.
-//! The Trainer actor drives it; tests drive it directly (resume must be bitwise identical).
+//! The training step, free of threads: gradient accumulation over micro-batches, distillation
+//! or next-token loss with the router losses, AutoClip, the non-finite guard, AdamW, the LR and
+//! router schedules, aux-loss-free bias balancing, breaker observations. It is the one training
+//! step: the Trainer actor (`moe-cli run`) and `moe-cli bench step` drive it, tests drive it
+//! directly (resume must be bitwise identical). Its ops run on the trainer's [`Device`].
 
 use crate::autoclip::{clip_scale, AutoClip};
 use crate::batches::LoaderCursor;
 use crate::breakers::{BreakerAction, Breakers, RouterKnobs};
 use crate::error::{EngineError, Result};
 use crate::phase::{PhaseConfig, PhaseKind};
-use crate::schedule::{linear, lr_at};
+use crate::schedule::{lr_at, router_at};
 use autograd::optim::AdamW;
-use autograd::Tape;
+use autograd::{profile, Device, Tape};
 use data::pack::PackedBatch;
 use kernels_cpu::adamw::AdamWConfig;
 use kernels_cpu::moe::RouterStats;
 use model::distill::{distill_loss, teacher_hidden, DistillOptions};
-use model::qwen3::RunOptions;
+use model::qwen3::ForwardOptions;
+use model::router_training::RouterTraining;
 use model::Qwen3;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -101,6 +104,10 @@ pub struct TrainerState {
     pub breakers: Breakers,
     /// Router and LR knobs as the breakers left them.
     pub knobs: RouterKnobs,
+    /// Router settings of the last step (from the schedules and `knobs`; None for a dense model
+    /// or before the first step). The model's config.json never holds them.
+    #[serde(default)]
+    pub router_training: Option<RouterTraining>,
     /// Knobs at the start of the phase (schedules move relative to them).
     pub base_knobs: RouterKnobs,
     /// Steps skipped because the loss or gradient was not finite.
@@ -127,6 +134,8 @@ pub struct Trainer {
     pub opt: AdamW,
     /// Loop state.
     pub state: TrainerState,
+    /// Where the step's ops and the AdamW update run.
+    device: Device,
 }
 
 /// Knobs of a phase at its start.
@@ -141,16 +150,21 @@ pub fn initial_knobs(c: &PhaseConfig) -> RouterKnobs {
     }
 }
 
-/// One micro-batch's contribution.
-struct MicroOut {
-    loss: f32,
+/// The parts of one micro-batch's objective (besides its value and gradient).
+struct MicroParts {
     ce: f32,
     kl: f32,
     lb: f32,
     z: f32,
     count: usize,
-    grads: Vec<f32>,
     router: Vec<RouterStats>,
+}
+
+/// One micro-batch's contribution.
+struct MicroOut {
+    loss: f32,
+    parts: MicroParts,
+    grads: Vec<f32>,
 }
 
 /// Counts-weighted mean of router statistics over micro-batches (per layer).
@@ -214,6 +228,7 @@ impl Trainer {
             autoclip: AutoClip::new(config.autoclip.percentile, config.autoclip.window),
             breakers: Breakers::new(config.breakers.clone()),
             knobs: knobs.clone(),
+            router_training: None,
             base_knobs: knobs,
             nonfinite_skipped: 0,
             nonfinite_streak: 0,
@@ -221,7 +236,27 @@ impl Trainer {
             last: None,
             router: Vec::new(),
         };
-        Ok(Trainer { config, model, teacher, opt, state })
+        Ok(Trainer { config, model, teacher, opt, state, device: Device::Cpu })
+    }
+
+    /// Runs the step's ops and AdamW on `device` from now on; the typed error of
+    /// [`Tape::new_on`] when this build or machine cannot run it.
+    pub fn set_device(&mut self, device: Device) -> Result<()> {
+        Tape::new_on(device)?;
+        self.device = device;
+        Ok(())
+    }
+
+    /// Where the step runs.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Router settings of optimiser step `step` (None for a dense model): the phase schedules
+    /// with the breakers' knobs on top.
+    pub fn router_training_at(&self, step: u64) -> Option<RouterTraining> {
+        let r = self.config.router.as_ref()?;
+        Some(router_at(r, &self.state.knobs, &self.state.base_knobs, step, self.total_steps()))
     }
 
     /// Optimiser steps of the phase.
@@ -234,51 +269,33 @@ impl Trainer {
         self.state.step >= self.total_steps()
     }
 
-    /// Sets the MoE spec for step `step` from the schedules and the breaker knobs.
-    fn apply_router_schedule(&mut self, step: u64) -> f32 {
-        let total = self.total_steps();
-        let (Some(r), Some(spec)) = (&self.config.router, self.model.moe.as_mut()) else { return 1.0 };
-        let k = &self.state.knobs;
-        let b = &self.state.base_knobs;
-        spec.temperature = (linear(r.temperature, step, total) + (k.temperature - b.temperature)).clamp(0.05, 10.0);
-        spec.lb_coef = (linear(r.lb, step, total) + (k.lb_coef - b.lb_coef)).max(0.0);
-        spec.z_coef = r.z;
-        spec.capacity_factor = Some(k.capacity_factor);
-        spec.expert_dropout = r.expert_dropout;
-        spec.router_noise = k.router_noise;
-        spec.temperature
-    }
-
     /// Forward + backward of one micro-batch, on a worker of the rayon pool (see
     /// `kernels_cpu::pool`).
-    fn micro(&self, p: &PackedBatch, run: &RunOptions) -> Result<MicroOut> {
-        kernels_cpu::pool::on_pool(|| self.micro_here(p, run))
+    fn micro(&self, p: &PackedBatch, fwd: &ForwardOptions) -> Result<MicroOut> {
+        kernels_cpu::pool::on_pool(|| self.micro_here(p, fwd))
     }
 
-    fn micro_here(&self, p: &PackedBatch, run: &RunOptions) -> Result<MicroOut> {
+    fn micro_here(&self, p: &PackedBatch, fwd: &ForwardOptions) -> Result<MicroOut> {
         let (batch, targets) = crate::eval::token_batch_of(p.clone());
-        let tape = Tape::new();
-        let bound = self.model.bind(&tape);
-        let out = match (&self.config.distill, &self.teacher) {
+        let model = &self.model;
+        let (loss, parts, grads) = match (&self.config.distill, &self.teacher) {
             (Some(d), Some(teacher)) => {
-                let th = teacher_hidden(teacher, &batch)?;
+                let th = teacher_hidden(teacher, &batch, fwd.device)?;
                 let opts =
                     DistillOptions { tau: d.tau, kl_coef: d.kl_coef, ce_coef: d.ce_coef, hidden_l2: d.hidden_l2 };
-                let o = distill_loss(&self.model, &tape, &bound, &th, teacher, &batch, &targets, run, &opts)?;
-                let (loss, kl) = (o.loss.item(), o.kl);
-                let mut grads = tape.backward(&o.loss);
-                let grads = self.model.params.flat_grads_at(&bound.leaves, &mut grads);
-                MicroOut { loss, ce: o.ce, kl, lb: o.lb, z: o.z, count: o.count, grads, router: o.router }
+                model.gradient(fwd.device, |tape, bound| {
+                    let o = distill_loss(model, tape, bound, &th, teacher, &batch, &targets, fwd, &opts)?;
+                    let parts = MicroParts { ce: o.ce, kl: o.kl, lb: o.lb, z: o.z, count: o.count, router: o.router };
+                    Ok((o.loss, parts))
+                })?
             }
-            _ => {
-                let o = self.model.loss(&tape, &bound, &batch, &targets, run)?;
-                let loss = o.loss.item();
-                let mut grads = tape.backward(&o.loss);
-                let grads = self.model.params.flat_grads_at(&bound.leaves, &mut grads);
-                MicroOut { loss, ce: o.ce, kl: 0.0, lb: o.lb, z: o.z, count: o.count, grads, router: o.router }
-            }
+            _ => model.gradient(fwd.device, |tape, bound| {
+                let o = model.loss(tape, bound, &batch, &targets, fwd)?;
+                let parts = MicroParts { ce: o.ce, kl: 0.0, lb: o.lb, z: o.z, count: o.count, router: o.router };
+                Ok((o.loss, parts))
+            })?,
         };
-        Ok(out)
+        Ok(MicroOut { loss, parts, grads })
     }
 
     /// One optimiser step over `micro` (the step's micro-batches, in order), ending at data
@@ -290,36 +307,52 @@ impl Trainer {
         cursor_after: LoaderCursor,
     ) -> Result<(StepRecord, Vec<BreakerAction>)> {
         let step = self.state.step;
-        let temperature = self.apply_router_schedule(step);
+        let router_training = self.router_training_at(step);
         let lr = lr_at(&self.config.lr, step, self.total_steps()) * self.state.knobs.lr_scale;
         let mut outs = Vec::with_capacity(micro.len());
         for (j, p) in micro.iter().enumerate() {
             let seed = self.config.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ (step << 8) ^ j as u64;
-            outs.push(self.micro(p, &RunOptions::train(seed))?);
+            let fwd = ForwardOptions::train(seed, router_training.unwrap_or_default()).on(self.device);
+            outs.push(self.micro(p, &fwd)?);
         }
-        let count: usize = outs.iter().map(|o| o.count).sum();
+        let count: usize = outs.iter().map(|o| o.parts.count).sum();
         let denom = count.max(1) as f32;
-        let mut grads = kernels_cpu::buffer::zeroed(self.model.params.numel());
         let (mut loss, mut ce, mut kl, mut lb, mut z) = (0f32, 0f32, 0f32, 0f32, 0f32);
         for o in &outs {
-            let w = o.count as f32 / denom;
-            kernels_cpu::elementwise::axpy(&mut grads, w, &o.grads);
+            let w = o.parts.count as f32 / denom;
             loss += w * o.loss;
-            ce += w * o.ce;
-            kl += w * o.kl;
-            lb += w * o.lb;
-            z += w * o.z;
+            ce += w * o.parts.ce;
+            kl += w * o.parts.kl;
+            lb += w * o.parts.lb;
+            z += w * o.parts.z;
         }
-        let grad_norm = kernels_cpu::adamw::global_norm(&grads);
+        let mut grads = match &mut outs[..] {
+            // One micro-batch with counted tokens: its weight is exactly 1, take its gradient.
+            [one] if one.parts.count > 0 => std::mem::take(&mut one.grads),
+            _ => {
+                let mut sum = kernels_cpu::buffer::zeroed(self.model.params.numel());
+                for o in &outs {
+                    kernels_cpu::elementwise::axpy(&mut sum, o.parts.count as f32 / denom, &o.grads);
+                }
+                sum
+            }
+        };
+        let grad_norm = profile::stage("grad_norm", || kernels_cpu::adamw::global_norm(&grads));
         let finite = loss.is_finite() && grad_norm.is_finite();
         let clip = self.state.autoclip.observe(if finite { grad_norm } else { f32::NAN });
+        let router = merge_router(&outs.iter().map(|o| (o.parts.count, o.parts.router.clone())).collect::<Vec<_>>());
         if finite {
             let s = clip_scale(grad_norm, clip);
             if s != 1.0 {
-                kernels_cpu::elementwise::scale(&mut grads, s);
+                profile::stage("autoclip", || kernels_cpu::elementwise::scale(&mut grads, s));
             }
             self.opt.cfg.lr = lr;
-            self.opt.step(&mut self.model.params, &grads);
+            let (device, params) = (self.device, &mut self.model.params);
+            profile::stage("adamw", || self.opt.step_on(device, params, &grads))?;
+            if let Some(rate) = self.config.router.as_ref().map(|r| r.bias_update_rate).filter(|&r| r > 0.0) {
+                let counts: Vec<Vec<usize>> = router.iter().map(|r| r.counts.clone()).collect();
+                crate::bias_balance::update_router_bias(&mut self.model.router_bias, &counts, rate);
+            }
             self.state.nonfinite_streak = 0;
         } else {
             self.state.nonfinite_skipped += 1;
@@ -335,7 +368,7 @@ impl Trainer {
         self.state.step += 1;
         self.state.tokens += count as u64;
         self.state.cursor = cursor_after;
-        let router = merge_router(&outs.iter().map(|o| (o.count, o.router.clone())).collect::<Vec<_>>());
+        self.state.router_training = router_training;
         let mut actions = Vec::new();
         if !router.is_empty() {
             actions = self.state.breakers.observe_step(self.state.step, &router, &self.state.knobs);
@@ -359,7 +392,7 @@ impl Trainer {
             lr,
             tokens: count as u64,
             applied: finite,
-            temperature,
+            temperature: router_training.map_or(1.0, |r| r.temperature),
         };
         self.state.last = Some(rec.clone());
         Ok((rec, actions))
@@ -377,15 +410,12 @@ impl Trainer {
         if state.phase != self.config.phase {
             return Err(EngineError::config("trainer.json", format!("belongs to phase {}", state.phase)));
         }
-        if loaded.model.params.numel() != self.model.params.numel() {
+        if loaded.model.params.numel() != self.model.params.numel() || loaded.model.moe != self.model.moe {
             return Err(EngineError::config("checkpoint", "model shape differs from the phase's model"));
         }
-        let moe = self.model.moe.clone();
+        // The model file is architecture + weights (+ router bias); the router settings come
+        // back with the trainer state.
         self.model = loaded.model;
-        if let (Some(spec), Some(keep)) = (self.model.moe.as_mut(), moe) {
-            // Schedules set the knobs every step; keep the phase's static settings.
-            *spec = keep;
-        }
         self.opt.m = loaded.adam_m;
         self.opt.v = loaded.adam_v;
         self.opt.step = loaded.adam_step;

@@ -1,6 +1,7 @@
 //! `moe-cli`: the medmoe command line. The binary is glue; the work lives in the library crates.
 
 mod cmd;
+mod device;
 mod ids;
 mod presets;
 mod progress;

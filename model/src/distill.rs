@@ -6,15 +6,15 @@
 //! - `CE` the student's next-token cross-entropy,
 //! - `L2` the mean over counted rows of `‖h_s − h_t‖² / D` between the final normalised hidden
 //!   states (coefficient at most 0.1, so it only nudges the representation),
-//! - `lb`, `z` the router losses weighted by the student's MoE spec, exactly as in
-//!   [`Qwen3::loss`].
+//! - `lb`, `z` the router losses weighted by the forward options' router settings, exactly as
+//!   in [`Qwen3::loss`].
 //!
 //! The teacher is a constant: its final hidden states are computed beforehand (on an inference
 //! tape, [`teacher_hidden`]) and only the student's parameters receive gradients.
 
 use crate::batch::TokenBatch;
 use crate::error::{ModelError, Result};
-use crate::qwen3::{ag, Bound, Qwen3, RunOptions};
+use crate::qwen3::{ag, Bound, ForwardOptions, Qwen3};
 use autograd::ops::{self, RouterStats};
 use autograd::{Tape, Tensor};
 
@@ -85,12 +85,12 @@ pub struct DistillOutput {
     pub router: Vec<RouterStats>,
 }
 
-/// The teacher's final normalised hidden states `[B*T, Dt]` (inference tape, evaluation mode),
-/// the input [`distill_loss`] expects.
-pub fn teacher_hidden(teacher: &Qwen3, batch: &TokenBatch) -> Result<Vec<f32>> {
-    let tape = Tape::inference();
+/// The teacher's final normalised hidden states `[B*T, Dt]` (inference tape on `device`,
+/// evaluation mode), the input [`distill_loss`] expects.
+pub fn teacher_hidden(teacher: &Qwen3, batch: &TokenBatch, device: autograd::Device) -> Result<Vec<f32>> {
+    let tape = Tape::inference_on(device).map_err(ag)?;
     let p = teacher.bind(&tape);
-    let (hidden, _) = teacher.forward_hidden(&tape, &p, batch, &RunOptions::eval())?;
+    let (hidden, _) = teacher.forward_hidden(&tape, &p, batch, &ForwardOptions::eval().on(device))?;
     Ok(hidden.to_vec())
 }
 
@@ -100,7 +100,7 @@ fn teacher_head(teacher: &Qwen3) -> Result<Tensor> {
     teacher.params.get(name).map_err(ag)
 }
 
-/// Distillation objective of `student` (bound as `bound` on `tape`) on `batch` against the
+/// Distillation objective of `student` (bound as `bound` on `tape`, run under `fwd`) on `batch` against the
 /// teacher's precomputed final hidden states `teacher_hidden [B*T, Dt]` and the teacher's LM
 /// head. `targets [B*T]` are the next tokens (`-100` = ignore; ignored rows count in no term).
 /// Terms whose coefficient is 0 are still reported but computed without gradient.
@@ -113,7 +113,7 @@ pub fn distill_loss(
     teacher: &Qwen3,
     batch: &TokenBatch,
     targets: &[i32],
-    run: &RunOptions,
+    fwd: &ForwardOptions,
     opts: &DistillOptions,
 ) -> Result<DistillOutput> {
     opts.validate()?;
@@ -133,11 +133,11 @@ pub fn distill_loss(
     if opts.hidden_l2 > 0.0 && d != dt {
         return Err(ModelError::Invalid(format!("hidden_l2 needs equal hidden widths, student {d} vs teacher {dt}")));
     }
-    let (hidden, aux) = student.forward_hidden(tape, bound, batch, run)?;
+    let (hidden, aux) = student.forward_hidden(tape, bound, batch, fwd)?;
     let h_t = Tensor::from_vec(teacher_hidden.to_vec(), &[n, dt]);
     let w_t = teacher_head(teacher)?;
     // Terms with weight 0 run on an inference tape: reported, never differentiated.
-    let off = Tape::inference();
+    let off = Tape::inference_on(tape.device()).map_err(ag)?;
     let tape_for = |coef: f32| if coef > 0.0 { tape } else { &off };
 
     let kd = ops::lm_head_distill(tape_for(opts.kl_coef), &hidden, &bound.lm_head, &h_t, &w_t, targets, opts.tau)
@@ -157,7 +157,7 @@ pub fn distill_loss(
             loss = ops::add_scaled(tape, &loss, term, coef).map_err(ag)?;
         }
     }
-    let (loss, lb, z) = student.add_router_losses(tape, loss, &aux)?;
+    let (loss, lb, z) = student.add_router_losses(tape, loss, &aux, &fwd.router)?;
     Ok(DistillOutput {
         loss,
         kl,
@@ -178,8 +178,9 @@ mod tests {
     use crate::config::Qwen3Config;
     use crate::init::qwen3_init;
     use crate::moe_spec::MoeSpec;
+    use crate::router_training::RouterTraining;
     use autograd::ops::RouterWeighting;
-    use autograd::DType;
+    use autograd::{DType, Device};
     use kernels_cpu::check::to_f64;
     use kernels_cpu::cross_entropy::{cross_entropy_naive, IGNORE_INDEX};
     use kernels_cpu::distill::{hidden_l2_naive, kl_naive};
@@ -195,18 +196,15 @@ mod tests {
         Qwen3Config::from_json(&json, std::path::Path::new("tiny.json")).unwrap()
     }
 
-    fn spec(lb_coef: f32, z_coef: f32) -> MoeSpec {
-        MoeSpec {
-            num_experts: 4,
-            expert_width: 6,
-            shared_width: 8,
-            weighting: RouterWeighting::Ste,
-            temperature: 1.0,
-            capacity_factor: None,
-            expert_dropout: 0.0,
-            router_noise: 0.0,
-            lb_coef,
-            z_coef,
+    fn spec() -> MoeSpec {
+        MoeSpec { num_experts: 4, expert_width: 6, shared_width: 8, weighting: RouterWeighting::Ste }
+    }
+
+    /// Evaluation-mode forward with the router losses weighted `lb_coef`, `z_coef`.
+    fn fwd(lb_coef: f32, z_coef: f32) -> ForwardOptions {
+        ForwardOptions {
+            router: RouterTraining { lb_coef, z_coef, ..RouterTraining::eval() },
+            ..ForwardOptions::eval()
         }
     }
 
@@ -223,20 +221,25 @@ mod tests {
     }
 
     /// The objective evaluated on an inference tape.
-    fn eval_loss(student: &Qwen3, teacher: &Qwen3, opts: &DistillOptions) -> DistillOutput {
+    fn eval_loss(student: &Qwen3, teacher: &Qwen3, f: &ForwardOptions, opts: &DistillOptions) -> DistillOutput {
         let (b, t) = batch();
-        let th = teacher_hidden(teacher, &b).unwrap();
+        let th = teacher_hidden(teacher, &b, Device::Cpu).unwrap();
         let tape = Tape::inference();
-        distill_loss(student, &tape, &student.bind(&tape), &th, teacher, &b, &t, &RunOptions::eval(), opts).unwrap()
+        distill_loss(student, &tape, &student.bind(&tape), &th, teacher, &b, &t, f, opts).unwrap()
     }
 
     /// The objective and its flat gradient over the student's parameters.
-    fn loss_and_grads(student: &Qwen3, teacher: &Qwen3, opts: &DistillOptions) -> (DistillOutput, Vec<f32>) {
+    fn loss_and_grads(
+        student: &Qwen3,
+        teacher: &Qwen3,
+        f: &ForwardOptions,
+        opts: &DistillOptions,
+    ) -> (DistillOutput, Vec<f32>) {
         let (b, t) = batch();
-        let th = teacher_hidden(teacher, &b).unwrap();
+        let th = teacher_hidden(teacher, &b, Device::Cpu).unwrap();
         let tape = Tape::new();
         let bound = student.bind(&tape);
-        let out = distill_loss(student, &tape, &bound, &th, teacher, &b, &t, &RunOptions::eval(), opts).unwrap();
+        let out = distill_loss(student, &tape, &bound, &th, teacher, &b, &t, f, opts).unwrap();
         let mut grads = tape.backward(&out.loss);
         let flat = student.params.flat_grads_at(&bound.leaves, &mut grads);
         (out, flat)
@@ -245,10 +248,10 @@ mod tests {
     #[test]
     fn identical_teacher_gives_zero_kl_and_zero_gradient() {
         // Router loss weights 0, so the whole objective is the KL.
-        let student = model(Some(spec(0.0, 0.0)), false, 1);
+        let student = model(Some(spec()), false, 1);
         let teacher = student.clone();
         let opts = DistillOptions { tau: 2.0, ..Default::default() };
-        let (out, g) = loss_and_grads(&student, &teacher, &opts);
+        let (out, g) = loss_and_grads(&student, &teacher, &fwd(0.0, 0.0), &opts);
         let worst = g.iter().fold(0f32, |m, x| m.max(x.abs()));
         eprintln!("teacher == student: kl {:.2e}, max |grad| {worst:.2e}", out.kl);
         // Same kernels on the same inputs: zero up to rounding (tolerance 1e-6).
@@ -256,7 +259,7 @@ mod tests {
         assert!(worst <= 1e-6, "max |grad| {worst:.3e}");
         assert!(out.ce > 0.0 && out.count == 15 && out.hidden_l2 == 0.0);
         // A different teacher gives a positive KL and a gradient.
-        let (out, g) = loss_and_grads(&student, &model(None, false, 2), &opts);
+        let (out, g) = loss_and_grads(&student, &model(None, false, 2), &fwd(0.0, 0.0), &opts);
         assert!(out.kl > 0.05 && g.iter().any(|&x| x.abs() > 1e-4), "kl {}", out.kl);
     }
 
@@ -264,20 +267,22 @@ mod tests {
     fn loss_matches_naive_computation_from_materialised_logits() {
         let (b, t) = batch();
         for (tied, tau) in [(false, 2.0f32), (true, 0.8)] {
-            let student = model(Some(spec(0.02, 1e-3)), tied, 3);
+            let student = model(Some(spec()), tied, 3);
+            let f = fwd(0.02, 1e-3);
             let teacher = model(None, !tied, 4);
             let opts = DistillOptions { tau, kl_coef: 0.7, ce_coef: 0.5, hidden_l2: 0.05 };
-            let out = eval_loss(&student, &teacher, &opts);
+            let out = eval_loss(&student, &teacher, &f, &opts);
             let (zs, zt) = (to_f64(&student.logits(&b).unwrap()), to_f64(&teacher.logits(&b).unwrap()));
             let count = t.iter().filter(|&&x| x != IGNORE_INDEX).count() as f64;
             let mean = |rows: Vec<f64>| rows.iter().sum::<f64>() / count;
             let kl = mean(kl_naive(&zs, &zt, &t, V, tau as f64));
             let ce = mean(cross_entropy_naive(&zs, &t, V));
-            let hs = to_f64(&teacher_hidden(&student, &b).unwrap());
-            let l2 = mean(hidden_l2_naive(&hs, &to_f64(&teacher_hidden(&teacher, &b).unwrap()), &t, 16));
+            let hs = to_f64(&teacher_hidden(&student, &b, Device::Cpu).unwrap());
+            let ht = to_f64(&teacher_hidden(&teacher, &b, Device::Cpu).unwrap());
+            let l2 = mean(hidden_l2_naive(&hs, &ht, &t, 16));
             // The router losses come from the same forward as Qwen3::loss's.
             let tape = Tape::inference();
-            let ref_loss = student.loss(&tape, &student.bind(&tape), &b, &t, &RunOptions::eval()).unwrap();
+            let ref_loss = student.loss(&tape, &student.bind(&tape), &b, &t, &f).unwrap();
             assert_eq!((out.lb, out.z, out.count), (ref_loss.lb, ref_loss.z, ref_loss.count));
             assert_eq!(out.row_losses, ref_loss.row_losses);
             let want = 0.7 * kl + 0.5 * ce + 0.05 * l2 + 0.02 * out.lb as f64 + 1e-3 * out.z as f64;
@@ -297,10 +302,11 @@ mod tests {
     fn gradient_matches_finite_differences_along_a_direction() {
         // Parameters after the last router (so a perturbation cannot flip a routing decision):
         // final norm, untied LM head, last layer's shared and routed experts.
-        let student = model(Some(spec(0.02, 1e-3)), false, 5);
+        let student = model(Some(spec()), false, 5);
         let teacher = model(None, false, 6);
         let opts = DistillOptions { tau: 1.5, kl_coef: 1.0, ce_coef: 0.3, hidden_l2: 0.1 };
-        let (_, g) = loss_and_grads(&student, &teacher, &opts);
+        let f = fwd(0.02, 1e-3);
+        let (_, g) = loss_and_grads(&student, &teacher, &f, &opts);
         let last = student.config.num_hidden_layers - 1;
         let picked: Vec<_> = student
             .params
@@ -330,7 +336,7 @@ mod tests {
             let mut m = student.clone();
             let flat = m.params.flat_mut().unwrap();
             flat.iter_mut().zip(&dir).for_each(|(p, &u)| *p += eps * u);
-            eval_loss(&m, &teacher, &opts).loss.item() as f64
+            eval_loss(&m, &teacher, &f, &opts).loss.item() as f64
         };
         // h = 3e-3 balances truncation (O(h²), 4e-5 relative at h = 1e-2) and f32 rounding.
         let h = 3e-3f32;
@@ -360,13 +366,13 @@ mod tests {
         for o in bad {
             assert!(matches!(o.validate(), Err(ModelError::Invalid(_))), "{o:?} accepted");
         }
-        let student = model(Some(spec(0.0, 0.0)), false, 1);
+        let student = model(Some(spec()), false, 1);
         let teacher = model(None, false, 2);
         let (b, t) = batch();
-        let th = teacher_hidden(&teacher, &b).unwrap();
+        let th = teacher_hidden(&teacher, &b, Device::Cpu).unwrap();
         let tape = Tape::new();
         let bound = student.bind(&tape);
-        let run = RunOptions::eval();
+        let run = fwd(0.0, 0.0);
         let call = |th: &[f32], teacher: &Qwen3, t: &[i32], o: &DistillOptions| {
             distill_loss(&student, &tape, &bound, th, teacher, &b, t, &run, o).err()
         };
@@ -380,7 +386,7 @@ mod tests {
         let mut wide = config(false);
         wide.hidden_size = 24;
         let wide = Qwen3::from_init(wide, None, DType::F32, qwen3_init(7, 0.3));
-        let wide_h = teacher_hidden(&wide, &b).unwrap();
+        let wide_h = teacher_hidden(&wide, &b, Device::Cpu).unwrap();
         assert!(matches!(call(&wide_h, &wide, &t, &good), Some(ModelError::Invalid(_))));
         // Different widths are fine without the hidden-state term.
         let no_l2 = DistillOptions { hidden_l2: 0.0, ..good };

@@ -94,8 +94,8 @@ impl TaylorState {
                 self.layers, self.width
             )));
         }
-        let (loss, count, grads) =
-            crate::train::loss_and_grads(model, batch, targets, &crate::qwen3::RunOptions::eval())?;
+        let (out, grads) = model.loss_and_grads(batch, targets, &crate::qwen3::ForwardOptions::eval())?;
+        let (loss, count) = (out.loss.item(), out.count);
         let (f, d) = (c.intermediate_size, c.hidden_size);
         let flat = model.params.flat();
         let decay = self.decay;

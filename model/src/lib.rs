@@ -1,5 +1,5 @@
-//! medmoe model: the dense Qwen3 definition, HF config.json + safetensors I/O, forward, loss
-//! and a training step.
+//! medmoe model: the Qwen3 definition (dense or MoE), HF config.json + safetensors I/O, forward,
+//! loss and gradients. The training step itself is the actors crate's `Trainer::step`.
 //!
 //! Architecture invariant: this crate knows nothing about actors or threads of its own.
 #![deny(missing_docs)]
@@ -15,9 +15,9 @@ pub mod load;
 pub mod moe_spec;
 pub mod presets;
 pub mod qwen3;
+pub mod router_training;
 pub mod safetensors_io;
 pub mod surgery;
-pub mod train;
 
 pub use batch::TokenBatch;
 pub use config::Qwen3Config;

@@ -1,12 +1,18 @@
-//! The MoE section of a medmoe checkpoint's config.json (`"model_type": "medmoe"`).
+//! The MoE section of a medmoe checkpoint's config.json (`"model_type": "medmoe"`): the
+//! architecture only.
 //!
 //! ```json
-//! "moe": { "num_experts": 16, "expert_width": 64, "shared_width": 160, "router_weighting": "ste",
-//!          "router_temperature": 1.0, "capacity_factor": 1.25, "expert_dropout": 0.0,
-//!          "router_noise": 0.0, "lb_coef": 0.01, "z_coef": 0.0001 }
+//! "moe": { "num_experts": 16, "expert_width": 64, "shared_width": 160, "router_weighting": "ste" }
 //! ```
 //! Every FFN is one always-on shared SwiGLU expert of `shared_width` plus `num_experts` routed
-//! SwiGLU experts of `expert_width`, top-1.
+//! SwiGLU experts of `expert_width`, top-1. The aux-loss-free balancing bias is a per-layer
+//! tensor of the checkpoint (`Qwen3::router_bias`), not a config field.
+//!
+//! Router *training* settings (capacity factor, temperature, load-balance / z coefficients,
+//! expert dropout, noise) are not part of a model: they are
+//! [`crate::router_training::RouterTraining`], set per step by the trainer and saved in its
+//! state. Configs written before that split still carry them in this section
+//! ([`LEGACY_TRAINING_FIELDS`]); reading ignores them and writing never emits them.
 
 use crate::config::Qwen3Config;
 use crate::error::{ModelError, Result};
@@ -14,7 +20,11 @@ use autograd::ops::RouterWeighting;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// MoE hyper-parameters of a model (the config's `moe` section, resolved).
+/// Router training fields that older `moe` sections carried; read and ignored.
+pub const LEGACY_TRAINING_FIELDS: [&str; 6] =
+    ["router_temperature", "capacity_factor", "expert_dropout", "router_noise", "lb_coef", "z_coef"];
+
+/// MoE architecture of a model (the config's `moe` section, resolved).
 #[derive(Clone, Debug, PartialEq)]
 pub struct MoeSpec {
     /// Routed experts E.
@@ -25,21 +35,9 @@ pub struct MoeSpec {
     pub shared_width: usize,
     /// How the routed expert's output is weighted.
     pub weighting: RouterWeighting,
-    /// Softmax temperature of the router.
-    pub temperature: f32,
-    /// Capacity factor in training (None = dropless).
-    pub capacity_factor: Option<f32>,
-    /// Probability that a token loses its routed expert in training.
-    pub expert_dropout: f32,
-    /// Std of Gaussian noise on router logits in training.
-    pub router_noise: f32,
-    /// Weight of the Switch load-balance loss (mean over layers).
-    pub lb_coef: f32,
-    /// Weight of the router z-loss (mean over layers).
-    pub z_coef: f32,
 }
 
-/// The raw JSON form.
+/// The raw JSON form (unknown fields, among them [`LEGACY_TRAINING_FIELDS`], are ignored).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct RawMoe {
     num_experts: usize,
@@ -47,31 +45,10 @@ struct RawMoe {
     shared_width: usize,
     #[serde(default = "default_weighting")]
     router_weighting: String,
-    #[serde(default = "one")]
-    router_temperature: f32,
-    #[serde(default)]
-    capacity_factor: Option<f32>,
-    #[serde(default)]
-    expert_dropout: f32,
-    #[serde(default)]
-    router_noise: f32,
-    #[serde(default = "default_lb")]
-    lb_coef: f32,
-    #[serde(default = "default_z")]
-    z_coef: f32,
 }
 
 fn default_weighting() -> String {
     "ste".into()
-}
-fn one() -> f32 {
-    1.0
-}
-fn default_lb() -> f32 {
-    0.01
-}
-fn default_z() -> f32 {
-    1e-4
 }
 
 /// Parses a weighting name (`ste`, `prob`, `sigmoid`).
@@ -111,42 +88,21 @@ impl MoeSpec {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(field(path, name, "must be positive".into()));
         }
-        if raw.router_temperature.is_nan() || raw.router_temperature <= 0.0 {
-            return Err(field(path, "moe.router_temperature", "must be positive".into()));
-        }
-        if raw.capacity_factor.is_some_and(|c| c.is_nan() || c <= 0.0) {
-            return Err(field(path, "moe.capacity_factor", "must be positive or null (dropless)".into()));
-        }
-        if !(0.0..1.0).contains(&raw.expert_dropout) {
-            return Err(field(path, "moe.expert_dropout", "must be in [0, 1)".into()));
-        }
         Ok(Some(MoeSpec {
             num_experts: raw.num_experts,
             expert_width: raw.expert_width,
             shared_width: raw.shared_width,
             weighting,
-            temperature: raw.router_temperature,
-            capacity_factor: raw.capacity_factor,
-            expert_dropout: raw.expert_dropout,
-            router_noise: raw.router_noise,
-            lb_coef: raw.lb_coef,
-            z_coef: raw.z_coef,
         }))
     }
 
-    /// The JSON `moe` section.
+    /// The JSON `moe` section (architecture fields only).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(RawMoe {
             num_experts: self.num_experts,
             expert_width: self.expert_width,
             shared_width: self.shared_width,
             router_weighting: weighting_name(self.weighting).into(),
-            router_temperature: self.temperature,
-            capacity_factor: self.capacity_factor,
-            expert_dropout: self.expert_dropout,
-            router_noise: self.router_noise,
-            lb_coef: self.lb_coef,
-            z_coef: self.z_coef,
         })
         .expect("plain struct serialises")
     }
@@ -161,4 +117,59 @@ impl MoeSpec {
 
 fn field(path: &Path, field: &str, msg: String) -> ModelError {
     ModelError::ConfigField { path: path.to_path_buf(), field: field.into(), msg }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(moe: &str) -> Qwen3Config {
+        let json = format!(
+            r#"{{"model_type": "medmoe", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 24,
+                "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8,
+                "max_position_embeddings": 64, "moe": {moe}}}"#
+        );
+        Qwen3Config::from_json(&json, Path::new("config.json")).unwrap()
+    }
+
+    #[test]
+    fn legacy_router_training_fields_are_read_and_ignored_and_never_written() {
+        // A config.json written before the router training settings left the model.
+        let legacy = config(
+            r#"{"num_experts": 4, "expert_width": 8, "shared_width": 12, "router_weighting": "sigmoid",
+                "router_temperature": 0.6, "capacity_factor": 1.25, "expert_dropout": 0.05,
+                "router_noise": 0.01, "lb_coef": 0.015, "z_coef": 0.0001}"#,
+        );
+        let spec = MoeSpec::from_config(&legacy, Path::new("config.json")).unwrap().unwrap();
+        let arch = MoeSpec { num_experts: 4, expert_width: 8, shared_width: 12, weighting: RouterWeighting::Sigmoid };
+        assert_eq!(spec, arch);
+        let fresh =
+            config(r#"{"num_experts": 4, "expert_width": 8, "shared_width": 12, "router_weighting": "sigmoid"}"#);
+        assert_eq!(MoeSpec::from_config(&fresh, Path::new("config.json")).unwrap().unwrap(), arch);
+
+        let json = spec.to_json();
+        let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["expert_width", "num_experts", "router_weighting", "shared_width"]);
+        let mut written = legacy.clone();
+        spec.apply_to(&mut written);
+        let text = serde_json::to_string(&written.raw["moe"]).unwrap();
+        for f in LEGACY_TRAINING_FIELDS {
+            assert!(!text.contains(f), "{f} written: {text}");
+        }
+    }
+
+    #[test]
+    fn bad_sections_are_field_errors() {
+        for (moe, want) in [
+            (r#"{"num_experts": 0, "expert_width": 8, "shared_width": 0}"#, "moe.num_experts"),
+            (
+                r#"{"num_experts": 4, "expert_width": 8, "shared_width": 0, "router_weighting": "x"}"#,
+                "moe.router_weighting",
+            ),
+            (r#"{"num_experts": 4}"#, "moe"),
+        ] {
+            let e = MoeSpec::from_config(&config(moe), Path::new("config.json")).unwrap_err();
+            assert!(matches!(&e, ModelError::ConfigField { field, .. } if field == want), "{moe}: {e}");
+        }
+    }
 }

@@ -12,8 +12,9 @@ use crate::batch::TokenBatch;
 use crate::config::Qwen3Config;
 use crate::error::{ModelError, Result};
 use crate::moe_spec::MoeSpec;
+use crate::router_training::RouterTraining;
 use autograd::ops::{self, MoeConfig, MoePath, RouterStats};
-use autograd::{DType, Device, ParamTable, Tape, Tensor};
+use autograd::{profile, DType, Device, ParamTable, Tape, Tensor};
 use kernels_cpu::attention::AttnDims;
 use kernels_cpu::rope::RopeTable;
 use std::sync::Arc;
@@ -79,11 +80,12 @@ pub fn router_bias_name(i: usize) -> String {
     format!("model.layers.{i}.mlp.gate.e_score_correction_bias")
 }
 
-/// How a forward runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RunOptions {
-    /// Training mode: router noise and expert dropout on, capacity applies.
-    pub training: bool,
+/// How a forward runs: router settings, randomness, MoE path, device.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ForwardOptions {
+    /// Router settings of this forward (capacity, temperature, loss weights, dropout, noise);
+    /// [`RouterTraining::eval`] for evaluation.
+    pub router: RouterTraining,
     /// Seed of the randomness of this forward (router noise, expert dropout).
     pub seed: u64,
     /// MoE dispatch implementation.
@@ -91,25 +93,31 @@ pub struct RunOptions {
     /// Test-only: every routed expert processes every token with weight 1.
     pub dense_equivalent: bool,
     /// Where the ops run (`Device::Sim`: the GPU kernels in kernels-gpu's simulator) when the
-    /// model builds the tape itself (`train::loss_and_grads`, `train::train_step`, `logits_with`);
-    /// a caller-made tape carries its own device.
+    /// model builds the tape itself ([`Qwen3::gradient`], [`Qwen3::loss_and_grads`],
+    /// [`Qwen3::logits_with`]); a caller-made tape carries its own device.
     pub device: Device,
 }
 
-impl RunOptions {
-    /// Evaluation: deterministic, dropless, fast path.
+impl ForwardOptions {
+    /// Evaluation: deterministic, dropless, temperature 1, fast path, CPU.
     pub fn eval() -> Self {
-        RunOptions { training: false, seed: 0, moe_path: MoePath::Fast, dense_equivalent: false, device: Device::Cpu }
+        ForwardOptions {
+            router: RouterTraining::eval(),
+            seed: 0,
+            moe_path: MoePath::Fast,
+            dense_equivalent: false,
+            device: Device::Cpu,
+        }
     }
 
-    /// Training with `seed`.
-    pub fn train(seed: u64) -> Self {
-        RunOptions { training: true, seed, ..Self::eval() }
+    /// Training with `seed` under the router settings `router`.
+    pub fn train(seed: u64, router: RouterTraining) -> Self {
+        ForwardOptions { router, seed, ..Self::eval() }
     }
 
     /// The same options with the ops on `device`.
     pub fn on(self, device: Device) -> Self {
-        RunOptions { device, ..self }
+        ForwardOptions { device, ..self }
     }
 }
 
@@ -254,18 +262,20 @@ impl Qwen3 {
         Qwen3 { config, moe, params, router_bias, file_dtypes, rope }
     }
 
-    /// The MoE op settings for a forward under `run`.
-    pub fn moe_config(&self, run: &RunOptions) -> Option<MoeConfig> {
+    /// The MoE op settings for a forward under `opts`: the architecture from the spec, the router
+    /// behaviour from `opts.router`.
+    pub fn moe_config(&self, opts: &ForwardOptions) -> Option<MoeConfig> {
+        let r = &opts.router;
         self.moe.as_ref().map(|m| MoeConfig {
             num_experts: m.num_experts,
             expert_width: m.expert_width,
-            temperature: m.temperature,
+            temperature: r.temperature,
             weighting: m.weighting,
-            capacity_factor: if run.training { m.capacity_factor } else { None },
-            expert_dropout: m.expert_dropout,
-            router_noise: m.router_noise,
-            path: run.moe_path,
-            dense_equivalent: run.dense_equivalent,
+            capacity_factor: r.capacity_factor,
+            expert_dropout: r.expert_dropout,
+            router_noise: r.noise,
+            path: opts.moe_path,
+            dense_equivalent: opts.dense_equivalent,
         })
     }
 
@@ -321,7 +331,7 @@ impl Qwen3 {
         tape: &Tape,
         p: &Bound,
         batch: &TokenBatch,
-        run: &RunOptions,
+        opts: &ForwardOptions,
     ) -> Result<(Tensor, Vec<MoeAux>)> {
         let c = &self.config;
         let (h, kv, dh) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
@@ -334,7 +344,7 @@ impl Qwen3 {
         }
         let eps = c.rms_norm_eps as f32;
         let dims = AttnDims { b: batch.b, t: batch.t, h, kv, dh };
-        let moe_cfg = self.moe_config(run);
+        let moe_cfg = self.moe_config(opts);
         let mut aux = Vec::new();
         let mut x = ops::embedding(tape, &batch.ids, &p.embed).map_err(ag)?;
         for (i, l) in p.layers.iter().enumerate() {
@@ -355,8 +365,10 @@ impl Qwen3 {
                 (FfnTensors::Dense { gate_up, down }, _) => swiglu_ffn(tape, &n2, gate_up, down)?,
                 (FfnTensors::Moe { shared, router, experts }, Some(cfg)) => {
                     let bias = self.router_bias.get(i).map(Vec::as_slice);
-                    let seed = run.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64);
-                    let out = ops::moe_routed(tape, &n2, router, experts, bias, cfg, seed, run.training).map_err(ag)?;
+                    let seed = opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64);
+                    // Noise and dropout are on whenever the router settings ask for them (both
+                    // are 0 in evaluation).
+                    let out = ops::moe_routed(tape, &n2, router, experts, bias, cfg, seed, true).map_err(ag)?;
                     let routed = out.out.clone();
                     aux.push(MoeAux { lb_loss: out.lb_loss, z_loss: out.z_loss, stats: out.stats });
                     match shared {
@@ -372,19 +384,19 @@ impl Qwen3 {
     }
 
     /// Next-token objective: mean cross-entropy (`targets [B*T]` holds the token each position
-    /// predicts, `-100` to ignore) plus the MoE router losses weighted by the spec.
+    /// predicts, `-100` to ignore) plus the MoE router losses weighted by `opts.router`.
     pub fn loss(
         &self,
         tape: &Tape,
         p: &Bound,
         batch: &TokenBatch,
         targets: &[i32],
-        run: &RunOptions,
+        opts: &ForwardOptions,
     ) -> Result<LossOutput> {
-        let (hidden, aux) = self.forward_hidden(tape, p, batch, run)?;
+        let (hidden, aux) = self.forward_hidden(tape, p, batch, opts)?;
         let ce = ops::lm_head_cross_entropy(tape, &hidden, &p.lm_head, targets).map_err(ag)?;
         let ce_value = ce.loss.item();
-        let (loss, lb, z) = self.add_router_losses(tape, ce.loss, &aux)?;
+        let (loss, lb, z) = self.add_router_losses(tape, ce.loss, &aux, &opts.router)?;
         Ok(LossOutput {
             loss,
             ce: ce_value,
@@ -396,32 +408,75 @@ impl Qwen3 {
         })
     }
 
-    /// `loss + lb_coef * lb + z_coef * z` with the router losses averaged over the MoE layers
-    /// (`loss` unchanged for a dense model); also returns the mean `lb` and `z` values.
-    pub(crate) fn add_router_losses(&self, tape: &Tape, loss: Tensor, aux: &[MoeAux]) -> Result<(Tensor, f32, f32)> {
+    /// `loss + lb_coef * lb + z_coef * z` with the router losses averaged over the MoE layers and
+    /// the coefficients of `router` (`loss` unchanged for a dense model); also returns the mean
+    /// `lb` and `z` values.
+    pub(crate) fn add_router_losses(
+        &self,
+        tape: &Tape,
+        loss: Tensor,
+        aux: &[MoeAux],
+        router: &RouterTraining,
+    ) -> Result<(Tensor, f32, f32)> {
         let (mut loss, mut lb, mut z) = (loss, 0f32, 0f32);
-        if let (Some(m), false) = (&self.moe, aux.is_empty()) {
+        if self.moe.is_some() && !aux.is_empty() {
             let layers = aux.len() as f32;
             for a in aux {
                 lb += a.lb_loss.item() / layers;
                 z += a.z_loss.item() / layers;
-                loss = ops::add_scaled(tape, &loss, &a.lb_loss, m.lb_coef / layers).map_err(ag)?;
-                loss = ops::add_scaled(tape, &loss, &a.z_loss, m.z_coef / layers).map_err(ag)?;
+                loss = ops::add_scaled(tape, &loss, &a.lb_loss, router.lb_coef / layers).map_err(ag)?;
+                loss = ops::add_scaled(tape, &loss, &a.z_loss, router.z_coef / layers).map_err(ag)?;
             }
         }
         Ok((loss, lb, z))
     }
 
-    /// Logits `[B*T, V]` (evaluation mode, no tape).
-    pub fn logits(&self, batch: &TokenBatch) -> Result<Vec<f32>> {
-        self.logits_with(batch, &RunOptions::eval())
+    /// The gradient of an objective with respect to every parameter: a recording tape on
+    /// `device`, the parameters bound as its leaves, `objective` builds the scalar to
+    /// differentiate (plus whatever the caller wants back), backward, and the gradients
+    /// flattened in the layout of `self.params` (profile stage `flatten_grads`). Returns the
+    /// objective's value, the caller's extra and the flat gradient. Runs on a worker of the
+    /// rayon pool (see `kernels_cpu::pool`).
+    pub fn gradient<T: Send>(
+        &self,
+        device: Device,
+        objective: impl FnOnce(&Tape, &Bound) -> Result<(Tensor, T)> + Send,
+    ) -> Result<(f32, T, Vec<f32>)> {
+        kernels_cpu::pool::on_pool(|| {
+            let tape = Tape::new_on(device).map_err(ag)?;
+            let bound = self.bind(&tape);
+            let (loss, extra) = objective(&tape, &bound)?;
+            let value = loss.item();
+            let mut grads = tape.backward(&loss);
+            let flat = profile::stage("flatten_grads", || self.params.flat_grads_at(&bound.leaves, &mut grads));
+            Ok((value, extra, flat))
+        })
     }
 
-    /// Logits `[B*T, V]` under `run` (no tape).
-    pub fn logits_with(&self, batch: &TokenBatch, run: &RunOptions) -> Result<Vec<f32>> {
-        let tape = Tape::inference_on(run.device).map_err(ag)?;
+    /// [`Qwen3::loss`] and its gradient (flat, layout of `self.params`), on `opts.device`.
+    pub fn loss_and_grads(
+        &self,
+        batch: &TokenBatch,
+        targets: &[i32],
+        opts: &ForwardOptions,
+    ) -> Result<(LossOutput, Vec<f32>)> {
+        let (_, out, grads) = self.gradient(opts.device, |tape, bound| {
+            let out = self.loss(tape, bound, batch, targets, opts)?;
+            Ok((out.loss.clone(), out))
+        })?;
+        Ok((out, grads))
+    }
+
+    /// Logits `[B*T, V]` (evaluation mode, no tape).
+    pub fn logits(&self, batch: &TokenBatch) -> Result<Vec<f32>> {
+        self.logits_with(batch, &ForwardOptions::eval())
+    }
+
+    /// Logits `[B*T, V]` under `opts` (no tape).
+    pub fn logits_with(&self, batch: &TokenBatch, opts: &ForwardOptions) -> Result<Vec<f32>> {
+        let tape = Tape::inference_on(opts.device).map_err(ag)?;
         let p = self.bind(&tape);
-        let (hidden, _) = self.forward_hidden(&tape, &p, batch, run)?;
+        let (hidden, _) = self.forward_hidden(&tape, &p, batch, opts)?;
         Ok(ops::linear(&tape, &hidden, &p.lm_head).map_err(ag)?.to_vec())
     }
 

@@ -21,7 +21,7 @@ use super::{EvalError, Result};
 use autograd::{ops, Tape, Tensor};
 use data::eval::{read_mcq_jsonl, McqItem};
 use data::tokenizer::Tokenizer;
-use model::qwen3::RunOptions;
+use model::qwen3::ForwardOptions;
 use model::{Qwen3, TokenBatch};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -278,7 +278,7 @@ fn score_batch(
     let batch = TokenBatch { ids, b: rows.len(), t, pos: Arc::from(pos), seg: Some(Arc::from(seg)) };
     let tape = Tape::inference();
     let bound = model.bind(&tape);
-    let (hidden, _) = model.forward_hidden(&tape, &bound, &batch, &RunOptions::eval())?;
+    let (hidden, _) = model.forward_hidden(&tape, &bound, &batch, &ForwardOptions::eval())?;
     let d = hidden.last_dim();
     let h = hidden.f32s();
     let mut gathered = Vec::with_capacity(picks.len() * d);

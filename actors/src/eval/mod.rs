@@ -1,7 +1,7 @@
 //! The Evaluator's pure functions: dev perplexity per domain and multiple-choice accuracy by
 //! option log-likelihood.
 //!
-//! Both run the model in evaluation mode ([`RunOptions::eval`]: deterministic, dropless MoE) on
+//! Both run the model in evaluation mode ([`ForwardOptions::eval`]: deterministic, dropless MoE) on
 //! an inference tape, and both score tokens with the fused LM head + cross-entropy
 //! (`autograd::ops::lm_head_cross_entropy`), so the full `[N, V]` logits never exist; the MCQ
 //! scorer first gathers the hidden rows that predict option tokens, so prompt tokens cost no LM
@@ -16,7 +16,7 @@
 //!
 //! No threads of its own (rayon inside kernels only).
 //!
-//! [`RunOptions::eval`]: model::qwen3::RunOptions::eval
+//! [`ForwardOptions::eval`]: model::qwen3::ForwardOptions::eval
 //! [`PackedDataset`]: data::pack::PackedDataset
 
 pub mod mcq;

@@ -5,7 +5,7 @@ use super::{token_batch_of, EvalError, Result};
 use autograd::Tape;
 use data::pack::batch_of;
 use data::pack::PackedDataset;
-use model::qwen3::RunOptions;
+use model::qwen3::ForwardOptions;
 use model::Qwen3;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -62,7 +62,7 @@ pub fn dev_perplexity(
             format!("{} was built for a vocabulary of {pack_vocab}, the model has {model_vocab}", ds.dir.display()),
         ));
     }
-    let run = RunOptions::eval();
+    let run = ForwardOptions::eval();
     let mut report = DevReport::default();
     for (domain, seqs) in sequences {
         if let Some(&g) = seqs.iter().find(|&&g| g >= ds.len()) {

@@ -3,17 +3,17 @@
 
 use crate::presets::preset_config;
 use crate::progress::bar;
+use actors::batches::LoaderCursor;
+use actors::phase::PhaseConfig;
+use actors::trainer::Trainer;
 use anyhow::{bail, Context, Result};
-use autograd::optim::AdamW;
-use autograd::DType;
-use kernels_cpu::adamw::AdamWConfig;
+use autograd::{DType, Device};
+use data::pack::PackedBatch;
 use kernels_cpu::check::rand_vec;
 use kernels_cpu::gemm::{matmul, Trans};
 use model::init::qwen3_init;
 use model::moe_spec::MoeSpec;
-use model::qwen3::RunOptions;
-use model::train::train_step;
-use model::{Qwen3, TokenBatch};
+use model::Qwen3;
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
@@ -36,7 +36,8 @@ enum What {
         #[arg(long, default_value_t = 20)]
         reps: usize,
     },
-    /// One training step (forward + backward + AdamW) of a preset model on random tokens.
+    /// One training step of a preset model on random tokens: the product step (`Trainer::step`:
+    /// forward, backward, AutoClip, AdamW; MoE: router losses, capacity 1.25, temperature 0.9).
     Step {
         /// Model preset (configs/presets/).
         #[arg(long, default_value = "tiny-dense")]
@@ -57,6 +58,9 @@ enum What {
         /// the JSON line and prints a table on stderr.
         #[arg(long)]
         profile: bool,
+        /// Where the step runs: cpu, sim (the GPU kernels in the simulator: slow), cuda.
+        #[arg(long, default_value = "cpu", value_parser = crate::device::parse_device)]
+        device: Device,
     },
 }
 
@@ -64,8 +68,8 @@ enum What {
 pub fn run(a: Args, threads: usize) -> Result<()> {
     match a.what {
         What::Gemm { shapes, reps } => bench_gemm(&shapes, reps, threads),
-        What::Step { preset, batch, seq, steps, warmup, profile } => {
-            bench_step(&StepBench { preset: &preset, b: batch, t: seq, steps, warmup, profile }, threads)
+        What::Step { preset, batch, seq, steps, warmup, profile, device } => {
+            bench_step(&StepBench { preset: &preset, b: batch, t: seq, steps, warmup, profile, device }, threads)
         }
     }
 }
@@ -126,43 +130,81 @@ struct StepBench<'a> {
     steps: usize,
     warmup: usize,
     profile: bool,
+    device: Device,
+}
+
+/// The phase `bench step` trains: one micro-batch of `b` x `t` per optimiser step, `steps`
+/// steps, breakers off. Dense: the `base` phase. MoE: the pretraining phase `p1` with p0's
+/// fixed router settings (capacity 1.25, temperature 0.9, lb 0.01, z 1e-4, no dropout or
+/// noise), so every step routes alike.
+fn bench_phase(moe: bool, b: usize, t: usize, steps: usize) -> Result<PhaseConfig> {
+    let mut c = PhaseConfig::embedded(if moe { "p1" } else { "base" }, "seed-plan")?;
+    if moe {
+        c.router = PhaseConfig::embedded("p0", "seed-plan")?.router;
+    }
+    c.micro_batch = b;
+    c.seq_len = t;
+    c.tokens_per_step = (b * t) as u64;
+    c.tokens = (b * t * steps) as u64;
+    c.breakers.enabled = false;
+    c.eval.every = 0;
+    Ok(c)
+}
+
+/// `b` rows of `t` random ids below `v` (one document per row); targets are the next token,
+/// `-100` at each row's end.
+fn random_batch(b: usize, t: usize, v: u32, seed: u64) -> PackedBatch {
+    let ids: Vec<u32> = rand_vec(b * t, seed).iter().map(|&x| ((x + 1.0) * 0.5 * v as f32) as u32 % v).collect();
+    let targets = (0..b * t).map(|j| if (j + 1) % t == 0 { -100 } else { ids[j + 1] as i32 }).collect();
+    PackedBatch {
+        b,
+        t,
+        pos: (0..b * t).map(|j| (j % t) as u32).collect(),
+        seg: (0..b * t).map(|j| (j / t) as u32).collect(),
+        ids,
+        targets,
+        domains: vec!["random".into(); b],
+        sequences: (0..b as u64).collect(),
+    }
 }
 
 fn bench_step(sb: &StepBench, threads: usize) -> Result<()> {
-    let StepBench { preset, b, t, steps, warmup, profile } = *sb;
+    let StepBench { preset, b, t, steps, warmup, profile, device } = *sb;
     let config = preset_config(preset)?;
     if t > config.max_position_embeddings {
         bail!("--seq {t} exceeds the preset's max_position_embeddings {}", config.max_position_embeddings);
     }
+    if b == 0 || t < 2 {
+        bail!("--batch must be positive and --seq at least 2");
+    }
     let v = config.vocab_size as u32;
-    // A preset with a `moe` section trains the MoE model (training mode: capacity, router losses).
+    // A preset with a `moe` section trains the MoE model (router losses, capacity).
     let moe = MoeSpec::from_config(&config, Path::new(preset))?;
-    let moe_json = moe.as_ref().map(|m| {
-        json!({"experts": m.num_experts, "expert_width": m.expert_width, "shared_width": m.shared_width,
-               "capacity_factor": m.capacity_factor, "weighting": model::moe_spec::weighting_name(m.weighting)})
-    });
-    let mut model = Qwen3::from_init(config, moe, DType::F32, qwen3_init(0, 0.02));
-    let params = model.params.numel();
-    let cfg = AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.05 };
-    let mut opt = AdamW::new(&model.params, cfg);
     let steps = steps.max(1);
+    let phase = bench_phase(moe.is_some(), b, t, warmup + steps)?;
+    let model = Qwen3::from_init(config, moe, DType::F32, qwen3_init(0, 0.02));
+    let params = model.params.numel();
+    let mut trainer = Trainer::new(phase, model, None)?;
+    trainer.set_device(device)?;
+    let moe_json = trainer.model.moe.as_ref().map(|m| {
+        let capacity = trainer.router_training_at(0).and_then(|r| r.capacity_factor);
+        json!({"experts": m.num_experts, "expert_width": m.expert_width, "shared_width": m.shared_width,
+               "capacity_factor": capacity, "weighting": model::moe_spec::weighting_name(m.weighting)})
+    });
     let pb = bar((warmup + steps) as u64, "bench step");
     let mut times = Vec::with_capacity(steps);
     let mut last_loss = 0.0;
     for i in 0..warmup + steps {
-        let ids: Vec<u32> =
-            rand_vec(b * t, 100 + i as u64).iter().map(|&x| ((x + 1.0) * 0.5 * v as f32) as u32 % v).collect();
-        let targets: Vec<i32> = (0..b * t).map(|j| if (j + 1) % t == 0 { -100 } else { ids[j + 1] as i32 }).collect();
-        let batch = TokenBatch::new(ids, b, t)?;
+        let batch = random_batch(b, t, v, 100 + i as u64);
         if profile && i == warmup {
             autograd::profile::start();
         }
         let t0 = Instant::now();
-        let stats = train_step(&mut model, &mut opt, &batch, &targets, &RunOptions::train(i as u64))?;
+        let (rec, _) = trainer.step(std::slice::from_ref(&batch), LoaderCursor::default())?;
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64());
         }
-        last_loss = stats.loss;
+        last_loss = rec.loss;
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -174,7 +216,7 @@ fn bench_step(sb: &StepBench, threads: usize) -> Result<()> {
         "{}",
         json!({
             "bench": "step", "impl": "medmoe", "preset": preset, "batch": b, "seq": t, "threads": threads,
-            "tokens_per_s": (b * t) as f64 / step_s, "step_s": step_s,
+            "device": device.to_string(), "tokens_per_s": (b * t) as f64 / step_s, "step_s": step_s,
             "peak_rss_mb": peak_rss_mb(), "loss": last_loss, "min_step_s": min_step_s, "all_step_s": all_step_s,
             "params": params, "moe": moe_json, "profile": profile_json,
         })

@@ -38,12 +38,11 @@ pub fn run(a: Args) -> Result<()> {
         _ if is_dots1 => println!("type       HF Dots1 export (read as medmoe)"),
         None => println!("type       qwen3 (dense)"),
         Some(m) => println!(
-            "type       medmoe: shared expert {} + top-1 of {} routed experts x {} | router {} (temperature {})",
+            "type       medmoe: shared expert {} + top-1 of {} routed experts x {} | router {}",
             m.shared_width,
             m.num_experts,
             m.expert_width,
             model::moe_spec::weighting_name(m.weighting),
-            m.temperature
         ),
     }
     println!(

@@ -27,6 +27,9 @@ struct Common {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Where the training steps run: cpu, sim (the GPU kernels in the simulator: slow), cuda.
+    #[arg(long, default_value = "cpu", value_parser = crate::device::parse_device)]
+    device: autograd::Device,
 }
 
 #[derive(clap::Subcommand)]
@@ -90,6 +93,7 @@ pub fn run(a: Args) -> Result<()> {
         phase_files: common.phase_configs.into_iter().collect(),
         faults: faults_from_env(),
         verbose: true,
+        device: common.device,
     };
     let started = std::time::Instant::now();
     let run = Run { root: common.run_dir.clone(), config, options };
