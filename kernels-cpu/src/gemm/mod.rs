@@ -1,18 +1,27 @@
-//! Matrix multiply with every transpose the backward passes need, on two backends.
+//! Matrix multiply with every transpose the backward passes need, on several backends.
 //!
 //! `matmul(dst, a, b, m, k, n, Trans, Trans, acc)` computes `dst[m,n] (+)= op(a)[m,k] · op(b)[k,n]`
 //! where `op(a)` reads `a` as `[m,k]` (no transpose) or as the transpose of a stored `[k,m]`.
 //! Transposes cost nothing extra: they are strides handed to the packing routines.
 //!
-//! Backends ([`GemmBackend`]): our BLIS-style AVX2+FMA kernel (`avx2`, x86-64 only, the default
-//! where the CPU supports it) and the portable `gemm` crate (the fallback). [`matmul_with`]
-//! picks one explicitly (tests, benchmarks). [`matmul_new`] writes a product into fresh memory
-//! without zero-filling it first.
+//! Backends ([`GemmBackend`]), f32: our BLIS-style AVX2+FMA kernel (`avx2`, x86-64) and the
+//! `gemm` crate (portable; AVX-512 kernels through its `x86-v4` feature). `Auto` resolves per
+//! CPU to the one measured fastest there (BENCHMARKS.md "GEMM per ISA"): the `gemm` crate where
+//! the CPU has AVX-512F, our AVX2 kernel where it has AVX2+FMA only, else the `gemm` crate.
+//! Both f32 backends give results bitwise independent of the thread count (tested).
+//! bf16: `AmxBf16` (`amx`, Intel AMX tiles) rounds the operands to bf16 and accumulates in f32;
+//! it changes the numerics, so `Auto` never picks it. [`bf16`] holds the conversions.
+//! [`matmul_with`] picks a backend explicitly (tests, benchmarks). [`matmul_new`] writes a
+//! product into fresh memory without zero-filling it first.
 
 use std::mem::MaybeUninit;
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod bf16;
+mod tasks;
 
 /// Whether an operand is read as stored or transposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,13 +69,18 @@ impl DstPtr {
 /// Which implementation [`matmul_with`] runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GemmBackend {
-    /// [`GemmBackend::Avx2`] when the CPU has AVX2 and FMA, else [`GemmBackend::GemmCrate`].
+    /// The fastest f32 backend on this CPU: [`GemmBackend::GemmCrate`] with AVX-512F,
+    /// [`GemmBackend::Avx2`] with AVX2 and FMA only, else [`GemmBackend::GemmCrate`].
     #[default]
     Auto,
-    /// The `gemm` crate (portable).
+    /// The `gemm` crate (portable; AVX-512 or AVX2 kernels chosen by the crate at run time).
     GemmCrate,
     /// Our BLIS-style x86-64 AVX2+FMA kernel (6x16 microkernel); panics where unavailable.
     Avx2,
+    /// Intel AMX tiles with **bf16 operands**: every element of `op(a)` and `op(b)` is rounded
+    /// to bf16 (nearest even), products are accumulated in f32. Different numerics from the
+    /// f32 backends, so `Auto` never picks it; panics where unavailable.
+    AmxBf16,
 }
 
 impl GemmBackend {
@@ -75,12 +89,35 @@ impl GemmBackend {
         match self {
             GemmBackend::Auto | GemmBackend::GemmCrate => true,
             GemmBackend::Avx2 => avx2_available(),
+            GemmBackend::AmxBf16 => amx_available(),
         }
     }
 
-    /// The concrete backend `self` runs as on this CPU (resolves `Auto`).
+    /// The backend's name in benchmarks and on command lines (`auto`, `avx2`, `gemm-crate`,
+    /// `amx-bf16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmBackend::Auto => "auto",
+            GemmBackend::GemmCrate => "gemm-crate",
+            GemmBackend::Avx2 => "avx2",
+            GemmBackend::AmxBf16 => "amx-bf16",
+        }
+    }
+
+    /// The backend called `name` ([`GemmBackend::name`]), if any.
+    pub fn from_name(name: &str) -> Option<GemmBackend> {
+        [GemmBackend::Auto, GemmBackend::GemmCrate, GemmBackend::Avx2, GemmBackend::AmxBf16]
+            .into_iter()
+            .find(|b| b.name() == name)
+    }
+
+    /// The concrete backend `self` runs as on this CPU (resolves `Auto`, see its docs). On the
+    /// 2-core Xeon (AVX-512, AMX) the `gemm` crate's AVX-512 kernels beat our AVX2 kernel at
+    /// every shape measured, the training GEMMs and the small single-thread attention / expert
+    /// tiles alike (BENCHMARKS.md); on the AVX2-only EPYC ours is faster.
     pub fn resolve(self) -> GemmBackend {
         match self {
+            GemmBackend::Auto if avx512_available() => GemmBackend::GemmCrate,
             GemmBackend::Auto if avx2_available() => GemmBackend::Avx2,
             GemmBackend::Auto => GemmBackend::GemmCrate,
             other => other,
@@ -95,6 +132,27 @@ fn avx2_available() -> bool {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn avx2_available() -> bool {
+    false
+}
+
+/// What the `gemm` crate's x86-v4 kernels need (pulp's `V4`: AVX-512F on top of AVX2 + FMA).
+#[cfg(target_arch = "x86_64")]
+fn avx512_available() -> bool {
+    is_x86_feature_detected!("avx512f") && avx2_available()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_available() -> bool {
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+fn amx_available() -> bool {
+    amx::available()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn amx_available() -> bool {
     false
 }
 
@@ -137,8 +195,9 @@ pub fn matmul_single(
 /// [`matmul`] on a chosen backend and at most `threads` threads of the current rayon pool
 /// (`threads <= 1`: the calling thread only, rayon untouched; small products also run on one).
 ///
-/// The `Avx2` backend's result is bitwise independent of `threads` (each element is summed in
-/// the same k order whatever the partition); the `gemm` crate gives no such promise.
+/// Every backend's result is bitwise independent of `threads` (each element is summed in the
+/// same k order whatever the partition; for the `gemm` crate 0.19 a property of its blocking,
+/// which depends on m, n, k and the caches only, checked by a test).
 ///
 /// Panics if a slice is shorter than its shape says, or if `backend` is not available
 /// ([`GemmBackend::is_available`]).
@@ -176,6 +235,8 @@ fn matmul_dst(
     match backend.resolve() {
         #[cfg(target_arch = "x86_64")]
         GemmBackend::Avx2 => avx2::matmul(dst, a, b, m, k, n, ta, tb, accumulate, threads, avx2::DEFAULT_BLOCKING),
+        #[cfg(target_arch = "x86_64")]
+        GemmBackend::AmxBf16 => amx::matmul(dst, a, b, m, k, n, ta, tb, accumulate, threads),
         GemmBackend::GemmCrate => matmul_gemm_crate(dst, a, b, m, k, n, ta, tb, accumulate, threads),
         other => panic!("matmul: backend {other:?} is not available on this CPU"),
     }
@@ -309,8 +370,19 @@ mod tests {
     const TRANS: [Trans; 2] = [Trans::No, Trans::Yes];
 
     /// The concrete backends this CPU can run.
+    /// The concrete f32 backends this CPU can run (the bf16 `AmxBf16` has its own tests in
+    /// amx/tests.rs); says which are skipped.
     fn backends() -> Vec<GemmBackend> {
-        [GemmBackend::GemmCrate, GemmBackend::Avx2].into_iter().filter(|b| b.is_available()).collect()
+        [GemmBackend::GemmCrate, GemmBackend::Avx2]
+            .into_iter()
+            .filter(|b| {
+                let ok = b.is_available();
+                if !ok {
+                    eprintln!("skipping backend {b:?}: not available on this CPU");
+                }
+                ok
+            })
+            .collect()
     }
 
     /// Runs `f` inside a rayon pool of `threads` threads.
@@ -391,44 +463,65 @@ mod tests {
     }
 
     #[test]
-    fn auto_resolves_to_avx2_exactly_when_available() {
-        let want = if GemmBackend::Avx2.is_available() { GemmBackend::Avx2 } else { GemmBackend::GemmCrate };
+    fn auto_resolves_to_the_fastest_f32_backend_of_this_cpu() {
+        let want = if avx512_available() {
+            GemmBackend::GemmCrate
+        } else if GemmBackend::Avx2.is_available() {
+            GemmBackend::Avx2
+        } else {
+            GemmBackend::GemmCrate
+        };
         assert_eq!(GemmBackend::Auto.resolve(), want);
         assert_eq!(GemmBackend::GemmCrate.resolve(), GemmBackend::GemmCrate);
+        assert_eq!(GemmBackend::Avx2.resolve(), GemmBackend::Avx2);
+        assert_eq!(GemmBackend::AmxBf16.resolve(), GemmBackend::AmxBf16);
         assert!(GemmBackend::Auto.is_available() && GemmBackend::GemmCrate.is_available());
         #[cfg(target_arch = "x86_64")]
-        assert_eq!(
-            GemmBackend::Avx2.is_available(),
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-        );
+        {
+            assert_eq!(
+                GemmBackend::Avx2.is_available(),
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+            );
+            let avx512 = is_x86_feature_detected!("avx512f") && GemmBackend::Avx2.is_available();
+            eprintln!("this CPU: AVX2+FMA {}, AVX-512F {avx512}: Auto = {:?}", GemmBackend::Avx2.is_available(), want);
+        }
     }
 
-    /// The AVX2 driver fixes kc from k alone, so every element is summed in the same order
-    /// whatever the thread count and row/column partition: results must agree bit for bit.
     #[test]
-    fn avx2_is_bitwise_independent_of_thread_count() {
-        if !GemmBackend::Avx2.is_available() {
-            return;
+    fn backend_names_round_trip() {
+        for be in [GemmBackend::Auto, GemmBackend::GemmCrate, GemmBackend::Avx2, GemmBackend::AmxBf16] {
+            assert_eq!(GemmBackend::from_name(be.name()), Some(be));
         }
-        for (m, k, n) in [(300, 600, 200), (7, 700, 900), (1000, 40, 33), (40, 1100, 1000)] {
-            for ta in TRANS {
-                for tb in TRANS {
-                    for acc in [false, true] {
-                        let a = rand_vec(m * k, 7);
-                        let b = rand_vec(k * n, 8);
-                        let init = rand_vec(m * n, 9);
-                        let run = |threads: usize| {
-                            let mut d = init.clone();
-                            in_pool(threads, || {
-                                matmul_with(GemmBackend::Avx2, threads, &mut d, &a, &b, m, k, n, ta, tb, acc)
-                            });
-                            d
-                        };
-                        let one = run(1);
-                        for threads in [2, 3] {
-                            let many = run(threads);
-                            let same = one.iter().zip(&many).all(|(x, y)| x.to_bits() == y.to_bits());
-                            assert!(same, "{m}x{k}x{n} {ta:?}{tb:?} acc={acc}: t={threads} differs");
+        assert_eq!(GemmBackend::from_name("avx512"), None);
+    }
+
+    /// Every f32 backend sums each element in the same order whatever the thread count and
+    /// partition (the AVX2 driver fixes kc from k alone; the `gemm` crate 0.19 derives its
+    /// blocking from m, n, k and the cache sizes only, and its gemv paths are single-threaded),
+    /// so results must agree bit for bit: resumed training runs rely on it. Shapes include the
+    /// gemm crate's gemv (one row / column) and small-block paths.
+    #[test]
+    fn f32_backends_are_bitwise_independent_of_thread_count() {
+        let shapes = [(300, 600, 200), (7, 700, 900), (1000, 40, 33), (40, 1100, 1000), (1, 4096, 300), (500, 3000, 1)];
+        for be in backends() {
+            for (m, k, n) in shapes {
+                for ta in TRANS {
+                    for tb in TRANS {
+                        for acc in [false, true] {
+                            let a = rand_vec(m * k, 7);
+                            let b = rand_vec(k * n, 8);
+                            let init = rand_vec(m * n, 9);
+                            let run = |threads: usize| {
+                                let mut d = init.clone();
+                                in_pool(threads, || matmul_with(be, threads, &mut d, &a, &b, m, k, n, ta, tb, acc));
+                                d
+                            };
+                            let one = run(1);
+                            for threads in [2, 3] {
+                                let many = run(threads);
+                                let same = one.iter().zip(&many).all(|(x, y)| x.to_bits() == y.to_bits());
+                                assert!(same, "{be:?} {m}x{k}x{n} {ta:?}{tb:?} acc={acc}: t={threads} differs");
+                            }
                         }
                     }
                 }
@@ -443,6 +536,7 @@ mod tests {
     #[test]
     fn avx2_small_blocking_covers_every_loop() {
         if !GemmBackend::Avx2.is_available() {
+            eprintln!("skipping: the AVX2 backend needs AVX2 and FMA, which this CPU lacks");
             return;
         }
         for (m, k, n) in [(50, 70, 90), (6, 16, 16), (1, 9, 100), (61, 8, 3)] {

@@ -1,10 +1,12 @@
-//! Plumbing of the AVX2 driver: scratch buffers, the task runner, and the packed operands that
-//! tasks share, each block packed once by the first task that needs it.
+//! Plumbing of the AVX2 driver: scratch buffers, the task runner (`gemm::tasks`, shared with
+//! the other drivers), and the packed operands that tasks share, each block packed once by the
+//! first task that needs it.
 
 use super::kernel::{MR, NR};
 use super::pack::{pack_a, pack_b};
+pub(super) use crate::gemm::tasks::run_tasks;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::thread::LocalKey;
 
 thread_local! {
@@ -51,30 +53,6 @@ impl SharedPtr {
     pub(super) fn get(self) -> *mut f32 {
         self.0
     }
-}
-
-/// Runs `f(0..tasks)`: in order on this thread when `threads <= 1`, else on `threads` rayon
-/// jobs (at most) that take tasks from a shared counter, so a thread the OS delays simply
-/// takes fewer tasks.
-pub(super) fn run_tasks(threads: usize, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-    if threads <= 1 || tasks <= 1 {
-        (0..tasks).for_each(f);
-        return;
-    }
-    let next = AtomicUsize::new(0);
-    let work = || loop {
-        let t = next.fetch_add(1, Ordering::Relaxed);
-        if t >= tasks {
-            break;
-        }
-        f(t);
-    };
-    rayon::scope(|s| {
-        for _ in 1..threads.min(tasks) {
-            s.spawn(|_| work());
-        }
-        work();
-    });
 }
 
 /// Fill-once flags: slot `i` is filled by the first thread that asks for it; threads asking
@@ -290,6 +268,7 @@ impl PackedA {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
 
     #[test]
     fn once_flags_fill_once_defer_while_busy_and_poison() {
