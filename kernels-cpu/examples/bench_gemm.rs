@@ -12,6 +12,7 @@
 //! `{"bench":"gemm","impl":"medmoe-<backend>","resolved":"..","dtype":"f32"|"bf16","m":..,"k":..,
 //! "n":..,"trans":"NN","threads":..,"round":..,"median_s":..,"gflops":..}` with
 //! gflops = 2*M*K*N / median_s / 1e9. Backends the CPU lacks are reported on stderr and skipped.
+//! Backends: auto, gemm-crate, avx2, amx-bf16, bf16-emulated (default: the first four).
 //! `--trans NT` reads B transposed (`[N,K]` storage), `TN` reads A transposed, and so on.
 
 use std::time::Instant;
@@ -30,7 +31,10 @@ struct Args {
 }
 
 fn parse_backend(s: &str) -> Result<GemmBackend, String> {
-    GemmBackend::from_name(s.trim()).ok_or_else(|| format!("unknown backend `{s}` (auto, avx2, gemm-crate, amx-bf16)"))
+    GemmBackend::from_name(s.trim()).ok_or_else(|| {
+        let names: Vec<&str> = GemmBackend::ALL.iter().map(|b| b.name()).collect();
+        format!("unknown backend `{s}` (one of {})", names.join(", "))
+    })
 }
 
 fn parse_shape(s: &str) -> Result<(usize, usize, usize), String> {
@@ -133,7 +137,7 @@ fn main() -> Result<(), String> {
                 });
                 let med = median(times);
                 let resolved = be.resolve();
-                let dtype = if resolved == GemmBackend::AmxBf16 { "bf16" } else { "f32" };
+                let dtype = if resolved.is_bf16() { "bf16" } else { "f32" };
                 println!(
                     "{{\"bench\":\"gemm\",\"impl\":\"medmoe-{}\",\"resolved\":\"{}\",\"dtype\":\"{dtype}\",\"m\":{m},\"k\":{k},\"n\":{n},\"trans\":\"{trans}\",\"threads\":{},\"round\":{round},\"median_s\":{med},\"gflops\":{:.3}}}",
                     be.name(),
