@@ -3,7 +3,7 @@
 
 use actors::phase::PhaseConfig;
 use model::moe_spec::MoeSpec;
-use model::safetensors_io::Checkpoint;
+use model::safetensors_io::SafetensorsReader;
 use model::TokenBatch;
 use std::path::PathBuf;
 
@@ -24,8 +24,8 @@ pub fn fixtures_with_prefix(prefix: &str) -> Vec<PathBuf> {
 }
 
 /// Opens `<dir>/reference.safetensors` and checks its magic and version.
-pub fn open_reference(dir: &std::path::Path) -> Checkpoint {
-    let ckpt = Checkpoint::open(&dir.join("reference.safetensors")).expect("reference.safetensors opens");
+pub fn open_reference(dir: &std::path::Path) -> SafetensorsReader {
+    let ckpt = SafetensorsReader::open(&dir.join("reference.safetensors")).expect("reference.safetensors opens");
     let meta = ckpt.metadata().expect("fixture has __metadata__");
     assert_eq!(meta.get("format").map(String::as_str), Some("medmoe-fixture"), "fixture magic");
     assert_eq!(meta.get("version").map(String::as_str), Some("1"), "fixture version");

@@ -18,7 +18,7 @@ fn batch(dir: &std::path::Path) -> (TokenBatch, Vec<i32>) {
 }
 
 fn opts(split: SplitStrategy) -> SurgeryOptions {
-    SurgeryOptions { split, fill: FillStrategy::Overlap, router_init: RouterInit::Zeros, seed: 3 }
+    SurgeryOptions { split, fill: FillStrategy::Overlap, router_init: RouterInit::NearUniform, seed: 3 }
 }
 
 #[test]
@@ -86,7 +86,7 @@ fn missing_expert_tensor_is_a_clear_error() {
     let out = tmp.path().join("moe");
     moe.save(&out, None).unwrap();
     // Rewrite the checkpoint without expert 3 of layer 1.
-    let ck = model::safetensors_io::Checkpoint::open(&out).unwrap();
+    let ck = model::safetensors_io::SafetensorsReader::open(&out).unwrap();
     let gone = "model.layers.1.mlp.experts.3.up_proj.weight";
     let kept: Vec<_> = ck
         .names()

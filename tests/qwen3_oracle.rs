@@ -5,7 +5,7 @@
 use kernels_cpu::check::{max_errors, rel_norm_err};
 use medmoe_tests::{fixtures_with_prefix, open_reference, reference_batch};
 use model::qwen3::ForwardOptions;
-use model::safetensors_io::Checkpoint;
+use model::safetensors_io::SafetensorsReader;
 use model::Qwen3;
 
 const LOGITS_MAX_ABS: f64 = 1e-4;
@@ -55,7 +55,7 @@ fn load_then_save_is_bit_identical_for_every_fixture() {
         let out = tempfile::tempdir().unwrap();
         let saved = out.path().join("saved");
         model.save(&saved, None).unwrap();
-        let (a, b) = (Checkpoint::open(&dir).unwrap(), Checkpoint::open(&saved).unwrap());
+        let (a, b) = (SafetensorsReader::open(&dir).unwrap(), SafetensorsReader::open(&saved).unwrap());
         for e in model.params.entries() {
             assert_eq!(a.info(&e.name).unwrap().dtype, b.info(&e.name).unwrap().dtype, "{}", e.name);
             assert!(a.bytes(&e.name).unwrap() == b.bytes(&e.name).unwrap(), "{}: {} differs", dir.display(), e.name);
@@ -112,7 +112,7 @@ fn adamw_training_curve_matches_pytorch() {
     assert!(dirs.len() >= 2, "expected >= 2 fixtures with train.safetensors, found {}", dirs.len());
     for dir in dirs {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        let train = Checkpoint::open(&dir.join("train.safetensors")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let train = SafetensorsReader::open(&dir.join("train.safetensors")).unwrap_or_else(|e| panic!("{name}: {e}"));
         let meta = train.metadata().expect("train.safetensors has __metadata__");
         assert_eq!(meta.get("format").map(String::as_str), Some("medmoe-fixture"), "{name}: fixture magic");
         assert_eq!(meta.get("version").map(String::as_str), Some("1"), "{name}: fixture version");

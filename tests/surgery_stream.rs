@@ -5,7 +5,7 @@
 use medmoe_tests::fixture_dir;
 use model::importance::{magnitude, read_importance, write_importance, TaylorForm, TaylorState};
 use model::moe_spec::MoeSpec;
-use model::safetensors_io::{write_checkpoint_dir, Checkpoint, DType, TensorToWrite};
+use model::safetensors_io::{write_checkpoint_dir, FileDType, SafetensorsReader, TensorToWrite};
 use model::surgery::apply::{convert, plan_model, RouterInit, SurgeryOptions};
 use model::surgery::plan::{FillStrategy, SplitStrategy};
 use model::surgery::stream::{surgery_streaming, ImportanceSource};
@@ -21,10 +21,10 @@ fn batch(dir: &Path) -> TokenBatch {
     medmoe_tests::reference_batch(dir).0
 }
 
-fn round(v: &[f32], dtype: DType) -> Vec<f32> {
+fn round(v: &[f32], dtype: FileDType) -> Vec<f32> {
     match dtype {
         // The writer's own rounding (nearest, ties to even), decoded exactly: bf16 is f32's high half.
-        DType::BF16 => model::safetensors_io::f32_to_bytes(v, DType::BF16)
+        FileDType::BF16 => model::safetensors_io::f32_to_bytes(v, FileDType::BF16)
             .unwrap()
             .chunks_exact(2)
             .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
@@ -34,7 +34,7 @@ fn round(v: &[f32], dtype: DType) -> Vec<f32> {
 }
 
 /// `want` (in-memory result) with every parameter rounded to `dtype`.
-fn rounded(want: &Qwen3, dtype: DType) -> Qwen3 {
+fn rounded(want: &Qwen3, dtype: FileDType) -> Qwen3 {
     let flat = want.params.flat();
     Qwen3::from_init(want.config.clone(), want.moe.clone(), autograd::DType::F32, |name, _| {
         let e = want.params.entry(name).unwrap();
@@ -86,7 +86,7 @@ fn all_options() -> Vec<SurgeryOptions> {
     let mut v = Vec::new();
     for split in [SplitStrategy::ImportanceSplit, SplitStrategy::KMeans, SplitStrategy::Random] {
         for fill in [FillStrategy::Overlap, FillStrategy::DropUpcycle] {
-            for router_init in [RouterInit::Zeros, RouterInit::Centroids, RouterInit::SmallRandom] {
+            for router_init in RouterInit::ALL {
                 v.push(SurgeryOptions { split, fill, router_init, seed: 11 });
             }
         }
@@ -126,7 +126,7 @@ fn bf16_input_gives_a_bf16_checkpoint_of_the_rounded_in_memory_result() {
     let o = SurgeryOptions {
         split: SplitStrategy::Random,
         fill: FillStrategy::Overlap,
-        router_init: RouterInit::Zeros,
+        router_init: RouterInit::NearUniform,
         seed: 1,
     };
     check_identical(&dir, &spec(4, 16, 32), &o, &ImportanceSource::Magnitude, None);
@@ -173,7 +173,7 @@ fn bad_input_is_a_clear_error_and_leaves_no_output() {
     let o = SurgeryOptions {
         split: SplitStrategy::KMeans,
         fill: FillStrategy::Overlap,
-        router_init: RouterInit::Zeros,
+        router_init: RouterInit::NearUniform,
         seed: 0,
     };
     let s = spec(4, 16, 32);
@@ -183,7 +183,7 @@ fn bad_input_is_a_clear_error_and_leaves_no_output() {
     let broken = tmp.path().join("in").join("broken");
     std::fs::create_dir_all(&broken).unwrap();
     std::fs::copy(src.join("config.json"), broken.join("config.json")).unwrap();
-    let ck = Checkpoint::open(&src).unwrap();
+    let ck = SafetensorsReader::open(&src).unwrap();
     let gone = "model.layers.1.mlp.down_proj.weight";
     let kept: Vec<TensorToWrite> = ck
         .names()

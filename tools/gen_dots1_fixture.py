@@ -4,13 +4,20 @@
 For every case this drives the real CLI, exactly as a user would:
 
   1. `moe-cli surgery` turns a committed dense Qwen3 fixture (tests/fixtures/<dense>/) into a
-     medmoe MoE (shared expert + top-1 routed experts, random router) from a preset written here;
+     medmoe MoE (shared expert + top-1 routed experts) from a preset written here;
   2. for the sigmoid-router case, sets every layer's `e_score_correction_bias` to a fixed pattern
      (bias[l][e] = ((3*l + 5*e) % 7 - 3) / 128, exact in f32) in that MoE checkpoint;
   3. `moe-cli export hf --format dots1` writes the Hugging Face export;
   4. loads the export with transformers `Dots1ForCausalLM` (float32, eager attention), requiring
      no missing / unexpected / mismatched keys and no warning, runs it on fixed input ids, and
      cross-checks `moe-cli logits` on both the MoE checkpoint and the export (<= 1e-4).
+
+The `dots1_init_*` cases are one per `--router-init` value, each a fresh conversion with the CLI's
+default split, fill and seed: a freshly converted model must export to something that computes what
+we compute (an all-zero router, the removed `zeros` init, tied every expert and transformers broke the
+ties differently: 0.37 max abs). For every case the script also requires that no token's top-2 router
+scores in transformers are closer than MIN_SCORE_GAP (a near-tie could round either way), and stores
+the smallest gap it saw.
 
 It writes tests/fixtures/<case>/reference.safetensors:
 
@@ -22,7 +29,8 @@ transformers, torch, case, and what the Rust test (tests/dots1_export.rs) needs 
 same MoE in-process: dense (fixture name), moe (the preset's `moe` section, JSON), split, fill,
 router_init, seed, router_bias (`zeros` or `pattern1`), plus `sha256.<file>` of every exported
 file (the Rust test must export the same bytes) and informative numbers: routing per layer,
-`bias_changed_choices` (tokens x layers whose expert the bias changed), the CLI's max abs diffs.
+`bias_changed_choices` (tokens x layers whose expert the bias changed), `min_score_gap` (the smallest
+top-1 minus top-2 router score of any token and layer), the CLI's max abs diffs.
 
 Once per run it also checks the dense path: `moe-cli export hf --format qwen3` of the committed
 dense fixtures qwen3_bf16_d and qwen3_untied_b gives bit-identical tensors, loads in
@@ -62,6 +70,10 @@ GENERATOR = "tools/gen_dots1_fixture.py"
 REGENERATE = "pyenv/bin/python tools/gen_dots1_fixture.py"
 MAX_DIR_BYTES = 2_000_000
 TOL = 1e-4
+# Smallest allowed top-1 minus top-2 router score (sigmoid, f32; 0.5 has an ulp of 6e-8).
+MIN_SCORE_GAP = 1e-6
+# The `--router-init` values of moe-cli surgery (model::surgery::apply::RouterInit::ALL).
+ROUTER_INITS = ["near-uniform", "centroids", "random"]
 
 # Shared widths are not multiples of the expert width, so the shared expert is zero-padded.
 CASES = [
@@ -83,6 +95,18 @@ CASES = [
         split="random", fill="drop-upcycle", router_init="random", seed=11,
         router_bias="pattern1", batch=2, seq=24, ids_seed=32,
     ),
+] + [
+    # One fresh conversion per router init, with the CLI's defaults for everything else.
+    dict(
+        name=f"dots1_init_{init.replace('-', '_')}_{letter}",
+        dense="qwen3_untied_b",
+        moe=dict(num_experts=4, expert_width=16, shared_width=20, router_weighting="ste",
+                 router_temperature=0.9, capacity_factor=1.25, expert_dropout=0.0, router_noise=0.0,
+                 lb_coef=0.01, z_coef=0.0001),
+        split="importance-split", fill="overlap", router_init=init, seed=0,
+        router_bias="zeros", batch=3, seq=17, ids_seed=33,
+    )
+    for init, letter in zip(ROUTER_INITS, "cde")
 ]
 
 
@@ -148,7 +172,8 @@ def cli_logits(cli, model_dir, ids, work, name):
 
 
 def routing(model, input_ids):
-    """Per layer: chosen expert counts, and how many choices the correction bias changed."""
+    """Per layer: chosen expert counts; how many choices the correction bias changed; the smallest
+    top-1 minus top-2 biased score of any token and layer."""
     routers = [layer.mlp.gate for layer in model.model.layers]
     seen = []
     hooks = [r.register_forward_hook(lambda m, i, o: seen.append((m, o[0].detach()))) for r in routers]
@@ -156,13 +181,16 @@ def routing(model, input_ids):
         model(input_ids)
     for h in hooks:
         h.remove()
-    counts, changed = [], 0
+    counts, changed, gap = [], 0, float("inf")
     for router, logits in seen:
         scores = logits.sigmoid()
-        with_bias = (scores + router.e_score_correction_bias).argmax(-1)
+        biased = scores + router.e_score_correction_bias
+        with_bias = biased.argmax(-1)
         changed += int((with_bias != scores.argmax(-1)).sum())
         counts.append(torch.bincount(with_bias, minlength=scores.shape[-1]).tolist())
-    return counts, changed
+        top2 = biased.topk(2, dim=-1).values
+        gap = min(gap, float((top2[:, 0] - top2[:, 1]).min()))
+    return counts, changed, gap
 
 
 def canonicalize_metadata(path):
@@ -208,7 +236,8 @@ def generate(c, cli, out_root, work):
     input_ids = torch.randint(0, preset["vocab_size"], (c["batch"], c["seq"]), generator=g)
     with torch.no_grad():
         logits = model(input_ids).logits.float().contiguous()
-    counts, changed = routing(model, input_ids)
+    counts, changed, gap = routing(model, input_ids)
+    assert gap >= MIN_SCORE_GAP, f"{name}: top-2 router scores {gap:.3e} apart: a near-tie, choose other ids"
     if c["router_bias"] == "pattern1":
         assert changed > 0, "the correction bias changed no routing choice: make it larger"
     assert all(sum(1 for n in layer if n > 0) >= 2 for layer in counts), f"trivial routing {counts}"
@@ -225,7 +254,7 @@ def generate(c, cli, out_root, work):
         "dense": c["dense"], "moe": json.dumps(c["moe"], sort_keys=True), "split": c["split"],
         "fill": c["fill"], "router_init": c["router_init"], "seed": str(c["seed"]),
         "router_bias": c["router_bias"], "routing": json.dumps(counts),
-        "bias_changed_choices": str(changed),
+        "bias_changed_choices": str(changed), "min_score_gap": f"{gap:.3e}",
         "cli_max_abs_diff_moe": f"{diffs['moe']:.3e}", "cli_max_abs_diff_export": f"{diffs['export']:.3e}",
     }
     for f in files:
@@ -241,7 +270,8 @@ def generate(c, cli, out_root, work):
         assert torch.equal(f.get_tensor("logits"), logits)
     total = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
     assert total < MAX_DIR_BYTES, f"{name}: {total} bytes"
-    print(f"{name}: routing {counts}, bias changed {changed} choices, moe-cli vs transformers max abs "
+    print(f"{name}: routing {counts}, bias changed {changed} choices, min score gap {gap:.3e}, "
+          f"moe-cli vs transformers max abs "
           f"diff {diffs['moe']:.3e} (MoE checkpoint) / {diffs['export']:.3e} (export), {total} bytes")
 
 
@@ -279,6 +309,8 @@ def main():
     transformers.utils.logging.disable_progress_bar()
     torch.use_deterministic_algorithms(True)
     only = {s for s in args.only.split(",") if s}
+    inits = {c["router_init"] for c in CASES if c["name"].startswith("dots1_init_")}
+    assert inits == set(ROUTER_INITS), inits
     known = {c["name"] for c in CASES}
     if only - known:
         sys.exit(f"unknown case(s): {sorted(only - known)}; known: {sorted(known)}")

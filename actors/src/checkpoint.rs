@@ -1,10 +1,11 @@
 //! Training checkpoints: `step-<N>/` with `config.json` + `model.safetensors` (a loadable
 //! model), `optimizer.safetensors` (AdamW moments) and `trainer.json` (step, data cursor,
 //! AutoClip window, breaker state). A checkpoint is written into a temporary directory, every
-//! file fsynced, then renamed into place, so a directory named `step-<N>` is always complete;
-//! the last K are kept.
+//! file fsynced, then renamed into place ([`atomicio::StagingDir`]), so a directory named
+//! `step-<N>` is always complete; the last K are kept.
 
 use crate::error::{EngineError, Result};
+use atomicio::StagingDir;
 use model::Qwen3;
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
@@ -86,21 +87,10 @@ impl DiskBudget {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the
-/// directory.
+/// Writes `bytes` to `path` atomically: [`atomicio::write_file`] with this crate's error. Kept for
+/// `moe-cli run` (cli/src/cmd/run.rs), which names it; new code calls `atomicio::write_file`.
 pub fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let result =
-        DiskBudget::default().write(&tmp, bytes).and_then(|_| fs::rename(&tmp, path).map_err(EngineError::io(path)));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(EngineError::io(dir))
+    Ok(atomicio::write_file(path, bytes)?)
 }
 
 /// Name of the checkpoint directory of `step`.
@@ -125,44 +115,24 @@ fn serialize(tensors: &[(&str, &[usize], &[f32])], path: &Path) -> Result<Vec<u8
 /// complete checkpoints. On error nothing named `step-<N>` appears and older checkpoints are
 /// untouched. Returns the new checkpoint's path.
 pub fn write_checkpoint(dir: &Path, snap: &Snapshot, keep_last: usize, budget: &mut DiskBudget) -> Result<PathBuf> {
-    fs::create_dir_all(dir).map_err(EngineError::io(dir))?;
-    let name = step_dir_name(snap.step);
-    let target = dir.join(&name);
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir(&tmp).map_err(EngineError::io(&tmp))?;
-    let result = (|| {
-        let model: Vec<(&str, &[usize], &[f32])> =
-            snap.tensors.iter().map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice())).collect();
-        budget.write(&tmp.join("config.json"), snap.config_json.as_bytes())?;
-        budget.write(&tmp.join(MODEL_FILE), &serialize(&model, &tmp)?)?;
-        let n = snap.adam_m.len();
-        let step = [snap.adam_step as f32];
-        let (shape, one) = ([n], [1usize]);
-        let opt: Vec<(&str, &[usize], &[f32])> = vec![
-            ("m", &shape[..], &snap.adam_m[..]),
-            ("v", &shape[..], &snap.adam_v[..]),
-            ("step", &one[..], &step[..]),
-        ];
-        budget.write(&tmp.join(OPTIMIZER_FILE), &serialize(&opt, &tmp)?)?;
-        budget.write(&tmp.join(TRAINER_FILE), snap.trainer_json.as_bytes())?;
-        sync_dir(&tmp)?;
-        // A rollback re-runs steps: the older checkpoint of the same step is replaced. It is
-        // first renamed aside (atomic), so a kill between the two renames leaves it restorable
-        // by `remove_stale_temps`, never half deleted under its real name.
-        let replaced = dir.join(format!(".{name}.old-{}", std::process::id()));
-        if target.exists() {
-            fs::rename(&target, &replaced).map_err(EngineError::io(&target))?;
-        }
-        fs::rename(&tmp, &target).map_err(EngineError::io(&target))?;
-        sync_dir(dir)?;
-        let _ = fs::remove_dir_all(&replaced);
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
+    let target = dir.join(step_dir_name(snap.step));
+    // A rollback re-runs steps: a checkpoint of the same step is replaced. It is renamed aside
+    // (`.step-<N>.old-<pid>`, atomic) before the new one is renamed in, so a kill between the two
+    // renames leaves it restorable by `remove_stale_temps`, never half deleted under its real name.
+    let staging = StagingDir::replacing(&target)?;
+    let tmp = staging.path();
+    let model: Vec<(&str, &[usize], &[f32])> =
+        snap.tensors.iter().map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice())).collect();
+    budget.write(&tmp.join("config.json"), snap.config_json.as_bytes())?;
+    budget.write(&tmp.join(MODEL_FILE), &serialize(&model, tmp)?)?;
+    let n = snap.adam_m.len();
+    let step = [snap.adam_step as f32];
+    let (shape, one) = ([n], [1usize]);
+    let opt: Vec<(&str, &[usize], &[f32])> =
+        vec![("m", &shape[..], &snap.adam_m[..]), ("v", &shape[..], &snap.adam_v[..]), ("step", &one[..], &step[..])];
+    budget.write(&tmp.join(OPTIMIZER_FILE), &serialize(&opt, tmp)?)?;
+    budget.write(&tmp.join(TRAINER_FILE), snap.trainer_json.as_bytes())?;
+    staging.commit()?;
     let all = list_checkpoints(dir)?;
     for (_, old) in all.iter().rev().skip(keep_last.max(1)) {
         remove_checkpoint(old);
@@ -238,7 +208,7 @@ pub struct Loaded {
 pub fn read_checkpoint(path: &Path) -> Result<Loaded> {
     let model = Qwen3::load(path)?;
     let opt_path = path.join(OPTIMIZER_FILE);
-    let ck = model::safetensors_io::Checkpoint::open(&opt_path)?;
+    let ck = model::safetensors_io::SafetensorsReader::open(&opt_path)?;
     let (m, v) = (ck.read_f32("m")?, ck.read_f32("v")?);
     let step = ck.read_f32("step")?;
     if m.len() != model.params.numel() || v.len() != m.len() || step.len() != 1 {

@@ -52,6 +52,12 @@ pub enum EngineError {
     Training(String),
 }
 
+impl From<atomicio::Error> for EngineError {
+    fn from(e: atomicio::Error) -> Self {
+        EngineError::Io { path: e.path, source: e.source }
+    }
+}
+
 /// Result with [`EngineError`].
 pub type Result<T> = std::result::Result<T, EngineError>;
 

@@ -1,5 +1,5 @@
-//! Stage manifests: what a stage was built from, so a stage whose inputs did not change is
-//! skipped.
+//! The stages of a run directory and their manifests: what a stage was built from, so a stage
+//! whose inputs did not change is skipped.
 
 use crate::error::{EngineError, Result};
 use serde::{Deserialize, Serialize};
@@ -12,11 +12,66 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A stage of the pipeline, in run order. Its name (serde, [`Stage::name`]) is its directory in the
+/// run directory and the `stage` of its manifest: `data`, `base`, `importance`, `moe-init`, `p0`, `p1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// Synthetic world, tokenizer, packed train / dev sets.
+    Data,
+    /// The dense base model trained from scratch (phase `base`).
+    Base,
+    /// Taylor importance of the base's FFN neurons.
+    Importance,
+    /// Surgery: the base converted into the MoE.
+    MoeInit,
+    /// Distillation of the MoE from the base (phase `p0`).
+    P0,
+    /// Continued pretraining of the MoE (phase `p1`).
+    P1,
+}
+
+impl Stage {
+    /// Every stage, in run order.
+    pub const ALL: [Stage; 6] = [Stage::Data, Stage::Base, Stage::Importance, Stage::MoeInit, Stage::P0, Stage::P1];
+
+    /// The stage's name (its directory and serde name).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stage::Data => "data",
+            Stage::Base => "base",
+            Stage::Importance => "importance",
+            Stage::MoeInit => "moe-init",
+            Stage::P0 => "p0",
+            Stage::P1 => "p1",
+        }
+    }
+
+    /// The stage called `name`, or a config error listing the known ones.
+    pub fn from_name(name: &str) -> Result<Stage> {
+        Stage::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| {
+            let known: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
+            EngineError::config("stage", format!("unknown stage `{name}` (known: {})", known.join(", ")))
+        })
+    }
+
+    /// Whether the stage is a training phase (`base`, `p0`, `p1`: configs/phases/<name>.json).
+    pub fn is_phase(self) -> bool {
+        matches!(self, Stage::Base | Stage::P0 | Stage::P1)
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// `manifest.json` of a finished stage.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StageManifest {
-    /// Stage name.
-    pub stage: String,
+    /// The stage.
+    pub stage: Stage,
     /// Hash of the stage's resolved config.
     pub config_hash: String,
     /// Hash of every input (name -> hash of the producing stage's manifest or file).
@@ -45,11 +100,44 @@ impl StageManifest {
     /// Writes `dir/manifest.json` atomically (temp file, fsync, rename).
     pub fn write(&self, dir: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).map_err(|e| EngineError::config("manifest", e.to_string()))?;
-        crate::checkpoint::write_file_synced(&dir.join("manifest.json"), text.as_bytes())
+        Ok(atomicio::write_file(&dir.join("manifest.json"), text.as_bytes())?)
     }
 
     /// True when `dir` holds a manifest with this config and these inputs.
     pub fn matches(dir: &Path, config_hash: &str, inputs: &BTreeMap<String, String>) -> bool {
         StageManifest::read(dir).is_some_and(|m| m.config_hash == config_hash && &m.inputs == inputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_names_are_the_serde_names_run_directories_already_use() {
+        let names: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["data", "base", "importance", "moe-init", "p0", "p1"]);
+        for s in Stage::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+            assert_eq!(serde_json::from_value::<Stage>(s.name().into()).unwrap(), s);
+            assert_eq!(Stage::from_name(s.name()).unwrap(), s);
+        }
+        assert!(Stage::ALL.windows(2).all(|w| w[0] < w[1]), "ALL is in run order");
+        let e = Stage::from_name("p2").unwrap_err().to_string();
+        assert!(e.contains("moe-init"), "{e}");
+    }
+
+    #[test]
+    fn a_manifest_written_before_the_enum_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = r#"{"stage":"moe-init","config_hash":"h","inputs":{"base":"x"},"metrics":{},"artifacts":{}}"#;
+        std::fs::write(dir.path().join("manifest.json"), old).unwrap();
+        let m = StageManifest::read(dir.path()).unwrap();
+        assert_eq!(m.stage, Stage::MoeInit);
+        let inputs = [("base".to_string(), "x".to_string())].into();
+        assert!(StageManifest::matches(dir.path(), "h", &inputs));
+        // Same identity as the string-typed manifest gave (later stages list it as their input).
+        let key = serde_json::json!({ "stage": "moe-init", "config": "h", "inputs": {"base": "x"} });
+        assert_eq!(m.identity(), sha256_hex(key.to_string().as_bytes()));
     }
 }

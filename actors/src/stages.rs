@@ -7,7 +7,7 @@ use crate::batches::BatchStream;
 use crate::checkpoint;
 use crate::error::{EngineError, Result};
 use crate::evaluator::{EvalInputs, EvalRecord};
-use crate::manifest::{sha256_hex, StageManifest};
+use crate::manifest::{sha256_hex, Stage, StageManifest};
 use crate::phase::{PhaseConfig, PhaseKind};
 use crate::supervisor::{run_phase, Faults, PhaseRun};
 use crate::trainer::{LoggedAction, Trainer};
@@ -49,7 +49,7 @@ pub struct RunConfig {
     pub split: String,
     /// Surgery: `overlap` or `drop-upcycle`.
     pub fill: String,
-    /// Surgery: `zeros`, `centroids` or `random`.
+    /// Surgery: `centroids`, `near-uniform` or `random` ([`RouterInit::from_name`]).
     pub router_init: String,
     /// Seed of model init and surgery.
     pub seed: u64,
@@ -81,18 +81,21 @@ impl RunConfig {
             "drop-upcycle" => FillStrategy::DropUpcycle,
             s => return Err(EngineError::config("fill", format!("`{s}` (overlap, drop-upcycle)"))),
         };
-        let router_init = match self.router_init.as_str() {
-            "zeros" => RouterInit::Zeros,
-            "centroids" => RouterInit::Centroids,
-            "random" => RouterInit::SmallRandom,
-            s => return Err(EngineError::config("router_init", format!("`{s}` (zeros, centroids, random)"))),
-        };
+        let router_init =
+            RouterInit::from_name(&self.router_init).map_err(|e| EngineError::config("router_init", e.to_string()))?;
         Ok(SurgeryOptions { split, fill, router_init, seed: self.seed })
     }
 }
 
-/// Stage names in order.
-pub const STAGES: [&str; 6] = ["data", "base", "importance", "moe-init", "p0", "p1"];
+/// Stage names in run order ([`Stage::name`] of [`Stage::ALL`]), for command lines.
+pub const STAGES: [&str; 6] = [
+    Stage::Data.name(),
+    Stage::Base.name(),
+    Stage::Importance.name(),
+    Stage::MoeInit.name(),
+    Stage::P0.name(),
+    Stage::P1.name(),
+];
 
 /// How to run.
 #[derive(Clone, Debug, Default)]
@@ -140,8 +143,8 @@ pub struct PhaseSummary {
     pub seconds: f64,
 }
 
-/// The run directory and its config.
-pub struct Run {
+/// The pipeline of stages over one run directory: its root, the run config and how to run.
+pub struct Pipeline {
     /// Root directory.
     pub root: PathBuf,
     /// Run config.
@@ -162,54 +165,62 @@ fn identity_of(dir: &Path) -> Result<String> {
         .ok_or_else(|| EngineError::config("run", format!("{} has no manifest (prerequisite missing)", dir.display())))
 }
 
-impl Run {
-    /// Directory of stage `name`.
-    pub fn dir(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+/// The old name of [`Pipeline`], kept only until cli/src/cmd/run.rs (under refactoring elsewhere)
+/// names `Pipeline`; new code must not use it.
+#[doc(hidden)]
+pub use Pipeline as Run;
+
+impl Pipeline {
+    /// Directory of `stage`.
+    pub fn dir(&self, stage: Stage) -> PathBuf {
+        self.root.join(stage.name())
     }
 
-    fn phase_config(&self, phase: &str) -> Result<PhaseConfig> {
-        match self.options.phase_files.get(phase) {
+    fn phase_config(&self, phase: Stage) -> Result<PhaseConfig> {
+        match self.options.phase_files.get(phase.name()) {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(EngineError::io(p))?;
                 PhaseConfig::parse(&text, &p.display().to_string(), &self.config.preset)
             }
-            None => PhaseConfig::embedded(phase, &self.config.preset),
+            None => PhaseConfig::embedded(phase.name(), &self.config.preset),
         }
     }
 
-    /// Runs every stage up to and including `until`; returns the summary of the last training
-    /// stage run or skipped.
+    /// Runs every stage up to and including the one named `until` ([`Stage::from_name`]); returns
+    /// the summary of the last training stage run or skipped.
     pub fn run_until(&self, until: &str) -> Result<Option<PhaseSummary>> {
-        let last = STAGES.iter().position(|s| *s == until).ok_or_else(|| {
-            EngineError::config("stage", format!("unknown stage `{until}` (known: {})", STAGES.join(", ")))
-        })?;
+        self.run_through(Stage::from_name(until)?)
+    }
+
+    /// Runs every stage up to and including `last`; returns the summary of the last training
+    /// stage run or skipped.
+    pub fn run_through(&self, last: Stage) -> Result<Option<PhaseSummary>> {
+        let stages: Vec<Stage> = Stage::ALL.into_iter().filter(|s| *s <= last).collect();
         // Every config is checked before anything is written.
-        for stage in STAGES[..=last].iter().filter(|s| ["base", "p0", "p1"].contains(s)) {
-            self.phase_config(stage)?;
+        for stage in stages.iter().filter(|s| s.is_phase()) {
+            self.phase_config(*stage)?;
         }
         self.config.surgery_options()?;
         std::fs::create_dir_all(&self.root).map_err(EngineError::io(&self.root))?;
         let mut summary = None;
-        for stage in &STAGES[..=last] {
+        for stage in stages {
             let started = std::time::Instant::now();
-            let skipped = match *stage {
-                "data" => self.data_stage()?,
-                "base" | "p0" | "p1" => {
+            let skipped = match stage {
+                Stage::Data => self.data_stage()?,
+                Stage::Base | Stage::P0 | Stage::P1 => {
                     let (skipped, s) = self.phase_stage(stage)?;
                     summary = Some(s);
                     skipped
                 }
-                "importance" => self.importance_stage()?,
-                "moe-init" => self.surgery_stage()?,
-                _ => unreachable!("STAGES lists every stage"),
+                Stage::Importance => self.importance_stage()?,
+                Stage::MoeInit => self.surgery_stage()?,
             };
             let what = if skipped {
                 "up to date".to_string()
             } else {
                 format!("done in {:.1} s", started.elapsed().as_secs_f64())
             };
-            say(&self.options, format!("stage {stage:<10} {what} ({})", self.dir(stage).display()));
+            say(&self.options, format!("stage {:<10} {what} ({})", stage.name(), self.dir(stage).display()));
         }
         Ok(summary)
     }
@@ -217,7 +228,7 @@ impl Run {
     /// Runs `body` for a stage unless its manifest matches; writes the manifest after.
     fn cached(
         &self,
-        stage: &str,
+        stage: Stage,
         config_hash: String,
         inputs: BTreeMap<String, String>,
         body: impl FnOnce(&Path) -> Result<(serde_json::Value, BTreeMap<String, String>)>,
@@ -229,7 +240,7 @@ impl Run {
         let _ = std::fs::remove_file(dir.join("manifest.json"));
         std::fs::create_dir_all(&dir).map_err(EngineError::io(&dir))?;
         let (metrics, artifacts) = body(&dir)?;
-        StageManifest { stage: stage.into(), config_hash, inputs, metrics, artifacts }.write(&dir)?;
+        StageManifest { stage, config_hash, inputs, metrics, artifacts }.write(&dir)?;
         Ok(false)
     }
 
@@ -238,7 +249,7 @@ impl Run {
         let key =
             serde_json::json!({ "world": c.world, "vocab": c.vocab, "seq_len": c.seq_len, "dev_every": c.dev_every });
         let hash = sha256_hex(key.to_string().as_bytes());
-        self.cached("data", hash, BTreeMap::new(), |dir| {
+        self.cached(Stage::Data, hash, BTreeMap::new(), |dir| {
             for sub in ["world", "tokenizer", "train", "dev"] {
                 let _ = std::fs::remove_dir_all(dir.join(sub));
             }
@@ -247,7 +258,7 @@ impl Run {
             let docs = data::world_dir::read_corpus(&world)?;
             let config = data::tokenizer::TrainConfig { vocab_size: c.vocab, min_frequency: 2 };
             let tok = Tokenizer::train(docs.iter().map(|d| d.text.as_str()), &config)?;
-            let staging = data::fsutil::StagingDir::new(&dir.join("tokenizer"))?;
+            let staging = atomicio::StagingDir::new(&dir.join("tokenizer"))?;
             tok.save(staging.path())?;
             staging.commit()?;
             let (mut train, mut dev) = (Vec::new(), Vec::new());
@@ -273,7 +284,7 @@ impl Run {
     }
 
     fn eval_inputs(&self, cfg: &PhaseConfig) -> Result<Arc<EvalInputs>> {
-        let data = self.dir("data");
+        let data = self.dir(Stage::Data);
         let dev = Arc::new(PackedDataset::open(&data.join("dev"))?);
         let tokenizer = Arc::new(Tokenizer::load(&data.join("tokenizer"))?);
         let mut sets = Vec::new();
@@ -292,32 +303,34 @@ impl Run {
         }))
     }
 
-    /// The model a phase starts from and its teacher.
-    fn phase_inputs(&self, phase: &str) -> Result<(BTreeMap<String, String>, PathBuf, Option<PathBuf>)> {
-        let mut inputs = BTreeMap::new();
-        inputs.insert("data".to_string(), identity_of(&self.dir("data"))?);
-        let (start, teacher) = match phase {
-            "base" => (PathBuf::new(), None),
-            "p0" => (self.dir("moe-init").join("model"), Some(self.dir("base").join("model"))),
-            "p1" => (self.dir("p0").join("model"), None),
-            p => return Err(EngineError::config("phase", format!("unknown phase `{p}`"))),
+    /// The stages `stage` reads (each listed in its inputs by the identity of its manifest).
+    fn inputs_of(&self, stage: Stage) -> Result<BTreeMap<String, String>> {
+        let needs: &[Stage] = match stage {
+            Stage::Data => &[],
+            Stage::Base => &[Stage::Data],
+            Stage::Importance => &[Stage::Base, Stage::Data],
+            Stage::MoeInit => &[Stage::Importance, Stage::Base],
+            Stage::P0 => &[Stage::Data, Stage::MoeInit, Stage::Base],
+            Stage::P1 => &[Stage::Data, Stage::P0],
         };
-        match phase {
-            "p0" => {
-                inputs.insert("moe-init".into(), identity_of(&self.dir("moe-init"))?);
-                inputs.insert("base".into(), identity_of(&self.dir("base"))?);
-            }
-            "p1" => {
-                inputs.insert("p0".into(), identity_of(&self.dir("p0"))?);
-            }
-            _ => {}
-        }
-        Ok((inputs, start, teacher))
+        needs.iter().map(|s| Ok((s.name().to_string(), identity_of(&self.dir(*s))?))).collect()
     }
 
-    fn phase_stage(&self, phase: &str) -> Result<(bool, PhaseSummary)> {
+    /// The model a phase starts from (none for `base`, trained from scratch) and its teacher.
+    fn phase_models(&self, phase: Stage) -> Result<(PathBuf, Option<PathBuf>)> {
+        let model = |s: Stage| self.dir(s).join("model");
+        match phase {
+            Stage::Base => Ok((PathBuf::new(), None)),
+            Stage::P0 => Ok((model(Stage::MoeInit), Some(model(Stage::Base)))),
+            Stage::P1 => Ok((model(Stage::P0), None)),
+            s => Err(EngineError::config("phase", format!("`{s}` is not a training phase"))),
+        }
+    }
+
+    fn phase_stage(&self, phase: Stage) -> Result<(bool, PhaseSummary)> {
         let cfg = self.phase_config(phase)?;
-        let (inputs, start, teacher_dir) = self.phase_inputs(phase)?;
+        let (start, teacher_dir) = self.phase_models(phase)?;
+        let inputs = self.inputs_of(phase)?;
         let dir = self.dir(phase);
         let hash = cfg.hash();
         if StageManifest::matches(&dir, &hash, &inputs) {
@@ -333,10 +346,10 @@ impl Run {
         if std::fs::read_to_string(&key_path).ok().as_deref() != Some(key.as_str()) {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).map_err(EngineError::io(&dir))?;
-            checkpoint::write_file_synced(&key_path, key.as_bytes())?;
+            atomicio::write_file(&key_path, key.as_bytes())?;
         }
         let _ = std::fs::remove_file(dir.join("manifest.json"));
-        let model = if phase == "base" {
+        let model = if phase == Stage::Base {
             let config = model::presets::embedded(&self.config.base_model).ok_or_else(|| {
                 EngineError::config("base_model", format!("unknown preset `{}`", self.config.base_model))
             })??;
@@ -349,7 +362,7 @@ impl Run {
             Some(t) if cfg.kind == PhaseKind::Distill => Some(Arc::new(Qwen3::load(t)?)),
             _ => None,
         };
-        let ds = Arc::new(PackedDataset::open(&self.dir("data").join("train"))?);
+        let ds = Arc::new(PackedDataset::open(&self.dir(Stage::Data).join("train"))?);
         if ds.manifest.seq_len as usize != cfg.seq_len {
             return Err(EngineError::config(
                 &cfg.phase,
@@ -363,7 +376,7 @@ impl Run {
         let ckpt_dir = dir.join("checkpoints");
         checkpoint::remove_stale_temps(&ckpt_dir);
         if let Some((step, path)) = checkpoint::list_checkpoints(&ckpt_dir)?.pop() {
-            say(&self.options, format!("stage {phase:<10} resuming from {} (step {step})", path.display()));
+            say(&self.options, format!("stage {:<10} resuming from {} (step {step})", phase.name(), path.display()));
             trainer.restore(checkpoint::read_checkpoint(&path)?)?;
         }
         let eval = Some(self.eval_inputs(&cfg)?);
@@ -394,28 +407,26 @@ impl Run {
             artifacts.insert("checkpoint".to_string(), rel(c));
         }
         let summary = summarise(
-            phase,
+            phase.name(),
             &outcome.state,
             outcome.final_eval.as_ref(),
             artifacts.clone(),
             started.elapsed().as_secs_f64(),
         );
         let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
-        checkpoint::write_file_synced(&dir.join("summary.json"), text.as_bytes())?;
+        atomicio::write_file(&dir.join("summary.json"), text.as_bytes())?;
         let metrics = serde_json::to_value(&summary).unwrap_or_default();
-        StageManifest { stage: phase.into(), config_hash: hash, inputs, metrics, artifacts }.write(&dir)?;
+        StageManifest { stage: phase, config_hash: hash, inputs, metrics, artifacts }.write(&dir)?;
         Ok((false, summary))
     }
 
     fn importance_stage(&self) -> Result<bool> {
         let c = &self.config;
         let key = serde_json::json!({ "batches": c.importance_batches, "batch": c.importance_batch });
-        let mut inputs = BTreeMap::new();
-        inputs.insert("base".to_string(), identity_of(&self.dir("base"))?);
-        inputs.insert("data".to_string(), identity_of(&self.dir("data"))?);
-        self.cached("importance", sha256_hex(key.to_string().as_bytes()), inputs, |dir| {
-            let model = Qwen3::load(&self.dir("base").join("model"))?;
-            let ds = PackedDataset::open(&self.dir("data").join("train"))?;
+        let inputs = self.inputs_of(Stage::Importance)?;
+        self.cached(Stage::Importance, sha256_hex(key.to_string().as_bytes()), inputs, |dir| {
+            let model = Qwen3::load(&self.dir(Stage::Base).join("model"))?;
+            let ds = PackedDataset::open(&self.dir(Stage::Data).join("train"))?;
             let (l, f) = (model.config.num_hidden_layers, model.config.intermediate_size);
             let mut state = TaylorState::new(l, f, 0.99);
             let n = ds.len();
@@ -436,14 +447,12 @@ impl Run {
     fn surgery_stage(&self) -> Result<bool> {
         let c = &self.config;
         let key = serde_json::json!({ "moe": c.moe_model, "split": c.split, "fill": c.fill, "router": c.router_init, "seed": c.seed });
-        let mut inputs = BTreeMap::new();
-        inputs.insert("importance".to_string(), identity_of(&self.dir("importance"))?);
-        inputs.insert("base".to_string(), identity_of(&self.dir("base"))?);
-        self.cached("moe-init", sha256_hex(key.to_string().as_bytes()), inputs, |dir| {
-            let dense = Qwen3::load(&self.dir("base").join("model"))?;
+        let inputs = self.inputs_of(Stage::MoeInit)?;
+        self.cached(Stage::MoeInit, sha256_hex(key.to_string().as_bytes()), inputs, |dir| {
+            let dense = Qwen3::load(&self.dir(Stage::Base).join("model"))?;
             let (l, f) = (dense.config.num_hidden_layers, dense.config.intermediate_size);
             let importance =
-                model::importance::read_importance(&self.dir("importance").join("importance.safetensors"), l, f)?;
+                model::importance::read_importance(&self.dir(Stage::Importance).join("importance.safetensors"), l, f)?;
             let (_, spec) = model::presets::embedded_moe(&c.moe_model)?;
             let opts = c.surgery_options()?;
             let plans = plan_model(&dense, &importance, &spec, &opts)?;

@@ -283,10 +283,10 @@ pub struct PhaseOutcome {
     pub completed: bool,
 }
 
-/// Runs the loop.
+/// Asks the trainer actor to run the phase's training loop to the end.
 #[derive(Message)]
 #[rtype(result = "Result<PhaseOutcome>")]
-struct Run {
+struct RunLoop {
     loader: Addr<DataLoader>,
     ckpt: Addr<Checkpointer>,
     eval: Option<Addr<Evaluator>>,
@@ -328,10 +328,10 @@ fn fetch(
     Err(EngineError::Actor { actor: "DataLoader", msg: format!("no batch after 50 attempts: {last}") })
 }
 
-impl Handler<Run> for TrainerActor {
+impl Handler<RunLoop> for TrainerActor {
     type Result = Result<PhaseOutcome>;
 
-    fn handle(&mut self, m: Run, _: &mut SyncContext<Self>) -> Result<PhaseOutcome> {
+    fn handle(&mut self, m: RunLoop, _: &mut SyncContext<Self>) -> Result<PhaseOutcome> {
         let mut t =
             self.trainer.take().ok_or_else(|| EngineError::Actor { actor: "Trainer", msg: "ran twice".into() })?;
         let accumulation = t.config.accumulation();
@@ -545,7 +545,7 @@ pub fn run_phase(run: PhaseRun) -> Result<PhaseOutcome> {
             faults: faults.clone(),
         });
         let out = trainer_addr
-            .send(Run { loader, ckpt, eval, metrics: metrics.clone() })
+            .send(RunLoop { loader, ckpt, eval, metrics: metrics.clone() })
             .await
             .map_err(|e| EngineError::Actor { actor: "Trainer", msg: e.to_string() })
             .and_then(|r| r);

@@ -7,7 +7,7 @@
 use actors::batches::BatchStream;
 use actors::checkpoint::{list_checkpoints, read_checkpoint};
 use actors::phase::PhaseConfig;
-use actors::stages::{Run, RunConfig, RunOptions};
+use actors::stages::{Pipeline, RunConfig, RunOptions};
 use actors::supervisor::{run_phase, Faults, PhaseOutcome, PhaseRun};
 use actors::trainer::Trainer;
 use data::pack::PackedDataset;
@@ -34,7 +34,8 @@ fn data_dir() -> &'static Path {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     let (_, p) = DIR.get_or_init(|| {
         let tmp = tempfile::tempdir().unwrap();
-        let run = Run { root: tmp.path().to_path_buf(), config: micro_run_config(), options: RunOptions::default() };
+        let run =
+            Pipeline { root: tmp.path().to_path_buf(), config: micro_run_config(), options: RunOptions::default() };
         run.run_until("data").unwrap();
         let p = tmp.path().to_path_buf();
         (tmp, p)

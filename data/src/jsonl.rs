@@ -7,21 +7,6 @@ use crate::error::{DataError, Result};
 use std::io::BufRead;
 use std::path::Path;
 
-/// Reads every record of a JSONL file.
-pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    let mut out = Vec::new();
-    for_each_line(path, |line_no, line| {
-        let rec = serde_json::from_str(line).map_err(|e| DataError::Line {
-            path: path.to_path_buf(),
-            line: line_no,
-            message: e.to_string(),
-        })?;
-        out.push(rec);
-        Ok(())
-    })?;
-    Ok(out)
-}
-
 /// Calls `f(line_number, line)` for each non-blank line (1-based numbers), checking UTF-8.
 pub fn for_each_line(path: &Path, mut f: impl FnMut(usize, &str) -> Result<()>) -> Result<()> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;

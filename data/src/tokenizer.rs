@@ -8,7 +8,7 @@
 
 use crate::chat::{ChatTemplate, BUILTIN_TEMPLATE};
 use crate::error::{DataError, Result};
-use crate::fsutil::{sha256_hex, write_atomic};
+use crate::fsutil::sha256_hex;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -177,7 +177,7 @@ impl Tokenizer {
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
         let json = self.inner.to_string(true).map_err(|e| tok_err(None, e))?;
-        write_atomic(&dir.join("tokenizer.json"), json.as_bytes())?;
+        atomicio::write_file(&dir.join("tokenizer.json"), json.as_bytes())?;
         let mut decoder = serde_json::Map::new();
         for t in SPECIAL_TOKENS {
             if let Some(id) = self.token_id(t) {

@@ -8,9 +8,10 @@ use crate::corpus::{estimate_tokens, generate_corpus, CorpusConfig, Document};
 use crate::error::{DataError, Result};
 use crate::eval::overlap::{NgramIndex, OverlapReport, DEFAULT_N};
 use crate::eval::{generate_eval, EvalConfig};
-use crate::fsutil::{sha256_hex, write_atomic, write_json_atomic, StagingDir};
+use crate::fsutil::{sha256_hex, write_json_atomic};
 use crate::jsonl::to_jsonl;
 use crate::world::{generate, WorldConfig};
+use atomicio::StagingDir;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -106,7 +107,7 @@ pub fn build_world_dir(spec: &WorldSpec, out: &Path, progress: &mut dyn FnMut(Wo
             std::fs::create_dir_all(p).map_err(|e| DataError::io(p, e))?;
         }
         files.insert(rel.to_string(), sha256_hex(&bytes));
-        write_atomic(&path, &bytes)
+        Ok(atomicio::write_file(&path, &bytes)?)
     };
     let mut world_json = serde_json::to_vec_pretty(&world).map_err(|e| DataError::Check(e.to_string()))?;
     world_json.push(b'\n');

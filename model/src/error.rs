@@ -75,6 +75,12 @@ pub enum ModelError {
     Unsupported(String),
 }
 
+impl From<atomicio::Error> for ModelError {
+    fn from(e: atomicio::Error) -> Self {
+        ModelError::Io { path: e.path, source: e.source }
+    }
+}
+
 /// Result type of the model crate.
 pub type Result<T> = std::result::Result<T, ModelError>;
 

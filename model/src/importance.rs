@@ -157,7 +157,7 @@ pub fn write_importance(
     form: TaylorForm,
     extra: &std::collections::HashMap<String, String>,
 ) -> Result<()> {
-    use crate::safetensors_io::{f32_to_bytes, write_safetensors, DType, TensorToWrite};
+    use crate::safetensors_io::{f32_to_bytes, write_safetensors, FileDType, TensorToWrite};
     use std::borrow::Cow;
     let (l, f) = (state.layers, state.width);
     let scores: Vec<f32> = state.scores(form).concat();
@@ -170,16 +170,16 @@ pub fn write_importance(
     let t = |name: &str, v: &[f32]| -> Result<TensorToWrite<'static>> {
         Ok(TensorToWrite {
             name: name.into(),
-            dtype: DType::F32,
+            dtype: FileDType::F32,
             shape: vec![l, f],
-            data: Cow::Owned(f32_to_bytes(v, DType::F32)?),
+            data: Cow::Owned(f32_to_bytes(v, FileDType::F32)?),
         })
     };
     let tensors = vec![
         t("importance", &scores)?,
         t("taylor_first", &state.first)?,
         t("taylor_squared", &state.squared)?,
-        TensorToWrite { name: "ranking".into(), dtype: DType::I32, shape: vec![l, f], data: Cow::Owned(ranking) },
+        TensorToWrite { name: "ranking".into(), dtype: FileDType::I32, shape: vec![l, f], data: Cow::Owned(ranking) },
     ];
     let mut meta = extra.clone();
     meta.insert("format".into(), "medmoe-importance".into());
@@ -193,7 +193,7 @@ pub fn write_importance(
 
 /// Reads an importance file's EMA state and metadata (for resuming).
 pub fn read_taylor_state(path: &std::path::Path) -> Result<(TaylorState, std::collections::HashMap<String, String>)> {
-    let ck = crate::safetensors_io::Checkpoint::open(path)?;
+    let ck = crate::safetensors_io::SafetensorsReader::open(path)?;
     let meta = ck.metadata().cloned().unwrap_or_default();
     let bad = |msg: String| ModelError::Safetensors { path: path.to_path_buf(), msg };
     if meta.get("format").map(String::as_str) != Some("medmoe-importance") {
@@ -223,7 +223,7 @@ pub fn read_taylor_state(path: &std::path::Path) -> Result<(TaylorState, std::co
 
 /// Reads `importance [L, F]` from an importance file, checking the shape the model needs.
 pub fn read_importance(path: &std::path::Path, layers: usize, width: usize) -> Result<Vec<Vec<f32>>> {
-    let ck = crate::safetensors_io::Checkpoint::open(path)?;
+    let ck = crate::safetensors_io::SafetensorsReader::open(path)?;
     let info = ck
         .info("importance")
         .ok_or_else(|| ModelError::MissingTensor { path: path.into(), tensor: "importance".into() })?;

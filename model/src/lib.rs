@@ -8,6 +8,7 @@ pub mod batch;
 pub mod config;
 pub mod distill;
 pub mod error;
+pub mod expected_tensors;
 pub mod export;
 pub mod importance;
 pub mod init;

@@ -3,60 +3,14 @@
 
 use crate::config::Qwen3Config;
 use crate::error::{ModelError, Result};
+use crate::expected_tensors::check_tensor_files;
 use crate::moe_spec::MoeSpec;
-use crate::qwen3::{param_specs, router_bias_name, Qwen3};
-use crate::safetensors_io::{f32_to_bytes, write_checkpoint_dir, Checkpoint, DType as FileDType, TensorToWrite};
+use crate::qwen3::{router_bias_name, Qwen3};
+use crate::safetensors_io::{f32_to_bytes, write_checkpoint_dir, FileDType, SafetensorsReader, TensorToWrite};
 use autograd::DType;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-/// The safetensors dtype that config.json's `torch_dtype` names, if it names a float type.
-pub(crate) fn config_dtype(c: &Qwen3Config) -> Option<FileDType> {
-    match c.torch_dtype.as_deref()? {
-        "float32" => Some(FileDType::F32),
-        "bfloat16" => Some(FileDType::BF16),
-        "float16" => Some(FileDType::F16),
-        _ => None,
-    }
-}
-
-/// Checks every tensor that `config` (and `moe`) implies against `ckpt` (opened from `dir`): present,
-/// the shape config.json implies, a float dtype, and the dtype config.json's `torch_dtype` names.
-/// Returns each tensor's file dtype in [`param_specs`] order. Nothing is read but the headers.
-pub(crate) fn check_checkpoint(
-    dir: &Path,
-    config: &Qwen3Config,
-    moe: Option<&MoeSpec>,
-    ckpt: &Checkpoint,
-) -> Result<Vec<(String, FileDType)>> {
-    let want_dtype = config_dtype(config);
-    let specs = param_specs(config, moe);
-    let mut file_dtypes = Vec::with_capacity(specs.len());
-    for (name, shape) in &specs {
-        let info = ckpt.info(name).ok_or_else(|| ModelError::MissingTensor {
-            path: ckpt.files().first().cloned().unwrap_or_else(|| dir.to_path_buf()),
-            tensor: name.clone(),
-        })?;
-        let path = ckpt.path_of(name).map(Path::to_path_buf).unwrap_or_else(|| dir.to_path_buf());
-        let bad = |msg: String| ModelError::Tensor { path: path.clone(), tensor: name.clone(), msg };
-        if &info.shape != shape {
-            return Err(bad(format!("shape {:?} disagrees with config.json, which implies {:?}", info.shape, shape)));
-        }
-        if !matches!(info.dtype, FileDType::F32 | FileDType::BF16 | FileDType::F16) {
-            return Err(bad(format!("dtype {} is not a float type (F32, BF16, F16)", info.dtype.name())));
-        }
-        if let Some(w) = want_dtype.filter(|&w| w != info.dtype) {
-            return Err(bad(format!(
-                "dtype {} disagrees with config.json torch_dtype ({})",
-                info.dtype.name(),
-                w.name()
-            )));
-        }
-        file_dtypes.push((name.clone(), info.dtype));
-    }
-    Ok(file_dtypes)
-}
 
 impl Qwen3 {
     /// Loads `dir` with f32 parameter storage (for training and exact inference).
@@ -74,8 +28,8 @@ impl Qwen3 {
         }
         let config = Qwen3Config::from_file(&config_path)?;
         let moe = MoeSpec::from_config(&config, &config_path)?;
-        let ckpt = Checkpoint::open(dir)?;
-        let file_dtypes = check_checkpoint(dir, &config, moe.as_ref(), &ckpt)?;
+        let ckpt = SafetensorsReader::open(dir)?;
+        let file_dtypes = check_tensor_files(dir, &config, moe.as_ref(), &ckpt)?;
         let mut error = None;
         let n_layers = config.num_hidden_layers;
         let mut model = Qwen3::from_init(config, moe, storage, |name, numel| match ckpt.read_f32(name) {
@@ -149,38 +103,15 @@ impl Qwen3 {
 
     /// Saves config.json + safetensors in HF layout into a new directory `dir`, each tensor in
     /// the dtype it was loaded with (so a load/save round trip is bit-identical). The directory
-    /// appears complete or not at all (written beside it, then renamed).
+    /// appears complete or not at all ([`atomicio::write_dir`]); `dir` must not exist.
     pub fn save(&self, dir: &Path, max_shard_bytes: Option<u64>) -> Result<Vec<PathBuf>> {
         let tensors = self.tensors_to_write(false)?;
         let config = self.config_json();
-        write_dir_atomically(dir, |tmp| {
-            let io = |source| ModelError::Io { path: tmp.join("config.json"), source };
-            std::fs::write(tmp.join("config.json"), &config).map_err(io)?;
+        atomicio::write_dir(dir, |tmp| {
+            atomicio::write_file(&tmp.join("config.json"), config.as_bytes())?;
             let mut files = write_checkpoint_dir(tmp, &tensors, None, max_shard_bytes)?;
             files.push(tmp.join("config.json"));
             Ok(files.iter().filter_map(|f| f.file_name()).map(|f| dir.join(f)).collect())
         })
     }
-}
-
-/// Runs `fill` on a fresh temporary directory beside `dir`, then renames it to `dir`.
-/// `dir` must not exist yet; on any error the temporary directory is removed.
-pub fn write_dir_atomically<T>(dir: &Path, fill: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-    if dir.exists() {
-        return Err(ModelError::Invalid(format!("{} already exists; refusing to overwrite", dir.display())));
-    }
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|source| ModelError::Io { path: parent.to_path_buf(), source })?;
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp).map_err(|source| ModelError::Io { path: tmp.clone(), source })?;
-    let result = fill(&tmp).and_then(|v| {
-        std::fs::rename(&tmp, dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
-        Ok(v)
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
 }

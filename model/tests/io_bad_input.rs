@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use model::config::Qwen3Config;
 use model::error::ModelError;
-use model::safetensors_io::{write_checkpoint_dir, Checkpoint, DType, TensorToWrite};
+use model::safetensors_io::{write_checkpoint_dir, FileDType, SafetensorsReader, TensorToWrite};
 
 /// A safetensors file from a literal header and data section (header length is computed).
 fn st_bytes(header: &str, data: &[u8]) -> Vec<u8> {
@@ -23,7 +23,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 fn open_err(path: &Path) -> ModelError {
-    Checkpoint::open(path).expect_err("opening a broken checkpoint must fail")
+    SafetensorsReader::open(path).expect_err("opening a broken checkpoint must fail")
 }
 
 fn assert_names(e: &ModelError, parts: &[&str]) {
@@ -40,7 +40,7 @@ fn good_file_opens() {
     // control for the cases below: the same helper with a valid header is accepted
     let dir = tempfile::tempdir().unwrap();
     let p = write(dir.path(), "ok.safetensors", &st_bytes(GOOD_HEADER, &[0; 8]));
-    let ck = Checkpoint::open(&p).unwrap();
+    let ck = SafetensorsReader::open(&p).unwrap();
     assert_eq!(ck.read_f32("w").unwrap(), vec![0.0, 0.0]);
 }
 
@@ -207,7 +207,7 @@ fn missing_file_is_io() {
 fn missing_tensor_lookup() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(dir.path(), "ok.safetensors", &st_bytes(GOOD_HEADER, &[0; 8]));
-    let ck = Checkpoint::open(&p).unwrap();
+    let ck = SafetensorsReader::open(&p).unwrap();
     let e = ck.read_f32("lm_head.weight").unwrap_err();
     assert!(matches!(e, ModelError::MissingTensor { .. }), "{e}");
     assert_names(&e, &["ok.safetensors", "`lm_head.weight`"]);
@@ -215,10 +215,10 @@ fn missing_tensor_lookup() {
 
 /// A valid two-shard checkpoint in `dir` (tensors "a" and "b", one per shard).
 fn two_shards(dir: &Path) -> Vec<PathBuf> {
-    let t = |name: &str| TensorToWrite::from_f32(name, DType::F32, vec![2], &[1.0, 2.0]).unwrap();
+    let t = |name: &str| TensorToWrite::from_f32(name, FileDType::F32, vec![2], &[1.0, 2.0]).unwrap();
     let files = write_checkpoint_dir(dir, &[t("a"), t("b")], None, Some(8)).unwrap();
     assert_eq!(files.len(), 3);
-    Checkpoint::open(dir).unwrap();
+    SafetensorsReader::open(dir).unwrap();
     files
 }
 

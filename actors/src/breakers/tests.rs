@@ -245,7 +245,7 @@ fn actions_of_one_step_chain_their_changes() {
     let kinds: Vec<BreakerKind> = actions.iter().map(|a| a.breaker).collect();
     assert_eq!(kinds, vec![BreakerKind::Overflow, BreakerKind::Collapse]);
     assert_eq!(actions[1].changes[1].from, actions[0].changes[1].to);
-    actions.iter().for_each(|a| apply(&mut k, a));
+    actions.iter().for_each(|a| a.apply(&mut k));
     assert!((k.temperature - 0.8).abs() < 1e-6, "{k:?}");
 }
 

@@ -40,8 +40,8 @@ impl JsonlWriter {
     }
 
     /// Reopens `path` for a run resumed from `resume_step`: keeps the lines with `step <= resume_step`
-    /// (dropping a truncated last line), then appends. The kept lines are written to a temp file that
-    /// is fsynced and renamed over `path`, so a crash leaves either the old or the new file. A missing
+    /// (dropping a truncated last line), then appends. The kept lines replace `path` atomically
+    /// ([`atomicio::write_file`]), so a crash leaves either the old or the new file. A missing
     /// file is created. A complete line that is not a JSON object with an integer `step` is an error.
     pub fn open_resume(path: &Path, resume_step: u64) -> Result<JsonlWriter, MetricsError> {
         let bytes = match std::fs::read(path) {
@@ -51,7 +51,7 @@ impl JsonlWriter {
         };
         let kept = keep_until(path, &bytes, resume_step)?;
         if kept.len() != bytes.len() {
-            replace_atomically(path, &kept)?;
+            atomicio::write_file(path, &kept)?;
         }
         Ok(JsonlWriter { path: path.to_path_buf(), file: open_append(path, false)? })
     }
@@ -139,29 +139,6 @@ fn keep_until(path: &Path, bytes: &[u8], resume_step: u64) -> Result<Vec<u8>, Me
     Ok(kept)
 }
 
-/// Writes `bytes` to `<path>.resume.tmp`, fsyncs it, renames it over `path` and fsyncs the directory.
-fn replace_atomically(path: &Path, bytes: &[u8]) -> Result<(), MetricsError> {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = path.with_file_name(format!("{name}.resume.tmp"));
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(MetricsError::io(&tmp, e));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| MetricsError::io(path, e))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // Best effort: some file systems refuse to fsync a directory.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
-}
-
 /// Reads every complete line of a metrics file as JSON (a truncated last line is skipped).
 pub fn read_lines(path: &Path) -> Result<Vec<Value>, MetricsError> {
     let bytes = std::fs::read(path).map_err(|e| MetricsError::io(path, e))?;
@@ -221,7 +198,8 @@ mod tests {
         let steps: Vec<u64> = read_lines(&path).unwrap().iter().map(|v| v["step"].as_u64().unwrap()).collect();
         assert_eq!(steps, vec![0, 1, 2, 3, 4]);
         assert_eq!(read_lines(&path).unwrap()[4]["wall_time"], json!(10.0));
-        assert!(!tmp.path().join("m.jsonl.resume.tmp").exists());
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["m.jsonl"], "no temporary file is left");
         // Resuming past the end keeps everything; a missing file is created.
         drop(w);
         JsonlWriter::open_resume(&path, 100).unwrap();

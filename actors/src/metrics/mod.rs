@@ -69,6 +69,12 @@ pub enum MetricsError {
     },
 }
 
+impl From<atomicio::Error> for MetricsError {
+    fn from(e: atomicio::Error) -> Self {
+        MetricsError::Io { path: e.path, source: e.source }
+    }
+}
+
 impl MetricsError {
     /// An IO error on `path`.
     pub fn io(path: &Path, source: std::io::Error) -> MetricsError {
@@ -107,11 +113,6 @@ impl MetricsSink {
     /// The JSONL file.
     pub fn jsonl_path(&self) -> &Path {
         self.jsonl.path()
-    }
-
-    /// The event file this sink writes.
-    pub fn event_path(&self) -> &Path {
-        self.events.path()
     }
 
     /// Training scalars: one JSONL line of kind `train` and TensorBoard tags `train/<name>`.

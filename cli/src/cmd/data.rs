@@ -151,7 +151,7 @@ fn tokenizer(corpus: PathBuf, vocab: usize, min_frequency: u64, out: PathBuf) ->
     let pb = bar(1, "training");
     let config = data::tokenizer::TrainConfig { vocab_size: vocab, min_frequency };
     let tok = data::tokenizer::Tokenizer::train(docs.iter().map(|d| d.text.as_str()), &config)?;
-    let staging = data::fsutil::StagingDir::new(&out)?;
+    let staging = atomicio::StagingDir::new(&out)?;
     tok.save(staging.path())?;
     staging.commit()?;
     pb.finish_and_clear();
@@ -260,7 +260,7 @@ fn stats(dir: PathBuf, verify: bool) -> Result<()> {
 fn import_eval(format: &str, input: PathBuf, out: PathBuf) -> Result<()> {
     let format: data::eval::readers::EvalFormat = format.parse()?;
     let items = data::eval::readers::read_eval_file(&input, format)?;
-    data::fsutil::write_atomic(&out, &data::jsonl::to_jsonl(&items))?;
+    atomicio::write_file(&out, &data::jsonl::to_jsonl(&items))?;
     println!("eval       {} items from {} -> {}", items.len(), input.display(), out.display());
     Ok(())
 }

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use autograd::DType;
 use clap::{Subcommand, ValueEnum};
 use model::export::{export_dots1, export_qwen3, shared_padding};
-use model::safetensors_io::{Checkpoint, DType as FileDType};
+use model::safetensors_io::{FileDType, SafetensorsReader};
 use model::Qwen3;
 use std::path::{Path, PathBuf};
 
@@ -55,7 +55,7 @@ pub enum Format {
 /// Storage that holds the model's tensors exactly with the least memory: bf16/f16 when every
 /// weight is stored so, else f32.
 fn storage_for(dir: &Path) -> Result<DType> {
-    let ckpt = Checkpoint::open(dir)?;
+    let ckpt = SafetensorsReader::open(dir)?;
     let mut dtypes = ckpt.names().into_iter().filter(|n| !n.ends_with("e_score_correction_bias")).map(|n| {
         // Listed names always have info.
         ckpt.info(n).map(|i| i.dtype)

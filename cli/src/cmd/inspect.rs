@@ -3,7 +3,7 @@
 use anyhow::Result;
 use model::moe_spec::MoeSpec;
 use model::qwen3::param_specs;
-use model::safetensors_io::Checkpoint;
+use model::safetensors_io::SafetensorsReader;
 use model::Qwen3Config;
 use std::path::PathBuf;
 
@@ -31,7 +31,7 @@ pub fn run(a: Args) -> Result<()> {
         let moe = MoeSpec::from_config(&config, &config_path)?;
         (config, moe)
     };
-    let ckpt = Checkpoint::open(&a.model_dir)?;
+    let ckpt = SafetensorsReader::open(&a.model_dir)?;
     let c = &config;
     println!("model      {}", a.model_dir.display());
     match &moe {

@@ -2,7 +2,7 @@
 
 use crate::ids::parse_id_rows;
 use anyhow::{Context, Result};
-use model::safetensors_io::{write_safetensors, DType, TensorToWrite};
+use model::safetensors_io::{write_safetensors, FileDType, TensorToWrite};
 use model::{Qwen3, TokenBatch};
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -31,7 +31,7 @@ pub fn run(a: Args) -> Result<()> {
     let bytes: Vec<u8> = logits.iter().flat_map(|x| x.to_le_bytes()).collect();
     let tensor = TensorToWrite {
         name: "logits".into(),
-        dtype: DType::F32,
+        dtype: FileDType::F32,
         shape: vec![batch.b, batch.t, v],
         data: Cow::Owned(bytes),
     };

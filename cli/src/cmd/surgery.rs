@@ -30,8 +30,9 @@ pub struct Args {
     /// How expert slots beyond the available neurons are filled.
     #[arg(long, value_enum, default_value_t = Fill::Overlap)]
     pub fill: Fill,
-    /// Router initialisation.
-    #[arg(long, value_enum, default_value_t = Router::Zeros)]
+    /// Router initialisation. No value lets two experts tie (runtimes break ties differently, so an
+    /// export would not compute what we compute); the old `zeros` is `near-uniform` now.
+    #[arg(long, value_enum, default_value_t = Router::Centroids)]
     pub router_init: Router,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
@@ -68,10 +69,12 @@ pub enum Fill {
 /// `--router-init` values.
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Router {
-    /// Zeros (uniform routing).
-    Zeros,
-    /// k-means / expert centroids.
+    /// Each expert's row is the gate half of its neurons' centroid: tokens go to the expert whose
+    /// neurons they activate, so the converted model routes meaningfully before training.
     Centroids,
+    /// Near-uniform routing (probabilities within a few percent of 1/E): seeded normal(0, 0.01/sqrt(D)),
+    /// small enough to start as uniform as an all-zero router, without its ties.
+    NearUniform,
     /// Small random normal(0, 0.02).
     Random,
 }
@@ -120,7 +123,7 @@ pub fn run(a: Args) -> Result<()> {
             Fill::DropUpcycle => FillStrategy::DropUpcycle,
         },
         router_init: match a.router_init {
-            Router::Zeros => RouterInit::Zeros,
+            Router::NearUniform => RouterInit::NearUniform,
             Router::Centroids => RouterInit::Centroids,
             Router::Random => RouterInit::SmallRandom,
         },

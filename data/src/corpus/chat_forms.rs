@@ -4,8 +4,8 @@
 //! The diagnosis chats map symptoms to a disease and never name a drug; the treatment chats name
 //! the disease, never its symptoms (see `presentation`).
 
+use super::form::{singular, Ctx, Form, Rendered};
 use super::text::{article, cap, list_and, pick, shuffled};
-use super::{singular, Ctx, Form, Rendered};
 use crate::chat::{strip_rationale, with_rationale, Message};
 use crate::error::Result;
 use rand::Rng;

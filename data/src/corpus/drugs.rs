@@ -1,8 +1,8 @@
 //! Drug forms (label, pharmacology, dosing, interactions, contraindications) and the reference
 //! forms about drug classes, laboratory tests and pathogens. None lists a disease's symptoms.
 
+use super::form::{singular, Ctx, Form, Rendered};
 use super::text::{article, cap, lab_number, list_and, pick};
-use super::{singular, Ctx, Form, Rendered};
 use crate::error::Result;
 use crate::world::Direction;
 use rand::Rng;

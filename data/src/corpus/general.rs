@@ -2,9 +2,9 @@
 //! and general chats. It keeps the model's general ability in view while it learns medicine.
 
 use super::chat_forms::conversation;
+use super::form::{Ctx, Form, Rendered};
 use super::general_vocab::*;
 use super::text::{cap, pick};
-use super::{Ctx, Form, Rendered};
 use crate::error::Result;
 use rand::Rng;
 

@@ -2,8 +2,8 @@
 //!
 //! Invariant: these forms never list a disease's symptoms (see `presentation`).
 
+use super::form::{singular, Ctx, Form, Rendered};
 use super::text::{article, list_and, pick};
-use super::{singular, Ctx, Form, Rendered};
 use crate::error::Result;
 use rand::Rng;
 

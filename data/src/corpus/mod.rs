@@ -6,6 +6,7 @@
 
 mod chat_forms;
 mod drugs;
+mod form;
 mod general;
 mod general_vocab;
 mod management;
@@ -13,10 +14,7 @@ mod presentation;
 mod schedule;
 pub(crate) mod text;
 
-use crate::chat::{ChatTemplate, Message};
-use crate::error::Result;
-use crate::world::World;
-use rand_chacha::ChaCha8Rng;
+use crate::chat::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -76,37 +74,6 @@ impl Default for CorpusConfig {
             .collect();
         CorpusConfig { tokens: 2_000_000, shares }
     }
-}
-
-/// What a form needs: the world, the corpus RNG stream and the chat template.
-pub(crate) struct Ctx<'a> {
-    pub w: &'a World,
-    pub rng: ChaCha8Rng,
-    pub chat: &'a ChatTemplate,
-}
-
-/// A form's output.
-pub(crate) struct Rendered {
-    pub text: String,
-    pub topic: String,
-    pub messages: Option<Vec<Message>>,
-}
-
-impl Rendered {
-    fn medical(text: String, topic: &str) -> Self {
-        Rendered { text, topic: topic.to_string(), messages: None }
-    }
-}
-
-/// A named way of rendering one subject (an entity index or, for general forms, a counter).
-pub(crate) struct Form {
-    pub name: &'static str,
-    pub run: fn(&mut Ctx, usize) -> Result<Rendered>,
-}
-
-/// `kolase inhibitors` -> `kolase inhibitor`.
-pub(crate) fn singular(plural: &str) -> String {
-    plural.strip_suffix('s').unwrap_or(plural).to_string()
 }
 
 /// Names of all forms, by domain (for docs and tests).

@@ -3,8 +3,8 @@
 //! Invariant: these forms never name a drug, so the chain symptoms -> disease -> first-line drug
 //! is never written down in one document (the two-hop evaluation depends on it).
 
+use super::form::{Ctx, Form, Rendered};
 use super::text::{abnormal_value, article, cap, lab_number, list_and, pick, shuffled};
-use super::{Ctx, Form, Rendered};
 use crate::error::Result;
 use crate::world::Disease;
 use rand::Rng;

@@ -1,8 +1,11 @@
 //! Mixing the forms into a corpus of a given size, deterministically.
 
+use super::form::{Ctx, Form};
 use super::*;
-use crate::error::DataError;
+use crate::chat::ChatTemplate;
+use crate::error::{DataError, Result};
 use crate::rng::sub_rng;
+use crate::world::World;
 use rand::seq::SliceRandom;
 use std::collections::VecDeque;
 

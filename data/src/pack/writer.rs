@@ -8,8 +8,9 @@
 use super::format::*;
 use crate::corpus::Document;
 use crate::error::{DataError, Result};
-use crate::fsutil::{sha256_hex, write_atomic, write_json_atomic, StagingDir};
+use crate::fsutil::{sha256_hex, write_json_atomic};
 use crate::tokenizer::Tokenizer;
+use atomicio::StagingDir;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -140,8 +141,8 @@ impl Packer<'_> {
             index_sha256: sha256_hex(&index),
             tokenizer_sha256: self.tokenizer_sha256.clone(),
         };
-        write_atomic(&self.dir.join(&meta.tokens_file), &bytes)?;
-        write_atomic(&self.dir.join(&meta.index_file), &index)?;
+        atomicio::write_file(&self.dir.join(&meta.tokens_file), &bytes)?;
+        atomicio::write_file(&self.dir.join(&meta.index_file), &index)?;
         write_json_atomic(&self.dir.join(format!("{name}.json")), &meta)?;
         self.metas.push(meta);
         Ok(())

@@ -26,7 +26,7 @@ use super::{base_config, check_out, config_text, export_dtype, values, write_exp
 use crate::error::{ModelError, Result};
 use crate::moe_spec::MoeSpec;
 use crate::qwen3::{router_bias_name, Qwen3};
-use crate::safetensors_io::{DType as FileDType, TensorToWrite};
+use crate::safetensors_io::{FileDType, TensorToWrite};
 use autograd::ops::RouterWeighting;
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -18,10 +18,10 @@
 use super::dots1::MEDMOE_KEY;
 use crate::config::Qwen3Config;
 use crate::error::{ModelError, Result};
-use crate::load::config_dtype;
+use crate::expected_tensors::config_dtype;
 use crate::moe_spec::MoeSpec;
 use crate::qwen3::{param_specs, router_bias_name, Qwen3};
-use crate::safetensors_io::{Checkpoint, DType as FileDType};
+use crate::safetensors_io::{FileDType, SafetensorsReader};
 use autograd::ops::RouterWeighting;
 use autograd::DType;
 use serde_json::Value;
@@ -215,7 +215,7 @@ impl Source {
 
 /// Shape, dtype and layout checks of the checkpoint against the Dots1 config.
 struct Locator<'a> {
-    ckpt: &'a Checkpoint,
+    ckpt: &'a SafetensorsReader,
     dir: &'a Path,
     want_dtype: Option<FileDType>,
     /// E, W, D, P.
@@ -300,7 +300,7 @@ impl Locator<'_> {
 /// Reads tensors through [`Source`]s. A tensor read in parts (a layer's fused expert tensors,
 /// a padded shared expert) stays cached while it is among the last two, so each is decoded once.
 struct Reader<'a> {
-    ckpt: &'a Checkpoint,
+    ckpt: &'a SafetensorsReader,
     cache: Vec<(String, Vec<f32>)>,
 }
 
@@ -333,7 +333,7 @@ pub(crate) fn load_dots1(dir: &Path, storage: DType) -> Result<Qwen3> {
     let mut config = Qwen3Config::from_json_accepting(&text, &path, &["dots1"])?;
     let fields = Fields { config: &config, path: &path };
     let moe = fields.read_moe()?;
-    let ckpt = Checkpoint::open(dir)?;
+    let ckpt = SafetensorsReader::open(dir)?;
     let (l, d) = (config.num_hidden_layers, config.hidden_size);
     let loc =
         Locator { ckpt: &ckpt, dir, want_dtype: config_dtype(&config), e: moe.experts, w: moe.width, d, p: moe.padded };

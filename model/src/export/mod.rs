@@ -13,7 +13,7 @@
 //! which is lossless, because HF configs name a single `dtype`.
 //!
 //! Architecture Invariant: an export directory appears complete or not at all
-//! ([`crate::load::write_dir_atomically`]).
+//! ([`atomicio::write_dir`]).
 
 mod dots1;
 mod dots1_load;
@@ -23,10 +23,9 @@ pub use dots1::{export_dots1, shared_padding, MEDMOE_KEY};
 pub(crate) use dots1_load::{is_dots1_config, load_dots1};
 pub use qwen3::export_qwen3;
 
-use crate::error::{ModelError, Result};
-use crate::load::write_dir_atomically;
+use crate::error::Result;
 use crate::qwen3::{ag, Qwen3};
-use crate::safetensors_io::{write_checkpoint_dir, DType as FileDType, TensorToWrite};
+use crate::safetensors_io::{write_checkpoint_dir, FileDType, TensorToWrite};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -51,10 +50,7 @@ pub(crate) fn hf_dtype_name(d: FileDType) -> &'static str {
 
 /// Fails early (before any work) when `out` exists; the atomic writer checks again.
 pub(crate) fn check_out(out: &Path) -> Result<()> {
-    if out.exists() {
-        return Err(ModelError::Invalid(format!("{} already exists; refusing to overwrite", out.display())));
-    }
-    Ok(())
+    Ok(atomicio::ensure_absent(out)?)
 }
 
 /// The f32 values of parameter `name`.
@@ -66,9 +62,9 @@ pub(crate) fn values(model: &Qwen3, name: &str) -> Result<Vec<f32>> {
 /// metadata `save_pretrained` writes) into the new directory `out`, atomically.
 pub(crate) fn write_export(out: &Path, config: &str, tensors: &[TensorToWrite]) -> Result<Vec<PathBuf>> {
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_dir_atomically(out, |tmp| {
+    atomicio::write_dir(out, |tmp| {
         let path = tmp.join("config.json");
-        std::fs::write(&path, config).map_err(|e| ModelError::io(&path, e))?;
+        atomicio::write_file(&path, config.as_bytes())?;
         let mut files = write_checkpoint_dir(tmp, tensors, Some(&metadata), None)?;
         files.push(path);
         Ok(files.iter().filter_map(|f| f.file_name()).map(|f| out.join(f)).collect())

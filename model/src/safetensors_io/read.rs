@@ -10,17 +10,17 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 use super::{
-    byte_len, decode_f32, decode_i64, DType, TensorInfo, INDEX_FILE_NAME, MAX_HEADER_BYTES, OTHER_SAFETENSORS_DTYPES,
-    SINGLE_FILE_NAME,
+    byte_len, decode_f32, decode_i64, FileDType, TensorInfo, INDEX_FILE_NAME, MAX_HEADER_BYTES,
+    OTHER_SAFETENSORS_DTYPES, SINGLE_FILE_NAME,
 };
 use crate::error::{ModelError, Result};
 
 /// A checkpoint opened for reading: one `.safetensors` file or the shards of an HF sharded checkpoint, each
-/// memory-mapped. All headers are validated by [`Checkpoint::open`]; tensor bytes are borrowed from the mappings.
+/// memory-mapped. All headers are validated by [`SafetensorsReader::open`]; tensor bytes are borrowed from the mappings.
 ///
 /// The files must not be modified or truncated while the checkpoint is open (as with any memory map; a
 /// truncated file would fault on access).
-pub struct Checkpoint {
+pub struct SafetensorsReader {
     /// What was opened (a file or a directory); names the checkpoint in [`ModelError::MissingTensor`].
     root: PathBuf,
     files: Vec<PathBuf>,
@@ -37,9 +37,9 @@ struct Entry {
     end: usize,
 }
 
-impl fmt::Debug for Checkpoint {
+impl fmt::Debug for SafetensorsReader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Checkpoint")
+        f.debug_struct("SafetensorsReader")
             .field("root", &self.root)
             .field("files", &self.files)
             .field("tensors", &self.tensors.len())
@@ -48,7 +48,7 @@ impl fmt::Debug for Checkpoint {
     }
 }
 
-impl Checkpoint {
+impl SafetensorsReader {
     /// Opens `path`: a directory holding `model.safetensors.index.json` (sharded) or `model.safetensors`, a path to
     /// one `.safetensors` file, or a path to an index `.json` file.
     pub fn open(path: &Path) -> Result<Self> {
@@ -88,7 +88,7 @@ impl Checkpoint {
                 Entry { info: TensorInfo { dtype: t.dtype, shape: t.shape, file: 0 }, start: t.start, end: t.end },
             );
         }
-        Ok(Checkpoint {
+        Ok(SafetensorsReader {
             root: root.to_path_buf(),
             files: vec![file.to_path_buf()],
             maps: vec![parsed.map],
@@ -215,7 +215,7 @@ impl Checkpoint {
                 });
             }
         }
-        Ok(Checkpoint { root: root.to_path_buf(), files, maps, first_metadata, tensors, total_bytes })
+        Ok(SafetensorsReader { root: root.to_path_buf(), files, maps, first_metadata, tensors, total_bytes })
     }
 
     /// The path that was opened (a file, or the checkpoint directory).
@@ -284,7 +284,7 @@ impl Checkpoint {
         decode_i64(bytes, dtype).ok_or_else(|| self.dtype_err(name, dtype, "i64", "I64, I32 or U32"))
     }
 
-    fn dtype_err(&self, name: &str, dtype: DType, to: &str, accepted: &str) -> ModelError {
+    fn dtype_err(&self, name: &str, dtype: FileDType, to: &str, accepted: &str) -> ModelError {
         ModelError::Tensor {
             path: self.path_of(name).map(Path::to_path_buf).unwrap_or_default(),
             tensor: name.to_string(),
@@ -333,7 +333,7 @@ impl<'de> Deserialize<'de> for OrderedObject {
 /// One validated tensor of a file, with absolute byte offsets into the mapping.
 struct RawTensor {
     name: String,
-    dtype: DType,
+    dtype: FileDType,
     shape: Vec<usize>,
     start: usize,
     end: usize,
@@ -357,8 +357,8 @@ fn parse_file(path: &Path) -> Result<ParsedFile> {
     if len < 8 {
         return Err(file_err(format!("file is {len} bytes, shorter than the 8-byte header length (truncated?)")));
     }
-    // SAFETY: the mapping is read-only and lives as long as the Checkpoint. Like every memory-mapped reader we rely
-    // on the file not being modified or truncated while it is open (documented on `Checkpoint`).
+    // SAFETY: the mapping is read-only and lives as long as the SafetensorsReader. Like every memory-mapped reader we rely
+    // on the file not being modified or truncated while it is open (documented on `SafetensorsReader`).
     let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
     let (len_bytes, rest) = map.split_at_checked(8).ok_or_else(|| file_err("file shrank while opening".into()))?;
     let mut n8 = [0u8; 8];
@@ -485,12 +485,12 @@ fn parse_metadata(path: &Path, v: Value) -> Result<HashMap<String, String>> {
 }
 
 /// Parses `{"dtype": .., "shape": [..], "data_offsets": [s, e]}` (offsets relative to the data section).
-fn parse_tensor_entry(v: Value) -> std::result::Result<(DType, Vec<usize>, u64, u64), String> {
+fn parse_tensor_entry(v: Value) -> std::result::Result<(FileDType, Vec<usize>, u64, u64), String> {
     let Value::Object(m) = v else {
         return Err("header entry is not a JSON object".into());
     };
     let dtype = match m.get("dtype") {
-        Some(Value::String(s)) => match DType::parse(s) {
+        Some(Value::String(s)) => match FileDType::parse(s) {
             Some(d) => d,
             None if OTHER_SAFETENSORS_DTYPES.contains(&s.as_str()) => {
                 return Err(format!("dtype {s} is not supported by medmoe"))

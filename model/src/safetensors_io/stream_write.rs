@@ -5,15 +5,14 @@
 //! Header keys are in name order, like [`super::write_checkpoint_dir`]; the data section is laid out in the order
 //! the tensors are given (the order the producer can make them in, e.g. layer by layer), which the format allows
 //! (a reader locates every tensor by its `data_offsets`). Shards are cut in that order too, as HF's
-//! `save_pretrained` cuts a state dict. Each file is written to `<name>.tmp`, fsynced and renamed.
+//! `save_pretrained` cuts a state dict. Each file is written atomically ([`atomicio::write_file_with`]).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{byte_len, DType, INDEX_FILE_NAME, SINGLE_FILE_NAME};
+use super::{byte_len, FileDType, INDEX_FILE_NAME, SINGLE_FILE_NAME};
 use crate::error::{ModelError, Result};
 
 /// HF `save_pretrained`'s default shard size ("5GB").
@@ -25,7 +24,7 @@ pub struct TensorSpec {
     /// Tensor name (unique, not `__metadata__`).
     pub name: String,
     /// Element type.
-    pub dtype: DType,
+    pub dtype: FileDType,
     /// Shape.
     pub shape: Vec<usize>,
 }
@@ -37,7 +36,7 @@ pub struct TensorSpec {
 /// `produce(i)` returns the little-endian bytes of `tensors[i]`; it is called once per tensor, for `i` in
 /// increasing order, and its result must be exactly `numel * dtype.size()` bytes long. `progress(done, total)`
 /// is told the bytes written so far after each tensor. Returns the written files. On error the file being
-/// written is removed (the caller makes the directory itself atomic, e.g. with `write_dir_atomically`).
+/// written is removed (the caller makes the directory itself atomic, e.g. with [`atomicio::write_dir`]).
 pub fn write_checkpoint_streaming<'a>(
     dir: &Path,
     tensors: &[TensorSpec],
@@ -77,7 +76,7 @@ pub fn write_checkpoint_streaming<'a>(
         };
         let path = dir.join(&name);
         let header = header_bytes(&tensors[range.clone()], &sizes[range.clone()], metadata);
-        write_atomically(&path, |w| {
+        atomicio::write_file_with(&path, |w| {
             w.write_all(&(header.len() as u64).to_le_bytes()).map_err(|e| ModelError::io(&path, e))?;
             w.write_all(&header).map_err(|e| ModelError::io(&path, e))?;
             for i in range.clone() {
@@ -112,7 +111,7 @@ pub fn write_checkpoint_streaming<'a>(
         let mut text = serde_json::to_string_pretty(&index)
             .map_err(|e| ModelError::Safetensors { path: index_path.clone(), msg: format!("cannot serialise: {e}") })?;
         text.push('\n');
-        write_atomically(&index_path, |w| w.write_all(text.as_bytes()).map_err(|e| ModelError::io(&index_path, e)))?;
+        atomicio::write_file(&index_path, text.as_bytes())?;
         paths.push(index_path);
     }
     Ok(paths)
@@ -174,50 +173,27 @@ fn header_bytes(tensors: &[TensorSpec], sizes: &[u64], metadata: Option<&HashMap
     bytes
 }
 
-/// Writes through `fill` into `<path>.tmp`, fsyncs, renames over `path`, then fsyncs the directory (best
-/// effort). On error the temporary file is removed.
-fn write_atomically(path: &Path, fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
-    let mut tmp = path.as_os_str().to_os_string();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let result = (|| -> Result<()> {
-        let file = File::create(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        fill(&mut w)?;
-        let f = w.into_inner().map_err(|e| ModelError::io(path, e.into_error()))?;
-        f.sync_all().map_err(|e| ModelError::io(path, e))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-        return result;
-    }
-    if let Some(parent) = path.parent() {
-        let dir = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::safetensors_io::{write_checkpoint_dir, Checkpoint, TensorToWrite};
+    use crate::safetensors_io::{write_checkpoint_dir, SafetensorsReader, TensorToWrite};
+    use std::fs;
 
     fn specs() -> Vec<(TensorSpec, Vec<u8>)> {
         // Deliberately not in name order: data goes in the given order, header keys in name order.
-        [("b.weight", DType::F32, vec![2, 3]), ("a.weight", DType::BF16, vec![5]), ("c", DType::I32, vec![4, 1])]
-            .into_iter()
-            .enumerate()
-            .map(|(k, (n, dtype, shape))| {
-                let len = byte_len(dtype, &shape).unwrap();
-                let bytes = (0..len).map(|i| (i * 7 + k * 31) as u8).collect();
-                (TensorSpec { name: n.into(), dtype, shape }, bytes)
-            })
-            .collect()
+        [
+            ("b.weight", FileDType::F32, vec![2, 3]),
+            ("a.weight", FileDType::BF16, vec![5]),
+            ("c", FileDType::I32, vec![4, 1]),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(k, (n, dtype, shape))| {
+            let len = byte_len(dtype, &shape).unwrap();
+            let bytes = (0..len).map(|i| (i * 7 + k * 31) as u8).collect();
+            (TensorSpec { name: n.into(), dtype, shape }, bytes)
+        })
+        .collect()
     }
 
     #[test]
@@ -250,7 +226,7 @@ mod tests {
                     4
                 }
             );
-            let ck = Checkpoint::open(dir.path()).unwrap();
+            let ck = SafetensorsReader::open(dir.path()).unwrap();
             for (s, bytes) in &t {
                 assert_eq!(ck.info(&s.name).unwrap().shape, s.shape);
                 assert_eq!(ck.bytes(&s.name).unwrap(), &bytes[..], "{}", s.name);

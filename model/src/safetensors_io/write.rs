@@ -1,8 +1,8 @@
 //! Atomic writing of safetensors files and HF-layout checkpoint directories.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::{byte_len, TensorToWrite, INDEX_FILE_NAME, SINGLE_FILE_NAME};
@@ -11,7 +11,8 @@ use crate::error::{ModelError, Result};
 /// Writes one `.safetensors` file: header (tensors in name order, `__metadata__` first when given, keys sorted,
 /// padded with spaces to a multiple of 8 bytes like the reference implementation), then the data in name order.
 ///
-/// The write is atomic: `<path>.tmp` is written, fsynced and renamed over `path`. Inputs are validated before
+/// The write is atomic ([`atomicio::write_file_with`]: a temporary sibling is written, fsynced and renamed over
+/// `path`). Inputs are validated before
 /// anything is created (duplicate names, a tensor named `__metadata__`, data length != shape x dtype size); on
 /// any error the temporary file is removed and `path` is left as it was.
 pub fn write_safetensors(
@@ -86,7 +87,7 @@ pub fn write_checkpoint_dir(
             })?;
             text.push('\n');
             let index_path = dir.join(INDEX_FILE_NAME);
-            write_atomically(&index_path, |w| w.write_all(text.as_bytes()))?;
+            atomicio::write_file(&index_path, text.as_bytes())?;
             paths.push(index_path);
             paths
         }
@@ -207,69 +208,34 @@ fn write_file(path: &Path, tensors: &[&TensorToWrite], metadata: Option<&HashMap
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     check_tensors(path, &sorted)?;
     let header = header_bytes(&sorted, metadata);
-    write_atomically(path, |w| {
-        w.write_all(&(header.len() as u64).to_le_bytes())?;
-        w.write_all(&header)?;
+    atomicio::write_file_with(path, |w| {
+        let mut put = |bytes: &[u8]| w.write_all(bytes).map_err(|e| ModelError::io(path, e));
+        put(&(header.len() as u64).to_le_bytes())?;
+        put(&header)?;
         for t in &sorted {
-            w.write_all(&t.data)?;
+            put(&t.data)?;
         }
         Ok(())
     })
-}
-
-/// `<path>.tmp` next to `path`.
-fn tmp_path(path: &Path) -> Result<PathBuf> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| ModelError::Safetensors { path: path.to_path_buf(), msg: "not a file path".into() })?;
-    let mut tmp = name.to_os_string();
-    tmp.push(".tmp");
-    Ok(path.with_file_name(tmp))
-}
-
-/// Writes through `fill` into `<path>.tmp`, fsyncs, renames over `path`, then fsyncs the directory (best effort).
-/// On error the temporary file is removed.
-fn write_atomically(path: &Path, fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> Result<()> {
-    let tmp = tmp_path(path)?;
-    let result = (|| -> std::io::Result<()> {
-        let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-        fill(&mut w)?;
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(ModelError::io(path, e));
-    }
-    if let Some(parent) = path.parent() {
-        let dir = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-        // Not every platform / filesystem can fsync a directory; the data itself is already durable.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use std::borrow::Cow;
 
-    use super::super::{Checkpoint, DType, TensorToWrite};
+    use super::super::{FileDType, SafetensorsReader, TensorToWrite};
     use super::*;
 
     fn sample() -> Vec<TensorToWrite<'static>> {
         let vals: Vec<f32> = (0..24).map(|i| (i as f32 - 7.3) * 0.37).collect();
         let ints: Vec<u8> = [-3i64, 0, 1 << 40].iter().flat_map(|v| v.to_le_bytes()).collect();
         vec![
-            TensorToWrite::from_f32("b.weight", DType::BF16, vec![4, 6], &vals).unwrap(),
-            TensorToWrite::from_f32("a.weight", DType::F32, vec![2, 3, 4], &vals).unwrap(),
-            TensorToWrite::from_f32("c.half", DType::F16, vec![24], &vals).unwrap(),
-            TensorToWrite { name: "ids".into(), dtype: DType::I64, shape: vec![3], data: Cow::Owned(ints) },
-            TensorToWrite { name: "empty".into(), dtype: DType::F32, shape: vec![0, 5], data: Cow::Owned(vec![]) },
-            TensorToWrite { name: "scalar".into(), dtype: DType::U8, shape: vec![], data: Cow::Owned(vec![7]) },
+            TensorToWrite::from_f32("b.weight", FileDType::BF16, vec![4, 6], &vals).unwrap(),
+            TensorToWrite::from_f32("a.weight", FileDType::F32, vec![2, 3, 4], &vals).unwrap(),
+            TensorToWrite::from_f32("c.half", FileDType::F16, vec![24], &vals).unwrap(),
+            TensorToWrite { name: "ids".into(), dtype: FileDType::I64, shape: vec![3], data: Cow::Owned(ints) },
+            TensorToWrite { name: "empty".into(), dtype: FileDType::F32, shape: vec![0, 5], data: Cow::Owned(vec![]) },
+            TensorToWrite { name: "scalar".into(), dtype: FileDType::U8, shape: vec![], data: Cow::Owned(vec![7]) },
         ]
     }
 
@@ -286,8 +252,8 @@ mod tests {
         let path = dir.path().join("t.safetensors");
         let tensors = sample();
         write_safetensors(&path, &tensors, Some(&meta())).unwrap();
-        assert!(!dir.path().join("t.safetensors.tmp").exists());
-        let ck = Checkpoint::open(&path).unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left");
+        let ck = SafetensorsReader::open(&path).unwrap();
         assert_eq!(ck.names(), vec!["a.weight", "b.weight", "c.half", "empty", "ids", "scalar"]);
         for t in &tensors {
             assert_eq!(ck.bytes(&t.name).unwrap(), &t.data[..], "{}", t.name);
@@ -321,7 +287,7 @@ mod tests {
         let a = dir.path().join("a.safetensors");
         let b = dir.path().join("b.safetensors");
         write_safetensors(&a, &sample(), Some(&meta())).unwrap();
-        let ck = Checkpoint::open(&a).unwrap();
+        let ck = SafetensorsReader::open(&a).unwrap();
         let again: Vec<TensorToWrite> = ck
             .names()
             .into_iter()
@@ -361,14 +327,14 @@ mod tests {
             .iter()
             .map(|t| {
                 let dt = match t.dtype {
-                    DType::F32 => safetensors::Dtype::F32,
-                    DType::F16 => safetensors::Dtype::F16,
-                    DType::BF16 => safetensors::Dtype::BF16,
-                    DType::I64 => safetensors::Dtype::I64,
-                    DType::I32 => safetensors::Dtype::I32,
-                    DType::U32 => safetensors::Dtype::U32,
-                    DType::U8 => safetensors::Dtype::U8,
-                    DType::BOOL => safetensors::Dtype::BOOL,
+                    FileDType::F32 => safetensors::Dtype::F32,
+                    FileDType::F16 => safetensors::Dtype::F16,
+                    FileDType::BF16 => safetensors::Dtype::BF16,
+                    FileDType::I64 => safetensors::Dtype::I64,
+                    FileDType::I32 => safetensors::Dtype::I32,
+                    FileDType::U32 => safetensors::Dtype::U32,
+                    FileDType::U8 => safetensors::Dtype::U8,
+                    FileDType::BOOL => safetensors::Dtype::BOOL,
                 };
                 let v = safetensors::tensor::TensorView::new(dt, t.shape.clone(), &t.data).unwrap();
                 (t.name.clone(), v)
@@ -376,7 +342,7 @@ mod tests {
             .collect();
         let ref_path = dir.path().join("ref.safetensors");
         safetensors::serialize_to_file(views, &Some(meta()), &ref_path).unwrap();
-        let ck = Checkpoint::open(&ref_path).unwrap();
+        let ck = SafetensorsReader::open(&ref_path).unwrap();
         for t in &tensors {
             assert_eq!(ck.bytes(&t.name).unwrap(), &t.data[..]);
             assert_eq!(ck.info(&t.name).unwrap().shape, t.shape);
@@ -406,7 +372,7 @@ mod tests {
         assert_eq!(index["weight_map"]["b.weight"], "model-00002-of-00003.safetensors");
         assert_eq!(index["weight_map"]["c.half"], "model-00002-of-00003.safetensors");
         assert_eq!(index["weight_map"]["ids"], "model-00003-of-00003.safetensors");
-        let ck = Checkpoint::open(dir.path()).unwrap();
+        let ck = SafetensorsReader::open(dir.path()).unwrap();
         assert_eq!(ck.files(), &files[..3]);
         assert_eq!(ck.len(), tensors.len());
         assert_eq!(ck.total_bytes(), 217);
@@ -417,14 +383,14 @@ mod tests {
         assert_eq!(ck.path_of("ids"), Some(files[2].as_path()));
         assert_eq!(ck.info("b.weight").unwrap().file, 1);
         // the index file itself can be opened too
-        assert_eq!(Checkpoint::open(&files[3]).unwrap().len(), tensors.len());
+        assert_eq!(SafetensorsReader::open(&files[3]).unwrap().len(), tensors.len());
 
         // re-writing as one file removes the shards and the index
         let files = write_checkpoint_dir(dir.path(), &tensors, None, None).unwrap();
         assert_eq!(files, vec![dir.path().join("model.safetensors")]);
         let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1);
-        let ck = Checkpoint::open(dir.path()).unwrap();
+        let ck = SafetensorsReader::open(dir.path()).unwrap();
         assert_eq!(ck.files(), &files[..]);
         assert_eq!(ck.metadata(), None);
     }
@@ -447,7 +413,7 @@ mod tests {
         let e = write_safetensors(&path, &sample(), None).unwrap_err();
         assert!(matches!(e, ModelError::Io { .. }), "{e}");
         assert!(path.is_dir());
-        assert!(!dir.path().join("bad.safetensors.tmp").exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "only the blocking directory is left");
         // the checkpoint directory must exist
         let e = write_checkpoint_dir(&dir.path().join("nope"), &sample(), None, None).unwrap_err();
         assert!(matches!(e, ModelError::Io { .. }), "{e}");
@@ -464,6 +430,6 @@ mod tests {
     #[test]
     fn checkpoint_is_send_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
-        assert_send_sync::<Checkpoint>();
+        assert_send_sync::<SafetensorsReader>();
     }
 }

@@ -1,4 +1,12 @@
 //! Builds the MoE model from a dense one and a neuron plan per layer.
+//!
+//! Router initialisation never lets two experts tie exactly. Top-1 routing breaks an exact tie by
+//! whatever order its runtime happens to use (our argmax takes the first expert, transformers'
+//! `topk` another), so a tie would make an export compute something else than we do: an all-zero
+//! router, for instance, ties every expert for every token, and a Dots1 export of it differed from
+//! our logits by 0.37. Hence there is no `zeros` init: [`RouterInit::NearUniform`] is its tie-free
+//! replacement, and any two bit-identical router rows (e.g. centroids of duplicate or all-zero
+//! neurons) are told apart by a near-uniform perturbation ([`break_exact_ties`]).
 
 use super::plan::{normalised_rows, plan_layer, FillStrategy, LayerPlan, Slot, SplitStrategy, Widths};
 use crate::error::{ModelError, Result};
@@ -10,15 +18,70 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::collections::HashMap;
 
-/// How router weights start.
+/// How router weights `[E, D]` start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RouterInit {
-    /// All zeros: uniform routing until trained.
-    Zeros,
-    /// Each expert's row is the gate half of its neurons' centroid (normalised gate/up space).
+    /// Near-uniform routing: normal(0, [`near_uniform_std`]`(D)`) = 0.01 / sqrt(D), so router
+    /// logits have a std of about 0.01 x the RMS of the normalised hidden state (routing
+    /// probabilities within a few percent of 1/E) while no two experts tie (the seeded replacement of an
+    /// all-zero router, whose ties runtimes break differently).
+    NearUniform,
+    /// Each expert's row is the gate half of its neurons' centroid (normalised gate/up space):
+    /// a token goes to the expert whose neurons its gate activations favour, so the converted
+    /// model routes meaningfully before any training. The default.
     Centroids,
     /// normal(0, 0.02).
     SmallRandom,
+}
+
+impl RouterInit {
+    /// Every init, in the order of the CLI's `--router-init` values.
+    pub const ALL: [RouterInit; 3] = [RouterInit::NearUniform, RouterInit::Centroids, RouterInit::SmallRandom];
+
+    /// The name the CLI and run configs use (`near-uniform`, `centroids`, `random`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RouterInit::NearUniform => "near-uniform",
+            RouterInit::Centroids => "centroids",
+            RouterInit::SmallRandom => "random",
+        }
+    }
+
+    /// The init called `name` ([`RouterInit::name`]); `zeros`, which was removed, gets an error saying why.
+    pub fn from_name(name: &str) -> Result<Self> {
+        if let Some(init) = Self::ALL.into_iter().find(|i| i.name() == name) {
+            return Ok(init);
+        }
+        let known = Self::ALL.map(Self::name).join(", ");
+        Err(ModelError::Invalid(if name == "zeros" {
+            format!(
+                "router init `zeros` was removed: an all-zero router ties every expert, runtimes break the tie \
+                 differently and an export would not compute what we compute; use `near-uniform` (or {known})"
+            )
+        } else {
+            format!("unknown router init `{name}` (known: {known})")
+        }))
+    }
+}
+
+/// Std of [`RouterInit::NearUniform`] for hidden size `d`: 0.01 / sqrt(d).
+pub fn near_uniform_std(d: usize) -> f32 {
+    0.01 / (d.max(1) as f32).sqrt()
+}
+
+/// Adds a near-uniform perturbation (drawn from `rng`) to every row of `router [E, D]` that is
+/// bit-identical to an earlier row, so no two experts tie for every token. Rows that are already
+/// distinct are left alone and nothing is drawn, so random inits keep their exact values.
+pub fn break_exact_ties(router: &mut [f32], d: usize, rng: &mut StdRng) {
+    let rows = router.len() / d.max(1);
+    for e in 1..rows {
+        let row = |r: usize| &router[r * d..(r + 1) * d];
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        if (0..e).any(|o| same(row(o), row(e))) {
+            let noise = normal(d, near_uniform_std(d), rng);
+            router[e * d..(e + 1) * d].iter_mut().zip(noise).for_each(|(w, n)| *w += n);
+        }
+    }
 }
 
 /// Choices of a conversion.
@@ -214,11 +277,74 @@ pub fn convert_layer(
         tensors.push((format!("{p}.experts.{e}.up_proj.weight"), u));
         tensors.push((format!("{p}.experts.{e}.down_proj.weight"), dn));
     }
-    let router: Vec<f32> = match opts.router_init {
-        RouterInit::Zeros => vec![0.0; spec.num_experts * d],
+    let mut router: Vec<f32> = match opts.router_init {
+        RouterInit::NearUniform => normal(spec.num_experts * d, near_uniform_std(d), rng),
         RouterInit::SmallRandom => normal(spec.num_experts * d, 0.02, rng),
         RouterInit::Centroids => plan.centroids.iter().flat_map(|cen| cen[..d].iter().copied()).collect(),
     };
+    break_exact_ties(&mut router, d, rng);
     tensors.push((format!("{p}.gate.weight"), router));
     tensors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn distinct_rows(router: &[f32], d: usize) -> bool {
+        let rows: Vec<&[f32]> = router.chunks(d).collect();
+        (0..rows.len()).all(|a| (0..a).all(|b| rows[a] != rows[b]))
+    }
+
+    #[test]
+    fn identical_router_rows_are_told_apart_and_distinct_ones_left_alone() {
+        let d = 16;
+        let mut rng = StdRng::seed_from_u64(3);
+        // Centroids of all-zero (or duplicate) neurons: every expert the same row.
+        let mut router = vec![0f32; 5 * d];
+        break_exact_ties(&mut router, d, &mut rng);
+        assert!(distinct_rows(&router, d), "{router:?}");
+        assert!(router[..d].iter().all(|&w| w == 0.0), "the first of equal rows is kept");
+        let std = near_uniform_std(d);
+        assert!(router.iter().all(|w| w.abs() < 6.0 * std), "perturbation stays near-uniform");
+
+        let before = normal(4 * d, 0.02, &mut StdRng::seed_from_u64(5));
+        let mut after = before.clone();
+        let mut a = StdRng::seed_from_u64(9);
+        break_exact_ties(&mut after, d, &mut a);
+        assert_eq!(after, before);
+        assert_eq!(normal(1, 1.0, &mut a), normal(1, 1.0, &mut StdRng::seed_from_u64(9)), "nothing drawn");
+    }
+
+    #[test]
+    fn router_init_names_round_trip_and_zeros_says_why_it_is_gone() {
+        for init in RouterInit::ALL {
+            assert_eq!(RouterInit::from_name(init.name()).unwrap(), init);
+        }
+        let e = RouterInit::from_name("zeros").unwrap_err().to_string();
+        assert!(e.contains("removed") && e.contains("near-uniform"), "{e}");
+        let e = RouterInit::from_name("ones").unwrap_err().to_string();
+        assert!(e.contains("near-uniform, centroids, random"), "{e}");
+    }
+
+    #[test]
+    fn near_uniform_routing_is_within_a_few_percent_of_uniform() {
+        // Hidden states of unit RMS (what the RMSNorm before the router gives with unit weights).
+        let (e, d) = (16, 256);
+        let router = normal(e * d, near_uniform_std(d), &mut StdRng::seed_from_u64(1));
+        let xs = normal(64 * d, 1.0, &mut StdRng::seed_from_u64(2));
+        let mut worst = 0f32;
+        for x in xs.chunks(d) {
+            let logits: Vec<f32> = router.chunks(d).map(|w| w.iter().zip(x).map(|(a, b)| a * b).sum()).collect();
+            let max = logits.iter().cloned().fold(f32::MIN, f32::max);
+            let z: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+            for l in &logits {
+                worst = worst.max(((l - max).exp() / z * e as f32 - 1.0).abs());
+            }
+            let mut sorted = logits.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            assert!(sorted[0] > sorted[1], "a tie: {logits:?}");
+        }
+        assert!(worst < 0.05, "probabilities deviate from 1/E by {worst:.3} (relative)");
+    }
 }

@@ -12,11 +12,11 @@
 use super::apply::{check_widths, convert_layer, plan_one_layer, surgery_rng, SurgeryOptions};
 use crate::config::Qwen3Config;
 use crate::error::{ModelError, Result};
+use crate::expected_tensors::check_tensor_files;
 use crate::importance::{magnitude_layer, read_importance};
-use crate::load::{check_checkpoint, write_dir_atomically};
 use crate::moe_spec::MoeSpec;
 use crate::qwen3::{param_specs, router_bias_name};
-use crate::safetensors_io::{f32_to_bytes, write_checkpoint_streaming, Checkpoint, DType, TensorSpec};
+use crate::safetensors_io::{f32_to_bytes, write_checkpoint_streaming, FileDType, SafetensorsReader, TensorSpec};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -60,9 +60,7 @@ pub fn surgery_streaming(
     max_shard_bytes: Option<u64>,
     progress: impl FnMut(u64, u64),
 ) -> Result<StreamReport> {
-    if out.exists() {
-        return Err(ModelError::Invalid(format!("{} already exists; refusing to overwrite", out.display())));
-    }
+    atomicio::ensure_absent(out)?;
     let config_path = dense_dir.join("config.json");
     let already_moe =
         || ModelError::Invalid(format!("{} is already a MoE model; surgery needs a dense Qwen3", dense_dir.display()));
@@ -75,8 +73,9 @@ pub fn surgery_streaming(
     }
     let (l, f, d) = (config.num_hidden_layers, config.intermediate_size, config.hidden_size);
     check_widths(spec, f)?;
-    let ckpt = Checkpoint::open(dense_dir)?;
-    let dense_dtypes: HashMap<String, DType> = check_checkpoint(dense_dir, &config, None, &ckpt)?.into_iter().collect();
+    let ckpt = SafetensorsReader::open(dense_dir)?;
+    let dense_dtypes: HashMap<String, FileDType> =
+        check_tensor_files(dense_dir, &config, None, &ckpt)?.into_iter().collect();
     let file_importance = match importance {
         ImportanceSource::Magnitude => None,
         ImportanceSource::File(p) => Some(read_importance(p, l, f)?),
@@ -104,7 +103,7 @@ pub fn surgery_streaming(
     let num_params: usize = specs.iter().map(|s| s.shape.iter().product::<usize>()).sum();
     specs.extend((0..l).map(|i| TensorSpec {
         name: router_bias_name(i),
-        dtype: DType::F32,
+        dtype: FileDType::F32,
         shape: vec![spec.num_experts],
     }));
 
@@ -145,9 +144,9 @@ pub fn surgery_streaming(
         Ok(Cow::Owned(f32_to_bytes(&values, s.dtype)?))
     };
     let tensor_bytes: u64 = specs.iter().map(|s| (s.shape.iter().product::<usize>() * s.dtype.size()) as u64).sum();
-    let files = write_dir_atomically(out, |tmp| {
+    let files = atomicio::write_dir(out, |tmp| -> Result<Vec<PathBuf>> {
         let cfg = tmp.join("config.json");
-        std::fs::write(&cfg, &config_text).map_err(|e| ModelError::io(&cfg, e))?;
+        atomicio::write_file(&cfg, config_text.as_bytes())?;
         let mut files = write_checkpoint_streaming(tmp, &specs, Some(&metadata), max_shard_bytes, produce, progress)?;
         files.push(cfg);
         Ok(files.iter().filter_map(|f| f.file_name()).map(|f| out.join(f)).collect())

@@ -23,345 +23,23 @@
 //! layer on consecutive steps. A layer that holds the collapse condition does not count as under-used.
 //! After a breaker fires its runs restart, and it cannot fire again until `cooldown` steps have passed.
 
+//!
+//! Files: `config` (thresholds and windows), `knobs` (what breakers move and the actions they
+//! return), `state` (the serialisable memory), this file (the policies), `tests` (table-driven).
+
+mod config;
+mod knobs;
+mod state;
+
+pub use config::{BreakerConfig, BreakerConfigError};
+pub use knobs::{
+    BreakerAction, BreakerKind, Knob, KnobChange, RouterKnobs, CAPACITY_RANGE, LB_COEF_RANGE, LR_SCALE_RANGE,
+    NOISE_RANGE, TEMPERATURE_RANGE,
+};
+pub use state::{BreakerState, NoiseWindow, PplState, Streak};
+
 use kernels_cpu::moe::RouterStats;
 use serde::{Deserialize, Serialize};
-
-/// Allowed router temperature.
-pub const TEMPERATURE_RANGE: (f32, f32) = (0.3, 2.0);
-/// Allowed capacity factor.
-pub const CAPACITY_RANGE: (f32, f32) = (1.0, 4.0);
-/// Allowed load-balance coefficient.
-pub const LB_COEF_RANGE: (f32, f32) = (0.0, 1.0);
-/// Allowed router noise standard deviation.
-pub const NOISE_RANGE: (f32, f32) = (0.0, 1.0);
-/// Allowed LR multiplier.
-pub const LR_SCALE_RANGE: (f32, f32) = (0.0, 1.0);
-
-/// Breaker thresholds and windows of one phase (JSON, every field optional).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BreakerConfig {
-    /// Master switch; `false` makes every `observe_*` return nothing.
-    pub enabled: bool,
-    /// Overflow fraction a layer must exceed.
-    pub overflow_frac: f32,
-    /// Steps the overflow must persist.
-    pub overflow_window: usize,
-    /// Capacity factor added by the overflow breaker.
-    pub capacity_step: f32,
-    /// Expert share that counts as collapse.
-    pub collapse_share: f32,
-    /// Steps the collapse must persist.
-    pub collapse_window: usize,
-    /// Load-balance coefficient added by the collapse breaker.
-    pub lb_step: f32,
-    /// Share below which an expert is under-used.
-    pub underuse_share: f32,
-    /// Under-used experts (in one layer) that trigger the breaker.
-    pub underuse_experts: usize,
-    /// Steps the under-use must persist.
-    pub underuse_window: usize,
-    /// Router noise (std of the logit noise) switched on by the under-use breaker.
-    pub noise_value: f32,
-    /// Steps the noise stays on.
-    pub noise_steps: usize,
-    /// Temperature step of the overflow / collapse (down) and under-use (up) breakers.
-    pub temp_step: f32,
-    /// Consecutive rising dev-PPL evals that halve the LR (and, after a halving, roll back).
-    pub ppl_rising_evals: usize,
-    /// LR multiplier of the dev-PPL breaker.
-    pub lr_factor: f32,
-    /// Steps after an action before the same breaker may fire again.
-    pub cooldown: usize,
-}
-
-impl Default for BreakerConfig {
-    /// The seed plan's values, with windows at full scale (P1: 2M tokens per step).
-    fn default() -> Self {
-        BreakerConfig {
-            enabled: true,
-            overflow_frac: 0.005,
-            overflow_window: 1000,
-            capacity_step: 0.05,
-            collapse_share: 0.40,
-            collapse_window: 2000,
-            lb_step: 0.002,
-            underuse_share: 0.03,
-            underuse_experts: 4,
-            underuse_window: 2000,
-            noise_value: 0.01,
-            noise_steps: 10000,
-            temp_step: 0.05,
-            ppl_rising_evals: 3,
-            lr_factor: 0.5,
-            cooldown: 1000,
-        }
-    }
-}
-
-/// A config value out of its domain.
-#[derive(Debug, thiserror::Error)]
-#[error("breakers.{field} = {value}: {why}")]
-pub struct BreakerConfigError {
-    /// The field.
-    pub field: &'static str,
-    /// Its value, as text.
-    pub value: String,
-    /// The allowed domain.
-    pub why: &'static str,
-}
-
-impl BreakerConfig {
-    /// Checks every field's domain (fractions in [0, 1], steps finite and >= 0, `lr_factor` in (0, 1]).
-    pub fn validate(&self) -> Result<(), BreakerConfigError> {
-        let fracs = [
-            ("overflow_frac", self.overflow_frac),
-            ("collapse_share", self.collapse_share),
-            ("underuse_share", self.underuse_share),
-        ];
-        for (field, v) in fracs {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(BreakerConfigError { field, value: v.to_string(), why: "must be in [0, 1]" });
-            }
-        }
-        let steps = [
-            ("capacity_step", self.capacity_step),
-            ("lb_step", self.lb_step),
-            ("noise_value", self.noise_value),
-            ("temp_step", self.temp_step),
-        ];
-        for (field, v) in steps {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(BreakerConfigError { field, value: v.to_string(), why: "must be finite and >= 0" });
-            }
-        }
-        if !(self.lr_factor > 0.0 && self.lr_factor <= 1.0) {
-            let value = self.lr_factor.to_string();
-            return Err(BreakerConfigError { field: "lr_factor", value, why: "must be in (0, 1]" });
-        }
-        Ok(())
-    }
-}
-
-/// The knobs breakers move.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Knob {
-    /// [`RouterKnobs::capacity_factor`].
-    CapacityFactor,
-    /// [`RouterKnobs::temperature`].
-    Temperature,
-    /// [`RouterKnobs::lb_coef`].
-    LbCoef,
-    /// [`RouterKnobs::router_noise`].
-    RouterNoise,
-    /// [`RouterKnobs::lr_scale`].
-    LrScale,
-}
-
-impl Knob {
-    /// Allowed range of the knob.
-    pub fn range(self) -> (f32, f32) {
-        match self {
-            Knob::CapacityFactor => CAPACITY_RANGE,
-            Knob::Temperature => TEMPERATURE_RANGE,
-            Knob::LbCoef => LB_COEF_RANGE,
-            Knob::RouterNoise => NOISE_RANGE,
-            Knob::LrScale => LR_SCALE_RANGE,
-        }
-    }
-
-    /// Current value in `knobs`.
-    pub fn get(self, knobs: &RouterKnobs) -> f32 {
-        match self {
-            Knob::CapacityFactor => knobs.capacity_factor,
-            Knob::Temperature => knobs.temperature,
-            Knob::LbCoef => knobs.lb_coef,
-            Knob::RouterNoise => knobs.router_noise,
-            Knob::LrScale => knobs.lr_scale,
-        }
-    }
-
-    fn slot(self, knobs: &mut RouterKnobs) -> &mut f32 {
-        match self {
-            Knob::CapacityFactor => &mut knobs.capacity_factor,
-            Knob::Temperature => &mut knobs.temperature,
-            Knob::LbCoef => &mut knobs.lb_coef,
-            Knob::RouterNoise => &mut knobs.router_noise,
-            Knob::LrScale => &mut knobs.lr_scale,
-        }
-    }
-}
-
-/// Router and LR settings as the breakers leave them (the schedules add on top in the trainer).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RouterKnobs {
-    /// Capacity factor of training.
-    pub capacity_factor: f32,
-    /// Router softmax temperature.
-    pub temperature: f32,
-    /// Load-balance loss coefficient.
-    pub lb_coef: f32,
-    /// Std of the router logit noise.
-    pub router_noise: f32,
-    /// Multiplier on the scheduled learning rate.
-    pub lr_scale: f32,
-}
-
-/// One knob change of an action.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct KnobChange {
-    /// The knob.
-    pub knob: Knob,
-    /// Value before.
-    pub from: f32,
-    /// Value after (finite, inside [`Knob::range`]).
-    pub to: f32,
-}
-
-/// Which breaker fired.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BreakerKind {
-    /// Tokens dropped over capacity.
-    Overflow,
-    /// One expert takes most tokens.
-    Collapse,
-    /// Several experts get almost no tokens.
-    Underuse,
-    /// The under-use noise window ended.
-    NoiseOff,
-    /// Dev perplexity rising.
-    DevPpl,
-    /// A step was skipped for a non-finite loss or gradient.
-    Nonfinite,
-}
-
-/// What a breaker decided at a step.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BreakerAction {
-    /// Optimiser step (or eval step) it fired at.
-    pub step: u64,
-    /// Which breaker.
-    pub breaker: BreakerKind,
-    /// The numbers that triggered it.
-    pub reason: String,
-    /// Knob changes, in order (empty when the knobs are already at their limits).
-    pub changes: Vec<KnobChange>,
-    /// Roll back to the newest complete checkpoint, then apply `changes` on top.
-    pub rollback: bool,
-}
-
-impl BreakerAction {
-    /// Sets every changed knob to its `to` value.
-    pub fn apply(&self, knobs: &mut RouterKnobs) {
-        for c in &self.changes {
-            *c.knob.slot(knobs) = c.to;
-        }
-    }
-}
-
-/// Applies `action` to `knobs` (same as [`BreakerAction::apply`]).
-pub fn apply(knobs: &mut RouterKnobs, action: &BreakerAction) {
-    action.apply(knobs);
-}
-
-/// Consecutive steps one layer has held a condition, and the least extreme value over them.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Run {
-    /// Consecutive steps held (0: not holding).
-    pub len: usize,
-    /// Least extreme value seen during the run (min overflow, min top share, min under-used count).
-    pub weakest: f32,
-}
-
-impl Run {
-    fn observe(&mut self, value: Option<f32>) {
-        match value {
-            Some(v) if self.len == 0 => *self = Run { len: 1, weakest: v },
-            Some(v) => *self = Run { len: self.len + 1, weakest: self.weakest.min(v) },
-            None => *self = Run::default(),
-        }
-    }
-}
-
-/// Noise switched on by the under-use breaker.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NoiseWindow {
-    /// First step at which it is switched off.
-    pub until: u64,
-    /// Noise to restore.
-    pub restore: f32,
-}
-
-/// Memory of the dev-PPL breaker.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct PplState {
-    /// Previous eval's perplexity (`f64::MAX` stands for a non-finite one).
-    #[serde(serialize_with = "exact::ser_opt", deserialize_with = "exact::de_opt")]
-    pub last: Option<f64>,
-    /// Consecutive rising evals since the last reset.
-    pub rising: usize,
-    /// Step of the LR halving being watched (rising again on as many evals rolls back).
-    pub halved_at: Option<u64>,
-    /// The evals of the current rising streak, oldest first (for the reason).
-    #[serde(serialize_with = "exact::ser_vec", deserialize_with = "exact::de_vec")]
-    pub streak: Vec<f64>,
-}
-
-/// f64 state as its shortest round-trip text: serde_json's default float parser may be one ulp off,
-/// which would make a restored state compare differently (resume must be bit-exact). Plain JSON
-/// numbers are accepted when reading.
-mod exact {
-    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Repr {
-        Text(String),
-        Num(f64),
-    }
-
-    fn parse<E: Error>(r: Repr) -> Result<f64, E> {
-        match r {
-            Repr::Text(s) => s.parse().map_err(|_| E::custom(format!("not a number: {s:?}"))),
-            Repr::Num(v) => Ok(v),
-        }
-    }
-
-    pub fn ser_opt<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
-        v.map(|x| format!("{x:?}")).serialize(s)
-    }
-
-    pub fn de_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-        Option::<Repr>::deserialize(d)?.map(parse).transpose()
-    }
-
-    pub fn ser_vec<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
-        v.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().serialize(s)
-    }
-
-    pub fn de_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
-        Vec::<Repr>::deserialize(d)?.into_iter().map(parse).collect()
-    }
-}
-
-/// Serialisable memory of all breakers.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct BreakerState {
-    /// Overflow run per layer.
-    pub overflow: Vec<Run>,
-    /// Collapse run per layer.
-    pub collapse: Vec<Run>,
-    /// Under-use run per layer.
-    pub underuse: Vec<Run>,
-    /// Step each breaker last fired at (overflow, collapse, underuse).
-    pub last_fired: [Option<u64>; 3],
-    /// Active noise window.
-    pub noise: Option<NoiseWindow>,
-    /// Dev-PPL memory.
-    pub ppl: PplState,
-}
 
 /// The breakers of one phase: config plus state (both serialised into checkpoints).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -420,7 +98,7 @@ fn under_used(s: &RouterStats, below: f32) -> usize {
 }
 
 /// The layer with the longest run if it reaches `window` (ties: the lowest layer).
-fn due(runs: &[Run], window: usize) -> Option<(usize, &Run)> {
+fn due(runs: &[Streak], window: usize) -> Option<(usize, &Streak)> {
     let (layer, run) = runs.iter().enumerate().rev().max_by_key(|(_, r)| r.len)?;
     (run.len >= window.max(1)).then_some((layer, run))
 }
@@ -452,7 +130,7 @@ impl Breakers {
         let c = self.config.clone();
         let st = &mut self.state;
         for runs in [&mut st.overflow, &mut st.collapse, &mut st.underuse] {
-            runs.resize(layers.len(), Run::default());
+            runs.resize(layers.len(), Streak::default());
         }
         for (l, s) in layers.iter().enumerate() {
             let o = s.overflow_frac;
@@ -465,7 +143,7 @@ impl Breakers {
             st.underuse[l].observe((collapsed.is_none() && n >= c.underuse_experts.max(1)).then_some(n as f32));
         }
         let nl = layers.len();
-        let held = |runs: &[Run], w: usize| runs.iter().filter(|r| r.len >= w.max(1)).count();
+        let held = |runs: &[Streak], w: usize| runs.iter().filter(|r| r.len >= w.max(1)).count();
         let (t, cs, lb) = (c.temp_step, c.capacity_step, c.lb_step);
 
         if let Some((l, run)) = due(&self.state.overflow, c.overflow_window) {
@@ -555,7 +233,7 @@ impl Breakers {
             1 => &mut self.state.collapse,
             _ => &mut self.state.underuse,
         };
-        runs.iter_mut().for_each(|r| *r = Run::default());
+        runs.iter_mut().for_each(|r| *r = Streak::default());
     }
 
     /// Observes one eval's medical dev perplexity (`None`: not measured, ignored).
