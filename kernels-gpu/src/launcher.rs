@@ -122,6 +122,12 @@ macro_rules! define_launcher_trait {
 include!("ptx/table.rs");
 for_each_kernel!(define_launcher_trait);
 
+/// Threads per block of the simulator's row and elementwise launches.
+pub const SIM_BLOCK: u32 = 128;
+/// Largest grid of the grid-stride launches in the simulator (keeps simulated launches cheap;
+/// results do not depend on it).
+pub const MAX_SIM_BLOCKS: u32 = 32;
+
 /// The CPU SIMT simulator as a [`Launcher`]: host memory is device memory.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SimLauncher;
@@ -164,11 +170,11 @@ macro_rules! define_sim_launchers {
             }
 
             fn block_threads(&self) -> u32 {
-                crate::ops::SIM_BLOCK
+                SIM_BLOCK
             }
 
             fn max_grid(&self) -> u32 {
-                crate::ops::MAX_SIM_BLOCKS
+                MAX_SIM_BLOCKS
             }
 
             fn input<T: Elem>(&self, host: &[T]) -> Result<SimMem, LaunchError> {

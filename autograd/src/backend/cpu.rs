@@ -1,13 +1,12 @@
 //! [`CpuBackend`]: every op on kernels-cpu (rayon inside the kernels).
 
 use super::{Backend, KernelResult, MoeForwardOut};
-use crate::ops::MoeConfig;
 use crate::tensor::Device;
 use kernels_cpu::adamw::AdamWConfig;
 use kernels_cpu::attention::AttnDims;
 use kernels_cpu::distill::{lm_head_kl_forward, lm_head_kl_forward_backward, DistillDims};
 use kernels_cpu::gemm::Trans;
-use kernels_cpu::moe::{self, AuxLoss, MoeDims, MoeSaved};
+use kernels_cpu::moe::{self, AuxLoss, MoeDims, MoeParams, MoePath, MoeSaved};
 use kernels_cpu::rope::RopeTable;
 use kernels_cpu::{cross_entropy, embedding, rmsnorm, rope, swiglu};
 use std::any::Any;
@@ -250,11 +249,10 @@ impl Backend for CpuBackend {
         experts: &[f32],
         bias: Option<&[f32]>,
         dims: MoeDims,
-        cfg: &MoeConfig,
-        seed: u64,
-        training: bool,
+        path: MoePath,
+        params: &MoeParams,
     ) -> KernelResult<MoeForwardOut> {
-        let f = moe::moe_forward(cfg.path, x, router, experts, bias, dims, &cfg.params(seed, training));
+        let f = moe::moe_forward(path, x, router, experts, bias, dims, params);
         Ok(MoeForwardOut {
             out: f.out,
             logits: f.logits,

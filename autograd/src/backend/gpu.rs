@@ -8,14 +8,13 @@
 //! mode) plus expert dropout and capacity selection (host code shared with kernels-cpu).
 
 use super::cpu::CpuBackend;
-use super::{Backend, KernelResult, MoeForwardOut};
-use crate::ops::MoeConfig;
+use super::{gpu_moe, Backend, KernelResult, MoeForwardOut};
 use crate::tensor::Device;
 use kernels_cpu::adamw::AdamWConfig;
 use kernels_cpu::attention::AttnDims;
 use kernels_cpu::distill::DistillDims;
 use kernels_cpu::gemm::Trans;
-use kernels_cpu::moe::{AuxLoss, MoeDims};
+use kernels_cpu::moe::{AuxLoss, MoeDims, MoeParams, MoePath};
 use kernels_cpu::rope::RopeTable;
 use kernels_gpu::launcher::Launcher;
 use kernels_gpu::ops as gpu;
@@ -23,7 +22,7 @@ use std::any::Any;
 
 /// The GPU kernels on launcher `L`.
 pub struct GpuBackend<L: Launcher> {
-    pub(super) launcher: L,
+    launcher: L,
     device: Device,
 }
 
@@ -35,7 +34,7 @@ impl<L: Launcher> GpuBackend<L> {
 }
 
 /// kernels-cpu's transpose flag as kernels-gpu's.
-pub(super) fn trans(t: Trans) -> gpu::Trans {
+fn trans(t: Trans) -> gpu::Trans {
     match t {
         Trans::No => gpu::Trans::No,
         Trans::Yes => gpu::Trans::Yes,
@@ -246,11 +245,10 @@ impl<L: Launcher + Send + 'static> Backend for GpuBackend<L> {
         experts: &[f32],
         bias: Option<&[f32]>,
         dims: MoeDims,
-        cfg: &MoeConfig,
-        seed: u64,
-        training: bool,
+        path: MoePath,
+        params: &MoeParams,
     ) -> KernelResult<MoeForwardOut> {
-        super::gpu_moe::moe_forward(self, x, router, experts, bias, dims, cfg, seed, training)
+        gpu_moe::moe_forward(&self.launcher, x, router, experts, bias, dims, path, params)
     }
 
     fn moe_backward_logits(
@@ -263,7 +261,7 @@ impl<L: Launcher + Send + 'static> Backend for GpuBackend<L> {
         saved: &(dyn Any + Send + Sync),
         dims: MoeDims,
     ) -> KernelResult<()> {
-        super::gpu_moe::backward_logits(self, dx, drouter, dlogits, x, router, saved, dims)
+        gpu_moe::backward_logits(&self.launcher, dx, drouter, dlogits, x, router, saved, dims)
     }
 
     fn moe_backward_out_logits(
@@ -277,7 +275,7 @@ impl<L: Launcher + Send + 'static> Backend for GpuBackend<L> {
         saved: &(dyn Any + Send + Sync),
         dims: MoeDims,
     ) -> KernelResult<()> {
-        super::gpu_moe::backward_out_logits(self, dx, dlogits, dexperts, dout, x, experts, saved, dims)
+        gpu_moe::backward_out_logits(&self.launcher, dx, dlogits, dexperts, dout, x, experts, saved, dims)
     }
 
     fn moe_backward_aux_logits(
@@ -288,7 +286,7 @@ impl<L: Launcher + Send + 'static> Backend for GpuBackend<L> {
         saved: &(dyn Any + Send + Sync),
         dims: MoeDims,
     ) -> KernelResult<()> {
-        super::gpu_moe::backward_aux_logits(self, dlogits, which, dloss, saved, dims)
+        gpu_moe::backward_aux_logits(&self.launcher, dlogits, which, dloss, saved, dims)
     }
 
     fn adamw_step(

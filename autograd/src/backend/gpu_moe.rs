@@ -1,4 +1,4 @@
-//! The routed MoE layer on [`GpuBackend`]: the GPU kernel sequence, with the same backward split as
+//! The routed MoE layer on the GPU backend (`GpuBackend`): the GPU kernel sequence, with the same backward split as
 //! kernels-cpu (router logits as an internal node; `out`, `lb_loss`, `z_loss` accumulate into
 //! `dlogits`).
 //!
@@ -15,24 +15,18 @@
 //! kernels-cpu ([`supported`]).
 
 use super::cpu::CpuBackend;
-use super::gpu::{trans, GpuBackend};
 use super::{Backend, KernelResult, MoeForwardOut};
-use crate::ops::MoeConfig;
-use kernels_cpu::gemm::Trans;
 use kernels_cpu::moe::permute::{apply_capacity, inverse_positions};
 use kernels_cpu::moe::router::{dropout_sample, router_stats, NONE};
-use kernels_cpu::moe::{capacity, AuxLoss, MoeDims, MoePath, RouterWeighting};
+use kernels_cpu::moe::{capacity, AuxLoss, MoeDims, MoeParams, MoePath, RouterWeighting};
 use kernels_gpu::launcher::Launcher;
-use kernels_gpu::ops::{self as gpu, ExpertsGemm};
+use kernels_gpu::ops::{self as gpu, ExpertsGemm, Trans};
 use std::any::Any;
 use std::sync::Arc;
 
-/// Whether the GPU kernels implement this configuration.
-pub(crate) fn supported(cfg: &MoeConfig, training: bool) -> bool {
-    cfg.path == MoePath::Fast
-        && !cfg.dense_equivalent
-        && cfg.weighting != RouterWeighting::Sigmoid
-        && !(training && cfg.router_noise > 0.0)
+/// Whether the GPU kernels implement this configuration (noise is zero outside training).
+fn supported(path: MoePath, p: &MoeParams) -> bool {
+    path == MoePath::Fast && !p.dense_equivalent && p.weighting != RouterWeighting::Sigmoid && p.router_noise == 0.0
 }
 
 /// What the GPU forward keeps for backward.
@@ -63,23 +57,22 @@ fn kernel_saved(saved: &(dyn Any + Send + Sync)) -> Option<&KernelSaved> {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn moe_forward<L: Launcher + Send + 'static>(
-    b: &GpuBackend<L>,
+pub(super) fn moe_forward<L: Launcher>(
+    l: &L,
     x: &[f32],
     router: &[f32],
     experts: &[f32],
     bias: Option<&[f32]>,
     dims: MoeDims,
-    cfg: &MoeConfig,
-    seed: u64,
-    training: bool,
+    path: MoePath,
+    cfg: &MoeParams,
 ) -> KernelResult<MoeForwardOut> {
-    if !supported(cfg, training) {
-        return CpuBackend.moe_forward(x, router, experts, bias, dims, cfg, seed, training);
+    if !supported(path, cfg) {
+        return CpuBackend.moe_forward(x, router, experts, bias, dims, path, cfg);
     }
-    let l = &b.launcher;
     let MoeDims { n, d, e, w } = dims;
-    let logits = b.matmul_new(x, router, n, d, e, Trans::No, Trans::Yes)?;
+    let mut logits = vec![0f32; n * e];
+    gpu::matmul(l, &mut logits, x, router, n, d, e, Trans::No, Trans::Yes, false)?;
     let (mut probs, mut choice, mut lse, mut entropy) =
         (vec![0f32; n * e], vec![0u32; n], vec![0f32; n], vec![0f32; n]);
     let sums =
@@ -87,7 +80,7 @@ pub(super) fn moe_forward<L: Launcher + Send + 'static>(
 
     // Host: expert dropout and capacity, with kernels-cpu's functions.
     let mut expert_of_token = choice;
-    let dropout = if training { cfg.expert_dropout } else { 0.0 };
+    let (dropout, seed) = (cfg.expert_dropout, cfg.seed);
     let mut dropped_out = 0;
     if dropout > 0.0 {
         for (t, ex) in expert_of_token.iter_mut().enumerate() {
@@ -152,8 +145,8 @@ pub(super) fn moe_forward<L: Launcher + Send + 'static>(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn backward_logits<L: Launcher + Send + 'static>(
-    b: &GpuBackend<L>,
+pub(super) fn backward_logits<L: Launcher>(
+    l: &L,
     dx: &mut [f32],
     drouter: &mut [f32],
     dlogits: &[f32],
@@ -166,14 +159,13 @@ pub(super) fn backward_logits<L: Launcher + Send + 'static>(
         return CpuBackend.moe_backward_logits(dx, drouter, dlogits, x, router, saved, dims);
     }
     let MoeDims { n, d, e, .. } = dims;
-    let l = &b.launcher;
-    gpu::matmul(l, dx, dlogits, router, n, e, d, trans(Trans::No), trans(Trans::No), true)?;
-    gpu::matmul(l, drouter, dlogits, x, e, n, d, trans(Trans::Yes), trans(Trans::No), true)
+    gpu::matmul(l, dx, dlogits, router, n, e, d, Trans::No, Trans::No, true)?;
+    gpu::matmul(l, drouter, dlogits, x, e, n, d, Trans::Yes, Trans::No, true)
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn backward_out_logits<L: Launcher + Send + 'static>(
-    b: &GpuBackend<L>,
+pub(super) fn backward_out_logits<L: Launcher>(
+    l: &L,
     dx: &mut [f32],
     dlogits: &mut [f32],
     dexperts: &mut [f32],
@@ -186,7 +178,6 @@ pub(super) fn backward_out_logits<L: Launcher + Send + 'static>(
     let Some(s) = kernel_saved(saved) else {
         return CpuBackend.moe_backward_out_logits(dx, dlogits, dexperts, dout, x, experts, saved, dims);
     };
-    let l = &b.launcher;
     let MoeDims { n, d, e, w } = dims;
     let nk = s.order.len();
     let (mut dyp, mut dweights) = (vec![0f32; nk * d], vec![0f32; nk]);
@@ -215,8 +206,8 @@ pub(super) fn backward_out_logits<L: Launcher + Send + 'static>(
     gpu::router_backward(l, dlogits, dg, &s.probs, &s.logits, &s.lse, &s.counts, 0.0, 0.0, e, s.temperature)
 }
 
-pub(super) fn backward_aux_logits<L: Launcher + Send + 'static>(
-    b: &GpuBackend<L>,
+pub(super) fn backward_aux_logits<L: Launcher>(
+    l: &L,
     dlogits: &mut [f32],
     which: AuxLoss,
     dloss: f32,
@@ -231,5 +222,5 @@ pub(super) fn backward_aux_logits<L: Launcher + Send + 'static>(
         AuxLoss::Z => (0.0, dloss),
     };
     let (p, lg, ls) = (&s.probs, &s.logits, &s.lse);
-    gpu::router_backward(&b.launcher, dlogits, None, p, lg, ls, &s.counts, dlb, dz, dims.e, s.temperature)
+    gpu::router_backward(l, dlogits, None, p, lg, ls, &s.counts, dlb, dz, dims.e, s.temperature)
 }

@@ -24,13 +24,12 @@ pub use cpu::CpuBackend;
 pub use gpu::GpuBackend;
 
 use crate::error::{AutogradError, Result};
-use crate::ops::MoeConfig;
 use crate::tensor::Device;
 use kernels_cpu::adamw::AdamWConfig;
 use kernels_cpu::attention::AttnDims;
 use kernels_cpu::distill::DistillDims;
 use kernels_cpu::gemm::Trans;
-use kernels_cpu::moe::{AuxLoss, MoeDims, RouterStats};
+use kernels_cpu::moe::{AuxLoss, MoeDims, MoeParams, MoePath, RouterStats};
 use kernels_cpu::rope::RopeTable;
 use kernels_gpu::launcher::LaunchError;
 use std::any::Any;
@@ -221,8 +220,9 @@ pub trait Backend: Send + Sync {
         chunk: usize,
     ) -> KernelResult<()>;
 
-    /// Routed MoE forward (router, dropout, capacity, dispatch, experts, combine) with `cfg`'s
-    /// settings; `bias [E]` shifts the choice only.
+    /// Routed MoE forward (router, dropout, capacity, dispatch, experts, combine) on `path` with
+    /// the kernel settings `params` (noise and dropout already zero outside training); `bias [E]`
+    /// shifts the choice only.
     fn moe_forward(
         &self,
         x: &[f32],
@@ -230,9 +230,8 @@ pub trait Backend: Send + Sync {
         experts: &[f32],
         bias: Option<&[f32]>,
         dims: MoeDims,
-        cfg: &MoeConfig,
-        seed: u64,
-        training: bool,
+        path: MoePath,
+        params: &MoeParams,
     ) -> KernelResult<MoeForwardOut>;
     /// Router projection backward: `dx += dlogits · router`, `drouter += dlogitsᵀ · x`.
     fn moe_backward_logits(

@@ -82,7 +82,7 @@ impl MoeConfig {
     }
 
     /// Kernel settings for one call (noise and dropout only in training).
-    pub(crate) fn params(&self, seed: u64, training: bool) -> MoeParams {
+    fn params(&self, seed: u64, training: bool) -> MoeParams {
         MoeParams {
             temperature: self.temperature,
             weighting: self.weighting,
@@ -142,7 +142,7 @@ pub fn moe_routed(
     let be = tape.backend().clone();
     let fwd = kernel(
         "moe_routed",
-        be.moe_forward(&x.f32s(), &router.f32s(), &experts.f32s(), bias, dims, cfg, seed, training),
+        be.moe_forward(&x.f32s(), &router.f32s(), &experts.f32s(), bias, dims, cfg.path, &cfg.params(seed, training)),
     )?;
     let out = Tensor::from_vec(fwd.out, &[n, d]);
     let lb_loss = Tensor::from_vec(vec![fwd.lb_loss], &[]);

@@ -32,10 +32,6 @@ pub use rows::{lm_head_ce, rmsnorm_backward, rmsnorm_forward, softmax_ce_forward
 use crate::launcher::{LaunchDims, LaunchError, Launcher};
 use crate::simt::Dim3;
 
-/// Threads per block of the simulator's row and elementwise launches.
-pub const SIM_BLOCK: u32 = 128;
-/// Largest grid of the grid-stride launches in the simulator.
-pub const MAX_SIM_BLOCKS: u32 = 32;
 
 /// `Err(InvalidLaunch(what))` unless `ok`.
 pub(crate) fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<(), LaunchError> {

@@ -13,12 +13,19 @@ fn docs(nb: usize, t: usize, docs: usize) -> Vec<u32> {
         .collect()
 }
 
-/// Prints the max abs error and the error relative to the reference's norm; asserts the latter.
+/// Absolute floor of [`report_norm`]: a gradient that is zero in exact arithmetic (one key per
+/// query: softmax of one score has no gradient) is rounding noise of this size in both kernels.
+const ABS_FLOOR: f64 = 1e-6;
+
+/// Prints the max abs error and the error relative to the reference's norm; asserts the latter
+/// (or every element within [`ABS_FLOOR`], for references that are zero in exact arithmetic).
 fn report_norm(what: &str, got: &[f32], want: &[f32], tol: f64) {
     let (abs, _) = max_errors(got, want);
     let rel = rel_norm_err(got, want);
-    eprintln!("{what}: max abs {abs:.3e}, |got - want| / |want| {rel:.3e} (tolerance {tol:.0e})");
-    assert!(rel <= tol, "{what}: relative error {rel:.3e} > {tol:.0e}");
+    eprintln!(
+        "{what}: max abs {abs:.3e}, |got - want| / |want| {rel:.3e} (tolerance {tol:.0e}, floor {ABS_FLOOR:.0e})"
+    );
+    assert!(rel <= tol || (abs as f64) <= ABS_FLOOR, "{what}: relative error {rel:.3e} > {tol:.0e}, max abs {abs:.3e}");
 }
 
 #[test]
