@@ -25,7 +25,7 @@ fn report_norm(what: &str, got: &[f32], want: &[f32], tol: f64) {
     eprintln!(
         "{what}: max abs {abs:.3e}, |got - want| / |want| {rel:.3e} (tolerance {tol:.0e}, floor {ABS_FLOOR:.0e})"
     );
-    assert!(rel <= tol || (abs as f64) <= ABS_FLOOR, "{what}: relative error {rel:.3e} > {tol:.0e}, max abs {abs:.3e}");
+    assert!(rel <= tol || abs <= ABS_FLOOR, "{what}: relative error {rel:.3e} > {tol:.0e}, max abs {abs:.3e}");
 }
 
 #[test]
