@@ -38,3 +38,24 @@ fn profile_lists_the_ops_of_the_step() {
     // The ops and stages cover the step (rounding of all_step_s to 0.1 ms aside).
     assert!(total <= step_ms * 1.05 + 0.2 && total >= step_ms * 0.5, "ops {total:.2} ms vs step {step_ms:.2} ms");
 }
+
+#[test]
+fn cuda_without_a_backend_is_a_clear_error_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_moe-cli")).current_dir(tmp.path()).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // Where this build or machine cannot run CUDA (the default build has no CUDA backend), both
+    // commands refuse the device with the typed error of `Tape::new_on`; `run` does so before its
+    // first stage.
+    let (ok, bench_err) = run(&["bench", "step", "--device", "cuda", "--batch", "1", "--seq", "16", "--steps", "1"]);
+    if !ok {
+        assert!(bench_err.starts_with("error: cuda device not available"), "{bench_err}");
+        let (ok, err) = run(&["run", "phase", "p1", "--device", "cuda", "--run-dir", "R", "--quiet"]);
+        assert!(!ok && err == bench_err, "{err}");
+        assert!(!tmp.path().join("R").join("data").exists(), "no stage ran");
+    }
+    let (ok, err) = run(&["bench", "step", "--device", "gpu"]);
+    assert!(!ok && err.contains("cpu, sim, cuda"), "{err}");
+}

@@ -95,6 +95,8 @@ pub fn run(a: Args) -> Result<()> {
         verbose: true,
         device: common.device,
     };
+    // A device this build or machine cannot run fails now, not after the data and base stages.
+    autograd::Tape::new_on(common.device)?;
     let started = std::time::Instant::now();
     let run = Run { root: common.run_dir.clone(), config, options };
     let summary = run.run_until(&until)?;
