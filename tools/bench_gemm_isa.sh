@@ -2,12 +2,14 @@
 # GEMM GFLOP/s of every medmoe backend this CPU has (kernels-cpu example bench_gemm: auto, avx2,
 # gemm-crate, amx-bf16) next to numpy f32, torch f32, torch bf16 and torch bf16 with the f32->bf16
 # casts timed (tools/bench_gemm_torch.py), same shapes and threads, interleaved rounds (ours,
-# then the references, per round). Each round first waits until the 1-minute load average is below
-# --max-load (the machines are shared), and records the load it started at. Prints the CPU model and
-# ISA, then a markdown table of medians over rounds with [min .. max].
+# then the references, per round). The machines are shared, so each program run first waits until
+# the 1-minute load average is below --max-load, and measures the CPU time other processes (and the
+# hypervisor: steal) took while it ran (/proc/stat busy time minus its own); a run where others took
+# more than --max-other CPUs on average is repeated (up to --retries times, then kept and flagged).
+# Prints the CPU model and ISA, then a markdown table of medians over rounds with [min .. max].
 #
 # Usage: tools/bench_gemm_isa.sh [--shapes MxKxN,...] [--threads N] [--rounds R] [--trans NN]
-#                                [--max-load L] [--max-wait SECONDS]
+#                                [--max-load L] [--max-wait SECONDS] [--max-other CPUS] [--retries N]
 # Env:   PYTHON (default pyenv/bin/python, else python3), SKIP_BUILD=1 (use the built example),
 #        CARGO_TARGET_DIR (default target).
 set -euo pipefail
@@ -19,6 +21,8 @@ ROUNDS=5
 TRANS=NN
 MAX_LOAD=1.5
 MAX_WAIT=3600
+MAX_OTHER=0.1
+RETRIES=6
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --shapes) SHAPES="$2"; shift 2 ;;
@@ -27,7 +31,9 @@ while [[ $# -gt 0 ]]; do
         --trans) TRANS="$2"; shift 2 ;;
         --max-load) MAX_LOAD="$2"; shift 2 ;;
         --max-wait) MAX_WAIT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        --max-other) MAX_OTHER="$2"; shift 2 ;;
+        --retries) RETRIES="$2"; shift 2 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
@@ -56,14 +62,34 @@ wait_quiet() {
     done
 }
 
+# Busy CPU seconds of the whole machine so far (user nice system irq softirq steal).
+busy() { awk -v hz="$(getconf CLK_TCK)" '/^cpu /{ printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / hz }' /proc/stat; }
+
+# run_clean ROUND CMD...: runs CMD (JSON lines on stdout) until other processes took at most
+# MAX_OTHER CPUs during it, then appends its lines, tagged with round, load and others' CPUs.
+run_clean() {
+    local round="$1" try load b0 b1 t0 t1 own other
+    shift
+    for ((try = 0; try <= RETRIES; try++)); do
+        wait_quiet
+        load="$(load1)"
+        b0="$(busy)"; t0="$(date +%s.%N)"
+        /usr/bin/time -f "%U %S" -o "$TMP/time" "$@" >"$TMP/out"
+        b1="$(busy)"; t1="$(date +%s.%N)"
+        own="$(awk '{ print $1 + $2 }' "$TMP/time")"
+        other="$(awk -v b0="$b0" -v b1="$b1" -v own="$own" -v t0="$t0" -v t1="$t1" \
+            'BEGIN { o = (b1 - b0 - own) / (t1 - t0); printf "%.2f", (o < 0 ? 0 : o) }')"
+        echo "[bench] round $round: $1 load $load, others took $other CPUs" >&2
+        if awk -v o="$other" -v m="$MAX_OTHER" 'BEGIN { exit !(o <= m) }'; then
+            break
+        fi
+    done
+    sed "s/}\$/, \"bench_round\": $round, \"load\": $load, \"others_cpu\": $other}/" "$TMP/out" >>"$TMP/all.jsonl"
+}
+
 for ((r = 0; r < ROUNDS; r++)); do
-    wait_quiet
-    LOAD="$(load1)"
-    echo "[bench] round $r, load $LOAD: bench_gemm, then numpy/torch" >&2
-    "$EXAMPLE" --shapes "$SHAPES" --threads "$THREADS" --trans "$TRANS" --rounds 1 |
-        sed "s/}\$/,\"bench_round\":$r,\"load\":$LOAD}/" >>"$TMP/all.jsonl"
-    "$PYTHON" tools/bench_gemm_torch.py --shapes "$SHAPES" --threads "$THREADS" --trans "$TRANS" |
-        sed "s/}\$/, \"bench_round\": $r, \"load\": $LOAD}/" >>"$TMP/all.jsonl"
+    run_clean "$r" "$EXAMPLE" --shapes "$SHAPES" --threads "$THREADS" --trans "$TRANS" --rounds 1
+    run_clean "$r" "$PYTHON" tools/bench_gemm_torch.py --shapes "$SHAPES" --threads "$THREADS" --trans "$TRANS"
 done
 
 MODEL="$(lscpu | sed -n 's/^Model name: *//p')"
@@ -86,9 +112,11 @@ for r in rows:
     g[(r["impl"], (r["m"], r["k"], r["n"]))].append(r["gflops"])
 impls = [i for i in order if any(k[0] == i for k in g)]
 loads = sorted({r["load"] for r in rows})
+others = sorted({r["others_cpu"] for r in rows})
 auto = next((r["resolved"] for r in rows if r["impl"] == "medmoe-auto"), "?")
 print(f"\nGEMM GFLOP/s, {sys.argv[3]} threads, trans {sys.argv[4]}, {len({r['bench_round'] for r in rows})} interleaved "
-      f"rounds, median [min .. max]; load average at round start {min(loads)} .. {max(loads)}; auto = {auto}\n")
+      f"rounds, median [min .. max]; load average at run start {min(loads)} .. {max(loads)}, CPUs taken by "
+      f"other processes during a run {min(others)} .. {max(others)}; auto = {auto}\n")
 print("| M x K x N | " + " | ".join(impls) + " | amx-bf16 / torch-bf16 |")
 print("|---|" + "---:|" * (len(impls) + 1))
 med = {}

@@ -9,19 +9,27 @@
 //! then stored or added to `dst`; the k blocking depends on k alone and every element is
 //! computed by one task, so results are bitwise independent of the thread count and partition.
 //!
-//! Driver: op(B) is packed once, whole, into 16-column panels of bf16 tiles in the pair-
-//! interleaved layout `tdpbf16ps` wants; op(A) into 16-row strips of tiles (layouts in `pack`),
-//! both zero-padded to multiples of 32 rows/columns and 32 k. Tasks are (row block x column
-//! block) of C, handed to up to `threads` rayon jobs; a task keeps its block in an f32 buffer
-//! and sweeps k in blocks of [`K_BLOCK_STEPS`] steps (column pair outer, so the two B panels of
-//! a k block stay in L1 while the row pairs pass), running the 32x32 microkernel (`kernel`)
-//! on each pair of strips x pair of panels, then writes its valid rows and columns into dst.
+//! Layouts (`pack`): op(A) in 16-row strips and op(B) in 16-column panels of bf16 tiles (B in
+//! the pair-interleaved layout `tdpbf16ps` wants), zero-padded to multiples of 32 rows/columns
+//! and 32 k.
 //!
-//! Availability: AVX-512 F/BW/VL (the packing code), CPUID leaf 7 EDX bits 22 (AMX-BF16) and 24
-//! (AMX-TILE), the OS enabling tile
-//! state in XCR0 (bits 17, 18), and on Linux the XTILEDATA permission, requested once per
-//! process with `arch_prctl(ARCH_REQ_XCOMP_PERM)` (the first time [`available`] is asked).
+//! Driver: at these sizes AMX computes faster than memory delivers the f32 operands, so the
+//! schedule minimises memory traffic. The operand with more elements ("owned": A when
+//! `m >= n`, else B) is split into blocks, one per task; a task packs its block itself into a
+//! thread-local buffer (read once from memory, never written back), while the other operand
+//! ("shared") is packed whole, once, before the tasks and read by all of them from cache.
+//! A task sweeps the shared operand in sub-blocks; for each it keeps the C sub-block in an f32
+//! buffer and runs k in blocks of [`K_BLOCK_STEPS`] steps (column pairs outer, so the two B
+//! panels of a k block stay in L1 while the row pairs pass) with the 32x32 microkernel
+//! (`kernel`), then writes its valid rows and columns into dst. Tasks go to up to `threads`
+//! rayon jobs.
+//!
+//! Availability (`cpu`): AVX-512 F/BW/VL (the packing code), CPUID leaf 7 EDX bits 22
+//! (AMX-BF16) and 24 (AMX-TILE), the OS enabling tile state in XCR0 (bits 17, 18), and on Linux
+//! the XTILEDATA permission, requested once per process with `arch_prctl(ARCH_REQ_XCOMP_PERM)`
+//! (the first time [`available`] is asked).
 
+mod cpu;
 mod kernel;
 mod pack;
 #[cfg(test)]
@@ -32,102 +40,34 @@ use super::{strides, DstPtr, Trans};
 use kernel::{kernel_32x32, Tiles};
 use pack::{pack_a, pack_b, TILE};
 use std::cell::RefCell;
-use std::sync::OnceLock;
+
+pub(crate) use cpu::available;
 
 /// k steps (of 32) per k block of a task: the two B panels of a block (2 x 8 KiB) stay in L1.
+/// 16 and 64 (no k blocking) measured the same within the noise of the shared machine; 8 keeps
+/// the most L1 room for the streamed A tiles.
 const K_BLOCK_STEPS: usize = 8;
-/// Upper bounds on a task's rows and columns (multiples of 32).
+/// Upper bounds on the rows and columns of a task's owned block and of its C sub-blocks
+/// (multiples of 32): a 256-column B block (`256 x k` bf16, 1 MiB at k = 2048) and a 128-row
+/// A sub-block stay in L2 together with the 128 KiB C buffer.
 const ROW_BLOCK: usize = 128;
 const COL_BLOCK: usize = 256;
 /// Compute tasks aimed for per thread (dynamic balancing on a shared machine).
 const TASKS_PER_THREAD: usize = 4;
-/// Strips or panels packed per packing task when the source is contiguous along k (tile by
-/// tile), and when it is contiguous across strips or panels (then a task reads row segments of
-/// 64 x 16 floats, a 4 KiB page, per k: narrower segments left the B pack of
-/// 512x2048x6144 at 2.5 GB/s, TLB- and prefetch-bound).
+/// Strips or panels of the shared operand packed per packing job when the source is contiguous
+/// along k (tile by tile), and when it is contiguous across strips or panels (then a job reads
+/// row segments of 64 x 16 floats, a 4 KiB page, per k row: narrower segments left such a pack
+/// at 2.5 GB/s, waiting on memory latency).
 const PACK_CHUNK: usize = 8;
 const PACK_CHUNK_WIDE: usize = 64;
 
 thread_local! {
-    /// Packed A and B of the products this thread drives.
+    /// The shared packed operand of the products this thread drives.
     static PACKED: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    /// The owned block of the tasks this thread runs.
+    static OWNED: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
     /// The C block of the tasks this thread runs.
     static C_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Whether this CPU and OS run AMX-BF16 tiles for this process (asks the kernel for the tile
-/// data permission the first time).
-pub(crate) fn available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        // The packing routines are compiled for AVX-512 (every AMX CPU has it; checked anyway).
-        let avx512 = is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl");
-        avx512 && cpu_has_amx_bf16() && os_enables_tiles() && request_tile_permission()
-    })
-}
-
-/// CPUID leaf 7, sub-leaf 0, EDX bits 22 (AMX-BF16) and 24 (AMX-TILE).
-fn cpu_has_amx_bf16() -> bool {
-    use std::arch::x86_64::{__cpuid, __cpuid_count};
-    // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 is only read when leaf 0 says it exists.
-    #[allow(unused_unsafe)]
-    let edx = unsafe {
-        if __cpuid(0).eax < 7 {
-            return false;
-        }
-        __cpuid_count(7, 0).edx
-    };
-    edx & (1 << 22) != 0 && edx & (1 << 24) != 0
-}
-
-/// OSXSAVE (CPUID.1:ECX bit 27) and XCR0 bits 17 (XTILECFG) and 18 (XTILEDATA).
-fn os_enables_tiles() -> bool {
-    use std::arch::x86_64::__cpuid;
-    // SAFETY: CPUID exists on every x86-64 CPU.
-    #[allow(unused_unsafe)]
-    let osxsave = unsafe { __cpuid(1).ecx } & (1 << 27) != 0;
-    if !osxsave {
-        return false;
-    }
-    let (lo, _hi): (u32, u32);
-    // SAFETY: XGETBV with ECX = 0 is valid whenever OSXSAVE is set (checked above); it only
-    // writes EAX and EDX.
-    unsafe {
-        std::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") _hi, options(nomem, nostack, preserves_flags));
-    }
-    lo & (3 << 17) == 3 << 17
-}
-
-/// Linux: `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)` (process-wide, once).
-#[cfg(target_os = "linux")]
-fn request_tile_permission() -> bool {
-    const SYS_ARCH_PRCTL: i64 = 158;
-    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
-    const XFEATURE_XTILEDATA: i64 = 18;
-    let ret: i64;
-    // SAFETY: the arch_prctl system call with these arguments only changes the process's
-    // permitted xsave features; the syscall instruction clobbers rcx and r11 (declared) and
-    // returns in rax.
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            inlateout("rax") SYS_ARCH_PRCTL => ret,
-            in("rdi") ARCH_REQ_XCOMP_PERM,
-            in("rsi") XFEATURE_XTILEDATA,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-    }
-    ret == 0
-}
-
-/// Other systems: not attempted (the backend reports itself unavailable).
-#[cfg(not(target_os = "linux"))]
-fn request_tile_permission() -> bool {
-    false
 }
 
 /// Rounds `x` up to a multiple of `m`.
@@ -213,94 +153,173 @@ pub(crate) fn matmul(
         return;
     }
     let threads = if m * n * k >= 1 << 18 { threads.max(1) } else { 1 };
-    let (a_rs, a_cs) = strides(m, k, ta);
-    let (b_rs, b_cs) = strides(k, n, tb);
-    let ks = k.div_ceil(32);
-    let (strips, panels) = (round_up(m, 32) / 16, round_up(n, 32) / 16);
-    let a_len = strips * ks * TILE;
-    let b_len = panels * ks * TILE;
-    let (src_a, src_b) = (Raw(a.as_ptr() as *mut f32), Raw(b.as_ptr() as *mut f32));
-    let want = TASKS_PER_THREAD * threads;
-    let rb = block(m, ROW_BLOCK, n.div_ceil(COL_BLOCK), want);
-    let cb = block(n, COL_BLOCK, m.div_ceil(rb), want);
-    let (row_blocks, col_blocks) = (m.div_ceil(rb), n.div_ceil(cb));
-    let c = Raw(dst.ptr);
-    with_buf(&PACKED, a_len + b_len, |buf| {
-        let (pa, pb) = (Raw(buf), Raw(buf.wrapping_add(a_len)));
-        let a_chunk = if a_cs == 1 { PACK_CHUNK } else { PACK_CHUNK_WIDE };
-        let b_chunk = if b_rs == 1 { PACK_CHUNK } else { PACK_CHUNK_WIDE };
-        let (a_chunks, b_chunks) = (strips.div_ceil(a_chunk), panels.div_ceil(b_chunk));
-        run_tasks(threads, a_chunks + b_chunks, &|t| {
-            // SAFETY: op(a) and op(b) are readable for their shapes (lengths asserted); chunk
-            // t writes only its own strips (panels) of the packed buffer, which holds a_len +
-            // b_len elements and is ours until the tasks are joined.
-            unsafe {
-                if t < a_chunks {
-                    let (t0, t1) = (t * a_chunk, ((t + 1) * a_chunk).min(strips));
-                    pack_a(src_a.get(), a_rs, a_cs, m, k, t0, t1, pa.get().add(t0 * ks * TILE));
+    let own_rows = m >= n;
+    let (own_len, own_max) = if own_rows { (m, ROW_BLOCK) } else { (n, COL_BLOCK) };
+    let blk = block(own_len, own_max, 1, TASKS_PER_THREAD * threads);
+    let ctx = Ctx {
+        c: Raw(dst.ptr),
+        a: Raw(a.as_ptr() as *mut f32),
+        b: Raw(b.as_ptr() as *mut f32),
+        a_st: strides(m, k, ta),
+        b_st: strides(k, n, tb),
+        m,
+        k,
+        n,
+        ks: k.div_ceil(32),
+        accumulate,
+        own_rows,
+        blk,
+    };
+    // Shared operand: all its strips (panels), padded to 32 rows (columns).
+    let shared_tiles = round_up(if own_rows { n } else { m }, 32) / 16;
+    with_buf(&PACKED, shared_tiles * ctx.ks * TILE, |buf| {
+        let shared = Raw(buf);
+        let chunk = ctx.pack_chunk(!own_rows);
+        run_tasks(threads, shared_tiles.div_ceil(chunk), &|t| {
+            let (t0, t1) = (t * chunk, ((t + 1) * chunk).min(shared_tiles));
+            // SAFETY: chunk t writes only its own strips (panels) t0..t1 of the buffer, which
+            // holds shared_tiles * ks tiles and is ours until the tasks are joined.
+            unsafe { ctx.pack(!own_rows, t0, t1, shared.get().add(t0 * ctx.ks * TILE)) };
+        });
+        run_tasks(threads, own_len.div_ceil(blk), &|t| ctx.task(t, shared));
+    });
+}
+
+/// What every task of one product needs (read-only; `c` written in disjoint blocks).
+struct Ctx {
+    c: Raw<f32>,
+    a: Raw<f32>,
+    b: Raw<f32>,
+    /// Row and column strides of op(a), op(b).
+    a_st: (usize, usize),
+    b_st: (usize, usize),
+    m: usize,
+    k: usize,
+    n: usize,
+    /// k steps of 32.
+    ks: usize,
+    accumulate: bool,
+    /// Tasks own row blocks of A (else column blocks of B).
+    own_rows: bool,
+    /// Rows (columns) of an owned block.
+    blk: usize,
+}
+
+impl Ctx {
+    /// Strips (`a_side`) or panels packed per packing job: more when the source is contiguous
+    /// across them rather than along k, so each k row segment read is a whole 4 KiB page.
+    fn pack_chunk(&self, a_side: bool) -> usize {
+        let k_contiguous = if a_side { self.a_st.1 == 1 } else { self.b_st.0 == 1 };
+        if k_contiguous {
+            PACK_CHUNK
+        } else {
+            PACK_CHUNK_WIDE
+        }
+    }
+
+    /// Packs strips (`a_side`) or panels `t0..t1` into `dst`.
+    ///
+    /// # Safety
+    /// `dst` must be writable for `(t1 - t0) * ks` tiles and not accessed by anyone else.
+    unsafe fn pack(&self, a_side: bool, t0: usize, t1: usize, dst: *mut u16) {
+        let (m, k, n) = (self.m, self.k, self.n);
+        // SAFETY: op(a) / op(b) are readable for their shapes (lengths asserted by `matmul`);
+        // AVX-512 checked by `available`; dst as the caller guarantees.
+        unsafe {
+            if a_side {
+                pack_a(self.a.get(), self.a_st.0, self.a_st.1, m, k, t0, t1, dst);
+            } else {
+                pack_b(self.b.get(), self.b_st.0, self.b_st.1, k, n, t0, t1, dst);
+            }
+        }
+    }
+
+    /// Task `t`: packs its owned block, then computes its rows (columns) of C against every
+    /// sub-block of the shared operand `shared` (packed whole).
+    fn task(&self, t: usize, shared: Raw<u16>) {
+        let ks = self.ks;
+        let (own0, own_len) = (t * self.blk, self.blk.min(if self.own_rows { self.m } else { self.n } - t * self.blk));
+        let own_tiles = round_up(own_len, 32) / 16;
+        with_buf(&OWNED, own_tiles * ks * TILE, |owned| {
+            // SAFETY: the buffer holds own_tiles * ks tiles and is this thread's own; strips
+            // (panels) own0/16.. start 16-aligned because blk is a multiple of 32.
+            unsafe { self.pack(self.own_rows, own0 / 16, own0 / 16 + own_tiles, owned) };
+            let (sub_len, sub_max) = if self.own_rows { (self.n, COL_BLOCK) } else { (self.m, ROW_BLOCK) };
+            for sub0 in (0..sub_len).step_by(sub_max) {
+                let sub = sub_max.min(sub_len - sub0);
+                // SAFETY: the shared buffer holds round_up(sub_len, 32) / 16 strips (panels),
+                // packed before this fork-join, so the sub-block's tiles are in it.
+                let sub_tiles = unsafe { shared.get().add(sub0 / 16 * ks * TILE) };
+                if self.own_rows {
+                    self.block_c(own0, own_len, owned, sub0, sub, sub_tiles);
                 } else {
-                    let t = t - a_chunks;
-                    let (q0, q1) = (t * b_chunk, ((t + 1) * b_chunk).min(panels));
-                    pack_b(src_b.get(), b_rs, b_cs, k, n, q0, q1, pb.get().add(q0 * ks * TILE));
+                    self.block_c(sub0, sub, sub_tiles, own0, own_len, owned);
                 }
             }
         });
-        run_tasks(threads, row_blocks * col_blocks, &|t| {
-            let (ib, jb) = (t % row_blocks, t / row_blocks);
-            let (r0, c0) = (ib * rb, jb * cb);
-            let (rows, cols) = (rb.min(m - r0), cb.min(n - c0));
-            let (rp, cp) = (round_up(rows, 32), round_up(cols, 32));
-            with_buf(&C_BUF, rp * cp, |cbuf| {
-                // SAFETY: AMX available (asserted above).
-                let tiles = unsafe { Tiles::configure() };
-                for s0 in (0..ks).step_by(K_BLOCK_STEPS) {
-                    let steps = K_BLOCK_STEPS.min(ks - s0);
-                    for j in (0..cp).step_by(32) {
-                        let q = (c0 + j) / 16;
-                        for i in (0..rp).step_by(32) {
-                            let st = (r0 + i) / 16;
-                            // SAFETY: AMX checked; strips st, st+1 < strips and panels q, q+1
-                            // < panels (rows and columns are padded to 32), so tiles s0..s0+
-                            // steps of each lie in the packed buffer, packed before this
-                            // fork-join; the 32x32 C block at (i, j) lies in cbuf (rp x cp
-                            // floats, this task's own), row stride cp * 4 bytes.
-                            unsafe {
-                                let tile =
-                                    |base: Raw<u16>, idx: usize| base.get().add((idx * ks + s0) * TILE) as *const u16;
-                                kernel_32x32(
-                                    &tiles,
-                                    tile(pa, st),
-                                    tile(pa, st + 1),
-                                    tile(pb, q),
-                                    tile(pb, q + 1),
-                                    steps,
-                                    cbuf.add(i * cp + j),
-                                    cp * 4,
-                                    s0 > 0,
-                                );
-                            }
-                        }
-                    }
-                }
-                drop(tiles);
-                for i in 0..rows {
-                    // SAFETY: row r0+i < m and columns c0..c0+cols <= n lie in dst (m x n, length
-                    // asserted; written, never read, when not accumulating, so it may be
-                    // uninitialised then); no other task touches them (tasks own disjoint
-                    // blocks); row i of cbuf holds cp >= cols computed floats.
-                    unsafe {
-                        let d = c.get().add((r0 + i) * n + c0);
-                        let s = std::slice::from_raw_parts(cbuf.add(i * cp), cols);
-                        if accumulate {
-                            for (x, &v) in std::slice::from_raw_parts_mut(d, cols).iter_mut().zip(s) {
-                                *x += v;
-                            }
+    }
+
+    /// C rows `r0..r0+rows` x columns `c0..c0+cols` from the packed A strips at `a_tiles`
+    /// (first row r0) and B panels at `b_tiles` (first column c0). Partial sums live in an f32
+    /// buffer between k blocks; 32x32 blocks that lie wholly inside C are stored straight into
+    /// dst after their last k block when not accumulating (one pass over C less), the rest is
+    /// copied (or added) from the buffer.
+    fn block_c(&self, r0: usize, rows: usize, a_tiles: *const u16, c0: usize, cols: usize, b_tiles: *const u16) {
+        let (ks, n) = (self.ks, self.n);
+        let (rp, cp) = (round_up(rows, 32), round_up(cols, 32));
+        // Rows and columns of the blocks stored straight into dst.
+        let (full_r, full_c) = if self.accumulate { (0, 0) } else { (rows / 32 * 32, cols / 32 * 32) };
+        let dst = self.c.get().wrapping_add(r0 * n + c0);
+        with_buf(&C_BUF, rp * cp, |cbuf| {
+            // SAFETY: AMX available (asserted by `matmul`).
+            let tiles = unsafe { Tiles::configure() };
+            for s0 in (0..ks).step_by(K_BLOCK_STEPS) {
+                let steps = K_BLOCK_STEPS.min(ks - s0);
+                let last = s0 + steps == ks;
+                let tile = |base: *const u16, idx: usize| base.wrapping_add((idx * ks + s0) * TILE);
+                for j in (0..cp).step_by(32) {
+                    for i in (0..rp).step_by(32) {
+                        let (st, q) = (i / 16, j / 16);
+                        let buf = cbuf.wrapping_add(i * cp + j);
+                        let c_in = (s0 > 0).then_some((buf as *const f32, cp * 4));
+                        let c_out = if last && i < full_r && j < full_c {
+                            (dst.wrapping_add(i * n + j), n * 4)
                         } else {
-                            std::ptr::copy_nonoverlapping(s.as_ptr(), d, cols);
+                            (buf, cp * 4)
+                        };
+                        // SAFETY: AMX configured; a_tiles holds rp / 16 > st + 1 strips and
+                        // b_tiles cp / 16 > q + 1 panels of ks tiles (padded to 32), so tiles
+                        // s0..s0+steps of each are readable; the 32x32 block at (i, j) lies in
+                        // cbuf (rp x cp floats, this thread's, row stride cp * 4 bytes) and,
+                        // when i + 32 <= rows and j + 32 <= cols, in this task's rows r0.. and
+                        // columns c0.. of dst (m x n, row stride n * 4 bytes), which no other
+                        // task touches.
+                        unsafe {
+                            let (a0, a1) = (tile(a_tiles, st), tile(a_tiles, st + 1));
+                            kernel_32x32(&tiles, a0, a1, tile(b_tiles, q), tile(b_tiles, q + 1), steps, c_in, c_out);
                         }
                     }
                 }
-            });
+            }
+            drop(tiles);
+            for i in 0..rows {
+                let x0 = if i < full_r { full_c } else { 0 };
+                // SAFETY: row r0+i < m and columns c0+x0..c0+cols <= n lie in dst (m x n, length
+                // asserted; written, never read, when not accumulating, so it may be
+                // uninitialised then); no other task touches them (tasks own disjoint row or
+                // column blocks); row i of cbuf holds cp >= cols computed floats.
+                unsafe {
+                    let d = dst.add(i * n + x0);
+                    let s = std::slice::from_raw_parts(cbuf.add(i * cp + x0), cols - x0);
+                    if self.accumulate {
+                        for (x, &v) in std::slice::from_raw_parts_mut(d, s.len()).iter_mut().zip(s) {
+                            *x += v;
+                        }
+                    } else {
+                        std::ptr::copy_nonoverlapping(s.as_ptr(), d, s.len());
+                    }
+                }
+            }
         });
-    });
+    }
 }

@@ -59,14 +59,14 @@ impl Drop for Tiles {
 
 /// `C (+)= A · B` for one 32x32 block: `a0`, `a1` point at the first of `steps` contiguous A
 /// tiles of the two row strips, `b0`, `b1` at those of the two column panels (layouts in
-/// `pack`); `c` is a row-major f32 block with row stride `c_stride` bytes, read first when
-/// `load_c` (else C starts at zero) and written at the end.
+/// `pack`). C starts from the row-major f32 block `c_in` (pointer, row stride in bytes) or,
+/// when it is `None`, from zero, and is written to the block `c_out` (which may be `c_in`).
 ///
 /// # Safety
 /// AMX-BF16 must be available (`amx::available`) and the tiles configured on this thread
-/// (`_tiles`); the four tile runs must be readable for `steps * 1024` bytes each;
-/// `c` must be readable (when `load_c`) and writable for 32 rows of `c_stride` bytes, the first
-/// 128 of each row; `steps >= 1`.
+/// (`_tiles`); the four tile runs must be readable for `steps * 1024` bytes each; `c_in` must
+/// be readable and `c_out` writable for 32 rows of their strides, the first 128 bytes of each
+/// row; `steps >= 1`.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(super) unsafe fn kernel_32x32(
@@ -76,32 +76,33 @@ pub(super) unsafe fn kernel_32x32(
     b0: *const u16,
     b1: *const u16,
     steps: usize,
-    c: *mut f32,
-    c_stride: usize,
-    load_c: bool,
+    c_in: Option<(*const f32, usize)>,
+    c_out: (*mut f32, usize),
 ) {
     debug_assert!(steps >= 1);
-    // Lower half of C: 16 rows down.
-    let c_lo = c.wrapping_byte_add(16 * c_stride);
+    let (cin, cin_stride) = c_in.unwrap_or((std::ptr::null(), 0));
+    let (cout, cout_stride) = c_out;
     // SAFETY: the caller guarantees AMX with configured tiles and the readable/writable ranges:
-    // the loop reads `steps` tiles of 1024 bytes from each of a0, a1, b0, b1 (row stride 64),
-    // and the C tiles are 16 rows of 64 bytes at c, c+64, c_lo, c_lo+64 with row stride
-    // c_stride. Every tile is written (zero / load) before it is read (module docs).
+    // the loop reads `steps` tiles of 1024 bytes from each of a0, a1, b0, b1 (row stride 64);
+    // the C tiles are 16 rows of 64 bytes at c, c+64, c+16*stride, c+16*stride+64 (row stride
+    // `stride`) of c_in (read only when non-null) and c_out. Every tile is written (zero /
+    // load) before it is read (module docs).
     unsafe {
         std::arch::asm!(
-            "test {load:e}, {load:e}",
+            "test {cin}, {cin}",
             "jz 3f",
-            "tileloadd tmm0, [{c} + {cs}*1]",
-            "tileloadd tmm1, [{c} + {cs}*1 + 64]",
-            "tileloadd tmm2, [{clo} + {cs}*1]",
-            "tileloadd tmm3, [{clo} + {cs}*1 + 64]",
-            "jmp 4f",
+            "lea {lo}, [{cin} + {cins}*8]",
+            "lea {lo}, [{lo} + {cins}*8]",
+            "tileloadd tmm0, [{cin} + {cins}*1]",
+            "tileloadd tmm1, [{cin} + {cins}*1 + 64]",
+            "tileloadd tmm2, [{lo} + {cins}*1]",
+            "tileloadd tmm3, [{lo} + {cins}*1 + 64]",
+            "jmp 2f",
             "3:",
             "tilezero tmm0",
             "tilezero tmm1",
             "tilezero tmm2",
             "tilezero tmm3",
-            "4:",
             "2:",
             "tileloadd tmm4, [{a0} + {s64}*1]",
             "tileloadd tmm6, [{b0} + {s64}*1]",
@@ -117,14 +118,17 @@ pub(super) unsafe fn kernel_32x32(
             "add {b1}, 1024",
             "dec {steps}",
             "jnz 2b",
-            "tilestored [{c} + {cs}*1], tmm0",
-            "tilestored [{c} + {cs}*1 + 64], tmm1",
-            "tilestored [{clo} + {cs}*1], tmm2",
-            "tilestored [{clo} + {cs}*1 + 64], tmm3",
-            load = in(reg) load_c as u32,
-            c = in(reg) c,
-            clo = in(reg) c_lo,
-            cs = in(reg) c_stride,
+            "lea {lo}, [{cout} + {couts}*8]",
+            "lea {lo}, [{lo} + {couts}*8]",
+            "tilestored [{cout} + {couts}*1], tmm0",
+            "tilestored [{cout} + {couts}*1 + 64], tmm1",
+            "tilestored [{lo} + {couts}*1], tmm2",
+            "tilestored [{lo} + {couts}*1 + 64], tmm3",
+            cin = in(reg) cin,
+            cins = in(reg) cin_stride,
+            cout = in(reg) cout,
+            couts = in(reg) cout_stride,
+            lo = out(reg) _,
             s64 = in(reg) 64usize,
             a0 = inout(reg) a0 => _,
             a1 = inout(reg) a1 => _,
