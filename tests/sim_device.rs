@@ -1,11 +1,14 @@
 //! One training step (the product step, `actors::trainer::Trainer::step`: forward, backward,
-//! AdamW) of a small MoE model on `Device::Sim` — the GPU kernels run in kernels-gpu's SIMT
-//! simulator — against the same step on `Device::Cpu`.
+//! AdamW) of a small MoE model and of a small dense model on each GPU backend — `Device::Sim`
+//! (the GPU kernels in kernels-gpu's SIMT simulator) always, `Device::Cuda` when
+//! `MOE_GPU_TESTS=1` (built with `--features cuda`, run by tools/gpu_check.sh) — against the same
+//! step on `Device::Cpu`.
 //!
-//! Model: preset tiny-k1p1-n16 shrunk so the simulator stays quick (one OS thread per simulated
+//! Models: preset tiny-k1p1-n16 shrunk so the simulator stays quick (one OS thread per simulated
 //! thread): 2 layers, vocabulary 512, hidden 64 (4 heads, 2 KV heads of 16), 16 routed experts of
 //! width 16 + a shared expert of 32, top-1 STE router, capacity factor 1.25 in training (tokens
-//! overflow); batch 2 x 8 tokens. One simulated step; the per-parameter gradients are read from
+//! overflow); the dense one is the same without the `moe` section (tiny-dense shapes: FFN 192);
+//! batch 2 x 8 tokens. One simulated step; the per-parameter gradients are read from
 //! AdamW's first moment. Tolerances (f32, the only Sim mode): loss relative <= 1e-5;
 //! every parameter's gradient relative L2 <= 1e-4; every parameter after one AdamW step relative
 //! L2 <= 1e-4. The AdamW kernel alone (same gradients on both devices) agrees to 1e-6.
@@ -35,6 +38,25 @@ fn tiny_model() -> Qwen3 {
     (config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim) = (64, 4, 2, 16);
     let moe = MoeSpec { expert_width: 16, shared_width: 32, ..moe };
     Qwen3::from_init(config, Some(moe), DType::F32, qwen3_init(11, 0.02))
+}
+
+fn tiny_dense_model() -> Qwen3 {
+    let mut config = presets::embedded("tiny-dense").expect("preset").expect("valid preset");
+    config.num_hidden_layers = 2;
+    config.vocab_size = 512;
+    (config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim) = (64, 4, 2, 16);
+    config.intermediate_size = 192;
+    Qwen3::from_init(config, None, DType::F32, qwen3_init(12, 0.02))
+}
+
+/// The GPU backends to compare with the CPU: Sim always, Cuda with `MOE_GPU_TESTS=1`.
+fn gpu_devices() -> Vec<Device> {
+    if std::env::var("MOE_GPU_TESTS").is_ok_and(|v| v == "1") {
+        vec![Device::Sim, Device::Cuda]
+    } else {
+        eprintln!("cuda step parity: skipped: MOE_GPU_TESTS not set");
+        vec![Device::Sim]
+    }
 }
 
 /// `B` x `T` pseudo-random ids in `0..v`; targets are the next token (-100 at each row's end).
@@ -84,7 +106,8 @@ const ROUTER: RouterTraining = RouterTraining {
 /// A trainer of `model` on `device` for one step on `batch` with AdamW `cfg` and [`ROUTER`].
 fn trainer(model: Qwen3, batch: &TokenBatch, cfg: AdamWConfig, device: Device) -> Trainer {
     let mut phase = medmoe_tests::plain_phase(batch.b, batch.t, 1, cfg.lr, [cfg.beta1, cfg.beta2], cfg.weight_decay);
-    phase.router = Some(RouterSchedule {
+    let moe = model.moe.is_some();
+    phase.router = moe.then_some(RouterSchedule {
         lb: [ROUTER.lb_coef; 2],
         temperature: [ROUTER.temperature; 2],
         z: ROUTER.z_coef,
@@ -96,31 +119,47 @@ fn trainer(model: Qwen3, batch: &TokenBatch, cfg: AdamWConfig, device: Device) -
     let mut t = Trainer::new(phase, model, None).expect("trainer");
     t.opt.cfg = cfg;
     t.set_device(device).expect("device");
-    assert_eq!(t.router_training_at(0), Some(ROUTER));
+    if moe {
+        assert_eq!(t.router_training_at(0), Some(ROUTER));
+    }
     t
 }
 
 #[test]
-fn training_step_on_sim_matches_cpu() {
-    let model = tiny_model();
+fn moe_training_step_on_each_gpu_backend_matches_cpu() {
+    for device in gpu_devices() {
+        step_matches_cpu(tiny_model(), device);
+    }
+}
+
+#[test]
+fn dense_training_step_on_each_gpu_backend_matches_cpu() {
+    for device in gpu_devices() {
+        step_matches_cpu(tiny_dense_model(), device);
+    }
+}
+
+/// One product step of `model` on `device` against the CPU, then the AdamW kernel alone.
+fn step_matches_cpu(model: Qwen3, device: Device) {
+    println!("{} model on {device}", if model.moe.is_some() { "MoE" } else { "dense" });
     let (batch, targets) = batch(2, 8, model.config.vocab_size);
     let micro = [medmoe_tests::packed(&batch, &targets)];
     let cfg = AdamWConfig { lr: 1e-3, weight_decay: 0.1, ..AdamWConfig::default() };
     let (mut tc, mut ts) =
-        (trainer(model.clone(), &batch, cfg, Device::Cpu), trainer(model.clone(), &batch, cfg, Device::Sim));
+        (trainer(model.clone(), &batch, cfg, Device::Cpu), trainer(model.clone(), &batch, cfg, device));
     let started = std::time::Instant::now();
     let (sc, _) = tc.step(&micro, Default::default()).expect("cpu step");
     let cpu_s = started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
-    let (ss, _) = ts.step(&micro, Default::default()).expect("sim step");
-    println!("one training step: cpu {cpu_s:.2} s, sim {:.2} s", started.elapsed().as_secs_f64());
+    let (ss, _) = ts.step(&micro, Default::default()).expect("gpu backend step");
+    println!("one training step: cpu {cpu_s:.2} s, {device} {:.2} s", started.elapsed().as_secs_f64());
     assert!(sc.applied && ss.applied);
     assert_eq!(sc.tokens, ss.tokens);
     let loss_err = ((ss.loss - sc.loss) as f64).abs() / (sc.loss as f64).abs();
-    println!("loss cpu {:.7} sim {:.7} rel err {loss_err:.2e} (tol {LOSS_RTOL:.0e})", sc.loss, ss.loss);
+    println!("loss cpu {:.7} {device} {:.7} rel err {loss_err:.2e} (tol {LOSS_RTOL:.0e})", sc.loss, ss.loss);
     assert!(loss_err <= LOSS_RTOL, "loss: {loss_err:.2e}");
     let norm_err = ((ss.grad_norm - sc.grad_norm) as f64).abs() / sc.grad_norm as f64;
-    println!("gradient norm cpu {:.6} sim {:.6} rel err {norm_err:.2e}", sc.grad_norm, ss.grad_norm);
+    println!("gradient norm cpu {:.6} {device} {:.6} rel err {norm_err:.2e}", sc.grad_norm, ss.grad_norm);
     assert!(norm_err <= GRAD_RTOL);
 
     // After one step from zero moments the first moment is `(1 - beta1) * g` on both devices: the
@@ -136,7 +175,7 @@ fn training_step_on_sim_matches_cpu() {
     let (mut oc, mut os) = (AdamW::new(&pc.params, cfg), AdamW::new(&ps.params, cfg));
     for _ in 0..2 {
         assert!(oc.step_on(Device::Cpu, &mut pc.params, &cpu_grads).expect("cpu adamw"));
-        assert!(os.step_on(Device::Sim, &mut ps.params, &cpu_grads).expect("sim adamw"));
+        assert!(os.step_on(device, &mut ps.params, &cpu_grads).expect("gpu backend adamw"));
     }
     let err = rel_norm_err(&ps.params.flat(), &pc.params.flat());
     let (em, ev) = (rel_norm_err(&os.m, &oc.m), rel_norm_err(&os.v, &oc.v));
@@ -147,6 +186,10 @@ fn training_step_on_sim_matches_cpu() {
 
 #[test]
 fn cuda_device_is_a_typed_error_not_a_panic() {
+    if std::env::var("MOE_GPU_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("cuda_device_is_a_typed_error_not_a_panic: skipped: MOE_GPU_TESTS=1 (a GPU is present)");
+        return;
+    }
     let err = Tape::new_on(Device::Cuda).err().expect("no CUDA dispatch in this build");
     assert!(err.to_string().contains("cuda device not available"), "{err}");
     let model = tiny_model();
