@@ -99,13 +99,23 @@ pub fn step_dir_name(step: u64) -> String {
 }
 
 fn serialize(tensors: &[(&str, &[usize], &[f32])], path: &Path) -> Result<Vec<u8>> {
-    let views = tensors
+    serialize_with(tensors, None, path)
+}
+
+/// [`serialize`] plus, when given, one I64 scalar tensor `(name, value)` (counters stay exact).
+fn serialize_with(tensors: &[(&str, &[usize], &[f32])], int: Option<(&str, &[u8])>, path: &Path) -> Result<Vec<u8>> {
+    let mut views = tensors
         .iter()
         .map(|(name, shape, values)| {
             TensorView::new(Dtype::F32, shape.to_vec(), bytemuck::cast_slice(values)).map(|v| (name.to_string(), v))
         })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| EngineError::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })?;
+    if let Some((name, le_bytes)) = int {
+        let view = TensorView::new(Dtype::I64, vec![1], le_bytes)
+            .map_err(|e| EngineError::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })?;
+        views.push((name.to_string(), view));
+    }
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     safetensors::tensor::serialize(views, &Some(meta))
         .map_err(|e| EngineError::Checkpoint { path: path.to_path_buf(), msg: e.to_string() })
@@ -126,11 +136,12 @@ pub fn write_checkpoint(dir: &Path, snap: &Snapshot, keep_last: usize, budget: &
     budget.write(&tmp.join("config.json"), snap.config_json.as_bytes())?;
     budget.write(&tmp.join(MODEL_FILE), &serialize(&model, tmp)?)?;
     let n = snap.adam_m.len();
-    let step = [snap.adam_step as f32];
-    let (shape, one) = ([n], [1usize]);
+    // The AdamW step as an exact integer (an f32 loses steps past 2^24).
+    let step = (snap.adam_step as i64).to_le_bytes();
+    let shape = [n];
     let opt: Vec<(&str, &[usize], &[f32])> =
-        vec![("m", &shape[..], &snap.adam_m[..]), ("v", &shape[..], &snap.adam_v[..]), ("step", &one[..], &step[..])];
-    budget.write(&tmp.join(OPTIMIZER_FILE), &serialize(&opt, tmp)?)?;
+        vec![("m", &shape[..], &snap.adam_m[..]), ("v", &shape[..], &snap.adam_v[..])];
+    budget.write(&tmp.join(OPTIMIZER_FILE), &serialize_with(&opt, Some(("step", &step[..])), tmp)?)?;
     budget.write(&tmp.join(TRAINER_FILE), snap.trainer_json.as_bytes())?;
     staging.commit()?;
     let all = list_checkpoints(dir)?;
@@ -210,7 +221,11 @@ pub fn read_checkpoint(path: &Path) -> Result<Loaded> {
     let opt_path = path.join(OPTIMIZER_FILE);
     let ck = model::safetensors_io::SafetensorsReader::open(&opt_path)?;
     let (m, v) = (ck.read_f32("m")?, ck.read_f32("v")?);
-    let step = ck.read_f32("step")?;
+    // I64 since issue 11; older checkpoints stored it as f32.
+    let step: Vec<u64> = match ck.read_i64("step") {
+        Ok(s) => s.iter().map(|&x| x.max(0) as u64).collect(),
+        Err(_) => ck.read_f32("step")?.iter().map(|&x| x as u64).collect(),
+    };
     if m.len() != model.params.numel() || v.len() != m.len() || step.len() != 1 {
         return Err(EngineError::Checkpoint {
             path: opt_path,
@@ -218,7 +233,7 @@ pub fn read_checkpoint(path: &Path) -> Result<Loaded> {
         });
     }
     let trainer_json = fs::read_to_string(path.join(TRAINER_FILE)).map_err(EngineError::io(path.join(TRAINER_FILE)))?;
-    Ok(Loaded { model, adam_m: m, adam_v: v, adam_step: step[0] as u64, trainer_json })
+    Ok(Loaded { model, adam_m: m, adam_v: v, adam_step: step[0], trainer_json })
 }
 
 #[cfg(test)]

@@ -73,3 +73,13 @@ fn replacing_a_checkpoint_of_the_same_step_leaves_one_complete_directory() {
     assert_eq!(names(tmp.path()), ["step-00000005"]);
     assert!(fs::read_to_string(path.join(TRAINER_FILE)).unwrap().contains("replaced"));
 }
+
+#[test]
+fn adamw_step_past_two_to_the_24_is_stored_exactly() {
+    // As f32, 2^24 + 1 rounds to 2^24: bias correction would then use the wrong step on resume.
+    let tmp = tempfile::tempdir().unwrap();
+    let step = (1u64 << 24) + 1;
+    let dir = write_checkpoint(tmp.path(), &snapshot(step), 2, &mut DiskBudget::default()).unwrap();
+    let ck = model::safetensors_io::SafetensorsReader::open(&dir.join(OPTIMIZER_FILE)).unwrap();
+    assert_eq!(ck.read_i64("step").unwrap(), vec![step as i64]);
+}
