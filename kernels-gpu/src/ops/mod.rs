@@ -32,7 +32,6 @@ pub use rows::{lm_head_ce, rmsnorm_backward, rmsnorm_forward, softmax_ce_forward
 use crate::launcher::{LaunchDims, LaunchError, Launcher};
 use crate::simt::Dim3;
 
-
 /// `Err(InvalidLaunch(what))` unless `ok`.
 pub(crate) fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<(), LaunchError> {
     if ok {
