@@ -47,6 +47,14 @@ pub enum EngineError {
         /// What happened.
         msg: String,
     },
+    /// Another run holds the run directory's lock.
+    #[error("run directory {} is in use by {holder}: wait for that run to finish or stop it", dir.display())]
+    Locked {
+        /// The run directory.
+        dir: PathBuf,
+        /// Who holds it ([`crate::lock::Holder`] in words).
+        holder: String,
+    },
     /// Training diverged beyond what the guards handle.
     #[error("training: {0}")]
     Training(String),

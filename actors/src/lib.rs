@@ -14,12 +14,15 @@ pub mod checkpoint;
 pub mod error;
 pub mod eval;
 pub mod evaluator;
+pub mod lock;
 pub mod manifest;
 pub mod metrics;
 pub mod phase;
+pub mod rundir;
 pub mod schedule;
 pub mod supervisor;
 pub mod trainer;
+pub mod verify;
 
 pub use error::{EngineError, Result};
 pub mod stages;

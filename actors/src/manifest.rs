@@ -2,6 +2,7 @@
 //! whose inputs did not change is skipped.
 
 use crate::error::{EngineError, Result};
+use crate::verify::{first_damage, FileHash};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -67,15 +68,32 @@ impl std::fmt::Display for Stage {
     }
 }
 
-/// `manifest.json` of a finished stage.
+/// `manifest.json` of a finished stage: what it was built from and what it holds. It is written
+/// last, so a stage directory with a manifest is complete; [`StageManifest::identity`] is what the
+/// stages after it list as their input.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StageManifest {
     /// The stage.
     pub stage: Stage,
-    /// Hash of the stage's resolved config.
+    /// SHA-256 of `key`.
     pub config_hash: String,
-    /// Hash of every input (name -> hash of the producing stage's manifest or file).
+    /// Everything the stage's output depends on besides its inputs (run config fields, preset
+    /// contents, phase config, seeds), kept readable so a changed field can be named.
+    #[serde(default)]
+    pub key: serde_json::Value,
+    /// Identity of every input stage (name -> [`StageManifest::identity`]).
     pub inputs: BTreeMap<String, String>,
+    /// The stage's content files (path relative to the stage directory -> size and hash): part of
+    /// its identity, checked before the stage counts as done.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, FileHash>,
+    /// Record files (summary.json): checked like `outputs`, but not part of the identity (they
+    /// hold wall-clock times).
+    #[serde(default)]
+    pub records: BTreeMap<String, FileHash>,
+    /// Why the stage was built (first build, changed fields, damaged files, --force).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub built_because: Vec<String>,
     /// Metrics of the stage (free-form).
     #[serde(default)]
     pub metrics: serde_json::Value,
@@ -85,9 +103,12 @@ pub struct StageManifest {
 }
 
 impl StageManifest {
-    /// Hash identifying this stage's output (config + inputs), which later stages list as input.
+    /// Hash identifying this stage's output (key, inputs and content hashes), which later stages
+    /// list as input: a change anywhere upstream changes every identity after it.
     pub fn identity(&self) -> String {
-        let key = serde_json::json!({ "stage": self.stage, "config": self.config_hash, "inputs": self.inputs });
+        let key = serde_json::json!({
+            "stage": self.stage, "config": self.config_hash, "inputs": self.inputs, "outputs": self.outputs,
+        });
         sha256_hex(key.to_string().as_bytes())
     }
 
@@ -103,9 +124,12 @@ impl StageManifest {
         Ok(atomicio::write_file(&dir.join("manifest.json"), text.as_bytes())?)
     }
 
-    /// True when `dir` holds a manifest with this config and these inputs.
-    pub fn matches(dir: &Path, config_hash: &str, inputs: &BTreeMap<String, String>) -> bool {
-        StageManifest::read(dir).is_some_and(|m| m.config_hash == config_hash && &m.inputs == inputs)
+    /// The first of this manifest's files under `dir` that is missing or damaged, in words.
+    pub fn damage(&self, dir: &Path) -> Option<String> {
+        if self.outputs.is_empty() {
+            return Some(format!("{}: the manifest lists no content hashes (older run directory)", dir.display()));
+        }
+        first_damage(dir, &self.outputs).or_else(|| first_damage(dir, &self.records))
     }
 }
 
@@ -128,16 +152,43 @@ mod tests {
     }
 
     #[test]
-    fn a_manifest_written_before_the_enum_still_reads() {
+    fn a_manifest_written_before_content_hashes_still_reads_and_counts_as_damaged() {
         let dir = tempfile::tempdir().unwrap();
         let old = r#"{"stage":"moe-init","config_hash":"h","inputs":{"base":"x"},"metrics":{},"artifacts":{}}"#;
         std::fs::write(dir.path().join("manifest.json"), old).unwrap();
         let m = StageManifest::read(dir.path()).unwrap();
         assert_eq!(m.stage, Stage::MoeInit);
-        let inputs = [("base".to_string(), "x".to_string())].into();
-        assert!(StageManifest::matches(dir.path(), "h", &inputs));
-        // Same identity as the string-typed manifest gave (later stages list it as their input).
-        let key = serde_json::json!({ "stage": "moe-init", "config": "h", "inputs": {"base": "x"} });
-        assert_eq!(m.identity(), sha256_hex(key.to_string().as_bytes()));
+        assert_eq!(m.inputs["base"], "x");
+        assert!(m.damage(dir.path()).unwrap().contains("no content hashes"));
+    }
+
+    #[test]
+    fn identity_covers_key_inputs_and_content() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("w.bin"), b"1").unwrap();
+        let mut outputs = BTreeMap::new();
+        crate::verify::hash_tree(dir.path(), "w.bin", &mut outputs).unwrap();
+        let m = StageManifest {
+            stage: Stage::Base,
+            config_hash: "h".into(),
+            key: serde_json::Value::Null,
+            inputs: [("data".to_string(), "d".to_string())].into(),
+            outputs,
+            records: BTreeMap::new(),
+            built_because: vec![],
+            metrics: serde_json::Value::Null,
+            artifacts: BTreeMap::new(),
+        };
+        assert_eq!(m.damage(dir.path()), None);
+        let mut other = m.clone();
+        other.inputs.insert("data".into(), "e".into());
+        assert_ne!(m.identity(), other.identity());
+        let mut other = m.clone();
+        other.outputs.get_mut("w.bin").unwrap().sha256 = "0".into();
+        assert_ne!(m.identity(), other.identity());
+        let mut other = m.clone();
+        other.built_because.push("forced".into());
+        other.metrics = serde_json::json!({ "seconds": 3 });
+        assert_eq!(m.identity(), other.identity(), "records and metrics are not content");
     }
 }

@@ -176,6 +176,27 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     ("p1", include_str!("../../configs/phases/p1.json")),
 ];
 
+/// Deserialises a resolved phase config; an error names the field by its path, under
+/// `presets.<name>.` when that preset's override holds it.
+fn from_value_at(
+    v: serde_json::Value,
+    source: &str,
+    preset: Option<(&str, &serde_json::Value)>,
+) -> Result<PhaseConfig> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let top = field.split(['.', '[']).next().unwrap_or_default();
+        let at = match preset {
+            Some((p, _)) if field == "." => format!("presets.{p}"),
+            Some((p, patch)) if patch.get(top).is_some() => format!("field `presets.{p}.{field}`"),
+            _ if field == "." => "top level".to_string(),
+            _ => format!("field `{field}`"),
+        };
+        EngineError::config(source, format!("{at}: {inner}"))
+    })
+}
+
 /// Merges `patch` into `base` (objects recursively, everything else replaced).
 fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
     match (base, patch) {
@@ -190,16 +211,31 @@ fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
 
 impl PhaseConfig {
     /// Parses a phase file and resolves it for `preset` (its `presets.<preset>` object is merged
-    /// over the seed-plan values; a file without that preset is used as it is).
+    /// over the seed-plan values; a file without that preset is used as it is). Every preset of
+    /// the file is resolved, so an unknown field or a wrong type anywhere in it is refused, with
+    /// the file and the field's path (`presets.tiny.lr.max`).
     pub fn parse(text: &str, source: &str, preset: &str) -> Result<Self> {
         let mut v: serde_json::Value =
             serde_json::from_str(text).map_err(|e| EngineError::config(source, format!("not JSON: {e}")))?;
         let presets = v.as_object_mut().and_then(|o| o.remove("presets"));
         let _ = v.as_object_mut().and_then(|o| o.remove("comment"));
-        if let Some(p) = presets.as_ref().and_then(|p| p.get(preset)) {
-            merge(&mut v, p);
+        let presets = match presets {
+            None => serde_json::Map::new(),
+            Some(serde_json::Value::Object(m)) => m,
+            Some(_) => return Err(EngineError::config(source, "presets: expected an object of preset overrides")),
+        };
+        let mut chosen = None;
+        for (name, patch) in presets.iter().map(|(n, p)| (Some(n.as_str()), Some(p))).chain([(None, None)]) {
+            let mut resolved = v.clone();
+            if let Some(p) = patch {
+                merge(&mut resolved, p);
+            }
+            let c = from_value_at(resolved, source, name.zip(patch))?;
+            if name == Some(preset) || (name.is_none() && chosen.is_none()) {
+                chosen = Some(c);
+            }
         }
-        let c: PhaseConfig = serde_json::from_value(v).map_err(|e| EngineError::config(source, e.to_string()))?;
+        let c = chosen.expect("the file's own values always resolve");
         c.validate(source)?;
         Ok(c)
     }
@@ -332,5 +368,23 @@ mod tests {
         let e = PhaseConfig::parse(r#"{"phase": "p9"}"#, "z.json", "tiny").unwrap_err().to_string();
         assert!(e.contains("z.json") && e.contains("missing field"), "{e}");
         assert!(PhaseConfig::embedded("p7", "tiny").is_err());
+    }
+
+    #[test]
+    fn wrong_types_and_unknown_fields_name_the_field_in_every_preset() {
+        let base = include_str!("../../configs/phases/p1.json");
+        let mut v: serde_json::Value = serde_json::from_str(base).unwrap();
+        v["betas"][1] = "high".into();
+        let e = PhaseConfig::parse(&v.to_string(), "x.json", "tiny").unwrap_err().to_string();
+        assert!(e.contains("x.json") && e.contains("field `betas[1]`") && e.contains("invalid type"), "{e}");
+        let mut v: serde_json::Value = serde_json::from_str(base).unwrap();
+        // A preset other than the one resolved is checked too.
+        v["presets"]["big"] = serde_json::json!({ "eval": { "evry": 3 } });
+        let e = PhaseConfig::parse(&v.to_string(), "x.json", "tiny").unwrap_err().to_string();
+        assert!(e.contains("field `presets.big.eval") && e.contains("unknown field `evry`"), "{e}");
+        let mut v: serde_json::Value = serde_json::from_str(base).unwrap();
+        v["presets"]["tiny"]["keep_last"] = (-1).into();
+        let e = PhaseConfig::parse(&v.to_string(), "x.json", "tiny").unwrap_err().to_string();
+        assert!(e.contains("field `presets.tiny.keep_last`"), "{e}");
     }
 }

@@ -1,16 +1,30 @@
 //! The stages of a run directory: data -> base -> importance -> moe-init -> p0 -> p1.
-//! Each stage writes `manifest.json` (config hash, input identities, metrics, artifacts) when
-//! it finishes; a stage whose manifest matches its config and inputs is skipped, a training
-//! stage with checkpoints of the same inputs resumes from the newest complete one.
+//!
+//! Each stage has a key: everything its output depends on besides its input stages (run config
+//! fields, preset contents, phase config, seeds), and its inputs: the identities of the stages it
+//! reads, which cover their keys, inputs and content hashes, so a change anywhere upstream reaches
+//! every stage after it. A finished stage writes `manifest.json` last (key, inputs, size + SHA-256
+//! of its files, metrics, artifacts).
+//!
+//! A stage whose manifest has the same key and inputs and whose files are intact is up to date.
+//! One whose key or inputs changed (or `--force`) is rebuilt beside itself in `<stage>.next/` and
+//! swapped in when complete ([`crate::rundir`]); the console and the new manifest say which
+//! fields changed. A finished stage whose files are damaged is rebuilt in place, resuming from
+//! its checkpoints. A training stage resumes from the newest intact checkpoint of the same key and
+//! inputs, setting damaged newer ones aside. The whole run holds the directory's lock
+//! ([`crate::lock`]) and every config is checked before anything is written.
 
 use crate::batches::BatchStream;
 use crate::checkpoint;
 use crate::error::{EngineError, Result};
 use crate::evaluator::{EvalInputs, EvalRecord};
+use crate::lock::RunLock;
 use crate::manifest::{sha256_hex, Stage, StageManifest};
 use crate::phase::{PhaseConfig, PhaseKind};
+use crate::rundir;
 use crate::supervisor::{run_phase, Faults, PhaseRun};
 use crate::trainer::{LoggedAction, Trainer};
+use crate::verify::{hash_tree, key_changes};
 use data::pack::{PackConfig, PackedDataset};
 use data::tokenizer::Tokenizer;
 use data::world_dir::WorldSpec;
@@ -59,9 +73,83 @@ pub struct RunConfig {
 pub const DEFAULT_RUN: &str = include_str!("../../configs/runs/tiny.json");
 
 impl RunConfig {
-    /// Parses a run config.
+    /// Parses a run config; an unknown field or a wrong type is an error naming the file and
+    /// the field's path.
     pub fn parse(text: &str, source: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| EngineError::config(source, e.to_string()))
+        let mut de = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            let at = if field == "." { String::new() } else { format!("field `{field}`: ") };
+            EngineError::config(source, format!("{at}{}", e.into_inner()))
+        })
+    }
+
+    /// Checks the settings that need no file: presets exist and fit together (a dense base, a
+    /// MoE of its shape), eval sets are not empty, sizes are positive, surgery names are known.
+    pub fn validate(&self, source: &str) -> Result<()> {
+        let bad = |field: &str, msg: String| Err(EngineError::config(format!("{source} field `{field}`"), msg));
+        let base = match model::presets::embedded(&self.base_model) {
+            None => {
+                let known = model::presets::names().join(", ");
+                return bad("base_model", format!("unknown preset `{}` (known: {known})", self.base_model));
+            }
+            Some(c) => c?,
+        };
+        if model::presets::embedded_moe(&self.base_model).is_ok() {
+            return bad(
+                "base_model",
+                format!("`{}` is a MoE preset; the base is the dense model the MoE is made from", self.base_model),
+            );
+        }
+        let moe = match model::presets::embedded_moe(&self.moe_model) {
+            Ok((c, _)) => c,
+            Err(e) => {
+                let known = model::presets::names().join(", ");
+                return bad("moe_model", format!("`{}`: {e} (presets: {known})", self.moe_model));
+            }
+        };
+        let shape = |c: &model::Qwen3Config| {
+            (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim)
+        };
+        if shape(&base) != shape(&moe) || base.vocab_size != moe.vocab_size {
+            return bad(
+                "moe_model",
+                format!(
+                    "`{}` (hidden, layers, heads, kv heads, head dim {:?}, vocab {}) does not fit base_model `{}` ({:?}, vocab {})",
+                    self.moe_model,
+                    shape(&moe),
+                    moe.vocab_size,
+                    self.base_model,
+                    shape(&base),
+                    base.vocab_size
+                ),
+            );
+        }
+        if self.vocab < 2 || self.vocab > base.vocab_size {
+            return bad(
+                "vocab",
+                format!("{} must be in 2..={} (vocab_size of `{}`)", self.vocab, base.vocab_size, self.base_model),
+            );
+        }
+        let e = &self.world.eval;
+        for (set, n) in [("fact_recall", e.fact_recall), ("two_hop", e.two_hop), ("general", e.general)] {
+            if n == 0 {
+                return bad(&format!("world.eval.{set}"), "0 items: every eval set needs items".into());
+            }
+        }
+        if self.world.corpus.tokens == 0 {
+            return bad("world.corpus.tokens", "0: the corpus needs tokens".into());
+        }
+        if self.seq_len < 2 || self.dev_every < 2 {
+            return bad(
+                "seq_len",
+                format!("seq_len {} and dev_every {} must be at least 2", self.seq_len, self.dev_every),
+            );
+        }
+        if self.importance_batches == 0 || self.importance_batch == 0 {
+            return bad("importance_batches", "importance_batches and importance_batch must be positive".into());
+        }
+        self.surgery_options().map(|_| ())
     }
 
     /// The embedded default.
@@ -110,6 +198,11 @@ pub struct RunOptions {
     pub verbose: bool,
     /// Where the training steps run.
     pub device: autograd::Device,
+    /// Rebuild the last stage of this run even when it is up to date (beside the finished one,
+    /// which is replaced only when the new one is complete).
+    pub force: bool,
+    /// Where the run config came from (named in errors; empty: the run config).
+    pub config_source: String,
 }
 
 /// What a finished training stage reports (`summary.json`).
@@ -159,16 +252,44 @@ fn say(opts: &RunOptions, msg: String) {
     }
 }
 
-fn identity_of(dir: &Path) -> Result<String> {
-    StageManifest::read(dir)
-        .map(|m| m.identity())
-        .ok_or_else(|| EngineError::config("run", format!("{} has no manifest (prerequisite missing)", dir.display())))
+/// What a stage is built from: its key (readable JSON), the key's hash and its inputs.
+struct Plan {
+    key: serde_json::Value,
+    hash: String,
+    inputs: BTreeMap<String, String>,
 }
 
-/// The old name of [`Pipeline`], kept only until cli/src/cmd/run.rs (under refactoring elsewhere)
-/// names `Pipeline`; new code must not use it.
-#[doc(hidden)]
-pub use Pipeline as Run;
+/// Where a stage stands.
+enum Status {
+    /// Finished with this plan, files intact.
+    UpToDate,
+    /// To be built in `work` (the stage directory itself, or `<stage>.next` beside a finished
+    /// one that stays until the new one is complete), for these reasons.
+    Build { work: PathBuf, beside: bool, because: Vec<String> },
+}
+
+/// What a stage's body made in its work directory.
+struct Made {
+    metrics: serde_json::Value,
+    /// Artifacts (name -> path relative to the run directory, under the stage's final name).
+    artifacts: BTreeMap<String, String>,
+    /// Content files and directories (relative to the stage directory): hashed into the identity.
+    outputs: &'static [&'static str],
+    /// Record files: hashed and checked, not part of the identity.
+    records: &'static [&'static str],
+}
+
+/// The key file of a work directory: the plan its partial contents (checkpoints) belong to.
+const BUILD_KEY_FILE: &str = "inputs.json";
+
+/// The contents of an embedded model preset as JSON (part of the stage keys that use it).
+fn preset_json(name: &str) -> Result<serde_json::Value> {
+    let (_, text) = model::presets::PRESETS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .ok_or_else(|| EngineError::config("preset", format!("unknown preset `{name}`")))?;
+    serde_json::from_str(text).map_err(|e| EngineError::config(format!("configs/presets/{name}.json"), e.to_string()))
+}
 
 impl Pipeline {
     /// Directory of `stage`.
@@ -176,14 +297,74 @@ impl Pipeline {
         self.root.join(stage.name())
     }
 
+    fn config_source(&self) -> &str {
+        if self.options.config_source.is_empty() {
+            "run config"
+        } else {
+            &self.options.config_source
+        }
+    }
+
+    /// The phase config of training stage `phase`: the file given for it, else the embedded one;
+    /// a file of another phase or of a kind the stage cannot train is refused.
     fn phase_config(&self, phase: Stage) -> Result<PhaseConfig> {
-        match self.options.phase_files.get(phase.name()) {
+        let (cfg, source) = match self.options.phase_files.get(phase.name()) {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(EngineError::io(p))?;
-                PhaseConfig::parse(&text, &p.display().to_string(), &self.config.preset)
+                let source = p.display().to_string();
+                (PhaseConfig::parse(&text, &source, &self.config.preset)?, source)
             }
-            None => PhaseConfig::embedded(phase.name(), &self.config.preset),
+            None => (PhaseConfig::embedded(phase.name(), &self.config.preset)?, format!("configs/phases/{phase}.json")),
+        };
+        if cfg.phase != phase.name() {
+            return Err(EngineError::config(
+                &source,
+                format!("is the config of phase `{}` but was given for `{phase}`", cfg.phase),
+            ));
         }
+        let fits = match phase {
+            Stage::Base => cfg.kind == PhaseKind::Base,
+            _ => cfg.kind != PhaseKind::Base,
+        };
+        if !fits {
+            return Err(EngineError::config(&source, format!("kind {:?} cannot train stage `{phase}`", cfg.kind)));
+        }
+        Ok(cfg)
+    }
+
+    /// Checks every config of the pipeline without writing anything: the run config (presets,
+    /// eval sets, sizes) and every phase file given or embedded; the phases up to `last` must
+    /// also fit the run's packed sequence length.
+    pub fn validate(&self, last: Stage) -> Result<()> {
+        for (name, path) in &self.options.phase_files {
+            if !Stage::from_name(name).is_ok_and(Stage::is_phase) {
+                return Err(EngineError::config(
+                    "--phase-config",
+                    format!("`{name}={}`: unknown phase `{name}` (known: base, p0, p1)", path.display()),
+                ));
+            }
+        }
+        self.config.validate(self.config_source())?;
+        for stage in Stage::ALL.into_iter().filter(|s| s.is_phase()) {
+            let cfg = self.phase_config(stage)?;
+            if stage <= last && cfg.seq_len != self.config.seq_len {
+                let source = self
+                    .options
+                    .phase_files
+                    .get(stage.name())
+                    .map_or_else(|| format!("configs/phases/{stage}.json (embedded)"), |p| p.display().to_string());
+                return Err(EngineError::config(
+                    source,
+                    format!(
+                        "field `seq_len`: {} but the run packs sequences of {} ({})",
+                        cfg.seq_len,
+                        self.config.seq_len,
+                        self.config_source()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Runs every stage up to and including the one named `until` ([`Stage::from_name`]); returns
@@ -192,28 +373,44 @@ impl Pipeline {
         self.run_through(Stage::from_name(until)?)
     }
 
-    /// Runs every stage up to and including `last`; returns the summary of the last training
-    /// stage run or skipped.
+    /// Runs every stage up to and including `last` under the run directory's lock; returns the
+    /// summary of the last training stage run or skipped (also written to `<run>/summary.json`).
     pub fn run_through(&self, last: Stage) -> Result<Option<PhaseSummary>> {
-        let stages: Vec<Stage> = Stage::ALL.into_iter().filter(|s| *s <= last).collect();
         // Every config is checked before anything is written.
-        for stage in stages.iter().filter(|s| s.is_phase()) {
-            self.phase_config(*stage)?;
-        }
-        self.config.surgery_options()?;
+        self.validate(last)?;
         std::fs::create_dir_all(&self.root).map_err(EngineError::io(&self.root))?;
+        let lock = RunLock::acquire(&self.root)?;
+        if let Some(h) = &lock.stale {
+            say(
+                &self.options,
+                format!("warning: the run of {h} ended without releasing {}; taken over", lock.path().display()),
+            );
+        }
+        let names: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
+        for line in rundir::recover_swaps(&self.root, &names)? {
+            say(&self.options, format!("warning: {line}"));
+        }
+        let removed = rundir::clean_stale(&self.root);
+        if !removed.is_empty() {
+            say(&self.options, format!("cleaned    {} temporary file(s) left by interrupted writes", removed.len()));
+        }
         let mut summary = None;
-        for stage in stages {
+        for stage in Stage::ALL.into_iter().filter(|s| *s <= last) {
             let started = std::time::Instant::now();
+            let force = self.options.force && stage == last;
             let skipped = match stage {
-                Stage::Data => self.data_stage()?,
+                Stage::Data => self.data_stage(force)?,
                 Stage::Base | Stage::P0 | Stage::P1 => {
-                    let (skipped, s) = self.phase_stage(stage)?;
+                    let skipped = self.phase_stage(stage, force)?;
+                    let path = self.dir(stage).join("summary.json");
+                    let text = std::fs::read_to_string(&path).map_err(EngineError::io(&path))?;
+                    let s: PhaseSummary = serde_json::from_str(&text)
+                        .map_err(|e| EngineError::config(path.display().to_string(), e.to_string()))?;
                     summary = Some(s);
                     skipped
                 }
-                Stage::Importance => self.importance_stage()?,
-                Stage::MoeInit => self.surgery_stage()?,
+                Stage::Importance => self.importance_stage(force)?,
+                Stage::MoeInit => self.surgery_stage(force)?,
             };
             let what = if skipped {
                 "up to date".to_string()
@@ -222,41 +419,132 @@ impl Pipeline {
             };
             say(&self.options, format!("stage {:<10} {what} ({})", stage.name(), self.dir(stage).display()));
         }
+        if let Some(s) = &summary {
+            let text = serde_json::to_string_pretty(s).map_err(|e| EngineError::config("summary", e.to_string()))?;
+            atomicio::write_file(&self.root.join("summary.json"), text.as_bytes())?;
+        }
+        drop(lock);
         Ok(summary)
     }
 
-    /// Runs `body` for a stage unless its manifest matches; writes the manifest after.
-    fn cached(
-        &self,
-        stage: Stage,
-        config_hash: String,
-        inputs: BTreeMap<String, String>,
-        body: impl FnOnce(&Path) -> Result<(serde_json::Value, BTreeMap<String, String>)>,
-    ) -> Result<bool> {
+    /// The key and inputs of `stage` (its input stages must be finished).
+    fn plan(&self, stage: Stage) -> Result<Plan> {
+        let c = &self.config;
+        let key = match stage {
+            Stage::Data => serde_json::json!({
+                "world": c.world, "vocab": c.vocab, "seq_len": c.seq_len, "dev_every": c.dev_every,
+                "tokenizer_min_frequency": TOKENIZER_MIN_FREQUENCY,
+            }),
+            Stage::Base => serde_json::json!({
+                "base_model": c.base_model, "preset": preset_json(&c.base_model)?, "seed": c.seed,
+                "phase": self.phase_config(stage)?,
+            }),
+            Stage::Importance => serde_json::json!({
+                "importance_batches": c.importance_batches, "importance_batch": c.importance_batch,
+                "decay": IMPORTANCE_DECAY,
+            }),
+            Stage::MoeInit => serde_json::json!({
+                "moe_model": c.moe_model, "preset": preset_json(&c.moe_model)?, "split": c.split, "fill": c.fill,
+                "router_init": c.router_init, "seed": c.seed,
+            }),
+            Stage::P0 | Stage::P1 => serde_json::json!({ "phase": self.phase_config(stage)? }),
+        };
+        let hash = sha256_hex(key.to_string().as_bytes());
+        Ok(Plan { key, hash, inputs: self.inputs_of(stage)? })
+    }
+
+    /// Where `stage` stands against `plan`.
+    fn status(&self, stage: Stage, plan: &Plan, force: bool) -> Status {
         let dir = self.dir(stage);
-        if StageManifest::matches(&dir, &config_hash, &inputs) {
-            return Ok(true);
+        let next = rundir::next_dir(&self.root, stage.name());
+        let Some(m) = StageManifest::read(&dir) else {
+            let because = if dir.exists() { "an earlier build did not finish" } else { "not built yet" };
+            return Status::Build { work: dir, beside: false, because: vec![because.to_string()] };
+        };
+        if force {
+            let _ = std::fs::remove_dir_all(&next);
+            return Status::Build { work: next, beside: true, because: vec!["--force".to_string()] };
         }
-        let _ = std::fs::remove_file(dir.join("manifest.json"));
-        std::fs::create_dir_all(&dir).map_err(EngineError::io(&dir))?;
-        let (metrics, artifacts) = body(&dir)?;
-        StageManifest { stage, config_hash, inputs, metrics, artifacts }.write(&dir)?;
+        if m.config_hash == plan.hash && m.inputs == plan.inputs {
+            return match m.damage(&dir) {
+                None => {
+                    // A rebuild of another config that never finished is not needed any more.
+                    let _ = std::fs::remove_dir_all(&next);
+                    Status::UpToDate
+                }
+                Some(d) => Status::Build { work: dir, beside: false, because: vec![format!("damaged: {d}")] },
+            };
+        }
+        let mut because = key_changes(&m.key, &plan.key);
+        if m.key.is_null() {
+            because = vec!["built by an older version (no key in its manifest)".to_string()];
+        }
+        for (name, id) in &plan.inputs {
+            if m.inputs.get(name) != Some(id) {
+                because.push(format!("input `{name}` changed"));
+            }
+        }
+        if because.is_empty() {
+            because.push("key changed".to_string());
+        }
+        Status::Build { work: next, beside: true, because }
+    }
+
+    /// Runs `body` for `stage` unless it is up to date: in the stage directory or beside it
+    /// (then swapped in), hashing its files into the manifest, which is written last. Returns
+    /// true when the stage was up to date.
+    fn build_stage(&self, stage: Stage, force: bool, body: impl FnOnce(&Path) -> Result<Made>) -> Result<bool> {
+        let plan = self.plan(stage)?;
+        let Status::Build { work, beside, because } = self.status(stage, &plan, force) else { return Ok(true) };
+        let dir = self.dir(stage);
+        let note =
+            if beside { format!("; the finished one stays in {} until then", dir.display()) } else { String::new() };
+        say(&self.options, format!("stage {:<10} building: {}{note}", stage.name(), because.join("; ")));
+        // Partial contents (checkpoints) belong to one plan: anything else there is stale.
+        let build_key = serde_json::json!({ "config": plan.hash, "inputs": plan.inputs }).to_string();
+        let key_path = work.join(BUILD_KEY_FILE);
+        let _ = std::fs::remove_file(work.join("manifest.json"));
+        if std::fs::read_to_string(&key_path).ok().as_deref() != Some(build_key.as_str()) {
+            let _ = std::fs::remove_dir_all(&work);
+            std::fs::create_dir_all(&work).map_err(EngineError::io(&work))?;
+            atomicio::write_file(&key_path, build_key.as_bytes())?;
+        }
+        let made = body(&work)?;
+        let (mut outputs, mut records) = (BTreeMap::new(), BTreeMap::new());
+        for rel in made.outputs {
+            hash_tree(&work, rel, &mut outputs)?;
+        }
+        for rel in made.records {
+            hash_tree(&work, rel, &mut records)?;
+        }
+        let manifest = StageManifest {
+            stage,
+            config_hash: plan.hash,
+            key: plan.key,
+            inputs: plan.inputs,
+            outputs,
+            records,
+            built_because: because,
+            metrics: made.metrics,
+            artifacts: made.artifacts,
+        };
+        manifest.write(&work)?;
+        if beside {
+            rundir::swap_in(&work, &dir)?;
+        }
         Ok(false)
     }
 
-    fn data_stage(&self) -> Result<bool> {
+    fn data_stage(&self, force: bool) -> Result<bool> {
         let c = &self.config;
-        let key =
-            serde_json::json!({ "world": c.world, "vocab": c.vocab, "seq_len": c.seq_len, "dev_every": c.dev_every });
-        let hash = sha256_hex(key.to_string().as_bytes());
-        self.cached(Stage::Data, hash, BTreeMap::new(), |dir| {
+        self.build_stage(Stage::Data, force, |dir| {
             for sub in ["world", "tokenizer", "train", "dev"] {
                 let _ = std::fs::remove_dir_all(dir.join(sub));
             }
             let world = dir.join("world");
             data::world_dir::build_world_dir(&c.world, &world, &mut |_| {})?;
             let docs = data::world_dir::read_corpus(&world)?;
-            let config = data::tokenizer::TrainConfig { vocab_size: c.vocab, min_frequency: 2 };
+            let config = data::tokenizer::TrainConfig { vocab_size: c.vocab, min_frequency: TOKENIZER_MIN_FREQUENCY };
             let tok = Tokenizer::train(docs.iter().map(|d| d.text.as_str()), &config)?;
             let staging = atomicio::StagingDir::new(&dir.join("tokenizer"))?;
             tok.save(staging.path())?;
@@ -278,8 +566,9 @@ impl Pipeline {
                 "train_documents": train.len(), "dev_documents": dev.len(),
                 "train_tokens": tokens(&tm), "dev_tokens": tokens(&dm),
             });
-            let artifacts = ["world", "tokenizer", "train", "dev"].map(|s| (s.to_string(), format!("data/{s}"))).into();
-            Ok((metrics, artifacts))
+            const FILES: [&str; 4] = ["world", "tokenizer", "train", "dev"];
+            let artifacts = FILES.map(|s| (s.to_string(), format!("data/{s}"))).into();
+            Ok(Made { metrics, artifacts, outputs: &FILES, records: &[] })
         })
     }
 
@@ -303,7 +592,7 @@ impl Pipeline {
         }))
     }
 
-    /// The stages `stage` reads (each listed in its inputs by the identity of its manifest).
+    /// The identities of the stages `stage` reads.
     fn inputs_of(&self, stage: Stage) -> Result<BTreeMap<String, String>> {
         let needs: &[Stage] = match stage {
             Stage::Data => &[],
@@ -313,7 +602,16 @@ impl Pipeline {
             Stage::P0 => &[Stage::Data, Stage::MoeInit, Stage::Base],
             Stage::P1 => &[Stage::Data, Stage::P0],
         };
-        needs.iter().map(|s| Ok((s.name().to_string(), identity_of(&self.dir(*s))?))).collect()
+        needs
+            .iter()
+            .map(|s| {
+                let dir = self.dir(*s);
+                let m = StageManifest::read(&dir).ok_or_else(|| {
+                    EngineError::config("run", format!("{} has no manifest (prerequisite missing)", dir.display()))
+                })?;
+                Ok((s.name().to_string(), m.identity()))
+            })
+            .collect()
     }
 
     /// The model a phase starts from (none for `base`, trained from scratch) and its teacher.
@@ -327,28 +625,9 @@ impl Pipeline {
         }
     }
 
-    fn phase_stage(&self, phase: Stage) -> Result<(bool, PhaseSummary)> {
-        let cfg = self.phase_config(phase)?;
+    /// A fresh trainer of `phase` at step 0.
+    fn new_trainer(&self, phase: Stage, cfg: &PhaseConfig) -> Result<Trainer> {
         let (start, teacher_dir) = self.phase_models(phase)?;
-        let inputs = self.inputs_of(phase)?;
-        let dir = self.dir(phase);
-        let hash = cfg.hash();
-        if StageManifest::matches(&dir, &hash, &inputs) {
-            let text =
-                std::fs::read_to_string(dir.join("summary.json")).map_err(EngineError::io(dir.join("summary.json")))?;
-            let s = serde_json::from_str(&text).map_err(|e| EngineError::config("summary.json", e.to_string()))?;
-            return Ok((true, s));
-        }
-        let started = std::time::Instant::now();
-        // Checkpoints belong to one (config, inputs): anything else in the directory is stale.
-        let key = serde_json::json!({ "config": hash, "inputs": inputs }).to_string();
-        let key_path = dir.join("inputs.json");
-        if std::fs::read_to_string(&key_path).ok().as_deref() != Some(key.as_str()) {
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).map_err(EngineError::io(&dir))?;
-            atomicio::write_file(&key_path, key.as_bytes())?;
-        }
-        let _ = std::fs::remove_file(dir.join("manifest.json"));
         let model = if phase == Stage::Base {
             let config = model::presets::embedded(&self.config.base_model).ok_or_else(|| {
                 EngineError::config("base_model", format!("unknown preset `{}`", self.config.base_model))
@@ -362,73 +641,120 @@ impl Pipeline {
             Some(t) if cfg.kind == PhaseKind::Distill => Some(Arc::new(Qwen3::load(t)?)),
             _ => None,
         };
-        let ds = Arc::new(PackedDataset::open(&self.dir(Stage::Data).join("train"))?);
-        if ds.manifest.seq_len as usize != cfg.seq_len {
-            return Err(EngineError::config(
-                &cfg.phase,
-                format!("seq_len {} but the pack has sequences of {}", cfg.seq_len, ds.manifest.seq_len),
-            ));
-        }
-        let total_micro = cfg.total_steps() * cfg.accumulation();
-        let stream = BatchStream::new(ds, &cfg.mix, cfg.micro_batch, cfg.seed, total_micro)?;
         let mut trainer = Trainer::new(cfg.clone(), model, teacher)?;
         trainer.set_device(self.options.device)?;
-        let ckpt_dir = dir.join("checkpoints");
-        checkpoint::remove_stale_temps(&ckpt_dir);
-        if let Some((step, path)) = checkpoint::list_checkpoints(&ckpt_dir)?.pop() {
-            say(&self.options, format!("stage {:<10} resuming from {} (step {step})", phase.name(), path.display()));
-            trainer.restore(checkpoint::read_checkpoint(&path)?)?;
-        }
-        let eval = Some(self.eval_inputs(&cfg)?);
-        let outcome = run_phase(PhaseRun {
-            trainer,
-            stream,
-            ckpt_dir,
-            metrics_dir: dir.join("metrics"),
-            eval,
-            progress: self.options.progress,
-            faults: self.options.faults.clone(),
-        })?;
-        if !outcome.completed {
-            return Err(EngineError::Training(format!(
-                "{phase} stopped early at step {} (fault injection)",
-                outcome.state.step
-            )));
-        }
-        let model_dir = dir.join("model");
-        let _ = std::fs::remove_dir_all(&model_dir);
-        outcome.model.save(&model_dir, None)?;
-        let rel = |p: &Path| p.strip_prefix(&self.root).unwrap_or(p).display().to_string();
-        let mut artifacts = BTreeMap::new();
-        artifacts.insert("model".to_string(), rel(&model_dir));
-        artifacts.insert("metrics_jsonl".to_string(), rel(&dir.join("metrics").join("metrics.jsonl")));
-        artifacts.insert("tensorboard".to_string(), rel(&dir.join("metrics")));
-        if let Some(c) = &outcome.last_checkpoint {
-            artifacts.insert("checkpoint".to_string(), rel(c));
-        }
-        let summary = summarise(
-            phase.name(),
-            &outcome.state,
-            outcome.final_eval.as_ref(),
-            artifacts.clone(),
-            started.elapsed().as_secs_f64(),
-        );
-        let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
-        atomicio::write_file(&dir.join("summary.json"), text.as_bytes())?;
-        let metrics = serde_json::to_value(&summary).unwrap_or_default();
-        StageManifest { stage: phase, config_hash: hash, inputs, metrics, artifacts }.write(&dir)?;
-        Ok((false, summary))
+        Ok(trainer)
     }
 
-    fn importance_stage(&self) -> Result<bool> {
+    /// A trainer resumed from the newest intact checkpoint in `ckpt_dir` (or fresh): a damaged
+    /// newer one is set aside as `damaged-step-<N>` with a warning and the next older one tried.
+    fn resumed_trainer(&self, phase: Stage, cfg: &PhaseConfig, ckpt_dir: &Path) -> Result<Trainer> {
+        checkpoint::remove_stale_temps(ckpt_dir);
+        let mut trainer = self.new_trainer(phase, cfg)?;
+        for (step, path) in checkpoint::list_checkpoints(ckpt_dir)?.into_iter().rev() {
+            match checkpoint::read_checkpoint(&path).and_then(|c| trainer.restore(c)) {
+                Ok(()) => {
+                    say(
+                        &self.options,
+                        format!("stage {:<10} resuming from {} (step {step})", phase.name(), path.display()),
+                    );
+                    break;
+                }
+                Err(e) => {
+                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let aside = ckpt_dir.join(format!("damaged-{name}"));
+                    let _ = std::fs::remove_dir_all(&aside);
+                    std::fs::rename(&path, &aside).map_err(EngineError::io(&path))?;
+                    say(
+                        &self.options,
+                        format!(
+                            "warning: checkpoint {} is damaged ({e}); set aside as {}, trying an older one",
+                            path.display(),
+                            aside.display()
+                        ),
+                    );
+                    // `restore` checks before it changes anything, but start clean all the same.
+                    trainer = self.new_trainer(phase, cfg)?;
+                }
+            }
+        }
+        Ok(trainer)
+    }
+
+    fn phase_stage(&self, phase: Stage, force: bool) -> Result<bool> {
+        let cfg = self.phase_config(phase)?;
+        self.build_stage(phase, force, |work| {
+            let started = std::time::Instant::now();
+            let data = self.dir(Stage::Data);
+            let ds = Arc::new(PackedDataset::open(&data.join("train"))?);
+            if ds.manifest.seq_len as usize != cfg.seq_len {
+                return Err(EngineError::config(
+                    &cfg.phase,
+                    format!("seq_len {} but the pack has sequences of {}", cfg.seq_len, ds.manifest.seq_len),
+                ));
+            }
+            // Shards are read through memory maps with no checks: verify them whole first.
+            ds.verify()?;
+            PackedDataset::open(&data.join("dev"))?.verify()?;
+            let total_micro = cfg.total_steps() * cfg.accumulation();
+            let stream = BatchStream::new(ds, &cfg.mix, cfg.micro_batch, cfg.seed, total_micro)?;
+            let ckpt_dir = work.join("checkpoints");
+            let trainer = self.resumed_trainer(phase, &cfg, &ckpt_dir)?;
+            let eval = Some(self.eval_inputs(&cfg)?);
+            let outcome = run_phase(PhaseRun {
+                trainer,
+                stream,
+                ckpt_dir,
+                metrics_dir: work.join("metrics"),
+                eval,
+                progress: self.options.progress,
+                faults: self.options.faults.clone(),
+            })?;
+            if !outcome.completed {
+                return Err(EngineError::Training(format!(
+                    "{phase} stopped early at step {} (fault injection)",
+                    outcome.state.step
+                )));
+            }
+            let model_dir = work.join("model");
+            let _ = std::fs::remove_dir_all(&model_dir);
+            outcome.model.save(&model_dir, None)?;
+            // Paths under the stage's final name (a rebuild beside it is swapped in).
+            let name = phase.name();
+            let mut artifacts = BTreeMap::new();
+            artifacts.insert("model".to_string(), format!("{name}/model"));
+            artifacts.insert("metrics_jsonl".to_string(), format!("{name}/metrics/metrics.jsonl"));
+            artifacts.insert("tensorboard".to_string(), format!("{name}/metrics"));
+            if let Some(c) = outcome.last_checkpoint.as_ref().and_then(|c| c.file_name()) {
+                artifacts.insert("checkpoint".to_string(), format!("{name}/checkpoints/{}", c.to_string_lossy()));
+            }
+            let mut summary = summarise(
+                name,
+                &outcome.state,
+                outcome.final_eval.as_ref(),
+                artifacts.clone(),
+                started.elapsed().as_secs_f64(),
+            );
+            let (from, to) = (work.display().to_string(), self.dir(phase).display().to_string());
+            for a in &mut summary.breaker_actions {
+                if let Some(c) = &mut a.checkpoint {
+                    *c = c.replacen(&from, &to, 1);
+                }
+            }
+            let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
+            atomicio::write_file(&work.join("summary.json"), text.as_bytes())?;
+            let metrics = serde_json::to_value(&summary).unwrap_or_default();
+            Ok(Made { metrics, artifacts, outputs: &["model"], records: &["summary.json"] })
+        })
+    }
+
+    fn importance_stage(&self, force: bool) -> Result<bool> {
         let c = &self.config;
-        let key = serde_json::json!({ "batches": c.importance_batches, "batch": c.importance_batch });
-        let inputs = self.inputs_of(Stage::Importance)?;
-        self.cached(Stage::Importance, sha256_hex(key.to_string().as_bytes()), inputs, |dir| {
+        self.build_stage(Stage::Importance, force, |dir| {
             let model = Qwen3::load(&self.dir(Stage::Base).join("model"))?;
             let ds = PackedDataset::open(&self.dir(Stage::Data).join("train"))?;
             let (l, f) = (model.config.num_hidden_layers, model.config.intermediate_size);
-            let mut state = TaylorState::new(l, f, 0.99);
+            let mut state = TaylorState::new(l, f, IMPORTANCE_DECAY);
             let n = ds.len();
             for b in 0..c.importance_batches {
                 let seqs: Vec<u64> =
@@ -440,15 +766,14 @@ impl Pipeline {
             let meta = [("model".to_string(), "base/model".to_string())].into();
             model::importance::write_importance(&path, &state, TaylorForm::First, &meta)?;
             let artifacts = [("importance".to_string(), "importance/importance.safetensors".to_string())].into();
-            Ok((serde_json::json!({ "batches": state.batches, "tokens": state.tokens }), artifacts))
+            let metrics = serde_json::json!({ "batches": state.batches, "tokens": state.tokens });
+            Ok(Made { metrics, artifacts, outputs: &["importance.safetensors"], records: &[] })
         })
     }
 
-    fn surgery_stage(&self) -> Result<bool> {
+    fn surgery_stage(&self, force: bool) -> Result<bool> {
         let c = &self.config;
-        let key = serde_json::json!({ "moe": c.moe_model, "split": c.split, "fill": c.fill, "router": c.router_init, "seed": c.seed });
-        let inputs = self.inputs_of(Stage::MoeInit)?;
-        self.cached(Stage::MoeInit, sha256_hex(key.to_string().as_bytes()), inputs, |dir| {
+        self.build_stage(Stage::MoeInit, force, |dir| {
             let dense = Qwen3::load(&self.dir(Stage::Base).join("model"))?;
             let (l, f) = (dense.config.num_hidden_layers, dense.config.intermediate_size);
             let importance =
@@ -461,10 +786,16 @@ impl Pipeline {
             let _ = std::fs::remove_dir_all(&out);
             moe.save(&out, None)?;
             let artifacts = [("model".to_string(), "moe-init/model".to_string())].into();
-            Ok((serde_json::json!({ "params": moe.num_params() }), artifacts))
+            let metrics = serde_json::json!({ "params": moe.num_params() });
+            Ok(Made { metrics, artifacts, outputs: &["model"], records: &[] })
         })
     }
 }
+
+/// `min_frequency` of the run's tokenizer training.
+const TOKENIZER_MIN_FREQUENCY: u64 = 2;
+/// EMA decay of the importance pass.
+const IMPORTANCE_DECAY: f32 = 0.99;
 
 /// The summary of a finished phase.
 pub fn summarise(

@@ -1,7 +1,9 @@
 //! `moe-cli run`: the training pipeline on a run directory (data -> base -> importance ->
-//! moe-init -> p0 -> p1), running missing prerequisites and resuming from checkpoints.
+//! moe-init -> p0 -> p1), running missing prerequisites and resuming from checkpoints. Every
+//! config is checked before the first stage; the run holds the directory's lock; a stage whose
+//! inputs changed is rebuilt beside the finished one and swapped in (actors::stages).
 
-use actors::stages::{PhaseSummary, Run, RunConfig, RunOptions, STAGES};
+use actors::stages::{PhaseSummary, Pipeline, RunConfig, RunOptions, STAGES};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,6 +29,10 @@ struct Common {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Rebuild the last stage even when it is up to date (the finished one is replaced only when
+    /// the new one is complete).
+    #[arg(long)]
+    force: bool,
     /// Where the training steps run: cpu, sim (the GPU kernels in the simulator: slow), cuda.
     #[arg(long, default_value = "cpu", value_parser = crate::device::parse_device)]
     device: autograd::Device,
@@ -94,18 +100,18 @@ pub fn run(a: Args) -> Result<()> {
         faults: faults_from_env(),
         verbose: true,
         device: common.device,
+        force: common.force,
+        config_source: common.config.as_ref().map_or("configs/runs/tiny.json".into(), |p| p.display().to_string()),
     };
+    let started = std::time::Instant::now();
+    let pipeline = Pipeline { root: common.run_dir.clone(), config, options };
+    pipeline.validate(actors::manifest::Stage::from_name(&until)?)?;
     // A device this build or machine cannot run fails now, not after the data and base stages.
     autograd::Tape::new_on(common.device)?;
-    let started = std::time::Instant::now();
-    let run = Run { root: common.run_dir.clone(), config, options };
-    let summary = run.run_until(&until)?;
+    let summary = pipeline.run_until(&until)?;
     if let Some(s) = summary {
-        let path = common.run_dir.join("summary.json");
-        let text = serde_json::to_string_pretty(&s)?;
-        actors::checkpoint::write_file_synced(&path, text.as_bytes())?;
         print_summary(&s);
-        println!("summary    {}", path.display());
+        println!("summary    {}", common.run_dir.join("summary.json").display());
     }
     println!("total      {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
