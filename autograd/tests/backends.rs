@@ -83,7 +83,7 @@ fn embedding_rope_and_attention_match_cpu() {
 }
 
 #[test]
-fn moe_matches_cpu_with_capacity_dropout_and_bias() {
+fn moe_matches_cpu_with_capacity_dropout_noise_and_bias() {
     let (n, d, e, w) = (29, 10, 4, 6);
     let mut router = rand_vec(e * d, 2);
     router[0] = 1.5; // skewed towards expert 0, so capacity drops tokens
@@ -98,6 +98,8 @@ fn moe_matches_cpu_with_capacity_dropout_and_bias() {
             weighting,
             capacity_factor: Some(1.0),
             expert_dropout: 0.1,
+            // Noise on two of the three weightings: the GPU backend draws the same samples.
+            router_noise: if weighting == RouterWeighting::Prob { 0.0 } else { 0.3 },
             ..MoeConfig::default()
         };
         // Each of out, lb and z separately, so each loss's gradient path is compared.
@@ -157,6 +159,21 @@ fn lm_head_cross_entropy_matches_cpu() {
     assert_eq!(run(Device::Sim, &[-100; 23]).loss.item(), 0.0);
     let bad = ops::lm_head_cross_entropy(&Tape::new_on(Device::Sim).unwrap(), &inputs[0], &inputs[1], &[v as i32; 23]);
     assert!(bad.is_err(), "targets outside the vocabulary are refused before any launch");
+}
+
+#[test]
+fn distillation_kl_and_hidden_l2_match_cpu() {
+    let (n, d, dt, v) = (21, 12, 16, 97);
+    let mut targets: Vec<i32> = (0..n).map(|i| ((i * 31) % v) as i32).collect();
+    targets[3] = -100;
+    targets[n - 2] = -100;
+    // Student hidden + head get gradients; the teacher's tensors are constants of the loss.
+    let (ht, wt, hl) = (t(&[n, dt], 12), t(&[v, dt], 13), t(&[n, d], 14));
+    let inputs = [t(&[n, d], 10), t(&[v, d], 11)];
+    check("lm_head_distill", &inputs, 1e-5, |tp, x| {
+        ops::lm_head_distill(tp, &x[0], &x[1], &ht, &wt, &targets, 2.0).unwrap().loss
+    });
+    check("hidden_l2", &inputs[..1], 1e-6, |tp, x| ops::hidden_l2(tp, &x[0], &hl, &targets).unwrap());
 }
 
 #[test]

@@ -4,6 +4,8 @@
 
 #[path = "parity/attention.rs"]
 mod attention;
+#[path = "parity/distill.rs"]
+mod distill;
 #[path = "parity/elementwise.rs"]
 mod elementwise;
 #[path = "parity/embedding.rs"]

@@ -10,6 +10,7 @@ const CORE_ONLY: &[(&str, &str)] = &[
     ("kernels/adamw.rs", include_str!("../src/kernels/adamw.rs")),
     ("kernels/attention.rs", include_str!("../src/kernels/attention.rs")),
     ("kernels/cross_entropy.rs", include_str!("../src/kernels/cross_entropy.rs")),
+    ("kernels/distill.rs", include_str!("../src/kernels/distill.rs")),
     ("kernels/elementwise.rs", include_str!("../src/kernels/elementwise.rs")),
     ("kernels/embedding.rs", include_str!("../src/kernels/embedding.rs")),
     ("kernels/fake_quant.rs", include_str!("../src/kernels/fake_quant.rs")),

@@ -4,7 +4,9 @@ use super::{Backend, KernelResult, MoeForwardOut};
 use crate::tensor::Device;
 use kernels_cpu::adamw::AdamWConfig;
 use kernels_cpu::attention::AttnDims;
-use kernels_cpu::distill::{lm_head_kl_forward, lm_head_kl_forward_backward, DistillDims};
+use kernels_cpu::distill::{
+    hidden_l2_backward, hidden_l2_forward, lm_head_kl_forward, lm_head_kl_forward_backward, DistillDims,
+};
 use kernels_cpu::gemm::Trans;
 use kernels_cpu::moe::{self, AuxLoss, MoeDims, MoeParams, MoePath, MoeSaved};
 use kernels_cpu::rope::RopeTable;
@@ -216,6 +218,23 @@ impl Backend for CpuBackend {
             }
             None => cross_entropy::lm_head_ce_forward(losses, h, w, targets, n, d, v, chunk),
         }
+        Ok(())
+    }
+
+    fn hidden_l2_forward(
+        &self,
+        out: &mut [f32],
+        hs: &[f32],
+        ht: &[f32],
+        targets: &[i32],
+        d: usize,
+    ) -> KernelResult<()> {
+        hidden_l2_forward(out, hs, ht, targets, targets.len(), d);
+        Ok(())
+    }
+
+    fn hidden_l2_backward(&self, dhs: &mut [f32], dout: &[f32], hs: &[f32], ht: &[f32], d: usize) -> KernelResult<()> {
+        hidden_l2_backward(dhs, dout, hs, ht, dout.len(), d);
         Ok(())
     }
 

@@ -2,12 +2,10 @@
 //! simulator or a CUDA GPU). The launch shapes and kernel sequences are kernels-gpu's; this file
 //! only maps the op surface onto them.
 //!
-//! Not yet GPU kernels (they run kernels-cpu on this backend too): the distillation KL
-//! ([`Backend::lm_head_kl`]) and, inside [`Backend::moe_forward`], the MoE settings the router
-//! kernel does not implement (sigmoid weighting, router noise, the naive path, dense-equivalent
-//! mode) plus expert dropout and capacity selection (host code shared with kernels-cpu).
+//! Host code on this backend (shared with kernels-cpu, so both backends pick the same tokens): the
+//! router noise samples, expert dropout and capacity selection inside [`Backend::moe_forward`];
+//! the naive MoE path and dense-equivalent mode (references, not training paths) run kernels-cpu.
 
-use super::cpu::CpuBackend;
 use super::{gpu_moe, Backend, KernelResult, MoeForwardOut};
 use crate::tensor::Device;
 use kernels_cpu::adamw::AdamWConfig;
@@ -220,6 +218,21 @@ impl<L: Launcher + Send + 'static> Backend for GpuBackend<L> {
         gpu::lm_head_ce(&self.launcher, losses, grads, h, w, targets, d, v, scale, chunk)
     }
 
+    fn hidden_l2_forward(
+        &self,
+        out: &mut [f32],
+        hs: &[f32],
+        ht: &[f32],
+        targets: &[i32],
+        d: usize,
+    ) -> KernelResult<()> {
+        gpu::hidden_l2_forward(&self.launcher, out, hs, ht, targets, d)
+    }
+
+    fn hidden_l2_backward(&self, dhs: &mut [f32], dout: &[f32], hs: &[f32], ht: &[f32], d: usize) -> KernelResult<()> {
+        gpu::hidden_l2_backward(&self.launcher, dhs, dout, hs, ht, d)
+    }
+
     fn lm_head_kl(
         &self,
         kl: &mut [f32],
@@ -234,8 +247,9 @@ impl<L: Launcher + Send + 'static> Backend for GpuBackend<L> {
         scale: f32,
         chunk: usize,
     ) -> KernelResult<()> {
-        // No distillation kernel yet: kernels-cpu (see the module doc).
-        CpuBackend.lm_head_kl(kl, grads, hs, ws, ht, wt, targets, dims, tau, scale, chunk)
+        let DistillDims { n, d, dt, v } = dims;
+        let shape = gpu::KlShape { n, d, dt, v };
+        gpu::lm_head_kl(&self.launcher, kl, grads, hs, ws, ht, wt, targets, shape, tau, scale, chunk)
     }
 
     fn moe_forward(

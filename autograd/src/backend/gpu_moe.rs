@@ -2,36 +2,50 @@
 //! kernels-cpu (router logits as an internal node; `out`, `lb_loss`, `z_loss` accumulate into
 //! `dlogits`).
 //!
-//! Forward: router GEMM `logits = x · routerᵀ` → `router_forward` (softmax with temperature, top-1
-//! with bias, lse, entropy, counts, prob sums) → expert dropout on the host (kernels-cpu's
+//! Forward: router GEMM `logits = x · routerᵀ` → `router_forward` (router noise drawn on the host
+//! with kernels-cpu's counter-based samples; softmax with temperature or sigmoid scores, top-1 with
+//! bias, lse, entropy, counts, prob sums) → expert dropout on the host (kernels-cpu's
 //! `dropout_sample`) → `sort_by_expert` → capacity on the host over that order (kernels-cpu's
 //! `apply_capacity`, which compacts it only when tokens overflow; so both backends drop the same
 //! tokens and the tokens are sorted once) → `gather_forward` → `experts_forward` (grouped FMA GEMMs + fused SwiGLU) →
 //! `combine_forward`. Backward: `combine_backward` → `experts_backward` → `gather_backward` +
 //! `router_backward` (routed weight; lb; z) → router GEMM backward.
 //!
-//! Softmax weightings (`Ste`, `Prob`) without router noise only (the router kernel has neither
-//! sigmoid scores nor noise); other settings, the naive path and dense-equivalent mode run
-//! kernels-cpu ([`supported`]).
+//! Every weighting (`Ste`, `Prob`, `Sigmoid`), with or without noise; the naive path and
+//! dense-equivalent mode (references, not training paths) run kernels-cpu ([`supported`]).
 
 use super::cpu::CpuBackend;
 use super::{Backend, KernelResult, MoeForwardOut};
 use kernels_cpu::moe::permute::{apply_capacity, inverse_positions};
-use kernels_cpu::moe::router::{dropout_sample, router_stats, NONE};
+use kernels_cpu::moe::router::{dropout_sample, noise_sample, router_stats, NONE};
 use kernels_cpu::moe::{capacity, AuxLoss, MoeDims, MoeParams, MoePath, RouterWeighting};
 use kernels_gpu::launcher::Launcher;
-use kernels_gpu::ops::{self as gpu, ExpertsGemm, Trans};
+use kernels_gpu::ops::{self as gpu, ExpertsGemm, Scoring, Trans};
 use std::any::Any;
 use std::sync::Arc;
 
-/// Whether the GPU kernels implement this configuration (noise is zero outside training).
+/// Whether the GPU kernels implement this configuration.
 fn supported(path: MoePath, p: &MoeParams) -> bool {
-    path == MoePath::Fast && !p.dense_equivalent && p.weighting != RouterWeighting::Sigmoid && p.router_noise == 0.0
+    path == MoePath::Fast && !p.dense_equivalent
+}
+
+/// The router kernels' scoring for these settings.
+fn scoring(p: &MoeParams) -> Scoring {
+    match p.weighting {
+        RouterWeighting::Sigmoid => Scoring::Sigmoid,
+        RouterWeighting::Ste | RouterWeighting::Prob => Scoring::Softmax { temperature: p.temperature },
+    }
+}
+
+/// The router noise `router_noise * ξ(seed, t, j)` `[N, E]` kernels-cpu adds to the logits (None
+/// without noise): the same samples, so both backends route alike.
+fn router_noise(p: &MoeParams, n: usize, e: usize) -> Option<Vec<f32>> {
+    (p.router_noise > 0.0).then(|| (0..n * e).map(|i| p.router_noise * noise_sample(p.seed, i / e, i % e)).collect())
 }
 
 /// What the GPU forward keeps for backward.
 struct KernelSaved {
-    temperature: f32,
+    scoring: Scoring,
     /// Raw router logits, routing probabilities `[N, E]`; lse `[N]`; top-1 counts `[E]`.
     logits: Vec<f32>,
     probs: Vec<f32>,
@@ -75,8 +89,10 @@ pub(super) fn moe_forward<L: Launcher>(
     gpu::matmul(l, &mut logits, x, router, n, d, e, Trans::No, Trans::Yes, false)?;
     let (mut probs, mut choice, mut lse, mut entropy) =
         (vec![0f32; n * e], vec![0u32; n], vec![0f32; n], vec![0f32; n]);
+    let noise = router_noise(cfg, n, e);
+    let (scores_of, noise) = (scoring(cfg), noise.as_deref());
     let sums =
-        gpu::router_forward(l, &mut probs, &mut choice, &mut lse, &mut entropy, &logits, bias, e, cfg.temperature)?;
+        gpu::router_forward(l, &mut probs, &mut choice, &mut lse, &mut entropy, &logits, noise, bias, e, scores_of)?;
 
     // Host: expert dropout and capacity, with kernels-cpu's functions.
     let mut expert_of_token = choice;
@@ -118,7 +134,7 @@ pub(super) fn moe_forward<L: Launcher>(
     let counts: Vec<usize> = sums.counts.iter().map(|&c| c as usize).collect();
     let stats = router_stats(&counts, &entropy, overflowed, overflowed + dropped_out, n);
     let saved = KernelSaved {
-        temperature: cfg.temperature,
+        scoring: scores_of,
         logits: logits.clone(),
         probs,
         lse,
@@ -203,7 +219,7 @@ pub(super) fn backward_out_logits<L: Launcher>(
         dgate[t as usize] = g;
     }
     let dg = Some((&dgate[..], &s.expert_of_token[..]));
-    gpu::router_backward(l, dlogits, dg, &s.probs, &s.logits, &s.lse, &s.counts, 0.0, 0.0, e, s.temperature)
+    gpu::router_backward(l, dlogits, dg, &s.probs, &s.logits, &s.lse, &s.counts, 0.0, 0.0, e, s.scoring)
 }
 
 pub(super) fn backward_aux_logits<L: Launcher>(
@@ -222,5 +238,5 @@ pub(super) fn backward_aux_logits<L: Launcher>(
         AuxLoss::Z => (0.0, dloss),
     };
     let (p, lg, ls) = (&s.probs, &s.logits, &s.lse);
-    gpu::router_backward(l, dlogits, None, p, lg, ls, &s.counts, dlb, dz, dims.e, s.temperature)
+    gpu::router_backward(l, dlogits, None, p, lg, ls, &s.counts, dlb, dz, dims.e, s.scoring)
 }

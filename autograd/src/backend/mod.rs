@@ -203,6 +203,14 @@ pub trait Backend: Send + Sync {
         chunk: usize,
     ) -> KernelResult<()>;
 
+    /// Per-row hidden-state L2 (kernels-cpu `distill::hidden_l2_forward`): `out [N]` from
+    /// `hs`, `ht` `[N, D]`; 0 for ignored rows.
+    fn hidden_l2_forward(&self, out: &mut [f32], hs: &[f32], ht: &[f32], targets: &[i32], d: usize)
+        -> KernelResult<()>;
+
+    /// Its backward: accumulates `dhs [N, D] += dout[i] · 2 (h_s − h_t) / D` (`dout [N]`).
+    fn hidden_l2_backward(&self, dhs: &mut [f32], dout: &[f32], hs: &[f32], ht: &[f32], d: usize) -> KernelResult<()>;
+
     /// Fused LM-head distillation KL (kernels-cpu `distill::lm_head_kl_forward[_backward]`):
     /// per-row `kl [N]` and, when `grads = (dhs, dws)`, accumulates `scale *` their gradients.
     fn lm_head_kl(

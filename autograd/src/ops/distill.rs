@@ -3,12 +3,12 @@
 //! only the student's hidden states and head receive gradients.
 
 use super::{ensure, rows};
-use crate::backend::kernel;
+use crate::backend::{kernel, kernel_bwd};
 use crate::error::{AutogradError, Result};
 use crate::tape::Tape;
 use crate::tensor::Tensor;
 use kernels_cpu::cross_entropy::{count_targets, default_chunk_rows, IGNORE_INDEX};
-use kernels_cpu::distill::{hidden_l2_backward, hidden_l2_forward, DistillDims};
+use kernels_cpu::distill::DistillDims;
 use kernels_cpu::elementwise::axpy;
 
 /// Result of [`lm_head_distill`].
@@ -100,17 +100,18 @@ pub fn hidden_l2(tape: &Tape, h_s: &Tensor, h_t: &Tensor, targets: &[i32]) -> Re
     })?;
     let count = count_targets(targets);
     let mut row = vec![0f32; n];
-    hidden_l2_forward(&mut row, &h_s.f32s(), &h_t.f32s(), targets, n, d);
+    kernel(OP, tape.backend().hidden_l2_forward(&mut row, &h_s.f32s(), &h_t.f32s(), targets, d))?;
     let loss = Tensor::from_vec(vec![masked_mean(&row, count)], &[]);
     if count == 0 {
         return Ok(loss);
     }
     let (hst, htt, mask) = (h_s.clone(), h_t.clone(), targets.to_vec());
+    let be = tape.backend().clone();
     Ok(tape.record(loss, &[h_s], move |dloss, g| {
         let per_row = dloss[0] / count as f32;
         let dout: Vec<f32> = mask.iter().map(|&t| if t == IGNORE_INDEX { 0.0 } else { per_row }).collect();
         let (hs, ht) = (hst.f32s(), htt.f32s());
-        g.accumulate(&hst, |gh| hidden_l2_backward(gh, &dout, &hs, &ht, n, d));
+        g.accumulate(&hst, |gh| kernel_bwd(OP, be.hidden_l2_backward(gh, &dout, &hs, &ht, d)));
     }))
 }
 

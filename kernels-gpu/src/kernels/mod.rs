@@ -9,6 +9,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
+pub mod distill;
 pub mod elementwise;
 pub mod embedding;
 pub mod fake_quant;

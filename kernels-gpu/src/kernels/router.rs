@@ -1,7 +1,8 @@
 //! Top-1 softmax router over precomputed logits (`x · routerᵀ` is a GEMM): probabilities with
 //! temperature, top-1 choice, logsumexp for the z-loss, per-token entropy, and the load-balance
 //! statistics; and the backward of the routed weight, the load-balance loss and the z-loss.
-//! Softmax modes of kernels-cpu `moe::router` (`Ste` / `Prob`), without noise.
+//! Every weighting of kernels-cpu `moe::router`: softmax (`Ste` / `Prob`) and sigmoid scores, with
+//! the router noise the host draws (kernels-cpu's counter-based samples, so both backends agree).
 //!
 //! Shapes: `logits`, `probs`, `dlogits` `[N, E]`; `choice`, `lse`, `entropy`, `dgate`,
 //! `expert_of_token` `[N]`; `counts` (u32), `prob_sum`, `lb_coeff`, `bias` `[E]`; `lse2_sum` `[1]`.
@@ -12,11 +13,26 @@ use crate::simt::{Gmem, Simt};
 /// Marks a token without a routed expert.
 pub const NONE: u32 = u32::MAX;
 
-/// Routes token `t = global thread`: `probs[t] = softmax(logits[t] * inv_temp)` (max-shifted),
-/// `choice[t] = argmax(probs[t] + bias)` (ties: lowest expert), `lse[t] = logsumexp(logits[t])`,
-/// `entropy[t] = -sum p ln p`; accumulates `counts[choice] += 1`, `prob_sum[j] += sum_t p_tj` and
-/// `lse2_sum[0] += sum_t lse_t^2` (per-warp sums, then one atomic per warp). From these the host
-/// gets `lb = E * sum_j (counts_j / N) * (prob_sum_j / N)` and `z = lse2_sum / N`.
+/// Logistic function, written as kernels-cpu writes it (no overflow for either sign).
+#[inline(always)]
+fn sigmoid<C: Simt>(v: f32) -> f32 {
+    if v >= 0.0 {
+        1.0 / (1.0 + C::exp(-v))
+    } else {
+        let e = C::exp(v);
+        e / (1.0 + e)
+    }
+}
+
+/// Routes token `t = global thread`. With `l̃ = logits[t] + noise[t]` (noise: the host's
+/// pre-scaled Gaussian noise `[N, E]`, or null): `probs[t] = softmax(l̃ * inv_temp)` (max-shifted;
+/// `sigmoid == 0`) or the sigmoid scores `sigmoid(l̃)` (`sigmoid != 0`, DeepSeek-V3; no
+/// temperature); `choice[t] = argmax(probs[t] + bias)` (ties: lowest expert), `lse[t] =
+/// logsumexp(logits[t])` of the raw logits, `entropy[t] = -sum q ln q` of the routing
+/// distribution `q = p` (softmax) or `s / sum(s)` (sigmoid); accumulates `counts[choice] += 1`,
+/// `prob_sum[j] += sum_t q_tj` and `lse2_sum[0] += sum_t lse_t^2` (per-warp sums, then one atomic
+/// per warp). From these the host gets `lb = E * sum_j (counts_j / N) * (prob_sum_j / N)` and
+/// `z = lse2_sum / N`.
 ///
 /// Launch: grid `(ceil(N / block), 1, 1)`, block a multiple of 32 (GPU 128, sim 128), no shared
 /// memory. Every thread of a warp takes part in the warp sums (threads past N add zeros).
@@ -31,15 +47,17 @@ pub fn router_forward<C: Simt>(
     prob_sum: Gmem<f32>,
     lse2_sum: Gmem<f32>,
     logits: Gmem<f32>,
+    noise: Gmem<f32>,
     bias: Gmem<f32>,
     n: usize,
     e: usize,
     inv_temp: f32,
+    sigmoid_mode: u32,
 ) {
     let t = ctx.block_idx().x as usize * ctx.block_dim().x as usize + ctx.thread_idx().x as usize;
     let live = t < n;
     let lane0 = ctx.lane_id() == 0;
-    let mut my_lse = 0f32;
+    let (mut my_lse, mut norm) = (0f32, 1f32);
     // SAFETY: all row accesses are guarded by `live` (t < n, j < e); probs row t is this thread's.
     unsafe {
         if live {
@@ -53,21 +71,38 @@ pub fn router_forward<C: Simt>(
                 s += C::exp(l.read(j) - max);
             }
             my_lse = max + C::ln(s);
-            // Temperature softmax, shifted by the max (temperature > 0 keeps the argmax).
-            let mut sum = 0f32;
-            for j in 0..e {
-                let x = C::exp((l.read(j) - max) * inv_temp);
-                p.write(j, x);
-                sum += x;
+            let noisy = |j: usize| if noise.is_null() { l.read(j) } else { l.read(j) + noise.read(t * e + j) };
+            if sigmoid_mode != 0 {
+                norm = 0.0;
+                for j in 0..e {
+                    let x = sigmoid::<C>(noisy(j));
+                    p.write(j, x);
+                    norm += x;
+                }
+            } else {
+                // Temperature softmax, shifted by the max (temperature > 0 keeps the argmax).
+                let mut m = f32::NEG_INFINITY;
+                for j in 0..e {
+                    m = m.max(noisy(j));
+                }
+                let mut sum = 0f32;
+                for j in 0..e {
+                    let x = C::exp((noisy(j) - m) * inv_temp);
+                    p.write(j, x);
+                    sum += x;
+                }
+                for j in 0..e {
+                    p.write(j, p.read(j) / sum);
+                }
             }
             let (mut best, mut best_score, mut ent) = (0usize, f32::NEG_INFINITY, 0f32);
             for j in 0..e {
-                let q = p.read(j) / sum;
-                p.write(j, q);
-                let score = q + if bias.is_null() { 0.0 } else { bias.read(j) };
+                let pj = p.read(j);
+                let score = pj + if bias.is_null() { 0.0 } else { bias.read(j) };
                 if score > best_score {
                     (best, best_score) = (j, score);
                 }
+                let q = pj / norm;
                 if q > 0.0 {
                     ent -= q * C::ln(q);
                 }
@@ -78,7 +113,7 @@ pub fn router_forward<C: Simt>(
             ctx.atomic_add_u32(counts, best, 1);
         }
         for j in 0..e {
-            let q = if live { probs.read(t * e + j) } else { 0.0 };
+            let q = if live { probs.read(t * e + j) / norm } else { 0.0 };
             let total = warp_sum(ctx, q);
             if lane0 {
                 ctx.atomic_add_f32(prob_sum, j, total);
@@ -91,11 +126,17 @@ pub fn router_forward<C: Simt>(
     }
 }
 
-/// Accumulates into `dlogits[t]` (one thread per token):
+/// Accumulates into `dlogits[t]` (one thread per token), softmax mode (`sigmoid_mode == 0`):
 /// - routed weight (when `dgate` is not null and the token has an expert `c`):
 ///   `dgate_t * p_c * (δ_cj - p_j) * inv_temp`;
 /// - load balance (when `lb_coeff` is not null, `lb_coeff_j = dlb * E * counts_j / N^2`):
 ///   `p_j * (lb_coeff_j - sum_i p_i lb_coeff_i) * inv_temp`;
+///
+/// sigmoid mode (`probs` holds the scores `s`, `S = sum s`):
+/// - routed weight: `dgate_t * s_c (1 - s_c)` at `j = c`;
+/// - load balance through `q = s / S`: `(lb_coeff_j - sum_i lb_coeff_i s_i / S) / S * s_j (1 - s_j)`;
+///
+/// both modes:
 /// - z-loss: `z_scale * lse_t * exp(logits_tj - lse_t)` with `z_scale = 2 dz / N` (0: off).
 ///
 /// Launch: grid `(ceil(N / block), 1, 1)`, any block (GPU 128), no shared memory.
@@ -113,6 +154,7 @@ pub fn router_backward<C: Simt>(
     e: usize,
     inv_temp: f32,
     z_scale: f32,
+    sigmoid_mode: u32,
 ) {
     let t = ctx.block_idx().x as usize * ctx.block_dim().x as usize + ctx.thread_idx().x as usize;
     if t >= n {
@@ -123,7 +165,10 @@ pub fn router_backward<C: Simt>(
         let (p, dl, l) = (probs.add(t * e), dlogits.add(t * e), logits.add(t * e));
         if !dgate.is_null() {
             let c = expert_of_token.read(t);
-            if c != NONE && (c as usize) < e {
+            if c != NONE && (c as usize) < e && sigmoid_mode != 0 {
+                let (g, pc) = (dgate.read(t), p.read(c as usize));
+                dl.write(c as usize, dl.read(c as usize) + g * pc * (1.0 - pc));
+            } else if c != NONE && (c as usize) < e {
                 let k = dgate.read(t) * p.read(c as usize) * inv_temp;
                 for j in 0..e {
                     let delta = if j == c as usize { 1.0 } else { 0.0 };
@@ -131,7 +176,18 @@ pub fn router_backward<C: Simt>(
                 }
             }
         }
-        if !lb_coeff.is_null() {
+        if !lb_coeff.is_null() && sigmoid_mode != 0 {
+            let (mut s_sum, mut mean) = (0f32, 0f32);
+            for j in 0..e {
+                s_sum += p.read(j);
+                mean += lb_coeff.read(j) * p.read(j);
+            }
+            mean /= s_sum;
+            for j in 0..e {
+                let sj = p.read(j);
+                dl.write(j, dl.read(j) + (lb_coeff.read(j) - mean) / s_sum * sj * (1.0 - sj));
+            }
+        } else if !lb_coeff.is_null() {
             let mut mean = 0f32;
             for j in 0..e {
                 mean += p.read(j) * lb_coeff.read(j);

@@ -8,6 +8,7 @@
 //! launches stay cheap; results do not depend on it).
 
 mod attention;
+mod distill;
 mod elementwise;
 mod embedding;
 mod gemm;
@@ -16,6 +17,7 @@ mod rope;
 mod rows;
 
 pub use attention::{attention_backward, attention_forward, AttnShape};
+pub use distill::{hidden_l2_backward, hidden_l2_forward, lm_head_kl, KlShape};
 pub use elementwise::{
     adamw_scalars, adamw_step, add_cols, add_scaled, copy_cols, fake_quant_backward, fake_quant_forward,
     swiglu_backward, swiglu_forward, swiglu_fused_backward, swiglu_fused_forward, AdamWHyper,
@@ -24,7 +26,7 @@ pub use embedding::{embedding_backward, embedding_forward};
 pub use gemm::{experts_backward, experts_forward, grouped_gemm, matmul, to_bf16, ExpertsGemm, GemmElem, Trans};
 pub use moe::{
     combine_backward, combine_forward, gather_backward, gather_forward, router_backward, router_forward,
-    sort_by_expert, RouterSums, Sorted,
+    sort_by_expert, RouterSums, Scoring, Sorted,
 };
 pub use rope::{rope_backward, rope_forward};
 pub use rows::{lm_head_ce, rmsnorm_backward, rmsnorm_forward, softmax_ce_forward_backward};

@@ -6,12 +6,43 @@ use crate::kernels::permute;
 use crate::launcher::{LaunchDims, LaunchError, Launcher};
 use crate::simt::{Dim3, Gmem};
 
+/// How the router turns logits into routing scores.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scoring {
+    /// `softmax(l̃ / temperature)` (temperature > 0).
+    Softmax {
+        /// Softmax temperature.
+        temperature: f32,
+    },
+    /// `sigmoid(l̃)` (DeepSeek-V3), routing distribution `s / sum(s)`.
+    Sigmoid,
+}
+
+impl Scoring {
+    /// `(inv_temp, sigmoid flag)` as the kernels take them.
+    fn kernel_args(self) -> (f32, u32) {
+        match self {
+            Scoring::Softmax { temperature } => (1.0 / temperature, 0),
+            Scoring::Sigmoid => (1.0, 1),
+        }
+    }
+
+    fn check(self) -> Result<(), LaunchError> {
+        match self {
+            Scoring::Softmax { temperature } => {
+                ensure(temperature > 0.0, || format!("router: temperature {temperature} must be positive"))
+            }
+            Scoring::Sigmoid => Ok(()),
+        }
+    }
+}
+
 /// Load-balance and z-loss statistics of one router forward.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RouterSums {
     /// Top-1 choices per expert `[E]`.
     pub counts: Vec<u32>,
-    /// `sum_t p_tj` per expert `[E]`.
+    /// `sum_t q_tj` per expert `[E]` (`q`: the routing distribution).
     pub prob_sum: Vec<f32>,
     /// `sum_t lse_t^2`.
     pub lse2_sum: f32,
@@ -21,7 +52,8 @@ pub struct RouterSums {
     pub z_loss: f32,
 }
 
-/// [`crate::kernels::router::router_forward`]: `probs [N, E]`, `choice`, `lse`, `entropy` `[N]` from `logits`.
+/// [`crate::kernels::router::router_forward`]: `probs [N, E]`, `choice`, `lse`, `entropy` `[N]` from
+/// `logits`, with `noise [N, E]` (already scaled) added to the logits before scoring when given.
 #[allow(clippy::too_many_arguments)]
 pub fn router_forward<L: Launcher>(
     l: &L,
@@ -30,16 +62,18 @@ pub fn router_forward<L: Launcher>(
     lse: &mut [f32],
     entropy: &mut [f32],
     logits: &[f32],
+    noise: Option<&[f32]>,
     bias: Option<&[f32]>,
     e: usize,
-    temperature: f32,
+    scoring: Scoring,
 ) -> Result<RouterSums, LaunchError> {
     let n = choice.len();
     ensure(e > 0 && probs.len() == n * e && logits.len() == n * e && lse.len() == n && entropy.len() == n, || {
         format!("router: shapes do not match N={n} E={e}")
     })?;
     ensure(bias.is_none_or(|b| b.len() == e), || "router: bias is not [E]".into())?;
-    ensure(temperature > 0.0, || format!("router: temperature {temperature} must be positive"))?;
+    ensure(noise.is_none_or(|z| z.len() == n * e), || "router: noise is not [N, E]".into())?;
+    scoring.check()?;
     let (mut counts, mut prob_sum, mut lse2) = (vec![0u32; e], vec![0f32; e], [0f32]);
     if n > 0 {
         let (pm, cm, lm, em) =
@@ -49,15 +83,16 @@ pub fn router_forward<L: Launcher>(
         let xm = l.input(logits)?;
         let bm = bias.map(|b| l.input(b)).transpose()?;
         let b = bm.as_ref().map_or(Gmem::null(), |m| l.ptr(m));
-        let inv_t = 1.0 / temperature;
+        let zm = noise.map(|z| l.input(z)).transpose()?;
+        let z = zm.as_ref().map_or(Gmem::null(), |m| l.ptr(m));
+        let (inv_t, sig) = scoring.kernel_args();
         let block = l.block_threads();
         let dims = LaunchDims::linear(Dim3::x(n.div_ceil(block as usize) as u32), block);
         let (p, c, ls, en) = (l.ptr(&pm), l.ptr(&cm), l.ptr(&lm), l.ptr(&em));
-        // SAFETY: probs/logits hold N*E, choice/lse/entropy N, counts/prob_sum/bias E, lse2 1 elements;
-        // one thread per token.
-        unsafe {
-            l.router_forward(dims, p, c, ls, en, l.ptr(&cnm), l.ptr(&psm), l.ptr(&l2m), l.ptr(&xm), b, n, e, inv_t)
-        }?;
+        let (cn, ps, l2) = (l.ptr(&cnm), l.ptr(&psm), l.ptr(&l2m));
+        // SAFETY: probs/logits/noise hold N*E, choice/lse/entropy N, counts/prob_sum/bias E, lse2 1
+        // elements; one thread per token.
+        unsafe { l.router_forward(dims, p, c, ls, en, cn, ps, l2, l.ptr(&xm), z, b, n, e, inv_t, sig) }?;
         l.read_back(&pm, probs)?;
         l.read_back(&cm, choice)?;
         l.read_back(&lm, lse)?;
@@ -86,9 +121,10 @@ pub fn router_backward<L: Launcher>(
     dlb: f32,
     dz: f32,
     e: usize,
-    temperature: f32,
+    scoring: Scoring,
 ) -> Result<(), LaunchError> {
     let n = lse.len();
+    scoring.check()?;
     ensure(
         e > 0 && dlogits.len() == n * e && probs.len() == n * e && logits.len() == n * e && counts.len() == e,
         || format!("router backward: shapes do not match N={n} E={e}"),
@@ -105,12 +141,12 @@ pub fn router_backward<L: Launcher>(
     let (dg, ex) = gate.as_ref().map_or((Gmem::null(), Gmem::null()), |(g, x)| (l.ptr(g), l.ptr(x)));
     let cm = if dlb != 0.0 { Some(l.input(&coeff)?) } else { None };
     let lc = cm.as_ref().map_or(Gmem::null(), |m| l.ptr(m));
-    let (inv_t, z_scale) = (1.0 / temperature, 2.0 * dz / n as f32);
+    let ((inv_t, sig), z_scale) = (scoring.kernel_args(), 2.0 * dz / n as f32);
     let block = l.block_threads();
     let dims = LaunchDims::linear(Dim3::x(n.div_ceil(block as usize) as u32), block);
     let (dl, p, x, ls) = (l.ptr(&dlm), l.ptr(&pm), l.ptr(&xm), l.ptr(&lsm));
     // SAFETY: dlogits/probs/logits hold N*E, lse/dgate/expert_of_token N, coeff E elements.
-    unsafe { l.router_backward(dims, dl, dg, ex, lc, p, x, ls, n, e, inv_t, z_scale) }?;
+    unsafe { l.router_backward(dims, dl, dg, ex, lc, p, x, ls, n, e, inv_t, z_scale, sig) }?;
     l.read_back(&dlm, dlogits)
 }
 

@@ -51,6 +51,7 @@ macro_rules! static_shared_arrays {
 static_shared_arrays! {
     medmoe_reduce_scratch => crate::kernels::reduce::ReduceScratch,
     medmoe_ce_scratch => crate::kernels::cross_entropy::CeScratch,
+    medmoe_kl_scratch => crate::kernels::distill::KlScratch,
 }
 
 const fn str_eq(a: &str, b: &str) -> bool {

@@ -10,26 +10,51 @@ const NONE: u32 = u32::MAX;
 
 #[test]
 fn router_forward_and_backward_match_kernels_cpu() {
-    for &(n, e, temp, with_bias) in &[(300usize, 16usize, 0.7f32, false), (77, 5, 1.0, true)] {
+    use RouterWeighting::{Prob, Sigmoid, Ste};
+    let cases = [
+        (300usize, 16usize, 0.7f32, false, Ste, 0.0f32),
+        (77, 5, 1.0, true, Prob, 0.0),
+        (77, 5, 0.5, true, Ste, 0.3),
+        (300, 16, 1.0, false, Sigmoid, 0.0),
+        (77, 5, 1.0, true, Sigmoid, 0.3),
+    ];
+    for &(n, e, temp, with_bias, weighting, noise_std) in &cases {
         let logits: Vec<f32> = rand_vec(n * e, 11).iter().map(|x| x * 3.0).collect();
         let bias: Vec<f32> = rand_vec(e, 12).iter().map(|x| x * 0.05).collect();
         let bias = with_bias.then_some(&bias[..]);
+        let params =
+            MoeParams { temperature: temp, weighting, router_noise: noise_std, seed: 5, ..MoeParams::default() };
+        // The host's noise, as the GPU backend draws it.
+        let noise: Vec<f32> =
+            (0..n * e).map(|i| noise_std * cpu_router::noise_sample(params.seed, i / e, i % e)).collect();
+        let noise = (noise_std > 0.0).then_some(&noise[..]);
+        let scoring =
+            if weighting == Sigmoid { ops::Scoring::Sigmoid } else { ops::Scoring::Softmax { temperature: temp } };
         let (mut probs, mut choice, mut lse, mut ent) =
             (vec![0f32; n * e], vec![0u32; n], vec![0f32; n], vec![0f32; n]);
-        let sums =
-            ops::router_forward(&SimLauncher, &mut probs, &mut choice, &mut lse, &mut ent, &logits, bias, e, temp)
-                .unwrap();
-        let params = MoeParams { temperature: temp, weighting: RouterWeighting::Ste, ..MoeParams::default() };
+        let sums = ops::router_forward(
+            &SimLauncher,
+            &mut probs,
+            &mut choice,
+            &mut lse,
+            &mut ent,
+            &logits,
+            noise,
+            bias,
+            e,
+            scoring,
+        )
+        .unwrap();
         let (mut wp, mut wc, mut wl, mut we) = (vec![0f32; n * e], vec![0u32; n], vec![0f32; n], vec![0f32; n]);
         cpu_router::route_forward(&mut wp, &mut wc, &mut wl, &mut we, &logits, bias, e, &params);
-        let tag = format!("router n={n} e={e}");
+        let tag = format!("router n={n} e={e} {weighting:?} noise {noise_std}");
         report(&format!("{tag} probs"), &probs, &wp, 1e-7, 1e-5);
         report(&format!("{tag} lse"), &lse, &wl, 1e-6, 1e-6);
         report(&format!("{tag} entropy"), &ent, &we, 1e-6, 1e-5);
         assert_eq!(choice, wc, "{tag}: choices");
         let counts = cpu_router::choice_counts(&wc, e);
         assert_eq!(sums.counts.iter().map(|&c| c as usize).collect::<Vec<_>>(), counts, "{tag}: counts");
-        let want_lb = cpu_router::lb_loss_forward(&wp, &counts, e, RouterWeighting::Ste);
+        let want_lb = cpu_router::lb_loss_forward(&wp, &counts, e, weighting);
         let want_z = cpu_router::z_loss_forward(&wl);
         report(&format!("{tag} lb loss"), &[sums.lb_loss], &[want_lb], 0.0, 1e-5);
         report(&format!("{tag} z loss"), &[sums.z_loss], &[want_z], 0.0, 1e-5);
@@ -41,20 +66,8 @@ fn router_forward_and_backward_match_kernels_cpu() {
         let mut dl = rand_vec(n * e, 14);
         let mut want = dl.clone();
         let cnt32: Vec<u32> = counts.iter().map(|&c| c as u32).collect();
-        ops::router_backward(
-            &SimLauncher,
-            &mut dl,
-            Some((&dgate, &expert)),
-            &wp,
-            &logits,
-            &wl,
-            &cnt32,
-            dlb,
-            dz,
-            e,
-            temp,
-        )
-        .unwrap();
+        let gate = Some((&dgate[..], &expert[..]));
+        ops::router_backward(&SimLauncher, &mut dl, gate, &wp, &logits, &wl, &cnt32, dlb, dz, e, scoring).unwrap();
         cpu_router::gate_backward(&mut want, &dgate, &wp, &expert, e, &params);
         cpu_router::lb_loss_backward(&mut want, dlb, &wp, &counts, e, &params);
         cpu_router::z_loss_backward(&mut want, dz, &logits, &wl, e);
