@@ -239,7 +239,7 @@ pub struct Qwen3 {
     /// Aux-loss-free balancing bias per MoE layer `[L][E]` (not trained by gradient).
     pub router_bias: Vec<Vec<f32>>,
     /// Storage dtype each tensor had on disk (for saving back bit-identically).
-    pub file_dtypes: Vec<(String, crate::safetensors_io::DType)>,
+    pub file_dtypes: Vec<(String, crate::safetensors_io::FileDType)>,
     rope: Arc<RopeTable>,
 }
 
@@ -253,7 +253,7 @@ impl Qwen3 {
     ) -> Self {
         let params = ParamTable::new(&param_specs(&config, moe.as_ref()), dtype, init);
         let file_dtypes =
-            params.entries().iter().map(|e| (e.name.clone(), crate::safetensors_io::DType::F32)).collect();
+            params.entries().iter().map(|e| (e.name.clone(), crate::safetensors_io::FileDType::F32)).collect();
         let rope = Arc::new(RopeTable::new(config.head_dim, config.max_position_embeddings, config.rope_theta));
         let router_bias = match &moe {
             Some(m) => vec![vec![0.0; m.num_experts]; config.num_hidden_layers],

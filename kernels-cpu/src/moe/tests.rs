@@ -38,7 +38,7 @@ fn skewed_case(n: usize, d: usize, e: usize, w: usize, seed: u64, skew: f32) -> 
 const A: f32 = 0.7;
 const B: f32 = 0.3;
 
-struct Run {
+struct ForwardAndGrads {
     fwd: MoeForward,
     dx: Vec<f32>,
     drouter: Vec<f32>,
@@ -46,7 +46,7 @@ struct Run {
 }
 
 /// Forward and the gradients of `L` on `path`.
-fn run(c: &Case, path: MoePath, p: &MoeParams, bias: bool) -> Run {
+fn run(c: &Case, path: MoePath, p: &MoeParams, bias: bool) -> ForwardAndGrads {
     let MoeDims { n, d, e, .. } = c.dims;
     let bias = if bias { Some(&c.bias[..]) } else { None };
     let fwd = moe_forward(path, &c.x, &c.router, &c.experts, bias, c.dims, p);
@@ -55,7 +55,7 @@ fn run(c: &Case, path: MoePath, p: &MoeParams, bias: bool) -> Run {
     for (which, scale) in [(AuxLoss::LoadBalance, A), (AuxLoss::Z, B)] {
         moe_backward_aux(&mut dx, &mut drouter, which, scale, &c.x, &c.router, &fwd.saved, c.dims);
     }
-    Run { fwd, dx, drouter, dexperts }
+    ForwardAndGrads { fwd, dx, drouter, dexperts }
 }
 
 fn rel(a: f32, b: f32) -> f64 {
@@ -63,7 +63,7 @@ fn rel(a: f32, b: f32) -> f64 {
 }
 
 /// Fast vs naive: same routing and statistics; out, losses and gradients within `TOL` (norm-wise).
-fn compare_paths(c: &Case, p: &MoeParams, bias: bool, what: &str) -> Run {
+fn compare_paths(c: &Case, p: &MoeParams, bias: bool, what: &str) -> ForwardAndGrads {
     const TOL: f64 = 1e-5;
     let fast = run(c, MoePath::Fast, p, bias);
     let naive = run(c, MoePath::Naive, p, bias);

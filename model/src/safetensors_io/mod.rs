@@ -23,10 +23,6 @@ use crate::error::{ModelError, Result};
 pub use read::SafetensorsReader;
 pub use stream_write::{write_checkpoint_streaming, TensorSpec, DEFAULT_MAX_SHARD_BYTES};
 pub use write::{write_checkpoint_dir, write_safetensors};
-/// The old name of [`FileDType`], kept only until `model/src/qwen3.rs` (under refactoring elsewhere)
-/// names `FileDType`; new code must not use it.
-#[doc(hidden)]
-pub use FileDType as DType;
 
 /// File name of a single-file HF checkpoint inside a model directory.
 pub const SINGLE_FILE_NAME: &str = "model.safetensors";
