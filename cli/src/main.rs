@@ -39,6 +39,8 @@ enum Command {
     Surgery(cmd::surgery::Args),
     /// Export a model to a stock format (Hugging Face Dots1 / Qwen3) that reproduces its logits.
     Export(cmd::export::Args),
+    /// GPTQ / round-to-nearest quantization from calibration data into an HF GPTQ checkpoint (vLLM).
+    Quantize(cmd::quantize::Args),
     /// Measure speed: GEMM GFLOP/s or a full training step; prints JSON lines.
     Bench(cmd::bench::Args),
     /// Synthetic medical world, tokenizer, packing and data statistics.
@@ -56,6 +58,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => cmd::bench::run(a, threads),
         Command::Surgery(a) => cmd::surgery::run(a),
         Command::Export(a) => cmd::export::run(a),
+        Command::Quantize(a) => cmd::quantize::run(a),
         Command::Importance(a) => cmd::importance::run(a),
         Command::Init(a) => cmd::init::run(a),
         Command::Data(a) => cmd::data::run(a),

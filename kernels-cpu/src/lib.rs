@@ -20,6 +20,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod fastmath;
 pub mod gemm;
+pub mod gptq;
 pub mod moe;
 pub mod pool;
 pub mod quant;

@@ -23,6 +23,9 @@ impl Qwen3 {
     /// A Dots1 export (`model_type: "dots1"`) loads as the medmoe MoE model it came from.
     pub fn load_as(dir: &Path, storage: DType) -> Result<Self> {
         let config_path = dir.join("config.json");
+        if crate::gptq::is_gptq_dir(dir) {
+            return crate::gptq::load_gptq(dir, storage);
+        }
         if crate::export::is_dots1_config(&config_path) {
             return crate::export::load_dots1(dir, storage);
         }

@@ -22,7 +22,8 @@ pub fn run(a: Args) -> Result<()> {
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(serde_json::Value::Null);
     let is_dots1 = raw.get("model_type").and_then(|v| v.as_str()) == Some("dots1");
-    let (config, moe) = if is_dots1 {
+    let gptq = raw.get("quantization_config").filter(|_| model::gptq::is_gptq_dir(&a.model_dir));
+    let (config, moe) = if is_dots1 || gptq.is_some() {
         // An HF Dots1 export: read it as the medmoe model it holds (bf16 copy, for the spec).
         let m = model::Qwen3::load_as(&a.model_dir, autograd::DType::BF16)?;
         (m.config, m.moe)
@@ -34,6 +35,12 @@ pub fn run(a: Args) -> Result<()> {
     let ckpt = SafetensorsReader::open(&a.model_dir)?;
     let c = &config;
     println!("model      {}", a.model_dir.display());
+    if let Some(q) = gptq {
+        println!(
+            "quant      GPTQ {}-bit, group {}, desc_act {} (dequantized at load)",
+            q["bits"], q["group_size"], q["desc_act"]
+        );
+    }
     match &moe {
         _ if is_dots1 => println!("type       HF Dots1 export (read as medmoe)"),
         None => println!("type       qwen3 (dense)"),
@@ -98,7 +105,7 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let missing: Vec<&str> = specs.iter().map(|(n, _)| n.as_str()).filter(|n| ckpt.info(n).is_none()).collect();
-    if !missing.is_empty() && !is_dots1 {
+    if !missing.is_empty() && !is_dots1 && gptq.is_none() {
         println!("missing     {} tensors the config needs, e.g. `{}`", missing.len(), missing[0]);
     }
     Ok(())

@@ -7,5 +7,6 @@ pub mod importance;
 pub mod init;
 pub mod inspect;
 pub mod logits;
+pub mod quantize;
 pub mod run;
 pub mod surgery;

@@ -42,7 +42,7 @@ pub fn shared_padding(s: usize, w: usize) -> (usize, usize) {
 }
 
 /// Why `model` cannot be exported to Dots1 exactly, if it cannot; else its MoE spec.
-fn check_exportable(model: &Qwen3) -> Result<&MoeSpec> {
+pub(crate) fn check_exportable(model: &Qwen3) -> Result<&MoeSpec> {
     let m = model.moe.as_ref().ok_or_else(|| {
         ModelError::Unsupported(
             "the dots1 format is for MoE models and this model is dense; export it with the qwen3 format".into(),
@@ -92,7 +92,7 @@ fn pad_cols(v: &[f32], rows: usize, cols: usize, new_cols: usize) -> Vec<f32> {
 }
 
 /// The Dots1 config.json object of `model` (spec `m`, tensors in `dtype`).
-fn dots1_config(model: &Qwen3, m: &MoeSpec, dtype: FileDType) -> serde_json::Map<String, Value> {
+pub(crate) fn dots1_config(model: &Qwen3, m: &MoeSpec, dtype: FileDType) -> serde_json::Map<String, Value> {
     let (n_shared, _) = shared_padding(m.shared_width, m.expert_width);
     let mut c = base_config(model, dtype);
     let fields: [(&str, Value); 12] = [

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Dots1 config keys the loaded medmoe config drops (its `moe` section replaces them).
-const DOTS1_KEYS: [&str; 16] = [
+pub(crate) const DOTS1_KEYS: [&str; 16] = [
     "moe_intermediate_size",
     "n_routed_experts",
     "n_shared_experts",

@@ -19,7 +19,9 @@ mod dots1;
 mod dots1_load;
 mod qwen3;
 
+pub(crate) use dots1::{check_exportable, dots1_config};
 pub use dots1::{export_dots1, shared_padding, MEDMOE_KEY};
+pub(crate) use dots1_load::DOTS1_KEYS;
 pub(crate) use dots1_load::{is_dots1_config, load_dots1};
 pub use qwen3::export_qwen3;
 
