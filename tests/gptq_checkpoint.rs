@@ -58,7 +58,7 @@ fn round_trip(model: &Qwen3, o: &QuantizeOptions) -> (model::gptq::QuantizedMode
     let batch = eval_batch(model.config.vocab_size);
     let (want, got) = (q.model.logits(&batch).unwrap(), loaded.logits(&batch).unwrap());
     let e = max_errors(&got, &want);
-    assert!(e.max_abs <= 1e-5, "loaded GPTQ checkpoint vs in-memory quantized model: {e:?}");
+    assert!(e.0 <= 1e-5, "loaded GPTQ checkpoint vs in-memory quantized model: {e:?}");
     // Format facts vLLM relies on.
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
@@ -95,7 +95,7 @@ fn dense_gptq_checkpoint_loads_back_exactly_and_beats_rtn() {
     let batch = eval_batch(model.config.vocab_size);
     let e = max_errors(&q8.model.logits(&batch).unwrap(), &model.logits(&batch).unwrap());
     eprintln!("dense RTN 8-bit vs float logits: {e:?}");
-    assert!(e.max_abs < 0.05, "{e:?}");
+    assert!(e.0 < 0.05, "{e:?}");
 }
 
 #[test]
@@ -160,5 +160,5 @@ fn committed_moe_checkpoint_matches_transformers() {
     let model = Qwen3::load(&dir.join("moe_gptq")).unwrap();
     let e = max_errors(&model.logits(&batch).unwrap(), &r.read_f32("logits").unwrap());
     eprintln!("GPTQ MoE checkpoint, ours vs transformers: {e:?}");
-    assert!(e.max_abs <= 1e-4, "{e:?}");
+    assert!(e.0 <= 1e-4, "{e:?}");
 }

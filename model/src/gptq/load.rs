@@ -109,7 +109,7 @@ impl Ckpt<'_> {
         let k = qshape.first().copied().unwrap_or(0) * p;
         let qweight = self.i32s(&qname, &[k / p, n])?;
         let g_idx = self.i32s(&format!("{base}.g_idx"), &[k])?;
-        if n % p != 0 {
+        if !n.is_multiple_of(p) {
             return Err(self.err(&sname, format!("N = {n} is not a multiple of {p}")));
         }
         let qzeros = self.i32s(&format!("{base}.qzeros"), &[groups, n / p])?;

@@ -21,7 +21,7 @@ pub fn per_word(bits: u32) -> Result<usize> {
 pub fn pack_qweight(m: &QuantizedMatrix) -> Result<Vec<i32>> {
     let p = per_word(m.bits)?;
     let (n, k) = (m.rows, m.cols);
-    if k % p != 0 {
+    if !k.is_multiple_of(p) {
         return Err(ModelError::Invalid(format!("{k} input columns do not pack into words of {p} codes")));
     }
     let mut out = vec![0u32; (k / p) * n];
@@ -36,7 +36,7 @@ pub fn pack_qweight(m: &QuantizedMatrix) -> Result<Vec<i32>> {
 /// `qzeros [groups, N/p]` with every stored zero `zero - 1`.
 pub fn pack_qzeros(zero: u32, bits: u32, groups: usize, n: usize) -> Result<Vec<i32>> {
     let p = per_word(bits)?;
-    if n % p != 0 {
+    if !n.is_multiple_of(p) {
         return Err(ModelError::Invalid(format!(
             "{n} output rows do not pack into qzeros words of {p} (GPTQ needs N divisible by {p})"
         )));
