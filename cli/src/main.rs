@@ -45,6 +45,8 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Synthetic medical world, tokenizer, packing and data statistics.
     Data(cmd::data::Args),
+    /// Generate text with a KV cache (greedy or sampled; plain or chat prompts); JSON line per prompt.
+    Generate(cmd::generate::Args),
     /// Run the training pipeline (data, base, importance, surgery, p0, p1) in a run directory.
     Run(cmd::run::Args),
 }
@@ -63,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init(a) => cmd::init::run(a),
         Command::Data(a) => cmd::data::run(a),
         Command::Run(a) => cmd::run::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
     }
 }
 

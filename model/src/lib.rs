@@ -10,6 +10,7 @@ pub mod distill;
 pub mod error;
 pub mod expected_tensors;
 pub mod export;
+pub mod generate;
 pub mod gptq;
 pub mod importance;
 pub mod init;

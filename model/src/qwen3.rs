@@ -132,7 +132,7 @@ pub struct MoeAux {
 }
 
 /// `down(silu(gate) * up)` with gate/up fused `[2F, D]`.
-fn swiglu_ffn(tape: &Tape, x: &Tensor, gate_up: &Tensor, down: &Tensor) -> Result<Tensor> {
+pub(crate) fn swiglu_ffn(tape: &Tape, x: &Tensor, gate_up: &Tensor, down: &Tensor) -> Result<Tensor> {
     let gu = ops::linear(tape, x, gate_up).map_err(ag)?;
     let m = ops::swiglu_fused(tape, &gu).map_err(ag)?;
     ops::linear(tape, &m, down).map_err(ag)
@@ -157,7 +157,7 @@ pub struct LossOutput {
 }
 
 /// The FFN tensors of one layer.
-enum FfnTensors {
+pub(crate) enum FfnTensors {
     Dense {
         /// gate_proj, up_proj fused: `[2F, D]`.
         gate_up: Tensor,
@@ -174,22 +174,22 @@ enum FfnTensors {
 }
 
 /// Tensors of one decoder layer, bound for one forward.
-struct LayerTensors {
-    input_norm: Tensor,
+pub(crate) struct LayerTensors {
+    pub(crate) input_norm: Tensor,
     /// q_proj, k_proj, v_proj fused: `[(H + 2 KV) * Dh, D]`.
-    qkv: Tensor,
-    o: Tensor,
-    q_norm: Tensor,
-    k_norm: Tensor,
-    post_norm: Tensor,
-    ffn: FfnTensors,
+    pub(crate) qkv: Tensor,
+    pub(crate) o: Tensor,
+    pub(crate) q_norm: Tensor,
+    pub(crate) k_norm: Tensor,
+    pub(crate) post_norm: Tensor,
+    pub(crate) ffn: FfnTensors,
 }
 
 /// Every parameter bound (as tape leaves) for one forward.
 pub struct Bound {
-    embed: Tensor,
-    layers: Vec<LayerTensors>,
-    norm: Tensor,
+    pub(crate) embed: Tensor,
+    pub(crate) layers: Vec<LayerTensors>,
+    pub(crate) norm: Tensor,
     /// LM head `[V, D]` (the embedding when tied).
     pub(crate) lm_head: Tensor,
     /// `(offset, leaf)` pairs for [`ParamTable::flat_grads_at`].
@@ -478,6 +478,11 @@ impl Qwen3 {
         let p = self.bind(&tape);
         let (hidden, _) = self.forward_hidden(&tape, &p, batch, opts)?;
         Ok(ops::linear(&tape, &hidden, &p.lm_head).map_err(ag)?.to_vec())
+    }
+
+    /// The RoPE table (positions below `max_position_embeddings`).
+    pub(crate) fn rope_table(&self) -> &Arc<RopeTable> {
+        &self.rope
     }
 
     /// Number of parameters (tied embeddings counted once).

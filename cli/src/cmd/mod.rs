@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod data;
 pub mod export;
+pub mod generate;
 pub mod importance;
 pub mod init;
 pub mod inspect;
