@@ -15,6 +15,7 @@ pub mod fsutil;
 pub mod jsonl;
 pub mod pack;
 pub mod rng;
+pub mod sft;
 pub mod tokenizer;
 pub mod world;
 pub mod world_dir;
