@@ -81,7 +81,7 @@ impl DiskBudget {
             *r -= allowed as u64;
         }
         if allowed < bytes.len() {
-            return Err(EngineError::Io { path: path.to_path_buf(), source: std::io::Error::from_raw_os_error(28) });
+            return Err(EngineError::Io { path: path.to_path_buf(), cause: std::io::Error::from_raw_os_error(28) });
         }
         f.sync_all().map_err(EngineError::io(path))
     }
@@ -168,7 +168,7 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(EngineError::Io { path: dir.to_path_buf(), source: e }),
+        Err(e) => return Err(EngineError::Io { path: dir.to_path_buf(), cause: e }),
     };
     for e in entries {
         let e = e.map_err(EngineError::io(dir))?;
@@ -203,6 +203,8 @@ pub fn remove_stale_temps(dir: &Path) {
 
 /// A checkpoint read back.
 pub struct Loaded {
+    /// The checkpoint directory.
+    pub path: PathBuf,
     /// The model (f32 parameters).
     pub model: Qwen3,
     /// AdamW moments and step.
@@ -233,7 +235,22 @@ pub fn read_checkpoint(path: &Path) -> Result<Loaded> {
         });
     }
     let trainer_json = fs::read_to_string(path.join(TRAINER_FILE)).map_err(EngineError::io(path.join(TRAINER_FILE)))?;
-    Ok(Loaded { model, adam_m: m, adam_v: v, adam_step: step[0], trainer_json })
+    check_step_matches_name(path, &trainer_json)?;
+    Ok(Loaded { path: path.to_path_buf(), model, adam_m: m, adam_v: v, adam_step: step[0], trainer_json })
+}
+
+/// The `step` of trainer.json must be the one the directory is named after (`step-<N>`).
+fn check_step_matches_name(path: &Path, trainer_json: &str) -> Result<()> {
+    let named = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-")?.parse::<u64>().ok());
+    let bad = |msg: String| EngineError::Checkpoint { path: path.to_path_buf(), msg };
+    let v: serde_json::Value = serde_json::from_str(trainer_json)
+        .map_err(|e| bad(format!("{TRAINER_FILE}: unreadable trainer state: {e}")))?;
+    let step = v.get("step").and_then(serde_json::Value::as_u64);
+    match (named, step) {
+        (_, None) => Err(bad(format!("{TRAINER_FILE}: no integer `step`"))),
+        (Some(n), Some(s)) if n != s => Err(bad(format!("{TRAINER_FILE} says step {s} but the directory is step {n}"))),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -14,14 +14,16 @@ pub enum EngineError {
     /// A data-level failure (world, tokenizer, pack, sampler).
     #[error(transparent)]
     Data(#[from] data::error::DataError),
+    /// Writing or resuming the metrics log failed.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A phase or run configuration is invalid.
     #[error("config {what}: {msg}")]
@@ -62,7 +64,7 @@ pub enum EngineError {
 
 impl From<atomicio::Error> for EngineError {
     fn from(e: atomicio::Error) -> Self {
-        EngineError::Io { path: e.path, source: e.source }
+        EngineError::Io { path: e.path, cause: e.cause }
     }
 }
 
@@ -78,6 +80,6 @@ impl EngineError {
     /// An IO error for `path`.
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| EngineError::Io { path, source }
+        move |cause| EngineError::Io { path, cause }
     }
 }

@@ -6,7 +6,7 @@ use crate::batches::{BatchStream, LoaderCursor};
 use crate::checkpoint::{self, DiskBudget, Snapshot};
 use crate::error::{EngineError, Result};
 use crate::evaluator::{EvalInputs, EvalRecord};
-use crate::metrics::MetricsSink;
+use crate::metrics::{MetricsSink, ResumePoint};
 use crate::trainer::{LoggedAction, StepRecord, Trainer};
 use actix::prelude::*;
 use data::pack::PackedBatch;
@@ -27,6 +27,47 @@ pub struct Faults {
     pub stop_after_steps: Option<u64>,
     /// Inject a dev-PPL rollback action (LR x 0.5) after this optimiser step, once.
     pub rollback_at: Option<u64>,
+    /// Kill the process (SIGKILL) at this point of this optimiser step.
+    pub kill_at: Option<(KillPoint, u64)>,
+}
+
+/// A moment inside an optimiser step where [`Faults::kill_at`] kills the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KillPoint {
+    /// The update is done in memory; nothing of the step is logged or saved.
+    Step,
+    /// The step's breaker actions are logged and their checkpoint is written; its evaluation
+    /// and periodic checkpoint are not.
+    ActionCheckpoint,
+    /// The step's evaluation (and its breaker actions) is logged; the periodic checkpoint is not.
+    Eval,
+    /// The step's periodic checkpoint is written.
+    Checkpoint,
+}
+
+impl KillPoint {
+    /// Parses `<point>:<step>`, point one of `step`, `action-checkpoint`, `eval`, `checkpoint`.
+    pub fn parse(s: &str) -> Option<(KillPoint, u64)> {
+        let (point, step) = s.split_once(':')?;
+        let point = match point {
+            "step" => KillPoint::Step,
+            "action-checkpoint" => KillPoint::ActionCheckpoint,
+            "eval" => KillPoint::Eval,
+            "checkpoint" => KillPoint::Checkpoint,
+            _ => return None,
+        };
+        Some((point, step.parse().ok()?))
+    }
+}
+
+impl Faults {
+    fn kill_if(&self, point: KillPoint, step: u64) {
+        if self.kill_at == Some((point, step)) {
+            // SAFETY: raise only signals the calling process; SIGKILL cannot be caught, so this
+            // is the same as `kill -9` from outside: no destructor, flush or unwinding runs.
+            unsafe { libc::raise(libc::SIGKILL) };
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -172,6 +213,12 @@ pub enum Log {
 #[rtype(result = "Option<String>")]
 pub struct Finish;
 
+/// Answers once every earlier [`Log`] is in the file: the lines of metrics.jsonl, or the first
+/// write error.
+#[derive(Message)]
+#[rtype(result = "std::result::Result<u64, String>")]
+pub struct Drain;
+
 /// JSONL + TensorBoard + progress bar.
 pub struct Metrics {
     sink: MetricsSink,
@@ -244,6 +291,17 @@ impl Handler<Log> for Metrics {
                 let r = self.sink.record(kind, step, v);
                 self.keep(r);
             }
+        }
+    }
+}
+
+impl Handler<Drain> for Metrics {
+    type Result = std::result::Result<u64, String>;
+
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> std::result::Result<u64, String> {
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(self.sink.lines()),
         }
     }
 }
@@ -328,125 +386,180 @@ fn fetch(
     Err(EngineError::Actor { actor: "DataLoader", msg: format!("no batch after 50 attempts: {last}") })
 }
 
+/// Checkpoint saves of the loop: the one in flight and the newest written.
+struct Saves {
+    ckpt: Addr<Checkpointer>,
+    dir: PathBuf,
+    pending: Option<Request<Checkpointer, Save>>,
+    /// Newest written checkpoint (a rollback goes back to it; actions name it).
+    last: Option<PathBuf>,
+}
+
+impl Saves {
+    /// Waits for the save in flight.
+    fn wait(&mut self) -> Result<()> {
+        if let Some(req) = self.pending.take() {
+            let path =
+                block_on(req).map_err(|e| EngineError::Actor { actor: "Checkpointer", msg: e.to_string() })??;
+            self.last = Some(path);
+        }
+        Ok(())
+    }
+
+    /// Where the checkpoint of `step` is written.
+    fn path_of(&self, step: u64) -> PathBuf {
+        self.dir.join(checkpoint::step_dir_name(step))
+    }
+
+    /// Checkpoints the trainer's current state: logs the checkpoint line, waits until every
+    /// line logged so far is in metrics.jsonl, records their number in the state (a resumed run
+    /// keeps exactly those) and sends the snapshot to the Checkpointer.
+    fn start(&mut self, t: &mut Trainer, metrics: &Addr<Metrics>) -> Result<()> {
+        self.wait()?;
+        let step = t.state.step;
+        metrics.do_send(Log::Checkpoint(step, self.path_of(step).display().to_string()));
+        let lines = block_on(metrics.send(Drain))
+            .map_err(|e| EngineError::Actor { actor: "Metrics", msg: e.to_string() })?
+            .map_err(|msg| EngineError::Actor { actor: "Metrics", msg })?;
+        t.state.metrics_lines = Some(lines);
+        let snap = Snapshot::take(&t.model, &t.opt, step, t.state_json());
+        self.pending = Some(self.ckpt.send(Save(snap)));
+        Ok(())
+    }
+}
+
+/// Records breaker actions in the trainer state (naming `checkpoint`) and logs them.
+fn record_actions(
+    t: &mut Trainer,
+    actions: Vec<crate::breakers::BreakerAction>,
+    checkpoint: Option<&PathBuf>,
+    metrics: &Addr<Metrics>,
+) {
+    for action in actions {
+        let logged = LoggedAction { action, checkpoint: checkpoint.map(|p| p.display().to_string()) };
+        t.state.actions.push(logged.clone());
+        metrics.do_send(Log::Action(logged));
+    }
+}
+
+impl TrainerActor {
+    /// The fault-injected dev-PPL rollback of step `step`, once per process.
+    fn injected_rollback(&self, t: &mut Trainer, injected: &mut bool) -> Option<crate::breakers::BreakerAction> {
+        if self.faults.rollback_at != Some(t.state.step) || std::mem::replace(injected, true) {
+            return None;
+        }
+        let lr = t.state.knobs.lr_scale;
+        let action = crate::breakers::BreakerAction {
+            step: t.state.step,
+            breaker: crate::breakers::BreakerKind::DevPpl,
+            reason: "injected rollback (fault injection)".into(),
+            changes: vec![crate::breakers::KnobChange { knob: crate::breakers::Knob::LrScale, from: lr, to: lr * 0.5 }],
+            rollback: true,
+        };
+        action.apply(&mut t.state.knobs);
+        Some(action)
+    }
+}
+
 impl Handler<RunLoop> for TrainerActor {
     type Result = Result<PhaseOutcome>;
 
+    /// The loop. A step is (1) the update, its log line and its breaker actions, which are
+    /// written into the state of the checkpoint taken for them (marked `finishing`), then
+    /// (2) its evaluation, the evaluation's actions, a rollback and the periodic checkpoint.
+    /// Everything logged before a checkpoint is in metrics.jsonl before the checkpoint exists,
+    /// and a run resumed from a `finishing` checkpoint starts at (2): a kill at any moment
+    /// resumes to the same metrics, summary and weights as a run never interrupted.
     fn handle(&mut self, m: RunLoop, _: &mut SyncContext<Self>) -> Result<PhaseOutcome> {
         let mut t =
             self.trainer.take().ok_or_else(|| EngineError::Actor { actor: "Trainer", msg: "ran twice".into() })?;
         let accumulation = t.config.accumulation();
-        let mut pending: Option<Request<Checkpointer, Save>> = None;
-        let mut last_checkpoint = checkpoint::list_checkpoints(&self.ckpt_dir)?.last().map(|(_, p)| p.clone());
+        let last = checkpoint::list_checkpoints(&self.ckpt_dir)?.last().map(|(_, p)| p.clone());
+        let mut saves = Saves { ckpt: m.ckpt.clone(), dir: self.ckpt_dir.clone(), pending: None, last };
         let mut evals = Vec::new();
         let mut trained_sequences = Vec::new();
         let mut steps_here = 0u64;
         let mut injected = false;
-        let wait_save = |pending: &mut Option<Request<Checkpointer, Save>>,
-                         last: &mut Option<PathBuf>,
-                         metrics: &Addr<Metrics>|
-         -> Result<()> {
-            if let Some(req) = pending.take() {
-                let path =
-                    block_on(req).map_err(|e| EngineError::Actor { actor: "Checkpointer", msg: e.to_string() })??;
-                let step = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.strip_prefix("step-"))
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                metrics.do_send(Log::Checkpoint(step, path.display().to_string()));
-                *last = Some(path);
-            }
-            Ok(())
-        };
-        while !t.done() {
-            if self.faults.stop_after_steps == Some(steps_here) {
-                wait_save(&mut pending, &mut last_checkpoint, &m.metrics)?;
-                return Ok(PhaseOutcome {
-                    model: t.model,
-                    state: t.state,
-                    final_eval: None,
-                    evals,
-                    loader_restarts: 0,
-                    trained_sequences,
-                    last_checkpoint,
-                    completed: false,
-                });
-            }
-            let started = Instant::now();
-            let mut micro = Vec::with_capacity(accumulation as usize);
-            let mut cursor = t.state.cursor.clone();
-            for _ in 0..accumulation {
-                let (b, next) = fetch(&m.loader, &cursor, &m.metrics)?;
-                trained_sequences.extend_from_slice(&b.sequences);
-                micro.push(b);
-                cursor = next;
-            }
-            let (rec, mut actions) = t.step(&micro, cursor)?;
-            if self.faults.rollback_at == Some(t.state.step) && !std::mem::replace(&mut injected, true) {
-                let lr = t.state.knobs.lr_scale;
-                actions.push(crate::breakers::BreakerAction {
-                    step: t.state.step,
-                    breaker: crate::breakers::BreakerKind::DevPpl,
-                    reason: "injected rollback (fault injection)".into(),
-                    changes: vec![crate::breakers::KnobChange {
-                        knob: crate::breakers::Knob::LrScale,
-                        from: lr,
-                        to: lr * 0.5,
-                    }],
-                    rollback: true,
-                });
-                if let Some(a) = actions.last() {
-                    a.apply(&mut t.state.knobs);
-                }
-            }
-            steps_here += 1;
-            let tps = rec.tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            m.metrics.do_send(Log::Step(rec.clone(), tps));
+        while !t.done() || t.state.finishing {
             let mut rollback = false;
-            // A knob change gets a checkpoint of the state it changed (to roll back to); a
-            // rollback goes back to the newest checkpoint taken before it.
-            if !actions.is_empty() {
-                wait_save(&mut pending, &mut last_checkpoint, &m.metrics)?;
-                if !actions.iter().any(|a| a.rollback) {
-                    let snap = Snapshot::take(&t.model, &t.opt, t.state.step, t.state_json());
-                    pending = Some(m.ckpt.send(Save(snap)));
-                    wait_save(&mut pending, &mut last_checkpoint, &m.metrics)?;
+            if !t.state.finishing {
+                if self.faults.stop_after_steps == Some(steps_here) {
+                    saves.wait()?;
+                    return Ok(PhaseOutcome {
+                        model: t.model,
+                        state: t.state,
+                        final_eval: None,
+                        evals,
+                        loader_restarts: 0,
+                        trained_sequences,
+                        last_checkpoint: saves.last,
+                        completed: false,
+                    });
                 }
-            }
-            for a in actions {
-                rollback |= a.rollback;
-                let logged =
-                    LoggedAction { action: a, checkpoint: last_checkpoint.as_ref().map(|p| p.display().to_string()) };
-                t.state.actions.push(logged.clone());
-                m.metrics.do_send(Log::Action(logged));
+                let started = Instant::now();
+                let mut micro = Vec::with_capacity(accumulation as usize);
+                let mut cursor = t.state.cursor.clone();
+                for _ in 0..accumulation {
+                    let (b, next) = fetch(&m.loader, &cursor, &m.metrics)?;
+                    trained_sequences.extend_from_slice(&b.sequences);
+                    micro.push(b);
+                    cursor = next;
+                }
+                let (rec, mut actions) = t.step(&micro, cursor)?;
+                t.state.finishing = true;
+                self.faults.kill_if(KillPoint::Step, t.state.step);
+                actions.extend(self.injected_rollback(&mut t, &mut injected));
+                steps_here += 1;
+                let tps = rec.tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                m.metrics.do_send(Log::Step(rec, tps));
+                if !actions.is_empty() {
+                    saves.wait()?;
+                    rollback = actions.iter().any(|a| a.rollback);
+                    if rollback {
+                        // Goes back to the newest checkpoint taken before it.
+                        let to = saves.last.clone();
+                        record_actions(&mut t, actions, to.as_ref(), &m.metrics);
+                    } else {
+                        // A knob change gets a checkpoint of the state it changed (to roll back
+                        // to), and that checkpoint holds the actions.
+                        let path = saves.path_of(t.state.step);
+                        record_actions(&mut t, actions, Some(&path), &m.metrics);
+                        saves.start(&mut t, &m.metrics)?;
+                        saves.wait()?;
+                        self.faults.kill_if(KillPoint::ActionCheckpoint, t.state.step);
+                    }
+                }
             }
             let step = t.state.step;
             let eval_due = t.config.eval.every > 0 && step % t.config.eval.every == 0 && !t.done();
             if let (true, Some(ev)) = (eval_due, &m.eval) {
                 let rec = block_on(ev.send(Evaluate { model: Arc::new(t.model.clone()), step, last: false }))
                     .map_err(|e| EngineError::Actor { actor: "Evaluator", msg: e.to_string() })??;
-                for a in t.state.breakers.observe_eval(step, rec.medical_ppl(), &t.state.knobs) {
+                let actions = t.state.breakers.observe_eval(step, rec.medical_ppl(), &t.state.knobs);
+                if !actions.is_empty() {
+                    saves.wait()?;
+                }
+                for a in &actions {
                     rollback |= a.rollback;
                     a.apply(&mut t.state.knobs);
-                    let logged = LoggedAction {
-                        action: a,
-                        checkpoint: last_checkpoint.as_ref().map(|p| p.display().to_string()),
-                    };
-                    t.state.actions.push(logged.clone());
-                    m.metrics.do_send(Log::Action(logged));
                 }
+                let to = saves.last.clone();
+                record_actions(&mut t, actions, to.as_ref(), &m.metrics);
                 m.metrics.do_send(Log::Eval(rec.clone()));
                 evals.push(rec);
+                self.faults.kill_if(KillPoint::Eval, step);
             }
+            t.state.finishing = false;
             if rollback {
-                wait_save(&mut pending, &mut last_checkpoint, &m.metrics)?;
-                if let Some(path) = &last_checkpoint {
+                saves.wait()?;
+                if let Some(path) = saves.last.clone() {
                     // Roll back to the newest complete checkpoint, keeping the breakers' memory
-                    // and knobs (so the halved LR stays halved).
+                    // and knobs (so the halved LR stays halved); the step it was taken in is
+                    // not finished again.
                     let keep = (t.state.breakers.clone(), t.state.knobs.clone(), t.state.actions.clone());
-                    t.restore(checkpoint::read_checkpoint(path)?)?;
+                    t.restore(checkpoint::read_checkpoint(&path)?)?;
                     (t.state.breakers, t.state.knobs, t.state.actions) = keep;
+                    t.state.finishing = false;
                     m.metrics.do_send(Log::Event(
                         "rollback",
                         t.state.step,
@@ -455,12 +568,14 @@ impl Handler<RunLoop> for TrainerActor {
                 }
             }
             if step % t.config.checkpoint_every == 0 || t.done() {
-                wait_save(&mut pending, &mut last_checkpoint, &m.metrics)?;
-                let snap = Snapshot::take(&t.model, &t.opt, t.state.step, t.state_json());
-                pending = Some(m.ckpt.send(Save(snap)));
+                saves.start(&mut t, &m.metrics)?;
+                if self.faults.kill_at == Some((KillPoint::Checkpoint, step)) {
+                    saves.wait()?;
+                    self.faults.kill_if(KillPoint::Checkpoint, step);
+                }
             }
         }
-        wait_save(&mut pending, &mut last_checkpoint, &m.metrics)?;
+        saves.wait()?;
         let mut final_eval = None;
         if let Some(ev) = &m.eval {
             let rec = block_on(ev.send(Evaluate { model: Arc::new(t.model.clone()), step: t.state.step, last: true }))
@@ -475,7 +590,7 @@ impl Handler<RunLoop> for TrainerActor {
             evals,
             loader_restarts: 0,
             trained_sequences,
-            last_checkpoint,
+            last_checkpoint: saves.last,
             completed: true,
         })
     }
@@ -504,9 +619,12 @@ pub struct PhaseRun {
 pub fn run_phase(run: PhaseRun) -> Result<PhaseOutcome> {
     let PhaseRun { trainer, stream, ckpt_dir, metrics_dir, eval, progress, faults } = run;
     checkpoint::remove_stale_temps(&ckpt_dir);
-    let resume_step = (trainer.state.step > 0).then_some(trainer.state.step);
-    let sink = MetricsSink::create(&metrics_dir, resume_step)
-        .map_err(|e| EngineError::Actor { actor: "Metrics", msg: e.to_string() })?;
+    let resume = (trainer.state.step > 0)
+        .then_some(ResumePoint { step: trainer.state.step, lines: trainer.state.metrics_lines });
+    let sink = MetricsSink::create(&metrics_dir, resume)?;
+    for warning in sink.repairs() {
+        eprintln!("warning: {warning} (repaired to the checkpoint's records)");
+    }
     let total = trainer.total_steps();
     let keep_last = trainer.config.keep_last;
     let phase = trainer.config.phase.clone();

@@ -120,6 +120,15 @@ pub struct TrainerState {
     pub last: Option<StepRecord>,
     /// Router statistics per MoE layer of the last step.
     pub router: Vec<LayerRouter>,
+    /// True between a step's update and the end of its bookkeeping (evaluation, periodic
+    /// checkpoint): a checkpoint taken for a breaker action mid-step says so, and a run resumed
+    /// from it finishes that step before the next one.
+    #[serde(default)]
+    pub finishing: bool,
+    /// Complete lines of metrics.jsonl when this state was checkpointed: a resumed run keeps
+    /// exactly those (None in checkpoints older than this field: lines up to `step` are kept).
+    #[serde(default)]
+    pub metrics_lines: Option<u64>,
 }
 
 /// Model, teacher, optimiser and state of a running phase.
@@ -235,6 +244,8 @@ impl Trainer {
             actions: Vec::new(),
             last: None,
             router: Vec::new(),
+            finishing: false,
+            metrics_lines: None,
         };
         Ok(Trainer { config, model, teacher, opt, state, device: Device::Cpu })
     }
@@ -403,15 +414,37 @@ impl Trainer {
         serde_json::to_string_pretty(&self.state).unwrap_or_default()
     }
 
-    /// Restores the state, model and optimiser from a checkpoint.
+    /// Restores the state, model and optimiser from a checkpoint, after checking that its
+    /// trainer.json belongs to this phase and agrees with its own files.
     pub fn restore(&mut self, loaded: crate::checkpoint::Loaded) -> Result<()> {
+        let bad = |msg: String| EngineError::Checkpoint { path: loaded.path.clone(), msg };
         let state: TrainerState = serde_json::from_str(&loaded.trainer_json)
-            .map_err(|e| EngineError::config("trainer.json", format!("unreadable trainer state: {e}")))?;
+            .map_err(|e| bad(format!("{}: unreadable trainer state: {e}", crate::checkpoint::TRAINER_FILE)))?;
         if state.phase != self.config.phase {
-            return Err(EngineError::config("trainer.json", format!("belongs to phase {}", state.phase)));
+            return Err(bad(format!("{} belongs to phase {}", crate::checkpoint::TRAINER_FILE, state.phase)));
+        }
+        if state.step > self.total_steps() {
+            return Err(bad(format!(
+                "{} says step {}, beyond the {} steps of phase {}",
+                crate::checkpoint::TRAINER_FILE,
+                state.step,
+                self.total_steps(),
+                self.config.phase
+            )));
+        }
+        // Every step either updated the weights (one AdamW step) or was skipped as non-finite.
+        if loaded.adam_step + state.nonfinite_skipped != state.step {
+            return Err(bad(format!(
+                "{} says step {} ({} skipped) but {} holds {} AdamW steps",
+                crate::checkpoint::TRAINER_FILE,
+                state.step,
+                state.nonfinite_skipped,
+                crate::checkpoint::OPTIMIZER_FILE,
+                loaded.adam_step
+            )));
         }
         if loaded.model.params.numel() != self.model.params.numel() || loaded.model.moe != self.model.moe {
-            return Err(EngineError::config("checkpoint", "model shape differs from the phase's model"));
+            return Err(bad("model shape differs from the phase's model".into()));
         }
         // The model file is architecture + weights (+ router bias); the router settings come
         // back with the trainer state.

@@ -17,23 +17,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An I/O error and the file or directory it is about.
 #[derive(Debug, thiserror::Error)]
-#[error("{}: {source}", path.display())]
+#[error("{}: {cause}", path.display())]
 pub struct Error {
     /// The file or directory the operation was about.
     pub path: PathBuf,
     /// The underlying error (its kind is `AlreadyExists` / `DirectoryNotEmpty` for a refused target).
-    #[source]
-    pub source: io::Error,
+    /// Shown in the message and deliberately not a `source()`: a report that prints the chain
+    /// would print it twice.
+    pub cause: io::Error,
 }
 
 impl Error {
     /// An error on `path`.
-    pub fn new(path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error { path: path.into(), source }
+    pub fn new(path: impl Into<PathBuf>, cause: io::Error) -> Self {
+        Error { path: path.into(), cause }
     }
 
     fn at(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
-        move |source| Error::new(path, source)
+        move |cause| Error::new(path, cause)
     }
 }
 

@@ -26,7 +26,7 @@ fn a_failing_fill_keeps_the_old_file_and_leaves_no_temporary() {
         w.write_all(b"partial").unwrap();
         Err(Error::new(&path, io::Error::from_raw_os_error(28)))
     });
-    assert_eq!(r.unwrap_err().source.raw_os_error(), Some(28));
+    assert_eq!(r.unwrap_err().cause.raw_os_error(), Some(28));
     assert_eq!(fs::read(&path).unwrap(), b"old");
     assert_eq!(names(dir.path()), ["a.bin"]);
 }
@@ -41,7 +41,7 @@ fn a_target_that_cannot_be_replaced_is_an_error_naming_it() {
     assert_eq!(e.path, blocked);
     assert_eq!(names(dir.path()), ["sub"]);
     let e = write_file(Path::new("/"), b"x").unwrap_err();
-    assert_eq!(e.source.kind(), ErrorKind::InvalidInput, "{e}");
+    assert_eq!(e.cause.kind(), ErrorKind::InvalidInput, "{e}");
 }
 
 #[test]
@@ -60,7 +60,7 @@ fn write_dir_appears_whole_refuses_to_overwrite_and_cleans_up_on_error() {
     assert_eq!(names(out.parent().unwrap()), ["out"]);
 
     let e = write_dir(&out, |_| -> Result<()> { unreachable!("refused before any work") }).unwrap_err();
-    assert_eq!(e.source.kind(), ErrorKind::AlreadyExists);
+    assert_eq!(e.cause.kind(), ErrorKind::AlreadyExists);
     assert!(e.to_string().contains("already exists"), "{e}");
 
     let failed = root.path().join("failed");
@@ -82,7 +82,7 @@ fn staging_accepts_an_empty_target_and_refuses_a_full_one_before_any_work() {
     s.commit().unwrap();
     assert_eq!(names(&target), ["f"]);
     let e = StagingDir::new(&target).unwrap_err();
-    assert_eq!(e.source.kind(), ErrorKind::DirectoryNotEmpty);
+    assert_eq!(e.cause.kind(), ErrorKind::DirectoryNotEmpty);
     assert!(e.to_string().contains("not empty"), "{e}");
     let dropped = StagingDir::new(&root.path().join("u")).unwrap();
     let tmp = dropped.path().to_path_buf();

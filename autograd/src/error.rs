@@ -37,13 +37,12 @@ pub enum AutogradError {
     },
     /// A GPU kernel (simulated or on a device) refused its launch or failed; on the simulator a
     /// bug (ops check shapes first), on a GPU also a driver or memory failure.
-    #[error("{op}: kernel failed: {source}")]
+    #[error("{op}: kernel failed: {cause}")]
     Kernel {
         /// The op that launched.
         op: &'static str,
         /// The launcher's error.
-        #[source]
-        source: kernels_gpu::launcher::LaunchError,
+        cause: kernels_gpu::launcher::LaunchError,
     },
     /// A parameter name that the table does not hold.
     #[error("unknown parameter `{0}`")]

@@ -1,5 +1,6 @@
 //! `moe-cli`: the medmoe command line. The binary is glue; the work lives in the library crates.
 
+mod args;
 mod cmd;
 mod device;
 mod ids;

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// An operating-system error on a file or directory.
-    #[error("{path}: {source}")]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A line of a JSONL file that is not valid UTF-8, not valid JSON, or not the expected record.
     #[error("{path}:{line}: {message}")]
@@ -73,8 +73,8 @@ pub type Result<T> = std::result::Result<T, DataError>;
 
 impl DataError {
     /// An [`DataError::Io`] for `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
+        DataError::Io { path: path.into(), cause }
     }
 
     /// A [`DataError::Config`].

@@ -11,7 +11,7 @@ use std::path::Path;
 
 impl From<atomicio::Error> for DataError {
     fn from(e: atomicio::Error) -> Self {
-        DataError::Io { path: e.path, source: e.source }
+        DataError::Io { path: e.path, cause: e.cause }
     }
 }
 

@@ -112,11 +112,20 @@ fn tok_err(path: Option<&Path>, e: impl std::fmt::Display) -> DataError {
 }
 
 impl Tokenizer {
-    /// Trains a byte-level BPE on `texts`.
+    /// Trains a byte-level BPE on `texts` (at least one must hold more than white space).
     pub fn train<'a>(texts: impl Iterator<Item = &'a str> + Send, config: &TrainConfig) -> Result<Self> {
         if config.vocab_size < 256 + SPECIAL_TOKENS.len() + 1 {
             return Err(DataError::config("vocab_size", "must exceed 256 byte symbols + 5 special tokens"));
         }
+        if config.vocab_size as u64 > u32::MAX as u64 + 1 {
+            return Err(DataError::config("vocab_size", format!("{} ids do not fit u32 token ids", config.vocab_size)));
+        }
+        let with_text = std::sync::atomic::AtomicBool::new(false);
+        let texts = texts.inspect(|t| {
+            if !t.trim().is_empty() {
+                with_text.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
         let special: Vec<AddedToken> = SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect();
         let split = Split::new(SplitPattern::Regex(QWEN_PATTERN.into()), SplitDelimiterBehavior::Isolated, false)
             .map_err(|e| tok_err(None, e))?;
@@ -141,6 +150,9 @@ impl Tokenizer {
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build();
         tk.train(&mut trainer, texts).map_err(|e| tok_err(None, e))?;
+        if !with_text.into_inner() {
+            return Err(DataError::config("corpus", "no text to train a tokenizer on"));
+        }
         let json = tk.to_string(false).map_err(|e| tok_err(None, e))?;
         let inner: tokenizers::Tokenizer = json.parse().map_err(|e| tok_err(None, e))?;
         let config = TokenizerConfig {

@@ -80,6 +80,9 @@ pub fn build_world_dir(spec: &WorldSpec, out: &Path, progress: &mut dyn FnMut(Wo
     if spec.overlap_n < 4 {
         return Err(DataError::config("overlap_n", "must be at least 4 words"));
     }
+    if spec.corpus.tokens == 0 {
+        return Err(DataError::config("corpus.tokens", "must be at least 1"));
+    }
     let staging = StagingDir::new(out)?;
     progress(WorldProgress::Step("world"));
     let world = generate(spec.seed, &spec.world)?;

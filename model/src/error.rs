@@ -9,12 +9,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// An operating-system I/O error on `path` (missing file, permission, disk full, ...).
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file or directory the operation was about.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// A config file that is empty, not JSON, or not a JSON object.
@@ -77,7 +77,7 @@ pub enum ModelError {
 
 impl From<atomicio::Error> for ModelError {
     fn from(e: atomicio::Error) -> Self {
-        ModelError::Io { path: e.path, source: e.source }
+        ModelError::Io { path: e.path, cause: e.cause }
     }
 }
 
@@ -86,8 +86,8 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 
 impl ModelError {
     /// An [`ModelError::Io`] for `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ModelError::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
+        ModelError::Io { path: path.into(), cause }
     }
 }
 

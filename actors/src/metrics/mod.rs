@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-pub use jsonl::JsonlWriter;
+pub use jsonl::{JsonlWriter, ResumePoint};
 pub use tensorboard::{now_wall_time, EventWriter};
 
 /// File name of the JSON Lines log inside a metrics directory.
@@ -24,12 +24,12 @@ pub const JSONL_NAME: &str = "metrics.jsonl";
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     /// An IO operation on `path` failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A file's bytes are not what a writer of ours produces (bad crc, truncated record, no step).
     #[error("{}: corrupt at byte {offset}: {what}", path.display())]
@@ -42,22 +42,22 @@ pub enum MetricsError {
         what: String,
     },
     /// A complete JSONL line does not parse.
-    #[error("{}: line {line}: {source}", path.display())]
+    #[error("{}: line {line}: {cause}", path.display())]
     Json {
         /// The file.
         path: PathBuf,
         /// 1-based line number.
         line: usize,
         /// The parse error.
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     /// A value could not be serialised to JSON.
-    #[error("{}: cannot encode a line: {source}", path.display())]
+    #[error("{}: cannot encode a line: {cause}", path.display())]
     Encode {
         /// The file being written.
         path: PathBuf,
         /// The serialisation error.
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     /// A record's field reuses one of the keys every line starts with (`step`, `wall_time`, `kind`).
     #[error("{}: field {field:?} is reserved", path.display())]
@@ -71,14 +71,14 @@ pub enum MetricsError {
 
 impl From<atomicio::Error> for MetricsError {
     fn from(e: atomicio::Error) -> Self {
-        MetricsError::Io { path: e.path, source: e.source }
+        MetricsError::Io { path: e.path, cause: e.cause }
     }
 }
 
 impl MetricsError {
     /// An IO error on `path`.
-    pub fn io(path: &Path, source: std::io::Error) -> MetricsError {
-        MetricsError::Io { path: path.to_path_buf(), source }
+    pub fn io(path: &Path, cause: std::io::Error) -> MetricsError {
+        MetricsError::Io { path: path.to_path_buf(), cause }
     }
 }
 
@@ -88,21 +88,33 @@ pub struct MetricsSink {
     dir: PathBuf,
     jsonl: JsonlWriter,
     events: EventWriter,
+    repairs: Vec<String>,
 }
 
 impl MetricsSink {
-    /// Opens the metrics of `dir` (created if missing). `resume_step = None` starts fresh (an existing
-    /// `metrics.jsonl` is truncated); `Some(s)` keeps the JSONL lines with `step <= s` and marks the new
-    /// event file so that TensorBoard hides the older files' steps after `s`.
-    pub fn create(dir: &Path, resume_step: Option<u64>) -> Result<MetricsSink, MetricsError> {
+    /// Opens the metrics of `dir` (created if missing). `resume = None` starts fresh (an existing
+    /// `metrics.jsonl` is truncated); `Some(at)` keeps the JSONL lines of the checkpoint (see
+    /// [`JsonlWriter::open_resume`]; what it repaired is in [`MetricsSink::repairs`]) and marks the
+    /// new event file so that TensorBoard hides the older files' steps after `at.step`.
+    pub fn create(dir: &Path, resume: Option<ResumePoint>) -> Result<MetricsSink, MetricsError> {
         std::fs::create_dir_all(dir).map_err(|e| MetricsError::io(dir, e))?;
         let path = dir.join(JSONL_NAME);
-        let jsonl = match resume_step {
-            None => JsonlWriter::create(&path)?,
-            Some(s) => JsonlWriter::open_resume(&path, s)?,
+        let (jsonl, repairs) = match resume {
+            None => (JsonlWriter::create(&path)?, Vec::new()),
+            Some(at) => JsonlWriter::open_resume(&path, at)?,
         };
-        let events = EventWriter::create_at(dir, now_wall_time(), resume_step)?;
-        Ok(MetricsSink { dir: dir.to_path_buf(), jsonl, events })
+        let events = EventWriter::create_at(dir, now_wall_time(), resume.map(|r| r.step))?;
+        Ok(MetricsSink { dir: dir.to_path_buf(), jsonl, events, repairs })
+    }
+
+    /// One warning per repair of a damaged `metrics.jsonl` made when resuming.
+    pub fn repairs(&self) -> &[String] {
+        &self.repairs
+    }
+
+    /// Complete lines of `metrics.jsonl` (a checkpoint records them).
+    pub fn lines(&self) -> u64 {
+        self.jsonl.lines()
     }
 
     /// The metrics directory.
@@ -195,7 +207,7 @@ mod tests {
         drop(sink);
 
         // Resume from step 2: JSONL forgets steps 3..4, a second event file starts with a purge marker.
-        let mut sink = MetricsSink::create(&dir, Some(2)).unwrap();
+        let mut sink = MetricsSink::create(&dir, Some(ResumePoint { step: 2, lines: None })).unwrap();
         sink.train(3, 200.0, &[("loss", 0.25)]).unwrap();
         drop(sink);
         let steps: Vec<u64> =

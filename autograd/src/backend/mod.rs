@@ -317,7 +317,7 @@ fn cuda_backend() -> Result<Arc<dyn Backend>> {
 
 /// A backend result as an op's result.
 pub(crate) fn kernel<T>(op: &'static str, r: KernelResult<T>) -> Result<T> {
-    r.map_err(|source| AutogradError::Kernel { op, source })
+    r.map_err(|cause| AutogradError::Kernel { op, cause })
 }
 
 /// A backend result inside a backward closure. The forward checked every shape, so a failure here

@@ -33,7 +33,7 @@ enum What {
         #[arg(long, default_value = "2048x256x768,2048x768x256,512x2048x6144")]
         shapes: String,
         /// Timed repetitions per shape (after warm-up).
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = crate::args::count_usize)]
         reps: usize,
     },
     /// One training step of a preset model on random tokens: the product step (`Trainer::step`:
@@ -43,13 +43,13 @@ enum What {
         #[arg(long, default_value = "tiny-dense")]
         preset: String,
         /// Sequences per step.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, value_parser = crate::args::count_usize)]
         batch: usize,
         /// Tokens per sequence.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, value_parser = crate::args::count_usize)]
         seq: usize,
         /// Timed steps (the median is reported).
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = 6, value_parser = crate::args::count_usize)]
         steps: usize,
         /// Untimed warm-up steps.
         #[arg(long, default_value_t = 2)]
@@ -99,8 +99,12 @@ fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
 }
 
 fn bench_gemm(shapes: &str, reps: usize, threads: usize) -> Result<()> {
-    for s in shapes.split(',') {
-        let (m, k, n) = parse_shape(s)?;
+    let shapes: Vec<(usize, usize, usize)> = shapes.split(',').map(parse_shape).collect::<Result<_>>()?;
+    for &(m, k, n) in &shapes {
+        let (m, k, n) = (m as u128, k as u128, n as u128);
+        crate::args::ensure_fits(&format!("gemm {m}x{k}x{n}"), 4 * (m * k + k * n + m * n))?;
+    }
+    for (m, k, n) in shapes {
         let (a, b) = (rand_vec(m * k, 1), rand_vec(k * n, 2));
         let mut c = vec![0f32; m * n];
         for _ in 0..3 {
@@ -180,6 +184,12 @@ fn bench_step(sb: &StepBench, threads: usize) -> Result<()> {
     let v = config.vocab_size as u32;
     // A preset with a `moe` section trains the MoE model (router losses, capacity).
     let moe = MoeSpec::from_config(&config, Path::new(preset))?;
+    // Parameters, gradients and AdamW moments, plus at least the activations every layer keeps
+    // for its backward (~6 hidden-size and 3 FFN-width vectors per token).
+    let per_token =
+        config.num_hidden_layers as u128 * (6 * config.hidden_size as u128 + 3 * config.intermediate_size as u128);
+    let bytes = 4 * (4 * crate::args::param_count(&config, moe.as_ref()) + (b as u128) * (t as u128) * per_token);
+    crate::args::ensure_fits(&format!("a step of --batch {b} --seq {t} on {preset}"), bytes)?;
     let steps = steps.max(1);
     let phase = bench_phase(moe.is_some(), b, t, warmup + steps)?;
     let model = Qwen3::from_init(config, moe, DType::F32, qwen3_init(0, 0.02));

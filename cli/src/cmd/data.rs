@@ -8,7 +8,7 @@
 //! ```
 
 use crate::progress::bar;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use data::world_dir::{build_world_dir, WorldProgress, WorldSpec};
 use std::path::PathBuf;
 
@@ -29,8 +29,8 @@ enum What {
         /// Seed (overrides the spec).
         #[arg(long)]
         seed: Option<u64>,
-        /// Corpus size in (estimated) tokens (overrides the spec).
-        #[arg(long)]
+        /// Corpus size in (estimated) tokens (overrides the spec; at least 1, `2e6` works).
+        #[arg(long, value_parser = crate::args::count)]
         tokens: Option<u64>,
         /// Output directory (must not exist or be empty).
         #[arg(long)]
@@ -41,8 +41,8 @@ enum What {
         /// A world directory, a directory of .jsonl files, or one .jsonl file (lines with "text").
         #[arg(long)]
         corpus: PathBuf,
-        /// Vocabulary size (bytes and special tokens included).
-        #[arg(long, default_value_t = 4096)]
+        /// Vocabulary size (bytes and special tokens included; `1e4` works).
+        #[arg(long, default_value_t = 4096, value_parser = crate::args::count_usize)]
         vocab: usize,
         /// Minimum pair frequency for a merge.
         #[arg(long, default_value_t = 2)]
@@ -60,10 +60,10 @@ enum What {
         #[arg(long)]
         tokenizer: PathBuf,
         /// Tokens per sequence.
-        #[arg(long, default_value_t = 2048)]
+        #[arg(long, default_value_t = 2048, value_parser = crate::args::count_usize)]
         seq_len: usize,
         /// Largest shard in tokens.
-        #[arg(long, default_value_t = 1 << 24)]
+        #[arg(long, default_value_t = 1 << 24, value_parser = crate::args::count_usize)]
         shard_tokens: usize,
         /// Output directory (must not exist or be empty).
         #[arg(long)]
@@ -89,9 +89,12 @@ enum What {
         /// The file to read.
         #[arg(long)]
         input: PathBuf,
-        /// The JSONL file to write.
+        /// The JSONL file to write (never the input).
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing `--out` file.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -104,7 +107,7 @@ pub fn run(a: Args) -> Result<()> {
             pack(corpus, tokenizer, seq_len, shard_tokens, out, json)
         }
         What::Stats { dir, verify } => stats(dir, verify),
-        What::ImportEval { format, input, out } => import_eval(&format, input, out),
+        What::ImportEval { format, input, out, force } => import_eval(&format, input, out, force),
     }
 }
 
@@ -119,6 +122,9 @@ fn world(config: Option<PathBuf>, seed: Option<u64>, tokens: Option<u64>, out: P
     if let Some(t) = tokens {
         spec.corpus.tokens = t;
     }
+    // The corpus is held in memory (documents, their JSONL and the n-gram index of the overlap
+    // check): at least ~12 bytes per estimated token.
+    crate::args::ensure_fits(&format!("a world of {} tokens", spec.corpus.tokens), 12 * spec.corpus.tokens as u128)?;
     let start = std::time::Instant::now();
     let pb = bar(spec.corpus.tokens, "corpus");
     let manifest = build_world_dir(&spec, &out, &mut |p| match p {
@@ -147,7 +153,12 @@ fn world(config: Option<PathBuf>, seed: Option<u64>, tokens: Option<u64>, out: P
 
 fn tokenizer(corpus: PathBuf, vocab: usize, min_frequency: u64, out: PathBuf) -> Result<()> {
     let start = std::time::Instant::now();
+    // The trainer's vocabulary tables are sized for the vocabulary up front (~64 bytes a token).
+    crate::args::ensure_fits(&format!("--vocab {vocab}"), 64 * vocab as u128)?;
     let docs = data::world_dir::read_corpus(&corpus)?;
+    if docs.iter().all(|d| d.text.trim().is_empty()) {
+        bail!("{}: no text to train a tokenizer on ({} documents)", corpus.display(), docs.len());
+    }
     let pb = bar(1, "training");
     let config = data::tokenizer::TrainConfig { vocab_size: vocab, min_frequency };
     let tok = data::tokenizer::Tokenizer::train(docs.iter().map(|d| d.text.as_str()), &config)?;
@@ -218,6 +229,7 @@ fn print_pack_domains(m: &data::pack::format::PackManifest) {
 }
 
 fn stats(dir: PathBuf, verify: bool) -> Result<()> {
+    std::fs::metadata(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     if dir.join("pack.json").is_file() {
         let ds = data::pack::PackedDataset::open(&dir)?;
         println!(
@@ -234,8 +246,11 @@ fn stats(dir: PathBuf, verify: bool) -> Result<()> {
         }
         return Ok(());
     }
-    let manifest: data::world_dir::WorldManifest = data::fsutil::read_json(&dir.join("manifest.json"))
-        .with_context(|| format!("{} is neither a pack (pack.json) nor a world (manifest.json)", dir.display()))?;
+    if !dir.join("manifest.json").is_file() {
+        bail!("{} is neither a pack (pack.json) nor a world (manifest.json)", dir.display());
+    }
+    // Its errors name the file.
+    let manifest: data::world_dir::WorldManifest = data::fsutil::read_json(&dir.join("manifest.json"))?;
     println!("world      {} (seed {})", dir.display(), manifest.spec.seed);
     for (domain, n) in &manifest.documents {
         println!(
@@ -257,7 +272,8 @@ fn stats(dir: PathBuf, verify: bool) -> Result<()> {
     Ok(())
 }
 
-fn import_eval(format: &str, input: PathBuf, out: PathBuf) -> Result<()> {
+fn import_eval(format: &str, input: PathBuf, out: PathBuf, force: bool) -> Result<()> {
+    crate::args::check_output(&out, &[input.as_path()], force)?;
     let format: data::eval::readers::EvalFormat = format.parse()?;
     let items = data::eval::readers::read_eval_file(&input, format)?;
     atomicio::write_file(&out, &data::jsonl::to_jsonl(&items))?;

@@ -38,8 +38,8 @@ pub struct Args {
     /// Stop after this many batches (default: one pass over the corpus).
     #[arg(long)]
     pub batches: Option<u64>,
-    /// EMA decay per batch.
-    #[arg(long, default_value_t = 0.99)]
+    /// EMA decay per batch, in [0, 1).
+    #[arg(long, default_value_t = 0.99, value_parser = crate::args::decay)]
     pub decay: f32,
     /// Write the file every this many batches (so an interrupted run resumes from there).
     #[arg(long, default_value_t = 50)]
@@ -47,6 +47,9 @@ pub struct Args {
     /// Continue from an existing `--out` file (its EMA state and data cursor).
     #[arg(long)]
     pub resume: bool,
+    /// Replace an existing `--out` file (without --resume).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `--form` values.
@@ -60,6 +63,14 @@ pub enum Form {
 
 /// Runs the importance pass.
 pub fn run(a: Args) -> Result<()> {
+    let data_path = PathBuf::from(&a.data);
+    let mut inputs = vec![a.model.as_path()];
+    if a.data != "magnitude" {
+        inputs.push(&data_path);
+    }
+    inputs.extend(a.tokenizer.as_deref());
+    // --resume continues (and so rewrites) its own --out.
+    crate::args::check_output(&a.out, &inputs, a.force || (a.resume && a.data != "magnitude"))?;
     let model = Qwen3::load(&a.model)?;
     let form = match a.form {
         Form::First => TaylorForm::First,
@@ -82,11 +93,9 @@ pub fn run(a: Args) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be positive");
     }
-    let data_path = PathBuf::from(&a.data);
     let source = if data_path.is_dir() {
-        let ds =
-            PackedDataset::open(&data_path).with_context(|| format!("opening packed data {}", data_path.display()))?;
-        Source::Packed(ds)
+        // Its errors name the pack's file.
+        Source::Packed(PackedDataset::open(&data_path)?)
     } else {
         let Some(tok_path) = &a.tokenizer else {
             bail!("--data {} is a text file: give --tokenizer too (or a packed directory)", data_path.display());

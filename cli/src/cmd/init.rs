@@ -16,8 +16,8 @@ pub struct Args {
     /// Seed of the initialisation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Standard deviation of the weights (norm weights are 1).
-    #[arg(long, default_value_t = 0.02)]
+    /// Standard deviation of the weights (norm weights are 1; finite, >= 0).
+    #[arg(long, default_value_t = 0.02, value_parser = crate::args::non_negative)]
     pub std: f32,
     /// Output model directory (must not exist; written atomically).
     #[arg(long)]
@@ -30,6 +30,9 @@ pub fn run(a: Args) -> Result<()> {
     if config.raw.contains_key("moe") {
         bail!("preset `{}` is a MoE preset; init makes dense models (use surgery for MoE)", a.preset);
     }
+    // The flat f32 parameter buffer plus the bytes written out.
+    let params = crate::args::param_count(&config, None);
+    crate::args::ensure_fits(&format!("preset `{}` ({params} parameters)", a.preset), 8 * params)?;
     let model = Qwen3::from_init(config, None, DType::F32, qwen3_init(a.seed, a.std));
     model.save(&a.out, None)?;
     eprintln!("wrote {} ({:.2} M parameters)", a.out.display(), model.num_params() as f64 / 1e6);

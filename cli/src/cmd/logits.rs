@@ -19,10 +19,14 @@ pub struct Args {
     /// Output safetensors file; holds tensor `logits` [B,T,V] f32. Written atomically.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace an existing `--out` file (never one of the model's).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Loads, runs, writes.
 pub fn run(a: Args) -> Result<()> {
+    crate::args::check_output(&a.out, &[a.model.as_path()], a.force)?;
     let rows = parse_id_rows(&a.ids)?;
     let batch = TokenBatch::from_rows(&rows)?;
     let model = Qwen3::load(&a.model)?;

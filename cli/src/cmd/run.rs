@@ -70,6 +70,7 @@ fn faults_from_env() -> actors::supervisor::Faults {
         disk_budget: num("MEDMOE_FAULT_DISK_BYTES"),
         stop_after_steps: num("MEDMOE_FAULT_STOP_AFTER"),
         rollback_at: num("MEDMOE_FAULT_ROLLBACK_AT"),
+        kill_at: std::env::var("MEDMOE_FAULT_KILL_AT").ok().and_then(|v| actors::supervisor::KillPoint::parse(&v)),
     }
 }
 

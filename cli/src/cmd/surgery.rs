@@ -41,7 +41,7 @@ pub struct Args {
     #[arg(long)]
     pub out: PathBuf,
     /// Largest safetensors file written; above it the checkpoint is sharded (HF's default 5 GB).
-    #[arg(long, default_value_t = DEFAULT_MAX_SHARD_BYTES)]
+    #[arg(long, default_value_t = DEFAULT_MAX_SHARD_BYTES, value_parser = crate::args::count)]
     pub max_shard_bytes: u64,
 }
 
@@ -110,7 +110,17 @@ pub fn run(a: Args) -> Result<()> {
     let importance = if a.importance == "magnitude" {
         ImportanceSource::Magnitude
     } else {
-        ImportanceSource::File(PathBuf::from(&a.importance))
+        let path = PathBuf::from(&a.importance);
+        // A ranking of NaNs or of zeros (a broken importance pass) would split at random.
+        let rows = model::importance::read_importance(&path, c.num_hidden_layers, c.intermediate_size)?;
+        let values = rows.iter().flatten();
+        if let Some(bad) = values.clone().find(|v| !v.is_finite()) {
+            bail!("{}: importance holds {bad}; scores must be finite", path.display());
+        }
+        if values.clone().all(|&v| v == 0.0) {
+            bail!("{}: importance is all zero; nothing to rank neurons by", path.display());
+        }
+        ImportanceSource::File(path)
     };
     let opts = SurgeryOptions {
         split: match a.split {
