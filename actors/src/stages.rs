@@ -785,6 +785,7 @@ impl Pipeline {
             let out = dir.join("model");
             let _ = std::fs::remove_dir_all(&out);
             moe.save(&out, None)?;
+            model::tokenizer_files::copy_tokenizer_files(&self.dir(Stage::Data).join("tokenizer"), &out)?;
             let artifacts = [("model".to_string(), "moe-init/model".to_string())].into();
             let metrics = serde_json::json!({ "params": moe.num_params() });
             Ok(Made { metrics, artifacts, outputs: &["model"], records: &[] })

@@ -66,6 +66,17 @@ pub enum ModelError {
         tensor: String,
     },
 
+    /// A GGUF file that is truncated, malformed, or holds something we do not read.
+    #[error("{}: {field}: {msg}", path.display())]
+    Gguf {
+        /// The `.gguf` file.
+        path: PathBuf,
+        /// The header field or metadata key being read.
+        field: String,
+        /// What is wrong.
+        msg: String,
+    },
+
     /// Bad runtime input, e.g. a token id out of range or mismatched shapes.
     #[error("invalid input: {0}")]
     Invalid(String),

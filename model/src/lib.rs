@@ -12,6 +12,7 @@ pub mod expected_tensors;
 pub mod export;
 pub mod generate;
 pub mod gptq;
+pub mod gguf;
 pub mod importance;
 pub mod init;
 pub mod load;
@@ -21,6 +22,7 @@ pub mod qwen3;
 pub mod router_training;
 pub mod safetensors_io;
 pub mod surgery;
+pub mod tokenizer_files;
 
 pub use batch::TokenBatch;
 pub use config::Qwen3Config;

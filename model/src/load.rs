@@ -20,8 +20,12 @@ impl Qwen3 {
 
     /// Loads `dir` keeping parameters in `storage` (bf16/f16 halve the memory of frozen weights).
     /// Every tensor's shape and dtype is checked against config.json before any is read.
-    /// A Dots1 export (`model_type: "dots1"`) loads as the medmoe MoE model it came from.
+    /// A Dots1 export (`model_type: "dots1"`) loads as the medmoe MoE model it came from; a `.gguf`
+    /// file (instead of a directory) loads dequantized ([`crate::gguf::load_gguf`]).
     pub fn load_as(dir: &Path, storage: DType) -> Result<Self> {
+        if crate::gguf::is_gguf_file(dir) {
+            return crate::gguf::load_gguf(dir, storage);
+        }
         let config_path = dir.join("config.json");
         if crate::gptq::is_gptq_dir(dir) {
             return crate::gptq::load_gptq(dir, storage);

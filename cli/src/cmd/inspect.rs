@@ -1,4 +1,4 @@
-//! `moe-cli inspect <model-dir>`: config, tensor table, parameter counts.
+//! `moe-cli inspect <model-dir | file.gguf>`: config, tensor table, parameter counts.
 
 use anyhow::Result;
 use model::moe_spec::MoeSpec;
@@ -10,12 +10,16 @@ use std::path::PathBuf;
 /// Arguments of `inspect`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model directory (HF layout: config.json + model.safetensors or sharded with an index).
+    /// Model directory (HF layout: config.json + model.safetensors or sharded with an index), or a
+    /// .gguf file.
     pub model_dir: PathBuf,
 }
 
 /// Prints the report; the model is memory-mapped, nothing is copied.
 pub fn run(a: Args) -> Result<()> {
+    if model::gguf::is_gguf_file(&a.model_dir) {
+        return run_gguf(&a.model_dir);
+    }
     let config_path = a.model_dir.join("config.json");
     let raw: serde_json::Value = std::fs::read(&config_path)
         .ok()
@@ -108,5 +112,49 @@ pub fn run(a: Args) -> Result<()> {
     if !missing.is_empty() && !is_dots1 && gptq.is_none() {
         println!("missing     {} tensors the config needs, e.g. `{}`", missing.len(), missing[0]);
     }
+    Ok(())
+}
+
+/// The GGUF report: metadata that shapes the model, tensor table with types, size and bits per weight.
+fn run_gguf(path: &std::path::Path) -> Result<()> {
+    let f = model::gguf::GgufFile::open(path)?;
+    let m = model::Qwen3::load(path)?;
+    let (c, kv_text) = (&m.config, |k: &str| f.get(k).map(|v| v.describe()).unwrap_or_else(|| "(absent)".into()));
+    println!("model      {}", path.display());
+    println!("type       GGUF {} | file_type {}", kv_text("general.architecture"), kv_text("general.file_type"));
+    if let Some(moe) = &m.moe {
+        println!(
+            "moe        shared expert {} + top-1 of {} routed experts x {} | router {}",
+            moe.shared_width,
+            moe.num_experts,
+            moe.expert_width,
+            model::moe_spec::weighting_name(moe.weighting)
+        );
+    }
+    println!(
+        "shape      vocab {} | hidden {} | layers {} | heads {} / kv {} x head_dim {} | ffn {} | tied {}",
+        c.vocab_size,
+        c.hidden_size,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.intermediate_size,
+        c.tie_word_embeddings
+    );
+    println!("vocab      {} | {} metadata keys", kv_text("tokenizer.ggml.tokens"), f.metadata.len());
+    println!();
+    println!("{:<40} {:>5}  {:<20} {:>12}", "tensor", "type", "ne", "bytes");
+    for t in &f.tensors {
+        println!("{:<40} {:>5}  {:<20} {:>12}", t.name, t.ty.name(), format!("{:?}", t.ne), t.bytes);
+    }
+    let weights: usize = f.tensors.iter().map(|t| t.numel()).sum();
+    let size = std::fs::metadata(path)?.len();
+    println!();
+    println!(
+        "size       {size} bytes | {weights} stored weights | {:.4} bits per weight | {} parameters loaded",
+        f.data_bytes() as f64 * 8.0 / weights.max(1) as f64,
+        m.num_params()
+    );
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 /// Arguments of `logits`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model directory (HF Qwen3 layout).
+    /// Model directory (HF Qwen3 layout), or a .gguf file (dequantized at load).
     #[arg(long)]
     pub model: PathBuf,
     /// Token ids: rows separated by `;`, ids by `,` (e.g. "1,2,3;4,5,6"); rows of equal length.

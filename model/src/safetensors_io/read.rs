@@ -270,6 +270,16 @@ impl SafetensorsReader {
         })
     }
 
+    /// Drops the resident pages of tensor `name` (a hint: a streaming reader that is done with a
+    /// tensor keeps its memory down; the pages are read back from the file if touched again).
+    pub fn release(&self, name: &str) {
+        if let Some((map, e)) = self.tensors.get(name).and_then(|e| Some((self.maps.get(e.info.file)?, e))) {
+            // SAFETY: the mapping is a read-only private file mapping: MADV_DONTNEED only drops pages,
+            // which later reads fault back in from the unchanged file, so no borrowed bytes change.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, e.start, e.end - e.start) };
+        }
+    }
+
     /// The tensor as f32 values; F32, F16 and BF16 convert exactly, other dtypes are a [`ModelError::Tensor`].
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
         let bytes = self.bytes(name)?;

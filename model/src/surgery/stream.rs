@@ -149,6 +149,7 @@ pub fn surgery_streaming(
         atomicio::write_file(&cfg, config_text.as_bytes())?;
         let mut files = write_checkpoint_streaming(tmp, &specs, Some(&metadata), max_shard_bytes, produce, progress)?;
         files.push(cfg);
+        files.extend(crate::tokenizer_files::copy_tokenizer_files(dense_dir, tmp)?);
         Ok(files.iter().filter_map(|f| f.file_name()).map(|f| out.join(f)).collect())
     })?;
     Ok(StreamReport { files, num_params, tensor_bytes })
