@@ -7,8 +7,8 @@
 //! process, exports them with the library, requires the same bytes (so every comparison below is on
 //! the exact file llama.cpp ran) and compares our runtime's log-probs on the loaded file:
 //! - f32 files: |ours - llama.cpp| <= 1e-4 on every reported log-prob, same top-1;
-//! - quantized files: same top-1, |ours - llama.cpp| <= `QUANT_TOL` (both run the same dequantized
-//!   weights, so only f32 summation order differs).
+//! - quantized files: same top-1 except at near ties, |ours - llama.cpp| <= `QUANT_TOL` (same weights; llama.cpp also
+//!   quantizes the activations in its CPU dot products, we do not).
 //!
 //! Round trips: an f32 export loads back to logits bitwise equal to the source model's; a quantized
 //! export holds exactly our quantizer's codes of the source rows and loads back to exactly
@@ -29,8 +29,11 @@ use std::path::{Path, PathBuf};
 
 /// f32 GGUF: our log-probs vs llama.cpp's.
 const F32_TOL: f64 = 1e-4;
-/// Quantized GGUF: our log-probs vs llama.cpp's on the same file.
-const QUANT_TOL: f64 = 1e-4;
+/// Quantized GGUF: our log-probs vs llama.cpp's on the same file. Not 1e-4: llama.cpp's CPU
+/// backend multiplies quantized weights by activations it quantizes itself (Q8_K for the K-quants,
+/// Q8_0 for Q8_0/Q5_x), while we multiply the dequantized weights by f32 activations. Measured
+/// 2026-12-07: at most 0.111 (q5_k_m), 0.082 (q8_0); f32 files 6.0e-6.
+const QUANT_TOL: f64 = 0.15;
 
 struct Models {
     _tmp: tempfile::TempDir,
@@ -141,10 +144,16 @@ fn our_gguf_files_match_llama_cpp() {
             let top = p["top"].as_array().unwrap();
             let row = &ours[s][pos];
             let our_top1 = (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
-            assert_eq!(
-                our_top1 as u64,
-                top[0][0].as_u64().unwrap(),
-                "{name}: top-1 differs at sequence {s} position {pos}"
+            // Quantized files: a different top-1 is accepted only at a near tie (llama.cpp's own
+            // gap between its top-1 and our top-1 within the tolerance).
+            let gap = top
+                .iter()
+                .find(|t| t[0].as_u64() == Some(our_top1 as u64))
+                .map(|t| top[0][1].as_f64().unwrap() - t[1].as_f64().unwrap());
+            let same = our_top1 as u64 == top[0][0].as_u64().unwrap();
+            assert!(
+                same || (tol > F32_TOL && gap.is_some_and(|g| g <= tol)),
+                "{name}: top-1 differs at sequence {s} position {pos} (llama.cpp gap {gap:?})"
             );
             for t in top {
                 let (id, lp) = (t[0].as_u64().unwrap() as usize, t[1].as_f64().unwrap());
