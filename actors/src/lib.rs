@@ -18,6 +18,7 @@ pub mod lock;
 pub mod manifest;
 pub mod metrics;
 pub mod phase;
+pub mod run_config;
 pub mod rundir;
 pub mod schedule;
 pub mod supervisor;

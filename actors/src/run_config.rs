@@ -1,0 +1,146 @@
+//! The run config (configs/runs/<name>.json): the run-level settings of a pipeline, parsed with
+//! the failing field named, and checked as a whole before any stage runs.
+
+use crate::error::{EngineError, Result};
+use data::world_dir::WorldSpec;
+use model::surgery::apply::{RouterInit, SurgeryOptions};
+use model::surgery::plan::{FillStrategy, SplitStrategy};
+use serde::{Deserialize, Serialize};
+
+/// The run-level settings (configs/runs/<name>.json).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Preset name the phase files are resolved for (`tiny`).
+    pub preset: String,
+    /// Model preset of the dense base / teacher.
+    pub base_model: String,
+    /// MoE preset of the surgery.
+    pub moe_model: String,
+    /// Synthetic world (corpus size, seed, entity counts).
+    pub world: WorldSpec,
+    /// Tokenizer vocabulary.
+    pub vocab: usize,
+    /// Tokens per packed sequence.
+    pub seq_len: usize,
+    /// One document in this many goes to the dev split.
+    pub dev_every: u64,
+    /// Importance pass: batches of `importance_batch` sequences.
+    pub importance_batches: u64,
+    /// Sequences per importance batch.
+    pub importance_batch: usize,
+    /// Surgery: `importance-split`, `kmeans` or `random`.
+    pub split: String,
+    /// Surgery: `overlap` or `drop-upcycle`.
+    pub fill: String,
+    /// Surgery: `centroids`, `near-uniform` or `random` ([`RouterInit::from_name`]).
+    pub router_init: String,
+    /// Seed of model init and surgery.
+    pub seed: u64,
+}
+
+/// The embedded default run.
+pub const DEFAULT_RUN: &str = include_str!("../../configs/runs/tiny.json");
+
+impl RunConfig {
+    /// Parses a run config; an unknown field or a wrong type is an error naming the file and
+    /// the field's path.
+    pub fn parse(text: &str, source: &str) -> Result<Self> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            let at = if field == "." { String::new() } else { format!("field `{field}`: ") };
+            EngineError::config(source, format!("{at}{}", e.into_inner()))
+        })
+    }
+
+    /// Checks the settings that need no file: presets exist and fit together (a dense base, a
+    /// MoE of its shape), eval sets are not empty, sizes are positive, surgery names are known.
+    pub fn validate(&self, source: &str) -> Result<()> {
+        let bad = |field: &str, msg: String| Err(EngineError::config(format!("{source} field `{field}`"), msg));
+        let base = match model::presets::embedded(&self.base_model) {
+            None => {
+                let known = model::presets::names().join(", ");
+                return bad("base_model", format!("unknown preset `{}` (known: {known})", self.base_model));
+            }
+            Some(c) => c?,
+        };
+        if model::presets::embedded_moe(&self.base_model).is_ok() {
+            return bad(
+                "base_model",
+                format!("`{}` is a MoE preset; the base is the dense model the MoE is made from", self.base_model),
+            );
+        }
+        let moe = match model::presets::embedded_moe(&self.moe_model) {
+            Ok((c, _)) => c,
+            Err(e) => {
+                let known = model::presets::names().join(", ");
+                return bad("moe_model", format!("`{}`: {e} (presets: {known})", self.moe_model));
+            }
+        };
+        let shape = |c: &model::Qwen3Config| {
+            (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim)
+        };
+        if shape(&base) != shape(&moe) || base.vocab_size != moe.vocab_size {
+            return bad(
+                "moe_model",
+                format!(
+                    "`{}` (hidden, layers, heads, kv heads, head dim {:?}, vocab {}) does not fit base_model `{}` ({:?}, vocab {})",
+                    self.moe_model,
+                    shape(&moe),
+                    moe.vocab_size,
+                    self.base_model,
+                    shape(&base),
+                    base.vocab_size
+                ),
+            );
+        }
+        if self.vocab < 2 || self.vocab > base.vocab_size {
+            return bad(
+                "vocab",
+                format!("{} must be in 2..={} (vocab_size of `{}`)", self.vocab, base.vocab_size, self.base_model),
+            );
+        }
+        let e = &self.world.eval;
+        for (set, n) in [("fact_recall", e.fact_recall), ("two_hop", e.two_hop), ("general", e.general)] {
+            if n == 0 {
+                return bad(&format!("world.eval.{set}"), "0 items: every eval set needs items".into());
+            }
+        }
+        if self.world.corpus.tokens == 0 {
+            return bad("world.corpus.tokens", "0: the corpus needs tokens".into());
+        }
+        if self.seq_len < 2 || self.dev_every < 2 {
+            return bad(
+                "seq_len",
+                format!("seq_len {} and dev_every {} must be at least 2", self.seq_len, self.dev_every),
+            );
+        }
+        if self.importance_batches == 0 || self.importance_batch == 0 {
+            return bad("importance_batches", "importance_batches and importance_batch must be positive".into());
+        }
+        self.surgery_options().map(|_| ())
+    }
+
+    /// The embedded default.
+    pub fn embedded() -> Result<Self> {
+        Self::parse(DEFAULT_RUN, "configs/runs/tiny.json")
+    }
+
+    pub(crate) fn surgery_options(&self) -> Result<SurgeryOptions> {
+        let split = match self.split.as_str() {
+            "importance-split" => SplitStrategy::ImportanceSplit,
+            "kmeans" => SplitStrategy::KMeans,
+            "random" => SplitStrategy::Random,
+            s => return Err(EngineError::config("split", format!("`{s}` (importance-split, kmeans, random)"))),
+        };
+        let fill = match self.fill.as_str() {
+            "overlap" => FillStrategy::Overlap,
+            "drop-upcycle" => FillStrategy::DropUpcycle,
+            s => return Err(EngineError::config("fill", format!("`{s}` (overlap, drop-upcycle)"))),
+        };
+        let router_init =
+            RouterInit::from_name(&self.router_init).map_err(|e| EngineError::config("router_init", e.to_string()))?;
+        Ok(SurgeryOptions { split, fill, router_init, seed: self.seed })
+    }
+}
