@@ -6,8 +6,10 @@ use crate::batches::{BatchStream, LoaderCursor};
 use crate::checkpoint::{self, DiskBudget, Snapshot};
 use crate::error::{EngineError, Result};
 use crate::evaluator::{EvalInputs, EvalRecord};
+pub use crate::faults::{Faults, KillPoint};
 use crate::metrics::{MetricsSink, ResumePoint};
-use crate::trainer::{LoggedAction, StepRecord, Trainer};
+pub use crate::metrics_actor::{Drain, Finish, Log, Metrics};
+use crate::trainer::{LoggedAction, Trainer};
 use actix::prelude::*;
 use data::pack::PackedBatch;
 use futures::executor::block_on;
@@ -15,60 +17,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Test hooks injecting failures (all off by default).
-#[derive(Clone, Debug, Default)]
-pub struct Faults {
-    /// The DataLoader fails (stops itself) when asked for this micro-batch index, once.
-    pub loader_fail_at: Option<u64>,
-    /// The checkpointer behaves like a full disk after this many bytes.
-    pub disk_budget: Option<u64>,
-    /// Stop (as if killed) after this many optimiser steps of this process.
-    pub stop_after_steps: Option<u64>,
-    /// Inject a dev-PPL rollback action (LR x 0.5) after this optimiser step, once.
-    pub rollback_at: Option<u64>,
-    /// Kill the process (SIGKILL) at this point of this optimiser step.
-    pub kill_at: Option<(KillPoint, u64)>,
-}
-
-/// A moment inside an optimiser step where [`Faults::kill_at`] kills the process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KillPoint {
-    /// The update is done in memory; nothing of the step is logged or saved.
-    Step,
-    /// The step's breaker actions are logged and their checkpoint is written; its evaluation
-    /// and periodic checkpoint are not.
-    ActionCheckpoint,
-    /// The step's evaluation (and its breaker actions) is logged; the periodic checkpoint is not.
-    Eval,
-    /// The step's periodic checkpoint is written.
-    Checkpoint,
-}
-
-impl KillPoint {
-    /// Parses `<point>:<step>`, point one of `step`, `action-checkpoint`, `eval`, `checkpoint`.
-    pub fn parse(s: &str) -> Option<(KillPoint, u64)> {
-        let (point, step) = s.split_once(':')?;
-        let point = match point {
-            "step" => KillPoint::Step,
-            "action-checkpoint" => KillPoint::ActionCheckpoint,
-            "eval" => KillPoint::Eval,
-            "checkpoint" => KillPoint::Checkpoint,
-            _ => return None,
-        };
-        Some((point, step.parse().ok()?))
-    }
-}
-
-impl Faults {
-    fn kill_if(&self, point: KillPoint, step: u64) {
-        if self.kill_at == Some((point, step)) {
-            // SAFETY: raise only signals the calling process; SIGKILL cannot be caught, so this
-            // is the same as `kill -9` from outside: no destructor, flush or unwinding runs.
-            unsafe { libc::raise(libc::SIGKILL) };
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // DataLoader
@@ -186,134 +134,6 @@ impl Handler<Evaluate> for Evaluator {
 
     fn handle(&mut self, m: Evaluate, _: &mut SyncContext<Self>) -> Result<EvalRecord> {
         self.inputs.evaluate(&m.model, m.step, m.last)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Metrics
-
-/// Something to log.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub enum Log {
-    /// A finished optimiser step.
-    Step(StepRecord, f64),
-    /// An evaluation.
-    Eval(EvalRecord),
-    /// A breaker action.
-    Action(LoggedAction),
-    /// A checkpoint was written.
-    Checkpoint(u64, String),
-    /// A free-form event.
-    Event(&'static str, u64, serde_json::Value),
-}
-
-/// Flushes and reports the first write error, if any.
-#[derive(Message)]
-#[rtype(result = "Option<String>")]
-pub struct Finish;
-
-/// Answers once every earlier [`Log`] is in the file: the lines of metrics.jsonl, or the first
-/// write error.
-#[derive(Message)]
-#[rtype(result = "std::result::Result<u64, String>")]
-pub struct Drain;
-
-/// JSONL + TensorBoard + progress bar.
-pub struct Metrics {
-    sink: MetricsSink,
-    bar: indicatif::ProgressBar,
-    error: Option<String>,
-}
-
-impl Actor for Metrics {
-    type Context = Context<Self>;
-}
-
-impl Metrics {
-    fn keep(&mut self, r: std::result::Result<(), crate::metrics::MetricsError>) {
-        if let (Err(e), None) = (r, &self.error) {
-            self.error = Some(e.to_string());
-        }
-    }
-}
-
-impl Handler<Log> for Metrics {
-    type Result = ();
-
-    fn handle(&mut self, m: Log, _: &mut Context<Self>) {
-        match m {
-            Log::Step(r, tokens_per_s) => {
-                self.bar.set_position(r.step);
-                self.bar.set_message(format!("loss {:.3} lr {:.2e} {:.0} tok/s", r.loss, r.lr, tokens_per_s));
-                let fields = [
-                    ("loss", r.loss as f64),
-                    ("ce", r.ce as f64),
-                    ("kl", r.kl as f64),
-                    ("lb", r.lb as f64),
-                    ("z", r.z as f64),
-                    ("grad_norm", r.grad_norm as f64),
-                    ("clip", r.clip as f64),
-                    ("lr", r.lr as f64),
-                    ("tokens", r.tokens as f64),
-                    ("temperature", r.temperature as f64),
-                    ("applied", r.applied as u8 as f64),
-                    ("tokens_per_s", tokens_per_s),
-                ];
-                let r = self.sink.train(r.step, crate::metrics::tensorboard::now_wall_time(), &fields);
-                self.keep(r);
-            }
-            Log::Eval(e) => {
-                let step = e.step;
-                let msg = e.one_line();
-                self.bar.println(format!("eval @ {step}: {msg}"));
-                let mut v = serde_json::to_value(&e).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    o.remove("step"); // the line's own `step` field says it
-                }
-                let r = self.sink.record("eval_report", step, v);
-                self.keep(r);
-                let scalars = e.scalars();
-                let fields: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-                let r = self.sink.scalars("eval", step, crate::metrics::tensorboard::now_wall_time(), &fields);
-                self.keep(r);
-            }
-            Log::Action(a) => {
-                self.bar.println(format!("breaker {:?}: {}", a.action.breaker, a.action.reason));
-                let r = self.sink.record("breaker", a.action.step, serde_json::to_value(&a).unwrap_or_default());
-                self.keep(r);
-            }
-            Log::Checkpoint(step, path) => {
-                let r = self.sink.record("checkpoint", step, serde_json::json!({ "path": path }));
-                self.keep(r);
-            }
-            Log::Event(kind, step, v) => {
-                let r = self.sink.record(kind, step, v);
-                self.keep(r);
-            }
-        }
-    }
-}
-
-impl Handler<Drain> for Metrics {
-    type Result = std::result::Result<u64, String>;
-
-    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> std::result::Result<u64, String> {
-        match &self.error {
-            Some(e) => Err(e.clone()),
-            None => Ok(self.sink.lines()),
-        }
-    }
-}
-
-impl Handler<Finish> for Metrics {
-    type Result = Option<String>;
-
-    fn handle(&mut self, _: Finish, _: &mut Context<Self>) -> Option<String> {
-        self.bar.finish_and_clear();
-        let r = self.sink.flush();
-        self.keep(r);
-        self.error.take()
     }
 }
 
@@ -648,7 +468,7 @@ pub fn run_phase(run: PhaseRun) -> Result<PhaseOutcome> {
         } else {
             indicatif::ProgressBar::hidden()
         };
-        let metrics = Metrics { sink, bar, error: None }.start();
+        let metrics = Metrics::new(sink, bar).start();
         let r = restarts.clone();
         let fail_at = faults.loader_fail_at;
         let loader = actix::Supervisor::start(move |_| DataLoader { stream, ready: None, fail_at, restarts: r });
