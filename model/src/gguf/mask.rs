@@ -173,8 +173,14 @@ mod tests {
             Mask::from_json(r#"[{"pattern": "*exps*", "type": "q5_k"}, {"pattern": "*", "type": "bf16"}]"#, p).unwrap();
         let ne_ok: &[usize] = &[256, 64, 4];
         let ne_norm: &[usize] = &[256];
-        let got = m.resolve(&[("blk.0.ffn_up_exps.weight", ne_ok), ("blk.0.attn_norm.weight", ne_norm)]).unwrap();
-        assert_eq!(got, vec![Some(BlockType::Q5_K), None]);
+        let ne_q: &[usize] = &[256, 256];
+        let tensors =
+            [("blk.0.ffn_up_exps.weight", ne_ok), ("blk.0.attn_norm.weight", ne_norm), ("blk.0.attn_q.weight", ne_q)];
+        let got = m.resolve(&tensors).unwrap();
+        assert_eq!(got, vec![Some(BlockType::Q5_K), None, Some(BlockType::BF16)]);
+        // A rule that matches only tensors that are never quantized (norms) matches nothing.
+        let e = m.resolve(&tensors[..2]).unwrap_err().to_string();
+        assert!(e.contains("[1].pattern"), "{e}");
         let ne_bad: &[usize] = &[64, 256, 4];
         let e = m.resolve(&[("blk.0.ffn_down_exps.weight", ne_bad)]).unwrap_err().to_string();
         assert!(e.contains("blk.0.ffn_down_exps.weight") && e.contains("64 values") && e.contains("Q5_K"), "{e}");
