@@ -12,6 +12,7 @@
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use data::pack::{batch_of, PackedDataset};
+use model::gguf::mask::glob_match;
 use model::gptq::{is_quantizable, quantize_model, write_gptq, QuantMethod, QuantizeOptions};
 use model::safetensors_io::SafetensorsReader;
 use model::{Qwen3, TokenBatch};
@@ -67,23 +68,6 @@ pub enum Method {
 struct Rule {
     pattern: String,
     quantize: bool,
-}
-
-/// Whether `name` matches glob `pattern` (`*` any run of characters, `?` one character).
-fn glob_match(pattern: &str, name: &str) -> bool {
-    match pattern.chars().next() {
-        None => name.is_empty(),
-        Some('*') => {
-            (0..=name.len()).filter(|&i| name.is_char_boundary(i)).any(|i| glob_match(&pattern[1..], &name[i..]))
-        }
-        Some(c) => {
-            let mut it = name.chars();
-            match it.next() {
-                Some(n) if c == '?' || c == n => glob_match(&pattern[c.len_utf8()..], it.as_str()),
-                _ => false,
-            }
-        }
-    }
 }
 
 fn read_mask(path: &Path) -> Result<Vec<Rule>> {
@@ -217,7 +201,9 @@ pub fn run(a: Args) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use model::gguf::mask::glob_match;
+
+    // The GGUF mask's glob, on the HF names this command's rules match.
 
     #[test]
     fn globs() {
