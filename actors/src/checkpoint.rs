@@ -2,7 +2,10 @@
 //! model), `optimizer.safetensors` (AdamW moments) and `trainer.json` (step, data cursor,
 //! AutoClip window, breaker state). A checkpoint is written into a temporary directory, every
 //! file fsynced, then renamed into place ([`atomicio::StagingDir`]), so a directory named
-//! `step-<N>` is always complete; the last K are kept.
+//! `step-<N>` is always complete; the last K are kept. `checksums.json`, written last, holds
+//! the size and SHA-256 of every other file ([`crate::verify::hash_file`]: whole files, or
+//! samples of files above 256 MiB), checked when the checkpoint is read, so a damaged
+//! checkpoint is refused (and the run falls back to an older one) instead of resumed.
 
 use crate::error::{EngineError, Result};
 use atomicio::StagingDir;
@@ -19,6 +22,10 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// Trainer state JSON.
 pub const TRAINER_FILE: &str = "trainer.json";
+/// Sizes and hashes of the other files.
+pub const CHECKSUMS_FILE: &str = "checksums.json";
+/// The files `checksums.json` covers.
+const CHECKED_FILES: [&str; 4] = ["config.json", MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE];
 
 /// Everything a checkpoint holds, detached from the trainer so another thread can write it.
 #[derive(Clone, Debug)]
@@ -143,6 +150,13 @@ pub fn write_checkpoint(dir: &Path, snap: &Snapshot, keep_last: usize, budget: &
         vec![("m", &shape[..], &snap.adam_m[..]), ("v", &shape[..], &snap.adam_v[..])];
     budget.write(&tmp.join(OPTIMIZER_FILE), &serialize_with(&opt, Some(("step", &step[..])), tmp)?)?;
     budget.write(&tmp.join(TRAINER_FILE), snap.trainer_json.as_bytes())?;
+    let mut sums = std::collections::BTreeMap::new();
+    for name in CHECKED_FILES {
+        sums.insert(name.to_string(), crate::verify::hash_file(&tmp.join(name))?);
+    }
+    let text = serde_json::to_string_pretty(&sums)
+        .map_err(|e| EngineError::Checkpoint { path: tmp.join(CHECKSUMS_FILE), msg: e.to_string() })?;
+    budget.write(&tmp.join(CHECKSUMS_FILE), text.as_bytes())?;
     staging.commit()?;
     let all = list_checkpoints(dir)?;
     for (_, old) in all.iter().rev().skip(keep_last.max(1)) {
@@ -217,8 +231,10 @@ pub struct Loaded {
     pub trainer_json: String,
 }
 
-/// Reads checkpoint directory `path`.
+/// Reads checkpoint directory `path`, after checking its files against `checksums.json`
+/// (checkpoints written before it existed are read unchecked).
 pub fn read_checkpoint(path: &Path) -> Result<Loaded> {
+    verify_checksums(path)?;
     let model = Qwen3::load(path)?;
     let opt_path = path.join(OPTIMIZER_FILE);
     let ck = model::safetensors_io::SafetensorsReader::open(&opt_path)?;
@@ -237,6 +253,23 @@ pub fn read_checkpoint(path: &Path) -> Result<Loaded> {
     let trainer_json = fs::read_to_string(path.join(TRAINER_FILE)).map_err(EngineError::io(path.join(TRAINER_FILE)))?;
     check_step_matches_name(path, &trainer_json)?;
     Ok(Loaded { path: path.to_path_buf(), model, adam_m: m, adam_v: v, adam_step: step[0], trainer_json })
+}
+
+/// Every file listed in `checksums.json` has its recorded size and hash.
+fn verify_checksums(path: &Path) -> Result<()> {
+    let sums_path = path.join(CHECKSUMS_FILE);
+    let text = match fs::read_to_string(&sums_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(EngineError::io(&sums_path)(e)),
+    };
+    let bad = |msg: String| EngineError::Checkpoint { path: path.to_path_buf(), msg };
+    let sums: std::collections::BTreeMap<String, crate::verify::FileHash> =
+        serde_json::from_str(&text).map_err(|e| bad(format!("{CHECKSUMS_FILE}: unreadable: {e}")))?;
+    match crate::verify::first_damage(path, &sums) {
+        Some(damage) => Err(bad(format!("damaged: {damage}"))),
+        None => Ok(()),
+    }
 }
 
 /// The `step` of trainer.json must be the one the directory is named after (`step-<N>`).

@@ -98,6 +98,31 @@ pub struct PhaseSummary {
     pub seconds: f64,
 }
 
+/// What one invocation did with a stage (the `stages` list of `<run>/summary.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageReport {
+    /// Stage name.
+    pub stage: String,
+    /// `built` in this invocation, or `up to date`.
+    pub status: String,
+    /// Why it was built (what changed since the last build: config fields, inputs, damage,
+    /// `--force`); for a stage up to date, why it was built when it last was.
+    pub because: Vec<String>,
+    /// Wall-clock seconds in this invocation.
+    pub seconds: f64,
+}
+
+/// `<run>/summary.json`: the summary of the last training stage, and what this invocation did
+/// with every stage and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// The last training stage's summary (its fields at the top level).
+    #[serde(flatten)]
+    pub last: PhaseSummary,
+    /// Every stage up to the last, in order.
+    pub stages: Vec<StageReport>,
+}
+
 /// The pipeline of stages over one run directory: its root, the run config and how to run.
 pub struct Pipeline {
     /// Root directory.
@@ -236,7 +261,8 @@ impl Pipeline {
     }
 
     /// Runs every stage up to and including `last` under the run directory's lock; returns the
-    /// summary of the last training stage run or skipped (also written to `<run>/summary.json`).
+    /// summary of the last training stage run or skipped (also written to `<run>/summary.json`
+    /// as a [`RunSummary`], with what was done to each stage and why).
     pub fn run_through(&self, last: Stage) -> Result<Option<PhaseSummary>> {
         // Every config is checked before anything is written.
         self.validate(last)?;
@@ -257,6 +283,7 @@ impl Pipeline {
             say(&self.options, format!("cleaned    {} temporary file(s) left by interrupted writes", removed.len()));
         }
         let mut summary = None;
+        let mut reports = Vec::new();
         for stage in Stage::ALL.into_iter().filter(|s| *s <= last) {
             let started = std::time::Instant::now();
             let force = self.options.force && stage == last;
@@ -280,9 +307,16 @@ impl Pipeline {
                 format!("done in {:.1} s", started.elapsed().as_secs_f64())
             };
             say(&self.options, format!("stage {:<10} {what} ({})", stage.name(), self.dir(stage).display()));
+            reports.push(StageReport {
+                stage: stage.name().to_string(),
+                status: if skipped { "up to date" } else { "built" }.to_string(),
+                because: StageManifest::read(&self.dir(stage)).map(|m| m.built_because).unwrap_or_default(),
+                seconds: started.elapsed().as_secs_f64(),
+            });
         }
         if let Some(s) = &summary {
-            let text = serde_json::to_string_pretty(s).map_err(|e| EngineError::config("summary", e.to_string()))?;
+            let run = RunSummary { last: s.clone(), stages: reports };
+            let text = serde_json::to_string_pretty(&run).map_err(|e| EngineError::config("summary", e.to_string()))?;
             atomicio::write_file(&self.root.join("summary.json"), text.as_bytes())?;
         }
         drop(lock);

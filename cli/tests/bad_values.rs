@@ -87,6 +87,13 @@ fn sizes_beyond_memory_are_refused_with_the_bytes_they_need() {
     assert!(e.contains("gemm 100000x100000x100000") && e.contains("120000000000 bytes"), "{e}");
     let e = fails(d, &["data", "world", "--tokens", "1e12", "--out", "W"], &[1], &needs, &["W"]);
     assert!(e.contains("1000000000000 tokens"), "{e}");
+    // The same world in a run config: refused before any stage, naming the file and field.
+    let mut run: serde_json::Value = serde_json::from_str(include_str!("../../configs/runs/tiny.json")).unwrap();
+    run["world"]["corpus"]["tokens"] = 1_000_000_000_000u64.into();
+    std::fs::write(d.join("big.json"), run.to_string()).unwrap();
+    let args = ["run", "phase", "p1", "--quiet", "--config", "big.json", "--run-dir", "R"];
+    let e = fails(d, &args, &[1], &needs, &["R"]);
+    assert!(e.contains("big.json field `world.corpus.tokens`") && e.contains("12000000000000 bytes"), "{e}");
 }
 
 #[test]

@@ -223,10 +223,12 @@ fn a_damaged_metrics_log_is_repaired_on_resume_with_a_warning(setup: &Setup, dir
 }
 
 /// The newest checkpoint's trainer.json says step 999 (under its own name, then renamed to
-/// match): the run never trains on from it. It stops naming the file and the step, or (where an
-/// intact older checkpoint exists) warns and resumes from that one to the phase's 8 steps.
+/// match): the run never trains on from it. With its checksums.json the edit is damage (named);
+/// without (a checkpoint from before checksums) the step check stops it, naming the file and the
+/// step. The run stops, or (where an intact older checkpoint exists) warns and resumes from that
+/// one to the phase's 8 steps.
 fn a_checkpoint_beyond_the_phase_is_not_resumed(setup: &Setup, dir: &Path, copy: &Path) {
-    for rename in [false, true] {
+    for (rename, checksums) in [(false, true), (false, false), (true, false)] {
         let _ = std::fs::remove_dir_all(copy);
         copy_dir(dir, copy);
         let ckpts = copy.join("p1/checkpoints");
@@ -235,13 +237,17 @@ fn a_checkpoint_beyond_the_phase_is_not_resumed(setup: &Setup, dir: &Path, copy:
         let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         state["step"] = 999.into();
         std::fs::write(&path, state.to_string()).unwrap();
+        if !checksums {
+            std::fs::remove_file(newest.join("checksums.json")).unwrap();
+        }
         if rename {
             std::fs::rename(&newest, ckpts.join("step-00000999")).unwrap();
         }
         let out = setup.p1(copy, None);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("panicked"), "{stderr}");
-        assert!(stderr.contains("trainer.json") && stderr.contains("999"), "rename {rename}: {stderr}");
+        let why = if checksums { "damaged" } else { "999" };
+        assert!(stderr.contains("trainer.json") && stderr.contains(why), "rename {rename}: {stderr}");
         if rename {
             assert!(stderr.contains("beyond the 8 steps"), "{stderr}");
         }

@@ -154,6 +154,16 @@ fn a_changed_seed_or_base_model_rebuilds_base_and_says_which_field_changed() {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("base/manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["built_because"][0], "seed: 0 -> 1", "{manifest}");
+    // The run's summary.json says what was done to every stage and why.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let stages = summary["stages"].as_array().unwrap();
+    let report = |name: &str| stages.iter().find(|s| s["stage"] == name).unwrap_or_else(|| panic!("{summary}"));
+    assert_eq!(report("data")["status"], "up to date", "{summary}");
+    assert_eq!(report("base")["status"], "built", "{summary}");
+    assert_eq!(report("base")["because"][0], "seed: 0 -> 1", "{summary}");
+    assert_eq!(report("importance")["because"][0], "input `base` changed", "{summary}");
+    assert_eq!(summary["phase"], "base", "the last training stage's summary stays at the top level: {summary}");
 
     edit_json(&cfg.join("run.json"), |v| v["base_model"] = "tiny-dense-active".into());
     let err = ok(run_in(&cfg, &run, &["all", "--until", "base"], &[]));

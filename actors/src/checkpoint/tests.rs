@@ -1,5 +1,6 @@
 //! Interrupted checkpoint housekeeping: a kill while an old checkpoint is pruned or while a
-//! checkpoint of the same step is replaced never leaves a partial `step-<N>` directory.
+//! checkpoint of the same step is replaced never leaves a partial `step-<N>` directory; damaged
+//! checkpoint files are caught by their checksums.
 
 use super::*;
 
@@ -82,4 +83,33 @@ fn adamw_step_past_two_to_the_24_is_stored_exactly() {
     let dir = write_checkpoint(tmp.path(), &snapshot(step), 2, &mut DiskBudget::default()).unwrap();
     let ck = model::safetensors_io::SafetensorsReader::open(&dir.join(OPTIMIZER_FILE)).unwrap();
     assert_eq!(ck.read_i64("step").unwrap(), vec![step as i64]);
+}
+
+/// A byte changed inside the model's tensor data (the size and the safetensors header intact,
+/// so loading alone would not notice) is caught by `checksums.json`, naming the file; so is a
+/// trainer.json edited by hand. A checkpoint from before `checksums.json` is read unchecked.
+#[test]
+fn checksums_catch_in_range_damage_and_name_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = write_checkpoint(tmp.path(), &snapshot(3), 2, &mut DiskBudget::default()).unwrap();
+    assert!(dir.join(CHECKSUMS_FILE).exists());
+    verify_checksums(&dir).unwrap();
+
+    let model = dir.join(MODEL_FILE);
+    let mut bytes = fs::read(&model).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    fs::write(&model, &bytes).unwrap();
+    let err = verify_checksums(&dir).unwrap_err().to_string();
+    assert!(err.contains(MODEL_FILE) && err.contains("SHA-256"), "{err}");
+    bytes[last] ^= 0x40;
+    fs::write(&model, &bytes).unwrap();
+    verify_checksums(&dir).unwrap();
+
+    fs::write(dir.join(TRAINER_FILE), "{\"step\":999}").unwrap();
+    let err = verify_checksums(&dir).unwrap_err().to_string();
+    assert!(err.contains(TRAINER_FILE), "{err}");
+
+    fs::remove_file(dir.join(CHECKSUMS_FILE)).unwrap();
+    verify_checksums(&dir).unwrap();
 }

@@ -107,6 +107,7 @@ pub fn run(a: Args) -> Result<()> {
     let started = std::time::Instant::now();
     let pipeline = Pipeline { root: common.run_dir.clone(), config, options };
     pipeline.validate(actors::manifest::Stage::from_name(&until)?)?;
+    check_memory(&pipeline.config, &pipeline.options.config_source)?;
     // A device this build or machine cannot run fails now, not after the data and base stages.
     autograd::Tape::new_on(common.device)?;
     let summary = pipeline.run_until(&until)?;
@@ -115,6 +116,27 @@ pub fn run(a: Args) -> Result<()> {
         println!("summary    {}", common.run_dir.join("summary.json").display());
     }
     println!("total      {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The run's largest allocations against the memory available, before any stage runs: the
+/// world corpus (held in memory while it is built: ~12 bytes per token, as `data world`
+/// counts) and training each model (f32 weights, gradients and AdamW's two moments: 16 bytes
+/// per parameter).
+fn check_memory(c: &RunConfig, source: &str) -> Result<()> {
+    let tokens = c.world.corpus.tokens as u128;
+    crate::args::ensure_fits(&format!("{source} field `world.corpus.tokens` ({tokens} tokens)"), 12 * tokens)?;
+    let base = model::presets::embedded(&c.base_model).transpose()?.map(|cfg| (cfg, None));
+    let moe = model::presets::embedded_moe(&c.moe_model).ok().map(|(cfg, spec)| (cfg, Some(spec)));
+    for (field, name, preset) in [("base_model", &c.base_model, base), ("moe_model", &c.moe_model, moe)] {
+        if let Some((cfg, spec)) = preset {
+            let params = crate::args::param_count(&cfg, spec.as_ref());
+            crate::args::ensure_fits(
+                &format!("{source} field `{field}`: training `{name}` ({params} parameters)"),
+                16 * params,
+            )?;
+        }
+    }
     Ok(())
 }
 
