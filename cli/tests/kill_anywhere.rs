@@ -5,6 +5,8 @@
 //! `MEDMOE_FAULT_KILL_AT=<point>:<step>` hook (actors::supervisor::KillPoint). A damaged
 //! metrics.jsonl is repaired on resume with a warning instead of stopping the run.
 
+mod common;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -86,19 +88,6 @@ impl Setup {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
-}
-
 /// Replaces every occurrence of the run directory in string values by `<run>`.
 fn relative(v: &mut Value, root: &str) {
     match v {
@@ -163,7 +152,7 @@ fn kills_anywhere_in_a_phase_resume_to_the_same_summary_metrics_and_weights() {
     ok(&setup.command(&prefix, &["run", "all", "--until", "p0"]).output().unwrap(), "data..p0");
 
     let reference = tmp.path().join("reference");
-    copy_dir(&prefix, &reference);
+    common::copy_tree(&prefix, &reference);
     ok(&setup.p1(&reference, None), "uninterrupted p1");
     let s = summary(&reference);
     let actions = s["breaker_actions"].as_array().unwrap();
@@ -179,7 +168,7 @@ fn kills_anywhere_in_a_phase_resume_to_the_same_summary_metrics_and_weights() {
 
     // One directory killed again and again: each resume starts from what the previous kill left.
     let resumed = tmp.path().join("resumed");
-    copy_dir(&prefix, &resumed);
+    common::copy_tree(&prefix, &resumed);
     let kills = [
         "step:1",              // the update of step 1 (which fires a breaker) is done, nothing saved
         "action-checkpoint:4", // step 4's action is in its checkpoint; its eval is not done
@@ -195,7 +184,7 @@ fn kills_anywhere_in_a_phase_resume_to_the_same_summary_metrics_and_weights() {
     assert_same_as(&reference, &resumed, "after kills at every point");
 
     let damaged = tmp.path().join("damaged");
-    copy_dir(&prefix, &damaged);
+    common::copy_tree(&prefix, &damaged);
     a_damaged_metrics_log_is_repaired_on_resume_with_a_warning(&setup, &damaged, tmp.path());
 }
 
@@ -230,7 +219,7 @@ fn a_damaged_metrics_log_is_repaired_on_resume_with_a_warning(setup: &Setup, dir
 fn a_checkpoint_beyond_the_phase_is_not_resumed(setup: &Setup, dir: &Path, copy: &Path) {
     for (rename, checksums) in [(false, true), (false, false), (true, false)] {
         let _ = std::fs::remove_dir_all(copy);
-        copy_dir(dir, copy);
+        common::copy_tree(dir, copy);
         let ckpts = copy.join("p1/checkpoints");
         let newest = ckpts.join("step-00000006");
         let path = newest.join("trainer.json");

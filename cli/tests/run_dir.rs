@@ -2,6 +2,8 @@
 //! a micro run (world of 60k tokens, vocab 600, sequences of 64, a few steps per phase). One
 //! finished run directory is built once per test binary; each test works on a copy of it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -86,19 +88,6 @@ fn finished() -> &'static (tempfile::TempDir, PathBuf) {
     })
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
-}
-
 /// A private copy of the finished run: (its temp dir, configs dir, run dir).
 fn copy_of_finished() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let (_, src) = finished();
@@ -106,7 +95,7 @@ fn copy_of_finished() -> (tempfile::TempDir, PathBuf, PathBuf) {
     for f in ["run.json", "base.json", "p0.json", "p1.json"] {
         std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
     }
-    copy_tree(&src.join("finished"), &tmp.path().join("R"));
+    common::copy_tree(&src.join("finished"), &tmp.path().join("R"));
     let (cfg, run) = (tmp.path().to_path_buf(), tmp.path().join("R"));
     (tmp, cfg, run)
 }
