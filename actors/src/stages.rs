@@ -615,6 +615,9 @@ impl Pipeline {
             let model_dir = work.join("model");
             let _ = std::fs::remove_dir_all(&model_dir);
             outcome.model.save(&model_dir, None)?;
+            // The run's tokenizer beside the weights, so the model directory exports to GGUF
+            // and generates text on its own.
+            model::tokenizer_files::copy_tokenizer_files(&self.dir(Stage::Data).join("tokenizer"), &model_dir)?;
             // Paths under the stage's final name (a rebuild beside it is swapped in).
             let name = phase.name();
             let mut artifacts = BTreeMap::new();

@@ -163,6 +163,20 @@ fn a_changed_seed_or_base_model_rebuilds_base_and_says_which_field_changed() {
     assert!(stage_line(&err, "base").iter().any(|l| l.contains("preset.intermediate_size")), "{err}");
 }
 
+// Formats issue, deliverable 2: every model directory the pipeline writes carries the run's
+// tokenizer files, so any of them exports to GGUF (with vocabulary) or generates on its own.
+#[test]
+fn every_model_directory_carries_the_run_tokenizer() {
+    let (_tmp, _cfg, run) = copy_of_finished();
+    let tokenizer = bytes(&run.join("data/tokenizer/tokenizer.json"));
+    for stage in ["base", "moe-init", "p0", "p1"] {
+        for file in ["tokenizer.json", "tokenizer_config.json"] {
+            assert!(run.join(stage).join("model").join(file).is_file(), "{stage}/model/{file} missing");
+        }
+        assert_eq!(bytes(&run.join(stage).join("model/tokenizer.json")), tokenizer, "{stage}");
+    }
+}
+
 // Failure 2: two runs on one directory deleted each other's work.
 #[test]
 fn a_second_run_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over() {
