@@ -51,6 +51,12 @@ fn generate_plain_chat_batch_and_bad_input() {
     // The same greedy run twice: the same tokens.
     let again = json_lines(&ok(d, &["generate", "--model", "m", "--prompt", "what treats", "--max-new-tokens", "6"]));
     assert_eq!(again[0]["generated_ids"], g["generated_ids"]);
+    // --ignore-eos (decode speed runs): always --max-new-tokens tokens.
+    let args = ["generate", "--model", "m", "--prompt", "what treats", "--max-new-tokens", "24", "--ignore-eos"];
+    let g = &json_lines(&ok(d, &args))[0];
+    // The first token comes from the prefill; 23 decode steps follow.
+    assert_eq!((g["decode_tokens"].as_u64(), g["finish"].as_str()), (Some(23), Some("max_new_tokens")), "{g}");
+    assert_eq!(g["generated_ids"].as_array().unwrap().len(), 24, "{g}");
 
     // Chat: the prompt is rendered through the template (ends with the assistant header; with
     // --no-think, with the empty think block).

@@ -57,6 +57,10 @@ pub struct Args {
     /// tokens (`<|im_end|>`, `<|endoftext|>`, the config's eos_token) always stop.
     #[arg(long)]
     pub stop: Vec<String>,
+    /// Do not stop at the end-of-sequence tokens (always `--max-new-tokens` tokens, unless a
+    /// `--stop` string appears): for decode speed measurements, like llama.cpp's `--ignore-eos`.
+    #[arg(long)]
+    pub ignore_eos: bool,
 }
 
 /// A prompt before tokenisation.
@@ -195,7 +199,7 @@ pub fn run(a: Args) -> Result<()> {
         max_new_tokens: a.max_new_tokens,
         sampling: Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p },
         seed: a.seed,
-        stop_tokens: stop_tokens(&tok),
+        stop_tokens: if a.ignore_eos { Vec::new() } else { stop_tokens(&tok) },
         stop_strings: a.stop.clone(),
     };
     let decoder = Decoder::new(&model);
