@@ -50,6 +50,8 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Run the training pipeline (data, base, importance, surgery, p0, p1) in a run directory.
     Run(cmd::run::Args),
+    /// Routing traces of a MoE model over a pack, next-expert prediction and a prefetch simulation.
+    Trace(cmd::trace::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -67,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(a) => cmd::data::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Generate(a) => cmd::generate::run(a),
+        Command::Trace(a) => cmd::trace::run(a),
     }
 }
 

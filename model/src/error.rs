@@ -77,6 +77,15 @@ pub enum ModelError {
         msg: String,
     },
 
+    /// A routing-trace chunk file that is truncated, damaged or of another model's shape.
+    #[error("{}: {msg}", path.display())]
+    Trace {
+        /// The chunk file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+
     /// Bad runtime input, e.g. a token id out of range or mismatched shapes.
     #[error("invalid input: {0}")]
     Invalid(String),

@@ -23,6 +23,7 @@ pub mod router_training;
 pub mod safetensors_io;
 pub mod surgery;
 pub mod tokenizer_files;
+pub mod trace;
 
 pub use batch::TokenBatch;
 pub use config::Qwen3Config;

@@ -11,3 +11,4 @@ pub mod logits;
 pub mod quantize;
 pub mod run;
 pub mod surgery;
+pub mod trace;

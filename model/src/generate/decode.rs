@@ -33,6 +33,20 @@ pub struct StepInput<'a> {
     pub tokens: &'a [u32],
 }
 
+/// What a traced step shows of one decoder layer (rows: the stacked new tokens).
+#[derive(Clone, Copy, Debug)]
+pub struct LayerTrace<'a> {
+    /// Layer index.
+    pub layer: usize,
+    /// The residual stream entering the layer `[rows, D]` (the previous layer's output).
+    pub input: &'a [f32],
+    /// The residual stream after the layer's attention, before its FFN pre-norm `[rows, D]`.
+    pub mid: &'a [f32],
+    /// The expert each row was routed to (MoE layers; `u32::MAX` never occurs: eval routing is
+    /// dropless).
+    pub experts: Option<&'a [u32]>,
+}
+
 /// A model bound once on an inference tape, ready for cached forward steps.
 pub struct Decoder<'m> {
     model: &'m Qwen3,
@@ -63,6 +77,18 @@ impl<'m> Decoder<'m> {
     /// Runs `inputs` (distinct sequences) through the model, appends their keys and values to
     /// `caches[input.seq]`, and returns logits `[rows, V]` for `rows` (inputs in order).
     pub fn step(&self, caches: &mut [KvCache], inputs: &[StepInput<'_>], rows: LogitRows) -> Result<Vec<f32>> {
+        self.step_traced(caches, inputs, rows, &mut |_| {})
+    }
+
+    /// [`Decoder::step`], showing `observe` every layer's residual streams and routing
+    /// (routing traces for expert prefetch prediction).
+    pub fn step_traced(
+        &self,
+        caches: &mut [KvCache],
+        inputs: &[StepInput<'_>],
+        rows: LogitRows,
+        observe: &mut dyn FnMut(LayerTrace<'_>),
+    ) -> Result<Vec<f32>> {
         let m = self.model;
         let c = &m.config;
         let (h, kv, dh, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size);
@@ -85,6 +111,7 @@ impl<'m> Decoder<'m> {
         let heads = Heads { h, kv, dh };
         let mut x = ops::embedding(tape, &ids, &self.bound.embed).map_err(ag)?;
         for (li, l) in self.bound.layers.iter().enumerate() {
+            let input = x.clone();
             let n1 = ops::rmsnorm(tape, &x, &l.input_norm, eps).map_err(ag)?;
             let qkv = ops::linear(tape, &n1, &l.qkv).map_err(ag)?;
             let q = ops::slice_cols(tape, &qkv, 0, h * dh).map_err(ag)?.reshape(&[n * h, dh]);
@@ -106,11 +133,14 @@ impl<'m> Decoder<'m> {
             let a = ops::linear(tape, &Tensor::from_vec(att, &[n, h * dh]), &l.o).map_err(ag)?;
             x = ops::add(tape, &x, &a).map_err(ag)?;
             let n2 = ops::rmsnorm(tape, &x, &l.post_norm, eps).map_err(ag)?;
+            let mut chosen = None;
             let f = match (&l.ffn, &moe_cfg) {
                 (FfnTensors::Dense { gate_up, down }, _) => swiglu_ffn(tape, &n2, gate_up, down)?,
                 (FfnTensors::Moe { shared, router, experts }, Some(cfg)) => {
                     let bias = m.router_bias.get(li).map(Vec::as_slice);
-                    let routed = ops::moe_routed(tape, &n2, router, experts, bias, cfg, 0, false).map_err(ag)?.out;
+                    let moe = ops::moe_routed(tape, &n2, router, experts, bias, cfg, 0, false).map_err(ag)?;
+                    chosen = Some(moe.expert_of_token);
+                    let routed = moe.out;
                     match shared {
                         Some((gu, down)) => ops::add(tape, &swiglu_ffn(tape, &n2, gu, down)?, &routed).map_err(ag)?,
                         None => routed,
@@ -118,6 +148,7 @@ impl<'m> Decoder<'m> {
                 }
                 (FfnTensors::Moe { .. }, None) => unreachable!("MoE tensors are bound only with a MoE spec"),
             };
+            observe(LayerTrace { layer: li, input: &input.f32s(), mid: &x.f32s(), experts: chosen.as_deref() });
             x = ops::add(tape, &x, &f).map_err(ag)?;
         }
         for (inp, &(_, len, _)) in inputs.iter().zip(&spans) {

@@ -16,7 +16,7 @@ pub mod kv_cache;
 pub mod sampling;
 pub mod stop;
 
-pub use decode::{Decoder, LogitRows, StepInput};
+pub use decode::{Decoder, LayerTrace, LogitRows, StepInput};
 pub use generator::{generate, GenerateOptions, Generation, TextOf};
 pub use kv_cache::KvCache;
 pub use sampling::{Sampler, Sampling};

@@ -1,0 +1,201 @@
+//! Predictors of the expert a token uses in layer `l`, from what is known before layer `l`
+//! runs, and their accuracy on held-out traces (module docs of [`super`]).
+
+use super::{file::Chunk, LayerRecord, NO_EXPERT};
+use serde::Serialize;
+
+/// A next-expert predictor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Predictor {
+    /// Layer `l`'s router on layer `l-1`'s post-attention residual (no training).
+    GateMid,
+    /// Layer `l`'s router on layer `l`'s input, i.e. layer `l-1`'s output (no training).
+    GateInput,
+    /// The expert the previous token of the document used in layer `l` (its runner-up second;
+    /// a document's first token falls back to the most frequent experts).
+    PrevToken,
+    /// The two experts used most often in layer `l` on the training traces.
+    MostFrequent,
+    /// Trained on the training traces: the experts most often used in layer `l` after a given
+    /// (expert in layer `l-1`, [`Predictor::GateInput`]'s two guesses) triple; the gate's
+    /// guesses where the triple was never seen.
+    Trained,
+}
+
+impl Predictor {
+    /// Every predictor, in report order.
+    pub const ALL: [Predictor; 5] =
+        [Predictor::GateMid, Predictor::GateInput, Predictor::PrevToken, Predictor::MostFrequent, Predictor::Trained];
+
+    /// The name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Predictor::GateMid => "gate_mid",
+            Predictor::GateInput => "gate_input",
+            Predictor::PrevToken => "prev_token",
+            Predictor::MostFrequent => "most_frequent",
+            Predictor::Trained => "trained",
+        }
+    }
+}
+
+/// What the predictors learn from the training traces.
+pub struct Fitted {
+    layers: usize,
+    experts: usize,
+    /// Best two experts per layer by use count.
+    frequent: Vec<[u16; 2]>,
+    /// Per layer, per (previous expert, gate's first guess, gate's second guess): use counts of
+    /// each expert.
+    table: Vec<Vec<u32>>,
+}
+
+/// The tokens of some chunks, in order: `(doc_start, records of every layer)`.
+pub fn tokens<'a>(chunks: &'a [&'a Chunk]) -> impl Iterator<Item = (bool, &'a [LayerRecord])> + 'a {
+    chunks.iter().flat_map(|c| {
+        let recs = c.records();
+        (0..c.tokens).map(move |t| (c.doc_start(t), &recs[t * c.layers..][..c.layers]))
+    })
+}
+
+/// The best two of `counts` (ties: lower index first); [`NO_EXPERT`] where nothing was counted.
+fn best2(counts: &[u32]) -> [u16; 2] {
+    let mut b = [NO_EXPERT; 2];
+    for (j, &c) in counts.iter().enumerate() {
+        if c == 0 {
+            continue;
+        }
+        if b[0] == NO_EXPERT || c > counts[b[0] as usize] {
+            b = [j as u16, b[0]];
+        } else if b[1] == NO_EXPERT || c > counts[b[1] as usize] {
+            b[1] = j as u16;
+        }
+    }
+    b
+}
+
+impl Fitted {
+    /// Fits the counting predictors on `train` (tokens of the training chunks).
+    pub fn fit<'a>(train: impl Iterator<Item = (bool, &'a [LayerRecord])>, layers: usize, experts: usize) -> Self {
+        let e = experts;
+        let mut freq = vec![vec![0u32; e]; layers];
+        let mut table = vec![vec![0u32; e * e * e * e]; layers];
+        for (_, recs) in train {
+            for (l, r) in recs.iter().enumerate() {
+                freq[l][r.expert as usize] += 1;
+                if let Some(key) = Self::key(e, l, recs) {
+                    table[l][key * e + r.expert as usize] += 1;
+                }
+            }
+        }
+        Fitted { layers, experts, frequent: freq.iter().map(|c| best2(c)).collect(), table }
+    }
+
+    /// The trained table's row for layer `l` of a token (None in layer 0 or without a guess).
+    fn key(e: usize, l: usize, recs: &[LayerRecord]) -> Option<usize> {
+        let g = recs.get(l)?.from_input;
+        if l == 0 || g.contains(&NO_EXPERT) {
+            return None;
+        }
+        Some((recs[l - 1].expert as usize * e + g[0] as usize) * e + g[1] as usize)
+    }
+
+    /// What `p` predicts for layer `l` (>= 1) of the token with records `recs`, whose
+    /// document's previous token (if any) had records `prev`.
+    pub fn predict(&self, p: Predictor, l: usize, recs: &[LayerRecord], prev: Option<&[LayerRecord]>) -> [u16; 2] {
+        let e = self.experts;
+        match p {
+            Predictor::GateMid => recs[l].from_mid,
+            Predictor::GateInput => recs[l].from_input,
+            Predictor::PrevToken => prev.map_or(self.frequent[l], |pr| [pr[l].expert, pr[l].runner_up]),
+            Predictor::MostFrequent => self.frequent[l],
+            Predictor::Trained => {
+                let Some(key) = Self::key(e, l, recs) else { return recs[l].from_input };
+                let guess = best2(&self.table[l][key * e..][..e]);
+                match guess {
+                    [NO_EXPERT, _] => recs[l].from_input,
+                    [g, NO_EXPERT] => {
+                        [g, if recs[l].from_input[0] == g { recs[l].from_input[1] } else { recs[l].from_input[0] }]
+                    }
+                    g => g,
+                }
+            }
+        }
+    }
+}
+
+/// Top-1 / top-2 hits of one predictor in one layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Hits {
+    /// Tokens scored.
+    pub tokens: u64,
+    /// The first guess was the expert used.
+    pub top1: u64,
+    /// One of the two guesses was.
+    pub top2: u64,
+}
+
+impl Hits {
+    /// Top-1 accuracy.
+    pub fn top1_rate(&self) -> f64 {
+        self.top1 as f64 / self.tokens.max(1) as f64
+    }
+    /// Top-2 accuracy.
+    pub fn top2_rate(&self) -> f64 {
+        self.top2 as f64 / self.tokens.max(1) as f64
+    }
+}
+
+/// Accuracy of every predictor, per layer `1..layers` (`[predictor][layer - 1]`), on the
+/// held-out tokens.
+pub fn accuracy<'a>(fitted: &Fitted, held_out: impl Iterator<Item = (bool, &'a [LayerRecord])>) -> Vec<Vec<Hits>> {
+    let layers = fitted.layers;
+    let mut hits = vec![vec![Hits::default(); layers.saturating_sub(1)]; Predictor::ALL.len()];
+    let mut prev: Option<&[LayerRecord]> = None;
+    for (start, recs) in held_out {
+        let before = if start { None } else { prev };
+        for (pi, &p) in Predictor::ALL.iter().enumerate() {
+            for l in 1..layers {
+                let guess = fitted.predict(p, l, recs, before);
+                let h = &mut hits[pi][l - 1];
+                h.tokens += 1;
+                h.top1 += (guess[0] == recs[l].expert) as u64;
+                h.top2 += guess.contains(&recs[l].expert) as u64;
+            }
+        }
+        prev = Some(recs);
+    }
+    hits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(expert: u16, input: u16) -> LayerRecord {
+        LayerRecord { expert, runner_up: (expert + 1) % 4, prob: 0.5, from_mid: [input, 3], from_input: [input, 2] }
+    }
+
+    /// Hand-made traces: the gate is right on layer 1 half the time, layer 1's expert always
+    /// equals layer 0's, so the trained table learns it; expected counts worked out by hand.
+    #[test]
+    fn predictors_score_as_counted_by_hand() {
+        let train: Vec<Vec<LayerRecord>> = (0..8).map(|i| vec![rec(i % 4, NO_EXPERT), rec(i % 4, i % 2)]).collect();
+        let fitted = Fitted::fit(train.iter().map(|r| (false, r.as_slice())), 2, 4);
+        let held: Vec<Vec<LayerRecord>> = vec![vec![rec(2, NO_EXPERT), rec(2, 0)], vec![rec(1, NO_EXPERT), rec(1, 1)]];
+        let starts = [true, false];
+        let hits = accuracy(&fitted, held.iter().zip(starts).map(|(r, s)| (s, r.as_slice())));
+        let get = |p: Predictor| hits[Predictor::ALL.iter().position(|&q| q == p).unwrap()][0];
+        // Gate on the input: guesses 0 then 1 for experts 2 then 1: one top-1 hit; top-2 adds
+        // nothing (second guess 2 for the first token: a top-2 hit).
+        assert_eq!(get(Predictor::GateInput), Hits { tokens: 2, top1: 1, top2: 2 });
+        // Trained: (prev 2, gates 0, 2) was seen with expert 2 in training; (1, 1, 2) with 1.
+        assert_eq!(get(Predictor::Trained), Hits { tokens: 2, top1: 2, top2: 2 });
+        // Previous token: the first token starts its document (most frequent: experts 0, 1 with
+        // two uses each -> [0, 1], a miss for expert 2), the second sees expert 2 / runner-up 3:
+        // a miss for expert 1.
+        assert_eq!(get(Predictor::PrevToken), Hits { tokens: 2, top1: 0, top2: 0 });
+        assert_eq!(get(Predictor::MostFrequent), Hits { tokens: 2, top1: 0, top2: 1 });
+    }
+}
