@@ -18,8 +18,8 @@ pub enum Predictor {
     /// The two experts used most often in layer `l` on the training traces.
     MostFrequent,
     /// Trained on the training traces: the experts most often used in layer `l` after a given
-    /// (expert in layer `l-1`, [`Predictor::GateInput`]'s two guesses) triple; the gate's
-    /// guesses where the triple was never seen.
+    /// (expert and runner-up in layer `l-1`, [`Predictor::GateInput`]'s two guesses)
+    /// combination; the gate's guesses where the combination was never seen.
     Trained,
 }
 
@@ -43,12 +43,10 @@ impl Predictor {
 /// What the predictors learn from the training traces.
 pub struct Fitted {
     layers: usize,
-    experts: usize,
     /// Best two experts per layer by use count.
     frequent: Vec<[u16; 2]>,
-    /// Per layer, per (previous expert, gate's first guess, gate's second guess): use counts of
-    /// each expert.
-    table: Vec<Vec<u32>>,
+    /// Per layer, per key ([`Fitted::key`]): use counts of each expert.
+    table: Vec<std::collections::HashMap<u64, Vec<u32>>>,
 }
 
 /// The tokens of some chunks, in order: `(doc_start, records of every layer)`.
@@ -80,39 +78,41 @@ impl Fitted {
     pub fn fit<'a>(train: impl Iterator<Item = (bool, &'a [LayerRecord])>, layers: usize, experts: usize) -> Self {
         let e = experts;
         let mut freq = vec![vec![0u32; e]; layers];
-        let mut table = vec![vec![0u32; e * e * e * e]; layers];
+        let mut table = vec![std::collections::HashMap::new(); layers];
         for (_, recs) in train {
             for (l, r) in recs.iter().enumerate() {
                 freq[l][r.expert as usize] += 1;
-                if let Some(key) = Self::key(e, l, recs) {
-                    table[l][key * e + r.expert as usize] += 1;
+                if let Some(key) = Self::key(l, recs) {
+                    table[l].entry(key).or_insert_with(|| vec![0u32; e])[r.expert as usize] += 1;
                 }
             }
         }
-        Fitted { layers, experts, frequent: freq.iter().map(|c| best2(c)).collect(), table }
+        Fitted { layers, frequent: freq.iter().map(|c| best2(c)).collect(), table }
     }
 
-    /// The trained table's row for layer `l` of a token (None in layer 0 or without a guess).
-    fn key(e: usize, l: usize, recs: &[LayerRecord]) -> Option<usize> {
+    /// The trained table's key for layer `l` of a token: layer `l-1`'s expert and runner-up and
+    /// the gate's two guesses for layer `l` (None in layer 0 or without a guess).
+    fn key(l: usize, recs: &[LayerRecord]) -> Option<u64> {
         let g = recs.get(l)?.from_input;
         if l == 0 || g.contains(&NO_EXPERT) {
             return None;
         }
-        Some((recs[l - 1].expert as usize * e + g[0] as usize) * e + g[1] as usize)
+        let p = recs[l - 1];
+        Some([p.expert, p.runner_up, g[0], g[1]].iter().fold(0u64, |k, &x| (k << 16) | x as u64))
     }
 
     /// What `p` predicts for layer `l` (>= 1) of the token with records `recs`, whose
     /// document's previous token (if any) had records `prev`.
     pub fn predict(&self, p: Predictor, l: usize, recs: &[LayerRecord], prev: Option<&[LayerRecord]>) -> [u16; 2] {
-        let e = self.experts;
         match p {
             Predictor::GateMid => recs[l].from_mid,
             Predictor::GateInput => recs[l].from_input,
             Predictor::PrevToken => prev.map_or(self.frequent[l], |pr| [pr[l].expert, pr[l].runner_up]),
             Predictor::MostFrequent => self.frequent[l],
             Predictor::Trained => {
-                let Some(key) = Self::key(e, l, recs) else { return recs[l].from_input };
-                let guess = best2(&self.table[l][key * e..][..e]);
+                let counts = Self::key(l, recs).and_then(|k| self.table[l].get(&k));
+                let Some(counts) = counts else { return recs[l].from_input };
+                let guess = best2(counts);
                 match guess {
                     [NO_EXPERT, _] => recs[l].from_input,
                     [g, NO_EXPERT] => {
@@ -190,7 +190,8 @@ mod tests {
         // Gate on the input: guesses 0 then 1 for experts 2 then 1: one top-1 hit; top-2 adds
         // nothing (second guess 2 for the first token: a top-2 hit).
         assert_eq!(get(Predictor::GateInput), Hits { tokens: 2, top1: 1, top2: 2 });
-        // Trained: (prev 2, gates 0, 2) was seen with expert 2 in training; (1, 1, 2) with 1.
+        // Trained: (prev 2 / runner-up 3, gates 0, 2) was seen with expert 2 in training;
+        // (1 / 2, 1, 2) with expert 1.
         assert_eq!(get(Predictor::Trained), Hits { tokens: 2, top1: 2, top2: 2 });
         // Previous token: the first token starts its document (most frequent: experts 0, 1 with
         // two uses each -> [0, 1], a miss for expert 2), the second sees expert 2 / runner-up 3:
