@@ -52,6 +52,8 @@ enum Command {
     Run(cmd::run::Args),
     /// Routing traces of a MoE model over a pack, next-expert prediction and a prefetch simulation.
     Trace(cmd::trace::Args),
+    /// Sparse upcycling: a dense model's FFN copied into every expert (Drop-Upcycling optional).
+    Upcycle(cmd::upcycle::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -70,6 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => cmd::run::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Trace(a) => cmd::trace::run(a),
+        Command::Upcycle(a) => cmd::upcycle::run(a),
     }
 }
 

@@ -12,3 +12,4 @@ pub mod quantize;
 pub mod run;
 pub mod surgery;
 pub mod trace;
+pub mod upcycle;

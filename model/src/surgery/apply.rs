@@ -116,7 +116,7 @@ pub fn check_widths(spec: &MoeSpec, f: usize) -> Result<()> {
 }
 
 /// Mean and standard deviation of a weight matrix (Drop-Upcycling re-init statistics).
-fn stats(values: &[f32]) -> (f32, f32) {
+pub(crate) fn stats(values: &[f32]) -> (f32, f32) {
     let n = values.len().max(1) as f64;
     let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
     let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;

@@ -5,3 +5,4 @@ pub mod apply;
 pub mod kmeans;
 pub mod plan;
 pub mod stream;
+pub mod upcycle;
