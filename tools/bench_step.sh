@@ -6,8 +6,11 @@
 # Prints markdown tables: each round, then median and spread (min..max) of the values and of the
 # per-round ratios ours/reference (and preset step / active step).
 #
+# With --precision bf16 ours runs `bench step --precision bf16` (bf16 GEMM operands, f32 accumulation
+# and master weights) and the reference trains under torch.autocast("cpu", dtype=torch.bfloat16).
+#
 # Usage: tools/bench_step.sh [--preset tiny-dense] [--batch 8] [--seq 256] [--threads 2]
-#                            [--rounds 1] [--active PRESET] [--steps 6] [--warmup 2]
+#                            [--rounds 1] [--active PRESET] [--steps 6] [--warmup 2] [--precision f32|bf16]
 # Env:   PYTHON (default pyenv/bin/python, else python3), MOE_CLI (default target/release/moe-cli),
 #        SKIP_BUILD=1 to skip `cargo build --release -p cli`.
 set -euo pipefail
@@ -21,6 +24,7 @@ ROUNDS=1
 ACTIVE=""
 STEPS=6
 WARMUP=2
+PRECISION=f32
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --preset) PRESET="$2"; shift 2 ;;
@@ -31,11 +35,13 @@ while [[ $# -gt 0 ]]; do
         --active) ACTIVE="$2"; shift 2 ;;
         --steps) STEPS="$2"; shift 2 ;;
         --warmup) WARMUP="$2"; shift 2 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        --precision) PRECISION="$2"; shift 2 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer, got '$ROUNDS'"
+[[ "$PRECISION" == f32 || "$PRECISION" == bf16 ]] || die "--precision must be f32 or bf16, got '$PRECISION'"
 
 need_python_modules torch transformers
 build_cli
@@ -43,7 +49,7 @@ build_cli
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
-COMMON=(--batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP")
+COMMON=(--batch "$BATCH" --seq "$SEQ" --steps "$STEPS" --warmup "$WARMUP" --precision "$PRECISION")
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 echo "load_start $(load)" >"$TMP/load.txt"
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -83,14 +89,16 @@ ours, ref, active = load("ours.jsonl", "medmoe"), load("ref.jsonl", "pytorch"), 
 if not ours or len(ours) != len(ref):
     print(f"error: missing step results: medmoe {len(ours)}, pytorch {len(ref)}", file=sys.stderr)
     sys.exit(1)
-for k in ("preset", "batch", "seq", "threads"):
+for k in ("preset", "batch", "seq", "threads", "precision"):
     if ours[0].get(k) != ref[0].get(k):
         print(f"warning: {k} differs: medmoe={ours[0].get(k)} pytorch={ref[0].get(k)}", file=sys.stderr)
 loads = dict(line.split(" ", 1) for line in open(os.path.join(tmp, "load.txt")).read().splitlines())
 r0 = ref[0]
 print(f'Training step, preset {r0["preset"]}, batch {r0["batch"]}, seq {r0["seq"]}, {r0["threads"]} threads, '
       f'{len(ours)} round(s) interleaved; reference: transformers {r0.get("transformers", "?")} '
-      f'{r0.get("arch", "")} / torch {r0.get("torch", "?")} f32 eager')
+      f'{r0.get("arch", "")} / torch {r0.get("torch", "?")} eager, '
+      + ('f32' if r0.get("precision", "f32") == "f32" else 'torch.autocast("cpu", dtype=torch.bfloat16)')
+      + f'; medmoe --precision {ours[0].get("precision", "f32")} (GEMM {ours[0].get("gemm", "?")})')
 print(f'load average (1/5/15 min) at start {loads.get("load_start", "?")}, at end {loads.get("load_end", "?")}\n')
 
 has_active = len(active) == len(ours)

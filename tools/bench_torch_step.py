@@ -3,8 +3,11 @@
 
 Builds a transformers model (float32, eager attention, CPU) for a preset, then times full training
 steps on random token batches: forward with labels + backward + AdamW step + zero_grad.
+--precision bf16 runs the forward (and so the backward of its ops) under
+torch.autocast("cpu", dtype=torch.bfloat16): matmuls / linears with bf16 operands (oneDNN, AMX where
+the CPU has it), f32 weights, gradients and AdamW state (mixed precision, like moe-cli --precision bf16).
 --warmup untimed steps, then --steps timed steps; step_s is the median. Prints one JSON line:
-  {"bench":"step","impl":"pytorch","preset":..,"batch":..,"seq":..,"threads":..,
+  {"bench":"step","impl":"pytorch","preset":..,"batch":..,"seq":..,"threads":..,"precision":..,
    "tokens_per_s":..,"step_s":..,"peak_rss_mb":..,...}
 tokens_per_s = batch*seq/step_s; peak_rss_mb = getrusage(RUSAGE_SELF).ru_maxrss / 1024.
 
@@ -18,7 +21,7 @@ Presets (the same shapes as configs/presets/):
                      a sigmoid shared_expert_gate [1, D] per layer, dropless routing (no capacity
                      1.25), no z-loss, the plain softmax gradient instead of the straight-through one.
 
-Usage: pyenv/bin/python tools/bench_torch_step.py --preset tiny-dense --batch 8 --seq 256 --threads 2
+Usage: pyenv/bin/python tools/bench_torch_step.py --preset tiny-dense --batch 8 --seq 256 --threads 2 [--precision bf16]
 """
 import argparse
 import os
@@ -39,7 +42,7 @@ PRESETS = {
 
 
 def parse_args():
-    ap = argparse.ArgumentParser(description="transformers Qwen3 / Qwen2MoE f32 training step (reference for moe-cli bench step)")
+    ap = argparse.ArgumentParser(description="transformers Qwen3 / Qwen2MoE f32 or autocast-bf16 training step (reference for moe-cli bench step)")
     ap.add_argument("--preset", default="tiny-dense", choices=sorted(PRESETS))
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
@@ -47,6 +50,8 @@ def parse_args():
     ap.add_argument("--steps", type=int, default=6, help="timed steps")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default="f32", choices=["f32", "bf16"],
+                    help="bf16: forward under torch.autocast('cpu', dtype=torch.bfloat16)")
     a = ap.parse_args()
     for k in ("batch", "seq", "threads", "steps"):
         if getattr(a, k) < 1:
@@ -98,10 +103,12 @@ def main():
     batches = [torch.randint(0, p["vocab_size"], (args.batch, args.seq), generator=g) for _ in range(total)]
 
     rss_setup_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    bf16 = args.precision == "bf16"
     times, losses = [], []
     for i, ids in enumerate(batches):
         t0 = time.perf_counter()
-        out = model(input_ids=ids, labels=ids, use_cache=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(input_ids=ids, labels=ids, use_cache=False)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -114,7 +121,7 @@ def main():
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({
         "bench": "step", "impl": "pytorch", "preset": args.preset,
-        "batch": args.batch, "seq": args.seq, "threads": args.threads,
+        "batch": args.batch, "seq": args.seq, "threads": args.threads, "precision": args.precision,
         "tokens_per_s": round(args.batch * args.seq / step_s, 1),
         "step_s": round(step_s, 6),
         "peak_rss_mb": round(peak_rss_mb, 1),

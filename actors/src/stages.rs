@@ -60,6 +60,8 @@ pub struct RunOptions {
     pub verbose: bool,
     /// Where the training steps run.
     pub device: autograd::Device,
+    /// Operand precision of the training stages' GEMMs (part of their keys when not f32).
+    pub precision: autograd::Precision,
     /// Rebuild the last stage of this run even when it is up to date (beside the finished one,
     /// which is replaced only when the new one is complete).
     pub force: bool,
@@ -96,6 +98,18 @@ pub struct PhaseSummary {
     pub artifacts: BTreeMap<String, String>,
     /// Wall-clock seconds of this stage in this process.
     pub seconds: f64,
+    /// Operand precision of the phase's GEMMs (`f32`, `bf16`; summaries written before it
+    /// existed were f32).
+    #[serde(default = "f32_name")]
+    pub precision: String,
+    /// The GEMM backend that ran them on the machine that built the stage (e.g. `amx-bf16`,
+    /// `bf16-emulated`; empty in older summaries).
+    #[serde(default)]
+    pub gemm_backend: String,
+}
+
+fn f32_name() -> String {
+    autograd::Precision::F32.name().to_string()
 }
 
 /// What one invocation did with a stage (the `stages` list of `<run>/summary.json`).
@@ -345,8 +359,21 @@ impl Pipeline {
             }),
             Stage::P0 | Stage::P1 => serde_json::json!({ "phase": self.phase_config(stage)? }),
         };
+        let key = self.with_precision(stage, key);
         let hash = sha256_hex(key.to_string().as_bytes());
         Ok(Plan { key, hash, inputs: self.inputs_of(stage)? })
+    }
+
+    /// `key` of a training stage with the run's precision when it is not f32 (f32 keys stay as
+    /// they were before precisions existed, so f32 run directories are not rebuilt).
+    fn with_precision(&self, stage: Stage, mut key: serde_json::Value) -> serde_json::Value {
+        let p = self.options.precision;
+        if stage.is_phase() && p != autograd::Precision::F32 {
+            if let Some(map) = key.as_object_mut() {
+                map.insert("precision".to_string(), serde_json::json!(p.name()));
+            }
+        }
+        key
     }
 
     /// Where `stage` stands against `plan`.
@@ -538,6 +565,7 @@ impl Pipeline {
             _ => None,
         };
         let mut trainer = Trainer::new(cfg.clone(), model, teacher)?;
+        trainer.set_precision(self.options.precision)?;
         trainer.set_device(self.options.device)?;
         Ok(trainer)
     }
@@ -634,6 +662,8 @@ impl Pipeline {
                 artifacts.clone(),
                 started.elapsed().as_secs_f64(),
             );
+            summary.precision = self.options.precision.name().to_string();
+            summary.gemm_backend = self.options.precision.backend().name().to_string();
             let (from, to) = (work.display().to_string(), self.dir(phase).display().to_string());
             for a in &mut summary.breaker_actions {
                 if let Some(c) = &mut a.checkpoint {
@@ -719,6 +749,8 @@ pub fn summarise(
         nonfinite_skipped: s.nonfinite_skipped,
         artifacts,
         seconds,
+        precision: f32_name(),
+        gemm_backend: String::new(),
     };
     if let Some(e) = eval {
         summary.dev_ppl = e.dev.per_domain.iter().map(|(d, p)| (d.clone(), p.ppl)).collect();

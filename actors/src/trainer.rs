@@ -11,7 +11,7 @@ use crate::error::{EngineError, Result};
 use crate::phase::{PhaseConfig, PhaseKind};
 use crate::schedule::{lr_at, router_at};
 use autograd::optim::AdamW;
-use autograd::{profile, Device, Tape};
+use autograd::{profile, Compute, Device, Precision, Tape};
 use data::pack::PackedBatch;
 use kernels_cpu::adamw::AdamWConfig;
 use kernels_cpu::moe::RouterStats;
@@ -145,6 +145,8 @@ pub struct Trainer {
     pub state: TrainerState,
     /// Where the step's ops and the AdamW update run.
     device: Device,
+    /// Operand precision of the step's GEMMs (master weights, gradients and AdamW stay f32).
+    precision: Precision,
 }
 
 /// Knobs of a phase at its start.
@@ -247,15 +249,29 @@ impl Trainer {
             finishing: false,
             metrics_lines: None,
         };
-        Ok(Trainer { config, model, teacher, opt, state, device: Device::Cpu })
+        Ok(Trainer { config, model, teacher, opt, state, device: Device::Cpu, precision: Precision::F32 })
     }
 
     /// Runs the step's ops and AdamW on `device` from now on; the typed error of
     /// [`Tape::new_on`] when this build or machine cannot run it.
     pub fn set_device(&mut self, device: Device) -> Result<()> {
-        Tape::new_on(device)?;
+        Tape::new_on(Compute { device, precision: self.precision })?;
         self.device = device;
         Ok(())
+    }
+
+    /// Runs the step's GEMMs at `precision` from now on (bf16: operands rounded to bf16, f32
+    /// accumulation; weights, gradients and AdamW state stay f32); the typed error of
+    /// [`Tape::new_on`] when the trainer's device cannot run it.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        Tape::new_on(Compute { device: self.device, precision })?;
+        self.precision = precision;
+        Ok(())
+    }
+
+    /// The operand precision of the step's GEMMs.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Where the step runs.
@@ -291,16 +307,16 @@ impl Trainer {
         let model = &self.model;
         let (loss, parts, grads) = match (&self.config.distill, &self.teacher) {
             (Some(d), Some(teacher)) => {
-                let th = teacher_hidden(teacher, &batch, fwd.device)?;
+                let th = teacher_hidden(teacher, &batch, fwd.compute())?;
                 let opts =
                     DistillOptions { tau: d.tau, kl_coef: d.kl_coef, ce_coef: d.ce_coef, hidden_l2: d.hidden_l2 };
-                model.gradient(fwd.device, |tape, bound| {
+                model.gradient(fwd.compute(), |tape, bound| {
                     let o = distill_loss(model, tape, bound, &th, teacher, &batch, &targets, fwd, &opts)?;
                     let parts = MicroParts { ce: o.ce, kl: o.kl, lb: o.lb, z: o.z, count: o.count, router: o.router };
                     Ok((o.loss, parts))
                 })?
             }
-            _ => model.gradient(fwd.device, |tape, bound| {
+            _ => model.gradient(fwd.compute(), |tape, bound| {
                 let o = model.loss(tape, bound, &batch, &targets, fwd)?;
                 let parts = MicroParts { ce: o.ce, kl: 0.0, lb: o.lb, z: o.z, count: o.count, router: o.router };
                 Ok((o.loss, parts))
@@ -323,7 +339,8 @@ impl Trainer {
         let mut outs = Vec::with_capacity(micro.len());
         for (j, p) in micro.iter().enumerate() {
             let seed = self.config.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ (step << 8) ^ j as u64;
-            let fwd = ForwardOptions::train(seed, router_training.unwrap_or_default()).on(self.device);
+            let fwd =
+                ForwardOptions::train(seed, router_training.unwrap_or_default()).on(self.device).at(self.precision);
             outs.push(self.micro(p, &fwd)?);
         }
         let count: usize = outs.iter().map(|o| o.parts.count).sum();

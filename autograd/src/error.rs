@@ -35,6 +35,16 @@ pub enum AutogradError {
         /// Why not.
         msg: String,
     },
+    /// A tape was asked for a GEMM precision its device does not run (bf16 runs on the CPU only).
+    #[error("{precision} precision is not supported on the {device} device: {msg}")]
+    PrecisionUnavailable {
+        /// The device asked for.
+        device: crate::tensor::Device,
+        /// The precision asked for (its name).
+        precision: &'static str,
+        /// Why not, and what runs instead.
+        msg: String,
+    },
     /// A GPU kernel (simulated or on a device) refused its launch or failed; on the simulator a
     /// bug (ops check shapes first), on a GPU also a driver or memory failure.
     #[error("{op}: kernel failed: {cause}")]

@@ -20,4 +20,4 @@ pub mod tensor;
 pub use error::AutogradError;
 pub use params::{ParamEntry, ParamTable};
 pub use tape::{Gradients, Tape};
-pub use tensor::{DType, Device, Storage, Tensor};
+pub use tensor::{Compute, DType, Device, Precision, Storage, Tensor};

@@ -4,7 +4,7 @@
 use crate::backend::{self, Backend};
 use crate::error::Result;
 use crate::profile;
-use crate::tensor::{Device, Tensor, TensorId};
+use crate::tensor::{Compute, Device, Precision, Tensor, TensorId};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,20 +51,38 @@ impl Tape {
         Tape { recording: false, backend: cpu(), inner: RefCell::default() }
     }
 
-    /// A recording tape whose ops run on `device`; an error if this build or machine cannot
-    /// run it (`Cuda`: never a panic, also without a driver).
-    pub fn new_on(device: Device) -> Result<Self> {
-        Ok(Tape { backend: backend::for_device(device)?, ..Self::new() })
+    /// A recording tape whose ops run on `on` (a [`Device`], f32, or a [`Compute`] with its
+    /// GEMM precision); an error if this build or machine cannot run it (`Cuda`: never a panic,
+    /// also without a driver; bf16 off the CPU: [`crate::AutogradError::PrecisionUnavailable`]).
+    pub fn new_on(on: impl Into<Compute>) -> Result<Self> {
+        Ok(Tape { backend: backend::for_compute(on.into())?, ..Self::new() })
     }
 
-    /// A no-op tape whose ops run on `device` (see [`Tape::new_on`]).
-    pub fn inference_on(device: Device) -> Result<Self> {
-        Ok(Tape { backend: backend::for_device(device)?, ..Self::inference() })
+    /// A no-op tape whose ops run on `on` (see [`Tape::new_on`]).
+    pub fn inference_on(on: impl Into<Compute>) -> Result<Self> {
+        Ok(Tape { backend: backend::for_compute(on.into())?, ..Self::inference() })
+    }
+
+    /// A recording (or, with `recording == false`, no-op) tape on a given backend (tests and
+    /// benchmarks: e.g. a CPU backend forced onto one GEMM backend).
+    pub fn with_backend(backend: Arc<dyn Backend>, recording: bool) -> Self {
+        let base = if recording { Self::new() } else { Self::inference() };
+        Tape { backend, ..base }
     }
 
     /// Where this tape's ops run.
     pub fn device(&self) -> Device {
         self.backend.device()
+    }
+
+    /// The operand precision of this tape's GEMMs.
+    pub fn precision(&self) -> Precision {
+        self.backend.precision()
+    }
+
+    /// Where and at which precision this tape's ops run (a tape on the same backend kind).
+    pub fn compute(&self) -> Compute {
+        Compute { device: self.device(), precision: self.precision() }
     }
 
     /// The backend this tape's ops run on (ops keep a clone for their backward).

@@ -1,6 +1,7 @@
 //! Tensors: a runtime shape over shared storage, f32 compute.
 
 use half::{bf16, f16};
+pub use kernels_cpu::gemm::Precision;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -26,6 +27,29 @@ impl std::fmt::Display for Device {
             Device::Sim => "sim",
             Device::Cuda => "cuda",
         })
+    }
+}
+
+/// Where a tape's ops run and the precision of their GEMM operands: f32, or bf16 operands with
+/// f32 accumulation (mixed precision: values, gradients and optimiser state stay f32). A
+/// [`Device`] converts into f32 compute on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Compute {
+    /// Where the ops run.
+    pub device: Device,
+    /// Operand precision of the GEMMs.
+    pub precision: Precision,
+}
+
+impl From<Device> for Compute {
+    fn from(device: Device) -> Self {
+        Compute { device, precision: Precision::F32 }
+    }
+}
+
+impl std::fmt::Display for Compute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.device, self.precision.name())
     }
 }
 

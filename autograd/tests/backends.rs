@@ -191,3 +191,33 @@ fn cuda_without_a_usable_gpu_is_a_typed_error() {
         Ok(_) => eprintln!("a CUDA device is present (set MOE_GPU_TESTS=1 to run the parity checks on it)"),
     }
 }
+
+/// Issue 17: bf16 GEMM operands run on the CPU backend only (AMX, or emulated); other devices
+/// refuse the precision with a typed error that names device and precision, never a panic.
+#[test]
+fn bf16_precision_is_a_cpu_backend_and_refused_elsewhere() {
+    use autograd::{Compute, Precision};
+    let f32_tape = Tape::new_on(Device::Cpu).unwrap();
+    assert_eq!(f32_tape.compute(), Compute { device: Device::Cpu, precision: Precision::F32 });
+    let bf16 = Compute { device: Device::Cpu, precision: Precision::Bf16 };
+    assert_eq!(Tape::new_on(bf16).unwrap().compute(), bf16);
+    assert_eq!(Tape::inference_on(bf16).unwrap().precision(), Precision::Bf16);
+    for device in [Device::Sim, Device::Cuda] {
+        let err = Tape::new_on(Compute { device, precision: Precision::Bf16 }).err().expect("refused");
+        assert!(matches!(err, autograd::AutogradError::PrecisionUnavailable { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.starts_with(&format!("bf16 precision is not supported on the {device} device")), "{msg}");
+        assert!(Tape::inference_on(Compute { device, precision: Precision::Bf16 }).is_err());
+    }
+    // A bf16 tape's linear rounds its operands: equal to the f32 product of rounded inputs.
+    let (x, w) = (rand_vec(5 * 40, 1), rand_vec(7 * 40, 2));
+    let rounded = |v: &[f32]| v.iter().map(|&a| kernels_cpu::gemm::bf16::round_bf16(a)).collect::<Vec<f32>>();
+    let lin = |tape: &Tape, x: &[f32], w: &[f32]| {
+        let (x, w) = (Tensor::from_vec(x.to_vec(), &[5, 40]), Tensor::from_vec(w.to_vec(), &[7, 40]));
+        ops::linear(tape, &x, &w).unwrap().to_vec()
+    };
+    let got = lin(&Tape::inference_on(bf16).unwrap(), &x, &w);
+    let want = lin(&Tape::inference(), &rounded(&x), &rounded(&w));
+    kernels_cpu::check::assert_close(&got, &want, 1e-6, 1e-5, "bf16 linear");
+    assert!(rel_norm_err(&got, &lin(&Tape::inference(), &x, &w)) > 0.0, "bf16 linear equals the f32 one");
+}

@@ -23,6 +23,7 @@ fn moe(c: &mut Criterion) {
         router_noise: 0.0,
         seed: 0,
         dense_equivalent: false,
+        gemm: kernels_cpu::gemm::GemmBackend::Auto,
     };
     c.bench_function("moe_forward n2048 d256 e16 w64", |bch| {
         bch.iter(|| moe_forward(MoePath::Fast, &x, &router, &experts, None, dims, &params))

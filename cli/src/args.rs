@@ -57,6 +57,27 @@ pub fn count_usize(s: &str) -> Result<usize, String> {
     usize::try_from(v).map_err(|_| format!("{v} does not fit this machine's address space"))
 }
 
+/// A GEMM precision for `--precision` (`f32`, `bf16`).
+pub fn precision(s: &str) -> Result<autograd::Precision, String> {
+    autograd::Precision::from_name(s.trim()).ok_or_else(|| {
+        let names: Vec<&str> = autograd::Precision::ALL.iter().map(|p| p.name()).collect();
+        format!("`{s}` is not a precision ({})", names.join(", "))
+    })
+}
+
+/// What `--precision` runs on this CPU, for a warning: `Some` when bf16 is emulated (no AMX-BF16:
+/// operands rounded to bf16, products on the f32 kernels, so bf16 numerics at f32 speed or slower).
+pub fn precision_warning(p: autograd::Precision) -> Option<String> {
+    (!p.is_native()).then(|| {
+        format!(
+            "warning: this CPU has no AMX-BF16: --precision {} runs emulated ({}: operands rounded to bf16, \
+             products on the f32 kernels), with bf16 numerics at f32 speed or slower",
+            p.name(),
+            p.backend().name()
+        )
+    })
+}
+
 /// Parameters of a model of `config` (u128: a hostile config cannot overflow the count).
 pub fn param_count(config: &model::config::Qwen3Config, moe: Option<&model::moe_spec::MoeSpec>) -> u128 {
     let numel = |shape: &[usize]| shape.iter().map(|&d| d as u128).product::<u128>();
@@ -153,6 +174,19 @@ mod tests {
         for bad in ["0", "0e3", "1.5", "-3", "1e30", "NaN"] {
             assert!(count(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn precisions_parse_by_name_and_bad_ones_list_the_choices() {
+        assert_eq!(precision("f32"), Ok(autograd::Precision::F32));
+        assert_eq!(precision("bf16"), Ok(autograd::Precision::Bf16));
+        for bad in ["fp16", "BF16", "", "f64"] {
+            let e = precision(bad).unwrap_err();
+            assert!(e.contains("is not a precision (f32, bf16)"), "{bad}: {e}");
+        }
+        assert_eq!(precision_warning(autograd::Precision::F32), None);
+        let native = autograd::Precision::Bf16.is_native();
+        assert_eq!(precision_warning(autograd::Precision::Bf16).is_none(), native);
     }
 
     #[test]

@@ -177,6 +177,40 @@ fn every_model_directory_carries_the_run_tokenizer() {
     }
 }
 
+// Issue 17: the GEMM precision determines a training stage's output, so it is part of its key
+// (f32 keys are unchanged, so f32 run directories are not rebuilt) and recorded in its summary.
+#[test]
+fn a_changed_precision_rebuilds_the_training_stages_and_the_summary_records_it() {
+    let (_tmp, cfg, run) = copy_of_finished();
+    let summary =
+        |p: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    assert_eq!(summary(&run.join("base/summary.json"))["precision"], "f32");
+    let old_base = bytes(&run.join("base/model/model.safetensors"));
+    let err = ok(run_in(&cfg, &run, &["all", "--until", "base"], &["--precision", "bf16"]));
+    assert!(up_to_date(&err, "data"), "{err}");
+    assert!(stage_line(&err, "base").iter().any(|l| l.contains("precision: (none) -> \"bf16\"")), "{err}");
+    assert_ne!(old_base, bytes(&run.join("base/model/model.safetensors")), "the base was not retrained in bf16");
+    for s in [summary(&run.join("base/summary.json")), summary(&run.join("summary.json"))] {
+        assert_eq!(s["precision"], "bf16", "{s}");
+        assert!(["amx-bf16", "bf16-emulated"].contains(&s["gemm_backend"].as_str().unwrap()), "{s}");
+    }
+    // Back to f32: rebuilt again, then up to date.
+    let err = ok(run_in(&cfg, &run, &["all", "--until", "base"], &[]));
+    assert!(stage_line(&err, "base").iter().any(|l| l.contains("precision: \"bf16\" -> (none)")), "{err}");
+    assert_eq!(old_base, bytes(&run.join("base/model/model.safetensors")), "f32 training is deterministic");
+    let err = ok(run_in(&cfg, &run, &["all", "--until", "base"], &["--precision", "f32"]));
+    assert!(up_to_date(&err, "base"), "{err}");
+    // A precision the device cannot run fails before any stage.
+    let err = fails(
+        run_in(&cfg, &run, &["all", "--until", "p1"], &["--precision", "bf16", "--device", "sim"]),
+        &["bf16 precision is not supported on the sim device"],
+    );
+    assert!(!err.contains("stage "), "{err}");
+    let o = run_in(&cfg, &run, &["all"], &["--precision", "fp16"]);
+    assert_eq!(o.status.code(), Some(2), "clap refuses the value: {}", stderr(&o));
+    assert!(stderr(&o).contains("`fp16` is not a precision (f32, bf16)"), "{}", stderr(&o));
+}
+
 // Failure 2: two runs on one directory deleted each other's work.
 #[test]
 fn a_second_run_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over() {

@@ -9,7 +9,7 @@
 //! Work is split into tiles of QB query positions × KB keys (`tile::QB`, `tile::KB`). A query
 //! tile stacks the G = H/KV query heads that share a KV head (row `i*G + hh`), so one K/V tile
 //! serves G heads and the tile products are `[G*QB, Dh] · [Dh, KB]` through
-//! [`matmul_single`]. Per-thread scratch is O(G*QB*(KB + Dh)), whatever T.
+//! `gemm::matmul_with` on one thread (any backend, e.g. bf16). Per-thread scratch is O(G*QB*(KB + Dh)), whatever T.
 //!
 //! - Forward: parallel over (batch, query tile); per KV group, the key tiles up to the diagonal
 //!   update a running max, sum and output (online softmax); `lse = max + ln(sum)` is saved.
@@ -29,10 +29,10 @@ mod naive;
 mod tests;
 mod tile;
 
-pub use backward::attention_backward;
+pub use backward::{attention_backward, attention_backward_with};
 pub use naive::attention_naive;
 
-use crate::gemm::{matmul_single, Trans};
+use crate::gemm::{matmul_with, GemmBackend, Trans};
 use rayon::prelude::*;
 use tile::{fwd_rows, gather_rows, visibility, Scratch, TilePos, Vis, KB, QB};
 
@@ -94,6 +94,8 @@ struct Inputs<'a> {
     v: &'a [f32],
     seg: Option<&'a [u32]>,
     dims: AttnDims,
+    /// Backend of the tile products (one thread each).
+    gemm: GemmBackend,
 }
 
 impl Inputs<'_> {
@@ -152,12 +154,12 @@ impl Inputs<'_> {
                 let n = rows - r0;
                 self.gather_kv(&mut sc.k, &mut sc.v, b, k0, bk, kh);
                 let s = &mut sc.s[..n * bk];
-                a_bt(s, &sc.q[r0 * dh..], &sc.k, n, dh, bk);
+                a_bt(self.gemm, s, &sc.q[r0 * dh..], &sc.k, n, dh, bk);
                 let seg = seg_b.filter(|_| vis == Vis::Seg);
                 let pos = TilePos { q0: qa, g, k0, bk, seg };
                 let acc = &mut acc[r0 * dh..];
                 fwd_rows(&pos, s, &mut sc.m[r0..rows], &mut sc.l[r0..rows], acc, dh);
-                ab_acc(acc, s, &sc.v, n, bk, dh);
+                ab_acc(self.gemm, acc, s, &sc.v, n, bk, dh);
             }
             for (r, a) in acc.chunks_exact(dh).enumerate() {
                 let hd = kh * g + r % g;
@@ -183,6 +185,22 @@ pub fn attention_forward(
     seg: Option<&[u32]>,
     dims: AttnDims,
 ) {
+    attention_forward_with(GemmBackend::Auto, out, lse, q, k, v, seg, dims);
+}
+
+/// [`attention_forward`] with its tile products on `gemm` (a bf16 backend rounds the scaled
+/// queries, keys, the softmax weights and values as GEMM operands; the online softmax stays f32).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_with(
+    gemm: GemmBackend,
+    out: &mut [f32],
+    lse: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seg: Option<&[u32]>,
+    dims: AttnDims,
+) {
     dims.check(q.len(), k.len(), v.len(), seg.map(<[u32]>::len));
     let AttnDims { b: nb, t, h, dh, .. } = dims;
     assert_eq!(out.len(), q.len(), "attention_forward: out is not [B,T,H,Dh]");
@@ -196,7 +214,7 @@ pub fn attention_forward(
         .zip(tile_chunks(&mut lse_bth, t, h, QB))
         .map(|((b, q0, o), (_, _, l))| (b, q0, o, l))
         .collect();
-    let inp = Inputs { q, k, v, seg, dims };
+    let inp = Inputs { q, k, v, seg, dims, gemm };
     tasks
         .into_par_iter()
         .with_max_len(1)
@@ -210,16 +228,16 @@ pub fn attention_forward(
 }
 
 /// `dst[m, n] = a[m, k] · b[n, k]ᵀ` on this thread.
-fn a_bt(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
-    matmul_single(dst, a, b, m, k, n, Trans::No, Trans::Yes, false);
+fn a_bt(gemm: GemmBackend, dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+    matmul_with(gemm, 1, dst, a, b, m, k, n, Trans::No, Trans::Yes, false);
 }
 
 /// `dst[m, n] += a[m, k] · b[k, n]` on this thread.
-fn ab_acc(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
-    matmul_single(dst, a, b, m, k, n, Trans::No, Trans::No, true);
+fn ab_acc(gemm: GemmBackend, dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+    matmul_with(gemm, 1, dst, a, b, m, k, n, Trans::No, Trans::No, true);
 }
 
 /// `dst[m, n] += a[k, m]ᵀ · b[k, n]` on this thread.
-fn at_b_acc(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
-    matmul_single(dst, a, b, m, k, n, Trans::Yes, Trans::No, true);
+fn at_b_acc(gemm: GemmBackend, dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+    matmul_with(gemm, 1, dst, a, b, m, k, n, Trans::Yes, Trans::No, true);
 }

@@ -8,7 +8,7 @@
 //! Shapes: `h [N, D]` final hidden states, `w [V, D]` LM head in HF layout (row per token),
 //! `targets [N]` the token each row must predict, or [`IGNORE_INDEX`].
 
-use crate::gemm::{matmul, Trans};
+use crate::gemm::{matmul_with, GemmBackend, Trans};
 use rayon::prelude::*;
 
 /// Target value of rows that take no part in the loss (HF's `ignore_index`).
@@ -111,13 +111,31 @@ pub fn lm_head_ce_forward(
     v: usize,
     chunk_rows: usize,
 ) {
+    lm_head_ce_forward_with(GemmBackend::Auto, losses, h, w, targets, n, d, v, chunk_rows);
+}
+
+/// [`lm_head_ce_forward`] with its GEMMs on `gemm` (a bf16 backend rounds `h` and `w`; the
+/// softmax and the loss stay f32).
+#[allow(clippy::too_many_arguments)]
+pub fn lm_head_ce_forward_with(
+    gemm: GemmBackend,
+    losses: &mut [f32],
+    h: &[f32],
+    w: &[f32],
+    targets: &[i32],
+    n: usize,
+    d: usize,
+    v: usize,
+    chunk_rows: usize,
+) {
     assert!(losses.len() == n && targets.len() == n && h.len() == n * d && w.len() == v * d);
     let chunk_rows = chunk_rows.max(1);
     let mut logits = vec![0f32; chunk_rows.min(n) * v];
     for start in (0..n).step_by(chunk_rows) {
         let rows = chunk_rows.min(n - start);
         let buf = &mut logits[..rows * v];
-        matmul(buf, &h[start * d..(start + rows) * d], w, rows, d, v, Trans::No, Trans::Yes, false);
+        let threads = rayon::current_num_threads();
+        matmul_with(gemm, threads, buf, &h[start * d..(start + rows) * d], w, rows, d, v, Trans::No, Trans::Yes, false);
         buf.par_chunks_mut(v)
             .zip(losses[start..start + rows].par_iter_mut())
             .zip(targets[start..start + rows].par_iter())
@@ -150,6 +168,26 @@ pub fn lm_head_ce_forward_backward(
     scale: f32,
     chunk_rows: usize,
 ) {
+    lm_head_ce_forward_backward_with(GemmBackend::Auto, losses, dh, dw, h, w, targets, n, d, v, scale, chunk_rows);
+}
+
+/// [`lm_head_ce_forward_backward`] with its three GEMMs on `gemm` (a bf16 backend rounds `h`,
+/// `w` and the logits' gradient as GEMM operands; softmax, loss and gradients stay f32).
+#[allow(clippy::too_many_arguments)]
+pub fn lm_head_ce_forward_backward_with(
+    gemm: GemmBackend,
+    losses: &mut [f32],
+    dh: &mut [f32],
+    dw: &mut [f32],
+    h: &[f32],
+    w: &[f32],
+    targets: &[i32],
+    n: usize,
+    d: usize,
+    v: usize,
+    scale: f32,
+    chunk_rows: usize,
+) {
     assert!(losses.len() == n && targets.len() == n && h.len() == n * d && w.len() == v * d);
     assert!(dh.len() == n * d && dw.len() == v * d);
     let chunk_rows = chunk_rows.max(1);
@@ -158,7 +196,8 @@ pub fn lm_head_ce_forward_backward(
         let rows = chunk_rows.min(n - start);
         let hc = &h[start * d..(start + rows) * d];
         let buf = &mut logits[..rows * v];
-        matmul(buf, hc, w, rows, d, v, Trans::No, Trans::Yes, false);
+        let threads = rayon::current_num_threads();
+        matmul_with(gemm, threads, buf, hc, w, rows, d, v, Trans::No, Trans::Yes, false);
         // The chunk's logits become dlogits = scale * (softmax - onehot) in place.
         buf.par_chunks_mut(v)
             .zip(losses[start..start + rows].par_iter_mut())
@@ -174,8 +213,9 @@ pub fn lm_head_ce_forward_backward(
                     row[t] -= scale;
                 }
             });
-        matmul(&mut dh[start * d..(start + rows) * d], buf, w, rows, v, d, Trans::No, Trans::No, true);
-        matmul(dw, buf, hc, v, rows, d, Trans::Yes, Trans::No, true);
+        let dhc = &mut dh[start * d..(start + rows) * d];
+        matmul_with(gemm, threads, dhc, buf, w, rows, v, d, Trans::No, Trans::No, true);
+        matmul_with(gemm, threads, dw, buf, hc, v, rows, d, Trans::Yes, Trans::No, true);
     }
 }
 

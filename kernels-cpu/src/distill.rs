@@ -15,7 +15,7 @@
 //! rows that take no part (their loss is 0 and they get no gradient).
 
 use crate::cross_entropy::{softmax_in_place, IGNORE_INDEX};
-use crate::gemm::{matmul, Trans};
+use crate::gemm::{matmul_with, GemmBackend, Trans};
 use rayon::prelude::*;
 
 /// Sizes of a distillation call.
@@ -108,6 +108,7 @@ fn kl_row(zs: &mut [f32], zt: &mut [f32], inv_tau: f32) -> f32 {
 /// Student and teacher logits of rows `start .. start + rows` into `bs`, `bt` (`[rows, V]`).
 #[allow(clippy::too_many_arguments)]
 fn chunk_logits(
+    gemm: GemmBackend,
     bs: &mut [f32],
     bt: &mut [f32],
     hs: &[f32],
@@ -119,14 +120,33 @@ fn chunk_logits(
     rows: usize,
 ) {
     let DistillDims { d, dt, v, .. } = dims;
-    matmul(bs, &hs[start * d..(start + rows) * d], ws, rows, d, v, Trans::No, Trans::Yes, false);
-    matmul(bt, &ht[start * dt..(start + rows) * dt], wt, rows, dt, v, Trans::No, Trans::Yes, false);
+    let threads = rayon::current_num_threads();
+    matmul_with(gemm, threads, bs, &hs[start * d..(start + rows) * d], ws, rows, d, v, Trans::No, Trans::Yes, false);
+    matmul_with(gemm, threads, bt, &ht[start * dt..(start + rows) * dt], wt, rows, dt, v, Trans::No, Trans::Yes, false);
 }
 
 /// Per-row distillation losses `kl [N]`: `tau² · KL(p_t ‖ p_s)` for counted rows, 0 for rows
 /// whose target is [`IGNORE_INDEX`], computed chunk by chunk (`chunk_rows` rows at a time).
 #[allow(clippy::too_many_arguments)]
 pub fn lm_head_kl_forward(
+    kl: &mut [f32],
+    hs: &[f32],
+    ws: &[f32],
+    ht: &[f32],
+    wt: &[f32],
+    targets: &[i32],
+    dims: DistillDims,
+    tau: f32,
+    chunk_rows: usize,
+) {
+    lm_head_kl_forward_with(GemmBackend::Auto, kl, hs, ws, ht, wt, targets, dims, tau, chunk_rows);
+}
+
+/// [`lm_head_kl_forward`] with its GEMMs on `gemm` (a bf16 backend rounds the hidden states and
+/// heads; softmaxes and KL stay f32).
+#[allow(clippy::too_many_arguments)]
+pub fn lm_head_kl_forward_with(
+    gemm: GemmBackend,
     kl: &mut [f32],
     hs: &[f32],
     ws: &[f32],
@@ -153,7 +173,7 @@ pub fn lm_head_kl_forward(
             continue;
         }
         let (bs, bt) = (&mut bs[..rows * v], &mut bt[..rows * v]);
-        chunk_logits(bs, bt, hs, ws, ht, wt, dims, start, rows);
+        chunk_logits(gemm, bs, bt, hs, ws, ht, wt, dims, start, rows);
         bs.par_chunks_mut(v).zip(bt.par_chunks_mut(v)).zip(kc.par_iter_mut()).zip(tc.par_iter()).for_each(
             |(((zs, zt), k), &t)| {
                 *k = if t == IGNORE_INDEX { 0.0 } else { tau2 * kl_row(zs, zt, inv_tau) };
@@ -167,6 +187,41 @@ pub fn lm_head_kl_forward(
 /// (pass `scale = 1 / count` for the mean). The teacher gets no gradient.
 #[allow(clippy::too_many_arguments)]
 pub fn lm_head_kl_forward_backward(
+    kl: &mut [f32],
+    dhs: &mut [f32],
+    dws: &mut [f32],
+    hs: &[f32],
+    ws: &[f32],
+    ht: &[f32],
+    wt: &[f32],
+    targets: &[i32],
+    dims: DistillDims,
+    tau: f32,
+    scale: f32,
+    chunk_rows: usize,
+) {
+    lm_head_kl_forward_backward_with(
+        GemmBackend::Auto,
+        kl,
+        dhs,
+        dws,
+        hs,
+        ws,
+        ht,
+        wt,
+        targets,
+        dims,
+        tau,
+        scale,
+        chunk_rows,
+    );
+}
+
+/// [`lm_head_kl_forward_backward`] with its GEMMs on `gemm` (a bf16 backend also rounds the
+/// student logits' gradient as a GEMM operand).
+#[allow(clippy::too_many_arguments)]
+pub fn lm_head_kl_forward_backward_with(
+    gemm: GemmBackend,
     kl: &mut [f32],
     dhs: &mut [f32],
     dws: &mut [f32],
@@ -199,7 +254,7 @@ pub fn lm_head_kl_forward_backward(
             continue;
         }
         let (bs, bt) = (&mut bs[..rows * v], &mut bt[..rows * v]);
-        chunk_logits(bs, bt, hs, ws, ht, wt, dims, start, rows);
+        chunk_logits(gemm, bs, bt, hs, ws, ht, wt, dims, start, rows);
         // The student chunk becomes dlogits = gscale * (p_s − p_t) in place.
         bs.par_chunks_mut(v).zip(bt.par_chunks_mut(v)).zip(kc.par_iter_mut()).zip(tc.par_iter()).for_each(
             |(((zs, zt), k), &t)| {
@@ -215,8 +270,10 @@ pub fn lm_head_kl_forward_backward(
             },
         );
         let hc = &hs[start * d..(start + rows) * d];
-        matmul(&mut dhs[start * d..(start + rows) * d], bs, ws, rows, v, d, Trans::No, Trans::No, true);
-        matmul(dws, bs, hc, v, rows, d, Trans::Yes, Trans::No, true);
+        let threads = rayon::current_num_threads();
+        let dhc = &mut dhs[start * d..(start + rows) * d];
+        matmul_with(gemm, threads, dhc, bs, ws, rows, v, d, Trans::No, Trans::No, true);
+        matmul_with(gemm, threads, dws, bs, hc, v, rows, d, Trans::Yes, Trans::No, true);
     }
 }
 

@@ -85,12 +85,15 @@ pub struct DistillOutput {
     pub router: Vec<RouterStats>,
 }
 
-/// The teacher's final normalised hidden states `[B*T, Dt]` (inference tape on `device`,
-/// evaluation mode), the input [`distill_loss`] expects.
-pub fn teacher_hidden(teacher: &Qwen3, batch: &TokenBatch, device: autograd::Device) -> Result<Vec<f32>> {
-    let tape = Tape::inference_on(device).map_err(ag)?;
+/// The teacher's final normalised hidden states `[B*T, Dt]` (inference tape on `on`: a device,
+/// or a [`autograd::Compute`] with its GEMM precision; evaluation mode), the input
+/// [`distill_loss`] expects.
+pub fn teacher_hidden(teacher: &Qwen3, batch: &TokenBatch, on: impl Into<autograd::Compute>) -> Result<Vec<f32>> {
+    let on = on.into();
+    let tape = Tape::inference_on(on).map_err(ag)?;
     let p = teacher.bind(&tape);
-    let (hidden, _) = teacher.forward_hidden(&tape, &p, batch, &ForwardOptions::eval().on(device))?;
+    let fwd = ForwardOptions::eval().on(on.device).at(on.precision);
+    let (hidden, _) = teacher.forward_hidden(&tape, &p, batch, &fwd)?;
     Ok(hidden.to_vec())
 }
 
@@ -137,7 +140,7 @@ pub fn distill_loss(
     let h_t = Tensor::from_vec(teacher_hidden.to_vec(), &[n, dt]);
     let w_t = teacher_head(teacher)?;
     // Terms with weight 0 run on an inference tape: reported, never differentiated.
-    let off = Tape::inference_on(tape.device()).map_err(ag)?;
+    let off = Tape::inference_on(tape.compute()).map_err(ag)?;
     let tape_for = |coef: f32| if coef > 0.0 { tape } else { &off };
 
     let kd = ops::lm_head_distill(tape_for(opts.kl_coef), &hidden, &bound.lm_head, &h_t, &w_t, targets, opts.tau)

@@ -87,6 +87,18 @@ impl TaylorState {
     /// Folds one batch in: gradients of the loss, then per-neuron `grad * w` sums.
     /// Returns the batch loss.
     pub fn update(&mut self, model: &Qwen3, batch: &crate::TokenBatch, targets: &[i32]) -> Result<f32> {
+        self.update_at(model, batch, targets, autograd::Precision::F32)
+    }
+
+    /// [`TaylorState::update`] with the forward and backward GEMMs at `precision` (bf16: operands
+    /// rounded, f32 accumulation; the gradients and the sums stay f32).
+    pub fn update_at(
+        &mut self,
+        model: &Qwen3,
+        batch: &crate::TokenBatch,
+        targets: &[i32],
+        precision: autograd::Precision,
+    ) -> Result<f32> {
         let c = &model.config;
         if model.moe.is_some() || c.num_hidden_layers != self.layers || c.intermediate_size != self.width {
             return Err(ModelError::Invalid(format!(
@@ -94,7 +106,8 @@ impl TaylorState {
                 self.layers, self.width
             )));
         }
-        let (out, grads) = model.loss_and_grads(batch, targets, &crate::qwen3::ForwardOptions::eval())?;
+        let opts = crate::qwen3::ForwardOptions::eval().at(precision);
+        let (out, grads) = model.loss_and_grads(batch, targets, &opts)?;
         let (loss, count) = (out.loss.item(), out.count);
         let (f, d) = (c.intermediate_size, c.hidden_size);
         let flat = model.params.flat();

@@ -14,7 +14,7 @@ use crate::error::{ModelError, Result};
 use crate::moe_spec::MoeSpec;
 use crate::router_training::RouterTraining;
 use autograd::ops::{self, MoeConfig, MoePath, RouterStats};
-use autograd::{profile, DType, Device, ParamTable, Tape, Tensor};
+use autograd::{profile, Compute, DType, Device, ParamTable, Precision, Tape, Tensor};
 use kernels_cpu::attention::AttnDims;
 use kernels_cpu::rope::RopeTable;
 use std::sync::Arc;
@@ -96,6 +96,8 @@ pub struct ForwardOptions {
     /// model builds the tape itself ([`Qwen3::gradient`], [`Qwen3::loss_and_grads`],
     /// [`Qwen3::logits_with`]); a caller-made tape carries its own device.
     pub device: Device,
+    /// Operand precision of the GEMMs of the tape the model builds itself (as `device`).
+    pub precision: Precision,
 }
 
 impl ForwardOptions {
@@ -107,6 +109,7 @@ impl ForwardOptions {
             moe_path: MoePath::Fast,
             dense_equivalent: false,
             device: Device::Cpu,
+            precision: Precision::F32,
         }
     }
 
@@ -118,6 +121,16 @@ impl ForwardOptions {
     /// The same options with the ops on `device`.
     pub fn on(self, device: Device) -> Self {
         ForwardOptions { device, ..self }
+    }
+
+    /// The same options with the GEMMs at `precision`.
+    pub fn at(self, precision: Precision) -> Self {
+        ForwardOptions { precision, ..self }
+    }
+
+    /// Where and at which precision the model's own tapes run.
+    pub fn compute(&self) -> Compute {
+        Compute { device: self.device, precision: self.precision }
     }
 }
 
@@ -432,18 +445,19 @@ impl Qwen3 {
     }
 
     /// The gradient of an objective with respect to every parameter: a recording tape on
-    /// `device`, the parameters bound as its leaves, `objective` builds the scalar to
+    /// `on` (a device, or a [`Compute`] with its GEMM precision), the parameters bound as its leaves, `objective` builds the scalar to
     /// differentiate (plus whatever the caller wants back), backward, and the gradients
     /// flattened in the layout of `self.params` (profile stage `flatten_grads`). Returns the
     /// objective's value, the caller's extra and the flat gradient. Runs on a worker of the
     /// rayon pool (see `kernels_cpu::pool`).
     pub fn gradient<T: Send>(
         &self,
-        device: Device,
+        on: impl Into<Compute>,
         objective: impl FnOnce(&Tape, &Bound) -> Result<(Tensor, T)> + Send,
     ) -> Result<(f32, T, Vec<f32>)> {
+        let on = on.into();
         kernels_cpu::pool::on_pool(|| {
-            let tape = Tape::new_on(device).map_err(ag)?;
+            let tape = Tape::new_on(on).map_err(ag)?;
             let bound = self.bind(&tape);
             let (loss, extra) = objective(&tape, &bound)?;
             let value = loss.item();
@@ -453,14 +467,15 @@ impl Qwen3 {
         })
     }
 
-    /// [`Qwen3::loss`] and its gradient (flat, layout of `self.params`), on `opts.device`.
+    /// [`Qwen3::loss`] and its gradient (flat, layout of `self.params`), on `opts.device` at
+    /// `opts.precision`.
     pub fn loss_and_grads(
         &self,
         batch: &TokenBatch,
         targets: &[i32],
         opts: &ForwardOptions,
     ) -> Result<(LossOutput, Vec<f32>)> {
-        let (_, out, grads) = self.gradient(opts.device, |tape, bound| {
+        let (_, out, grads) = self.gradient(opts.compute(), |tape, bound| {
             let out = self.loss(tape, bound, batch, targets, opts)?;
             Ok((out.loss.clone(), out))
         })?;
@@ -474,7 +489,7 @@ impl Qwen3 {
 
     /// Logits `[B*T, V]` under `opts` (no tape).
     pub fn logits_with(&self, batch: &TokenBatch, opts: &ForwardOptions) -> Result<Vec<f32>> {
-        let tape = Tape::inference_on(opts.device).map_err(ag)?;
+        let tape = Tape::inference_on(opts.compute()).map_err(ag)?;
         let p = self.bind(&tape);
         let (hidden, _) = self.forward_hidden(&tape, &p, batch, opts)?;
         Ok(ops::linear(&tape, &hidden, &p.lm_head).map_err(ag)?.to_vec())

@@ -1,22 +1,49 @@
-//! [`CpuBackend`]: every op on kernels-cpu (rayon inside the kernels).
+//! [`CpuBackend`]: every op on kernels-cpu (rayon inside the kernels), its GEMMs at the
+//! backend's [`Precision`]: linear layers, the fused LM-head cross-entropy and distillation,
+//! attention tiles and MoE expert GEMMs take the GEMM backend that precision resolves to here
+//! (bf16: AMX tiles, or rounded copies on the f32 kernels where AMX is missing). Everything else
+//! (norms, softmaxes, router, AdamW) stays f32.
 
 use super::{Backend, KernelResult, MoeForwardOut};
-use crate::tensor::Device;
+use crate::tensor::{Device, Precision};
 use kernels_cpu::adamw::AdamWConfig;
 use kernels_cpu::attention::AttnDims;
 use kernels_cpu::distill::{
-    hidden_l2_backward, hidden_l2_forward, lm_head_kl_forward, lm_head_kl_forward_backward, DistillDims,
+    hidden_l2_backward, hidden_l2_forward, lm_head_kl_forward_backward_with, lm_head_kl_forward_with, DistillDims,
 };
-use kernels_cpu::gemm::Trans;
+use kernels_cpu::gemm::{matmul_new_with, matmul_with, GemmBackend, Trans};
 use kernels_cpu::moe::{self, AuxLoss, MoeDims, MoeParams, MoePath, MoeSaved};
 use kernels_cpu::rope::RopeTable;
 use kernels_cpu::{cross_entropy, embedding, rmsnorm, rope, swiglu};
 use std::any::Any;
 use std::sync::Arc;
 
-/// The CPU backend (kernels-cpu).
+/// The CPU backend (kernels-cpu). `Default` is f32.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    precision: Precision,
+    /// The backend every GEMM runs on (resolved once from `precision`, or chosen by a test).
+    gemm: GemmBackend,
+}
+
+impl CpuBackend {
+    /// The CPU backend with GEMMs at `precision` ([`Precision::backend`] on this CPU).
+    pub fn new(precision: Precision) -> Self {
+        CpuBackend { precision, gemm: precision.backend() }
+    }
+
+    /// The CPU backend with every GEMM on `gemm` (tests and benchmarks: e.g. `Bf16Emulated` on
+    /// a CPU with AMX). Panics if `gemm` is not available on this CPU.
+    pub fn with_gemm(gemm: GemmBackend) -> Self {
+        assert!(gemm.is_available(), "GEMM backend {} is not available on this CPU", gemm.name());
+        CpuBackend { precision: if gemm.is_bf16() { Precision::Bf16 } else { Precision::F32 }, gemm }
+    }
+
+    /// The GEMM backend this backend runs.
+    pub fn gemm(&self) -> GemmBackend {
+        self.gemm
+    }
+}
 
 /// The kernels-cpu state of a MoE forward, from `saved` (made by [`CpuBackend::moe_forward`]).
 pub(super) fn cpu_saved(saved: &(dyn Any + Send + Sync)) -> &MoeSaved {
@@ -27,6 +54,10 @@ pub(super) fn cpu_saved(saved: &(dyn Any + Send + Sync)) -> &MoeSaved {
 impl Backend for CpuBackend {
     fn device(&self) -> Device {
         Device::Cpu
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
     }
 
     fn matmul(
@@ -41,7 +72,7 @@ impl Backend for CpuBackend {
         tb: Trans,
         accumulate: bool,
     ) -> KernelResult<()> {
-        kernels_cpu::gemm::matmul(c, a, b, m, k, n, ta, tb, accumulate);
+        matmul_with(self.gemm, rayon::current_num_threads(), c, a, b, m, k, n, ta, tb, accumulate);
         Ok(())
     }
 
@@ -55,7 +86,7 @@ impl Backend for CpuBackend {
         ta: Trans,
         tb: Trans,
     ) -> KernelResult<Vec<f32>> {
-        Ok(kernels_cpu::gemm::matmul_new(a, b, m, k, n, ta, tb))
+        Ok(matmul_new_with(self.gemm, a, b, m, k, n, ta, tb))
     }
 
     fn embedding_forward(&self, out: &mut [f32], ids: &[u32], table: &[f32], d: usize) -> KernelResult<()> {
@@ -133,7 +164,7 @@ impl Backend for CpuBackend {
         seg: Option<&[u32]>,
         dims: AttnDims,
     ) -> KernelResult<()> {
-        kernels_cpu::attention::attention_forward(out, lse, q, k, v, seg, dims);
+        kernels_cpu::attention::attention_forward_with(self.gemm, out, lse, q, k, v, seg, dims);
         Ok(())
     }
 
@@ -151,7 +182,7 @@ impl Backend for CpuBackend {
         seg: Option<&[u32]>,
         dims: AttnDims,
     ) -> KernelResult<()> {
-        kernels_cpu::attention::attention_backward(dq, dk, dv, dout, out, lse, q, k, v, seg, dims);
+        kernels_cpu::attention::attention_backward_with(self.gemm, dq, dk, dv, dout, out, lse, q, k, v, seg, dims);
         Ok(())
     }
 
@@ -213,10 +244,10 @@ impl Backend for CpuBackend {
     ) -> KernelResult<()> {
         let n = targets.len();
         match grads {
-            Some((dh, dw)) => {
-                cross_entropy::lm_head_ce_forward_backward(losses, dh, dw, h, w, targets, n, d, v, scale, chunk)
-            }
-            None => cross_entropy::lm_head_ce_forward(losses, h, w, targets, n, d, v, chunk),
+            Some((dh, dw)) => cross_entropy::lm_head_ce_forward_backward_with(
+                self.gemm, losses, dh, dw, h, w, targets, n, d, v, scale, chunk,
+            ),
+            None => cross_entropy::lm_head_ce_forward_with(self.gemm, losses, h, w, targets, n, d, v, chunk),
         }
         Ok(())
     }
@@ -253,10 +284,10 @@ impl Backend for CpuBackend {
         chunk: usize,
     ) -> KernelResult<()> {
         match grads {
-            Some((dhs, dws)) => {
-                lm_head_kl_forward_backward(kl, dhs, dws, hs, ws, ht, wt, targets, dims, tau, scale, chunk)
-            }
-            None => lm_head_kl_forward(kl, hs, ws, ht, wt, targets, dims, tau, chunk),
+            Some((dhs, dws)) => lm_head_kl_forward_backward_with(
+                self.gemm, kl, dhs, dws, hs, ws, ht, wt, targets, dims, tau, scale, chunk,
+            ),
+            None => lm_head_kl_forward_with(self.gemm, kl, hs, ws, ht, wt, targets, dims, tau, chunk),
         }
         Ok(())
     }
@@ -271,7 +302,8 @@ impl Backend for CpuBackend {
         path: MoePath,
         params: &MoeParams,
     ) -> KernelResult<MoeForwardOut> {
-        let f = moe::moe_forward(path, x, router, experts, bias, dims, params);
+        let params = MoeParams { gemm: self.gemm, ..*params };
+        let f = moe::moe_forward(path, x, router, experts, bias, dims, &params);
         Ok(MoeForwardOut {
             out: f.out,
             logits: f.logits,

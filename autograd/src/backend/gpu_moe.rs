@@ -82,7 +82,7 @@ pub(super) fn moe_forward<L: Launcher>(
     cfg: &MoeParams,
 ) -> KernelResult<MoeForwardOut> {
     if !supported(path, cfg) {
-        return CpuBackend.moe_forward(x, router, experts, bias, dims, path, cfg);
+        return CpuBackend::default().moe_forward(x, router, experts, bias, dims, path, cfg);
     }
     let MoeDims { n, d, e, w } = dims;
     let mut logits = vec![0f32; n * e];
@@ -172,7 +172,7 @@ pub(super) fn backward_logits<L: Launcher>(
     dims: MoeDims,
 ) -> KernelResult<()> {
     if kernel_saved(saved).is_none() {
-        return CpuBackend.moe_backward_logits(dx, drouter, dlogits, x, router, saved, dims);
+        return CpuBackend::default().moe_backward_logits(dx, drouter, dlogits, x, router, saved, dims);
     }
     let MoeDims { n, d, e, .. } = dims;
     gpu::matmul(l, dx, dlogits, router, n, e, d, Trans::No, Trans::No, true)?;
@@ -192,7 +192,7 @@ pub(super) fn backward_out_logits<L: Launcher>(
     dims: MoeDims,
 ) -> KernelResult<()> {
     let Some(s) = kernel_saved(saved) else {
-        return CpuBackend.moe_backward_out_logits(dx, dlogits, dexperts, dout, x, experts, saved, dims);
+        return CpuBackend::default().moe_backward_out_logits(dx, dlogits, dexperts, dout, x, experts, saved, dims);
     };
     let MoeDims { n, d, e, w } = dims;
     let nk = s.order.len();
@@ -231,7 +231,7 @@ pub(super) fn backward_aux_logits<L: Launcher>(
     dims: MoeDims,
 ) -> KernelResult<()> {
     let Some(s) = kernel_saved(saved) else {
-        return CpuBackend.moe_backward_aux_logits(dlogits, which, dloss, saved, dims);
+        return CpuBackend::default().moe_backward_aux_logits(dlogits, which, dloss, saved, dims);
     };
     let (dlb, dz) = match which {
         AuxLoss::LoadBalance => (dloss, 0.0),

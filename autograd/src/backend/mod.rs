@@ -24,7 +24,7 @@ pub use cpu::CpuBackend;
 pub use gpu::GpuBackend;
 
 use crate::error::{AutogradError, Result};
-use crate::tensor::Device;
+use crate::tensor::{Compute, Device, Precision};
 use kernels_cpu::adamw::AdamWConfig;
 use kernels_cpu::attention::AttnDims;
 use kernels_cpu::distill::DistillDims;
@@ -61,6 +61,11 @@ pub struct MoeForwardOut {
 pub trait Backend: Send + Sync {
     /// The device this backend runs on.
     fn device(&self) -> Device;
+
+    /// The operand precision of this backend's GEMMs (f32 unless it says otherwise).
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
 
     /// `c [M, N] (+)= op(a) · op(b)` (kernels-cpu `gemm::matmul`).
     fn matmul(
@@ -292,11 +297,31 @@ pub fn for_device(device: Device) -> Result<Arc<dyn Backend>> {
     static CPU: OnceLock<Arc<dyn Backend>> = OnceLock::new();
     static SIM: OnceLock<Arc<dyn Backend>> = OnceLock::new();
     match device {
-        Device::Cpu => Ok(CPU.get_or_init(|| Arc::new(CpuBackend)).clone()),
+        Device::Cpu => Ok(CPU.get_or_init(|| Arc::new(CpuBackend::default())).clone()),
         Device::Sim => {
             Ok(SIM.get_or_init(|| Arc::new(GpuBackend::new(kernels_gpu::launcher::SimLauncher, Device::Sim))).clone())
         }
         Device::Cuda => cuda_backend(),
+    }
+}
+
+/// The backend of `compute`: [`for_device`] for f32; bf16 runs on the CPU only (AMX tiles, or
+/// emulated on the f32 kernels where the CPU lacks AMX), other devices are refused with
+/// [`AutogradError::PrecisionUnavailable`].
+pub fn for_compute(compute: Compute) -> Result<Arc<dyn Backend>> {
+    static CPU_BF16: OnceLock<Arc<dyn Backend>> = OnceLock::new();
+    match (compute.device, compute.precision) {
+        (device, Precision::F32) => for_device(device),
+        (Device::Cpu, Precision::Bf16) => {
+            Ok(CPU_BF16.get_or_init(|| Arc::new(CpuBackend::new(Precision::Bf16))).clone())
+        }
+        (device, precision) => Err(AutogradError::PrecisionUnavailable {
+            device,
+            precision: precision.name(),
+            msg: "bf16 mixed precision runs on the cpu device only (the GPU path's dense GEMMs are f32); \
+                  use the cpu device or f32"
+                .into(),
+        }),
     }
 }
 

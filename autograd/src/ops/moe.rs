@@ -91,6 +91,8 @@ impl MoeConfig {
             router_noise: if training { self.router_noise } else { 0.0 },
             seed,
             dense_equivalent: self.dense_equivalent,
+            // The backend sets the precision of the expert GEMMs.
+            ..MoeParams::default()
         }
     }
 }

@@ -7,7 +7,7 @@ use actors::batches::LoaderCursor;
 use actors::phase::PhaseConfig;
 use actors::trainer::Trainer;
 use anyhow::{bail, Context, Result};
-use autograd::{DType, Device};
+use autograd::{DType, Device, Precision};
 use data::pack::PackedBatch;
 use kernels_cpu::check::rand_vec;
 use kernels_cpu::gemm::{matmul, Trans};
@@ -61,6 +61,10 @@ enum What {
         /// Where the step runs: cpu, sim (the GPU kernels in the simulator: slow), cuda.
         #[arg(long, default_value = "cpu", value_parser = crate::device::parse_device)]
         device: Device,
+        /// GEMM operand precision: f32, or bf16 (bf16 operands, f32 accumulation; AMX tiles
+        /// where the CPU has them, else emulated at f32 speed; cpu device only).
+        #[arg(long, default_value = "f32", value_parser = crate::args::precision)]
+        precision: Precision,
     },
 }
 
@@ -68,8 +72,9 @@ enum What {
 pub fn run(a: Args, threads: usize) -> Result<()> {
     match a.what {
         What::Gemm { shapes, reps } => bench_gemm(&shapes, reps, threads),
-        What::Step { preset, batch, seq, steps, warmup, profile, device } => {
-            bench_step(&StepBench { preset: &preset, b: batch, t: seq, steps, warmup, profile, device }, threads)
+        What::Step { preset, batch, seq, steps, warmup, profile, device, precision } => {
+            let sb = StepBench { preset: &preset, b: batch, t: seq, steps, warmup, profile, device, precision };
+            bench_step(&sb, threads)
         }
     }
 }
@@ -135,6 +140,7 @@ struct StepBench<'a> {
     warmup: usize,
     profile: bool,
     device: Device,
+    precision: Precision,
 }
 
 /// The phase `bench step` trains: one micro-batch of `b` x `t` per optimiser step, `steps`
@@ -173,7 +179,7 @@ fn random_batch(b: usize, t: usize, v: u32, seed: u64) -> PackedBatch {
 }
 
 fn bench_step(sb: &StepBench, threads: usize) -> Result<()> {
-    let StepBench { preset, b, t, steps, warmup, profile, device } = *sb;
+    let StepBench { preset, b, t, steps, warmup, profile, device, precision } = *sb;
     let config = preset_config(preset)?;
     if t > config.max_position_embeddings {
         bail!("--seq {t} exceeds the preset's max_position_embeddings {}", config.max_position_embeddings);
@@ -195,7 +201,11 @@ fn bench_step(sb: &StepBench, threads: usize) -> Result<()> {
     let model = Qwen3::from_init(config, moe, DType::F32, qwen3_init(0, 0.02));
     let params = model.params.numel();
     let mut trainer = Trainer::new(phase, model, None)?;
+    trainer.set_precision(precision)?;
     trainer.set_device(device)?;
+    if let Some(w) = crate::args::precision_warning(precision) {
+        eprintln!("{w}");
+    }
     let moe_json = trainer.model.moe.as_ref().map(|m| {
         let capacity = trainer.router_training_at(0).and_then(|r| r.capacity_factor);
         json!({"experts": m.num_experts, "expert_width": m.expert_width, "shared_width": m.shared_width,
@@ -226,7 +236,8 @@ fn bench_step(sb: &StepBench, threads: usize) -> Result<()> {
         "{}",
         json!({
             "bench": "step", "impl": "medmoe", "preset": preset, "batch": b, "seq": t, "threads": threads,
-            "device": device.to_string(), "tokens_per_s": (b * t) as f64 / step_s, "step_s": step_s,
+            "device": device.to_string(), "precision": precision.name(), "gemm": precision.backend().name(),
+            "tokens_per_s": (b * t) as f64 / step_s, "step_s": step_s,
             "peak_rss_mb": peak_rss_mb(), "loss": last_loss, "min_step_s": min_step_s, "all_step_s": all_step_s,
             "params": params, "moe": moe_json, "profile": profile_json,
         })

@@ -50,6 +50,10 @@ pub struct Args {
     /// Replace an existing `--out` file (without --resume).
     #[arg(long)]
     pub force: bool,
+    /// GEMM operand precision of the gradient passes: f32, or bf16 (bf16 operands, f32
+    /// accumulation and scores; AMX tiles where the CPU has them, else emulated at f32 speed).
+    #[arg(long, default_value = "f32", value_parser = crate::args::precision)]
+    pub precision: autograd::Precision,
 }
 
 /// `--form` values.
@@ -71,6 +75,9 @@ pub fn run(a: Args) -> Result<()> {
     inputs.extend(a.tokenizer.as_deref());
     // --resume continues (and so rewrites) its own --out.
     crate::args::check_output(&a.out, &inputs, a.force || (a.resume && a.data != "magnitude"))?;
+    if let Some(w) = crate::args::precision_warning(a.precision) {
+        eprintln!("{w}");
+    }
     let model = Qwen3::load(&a.model)?;
     let form = match a.form {
         Form::First => TaylorForm::First,
@@ -79,6 +86,7 @@ pub fn run(a: Args) -> Result<()> {
     let (l, f) = (model.config.num_hidden_layers, model.config.intermediate_size);
     let mut meta = HashMap::new();
     meta.insert("model".to_string(), a.model.display().to_string());
+    meta.insert("precision".to_string(), a.precision.name().to_string());
     if a.data == "magnitude" {
         // Data-free: one "batch" whose scores are the weight magnitudes.
         let mut state = TaylorState::new(l, f, 0.0);
@@ -123,6 +131,14 @@ pub fn run(a: Args) -> Result<()> {
         if (state.layers, state.width) != (l, f) {
             bail!("{} is for [{}, {}], the model needs [{l}, {f}]", a.out.display(), state.layers, state.width);
         }
+        // Files written before --precision existed were f32.
+        let was = old.get("precision").map_or("f32", String::as_str);
+        if was != a.precision.name() {
+            bail!(
+                "{} was computed at --precision {was}; resume it with the same precision (or start over with --force)",
+                a.out.display()
+            );
+        }
         let cursor: u64 = old.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
         (state, cursor)
     } else {
@@ -136,7 +152,7 @@ pub fn run(a: Args) -> Result<()> {
     while cursor < limit {
         let end = (cursor + a.batch as u64).min(limit);
         let (batch, targets) = source.batch(cursor, end)?;
-        let loss = state.update(&model, &batch, &targets)?;
+        let loss = state.update_at(&model, &batch, &targets, a.precision)?;
         cursor = end;
         pb.set_message(format!("loss {loss:.3}"));
         pb.inc(1);

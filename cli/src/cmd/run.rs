@@ -36,6 +36,11 @@ struct Common {
     /// Where the training steps run: cpu, sim (the GPU kernels in the simulator: slow), cuda.
     #[arg(long, default_value = "cpu", value_parser = crate::device::parse_device)]
     device: autograd::Device,
+    /// GEMM operand precision of the training stages: f32, or bf16 (bf16 operands, f32
+    /// accumulation, f32 weights / gradients / AdamW; AMX tiles where the CPU has them, else
+    /// emulated at f32 speed; cpu device only). Part of the training stages' keys.
+    #[arg(long, default_value = "f32", value_parser = crate::args::precision)]
+    precision: autograd::Precision,
 }
 
 #[derive(clap::Subcommand)]
@@ -101,6 +106,7 @@ pub fn run(a: Args) -> Result<()> {
         faults: faults_from_env(),
         verbose: true,
         device: common.device,
+        precision: common.precision,
         force: common.force,
         config_source: common.config.as_ref().map_or("configs/runs/tiny.json".into(), |p| p.display().to_string()),
     };
@@ -108,8 +114,12 @@ pub fn run(a: Args) -> Result<()> {
     let pipeline = Pipeline { root: common.run_dir.clone(), config, options };
     pipeline.validate(actors::manifest::Stage::from_name(&until)?)?;
     check_memory(&pipeline.config, &pipeline.options.config_source)?;
-    // A device this build or machine cannot run fails now, not after the data and base stages.
-    autograd::Tape::new_on(common.device)?;
+    // A device (or precision) this build or machine cannot run fails now, not after the data and
+    // base stages.
+    autograd::Tape::new_on(autograd::Compute { device: common.device, precision: common.precision })?;
+    if let Some(w) = crate::args::precision_warning(common.precision) {
+        eprintln!("{w}");
+    }
     let summary = pipeline.run_until(&until)?;
     if let Some(s) = summary {
         print_summary(&s);
@@ -142,6 +152,10 @@ fn check_memory(c: &RunConfig, source: &str) -> Result<()> {
 
 fn print_summary(s: &PhaseSummary) {
     println!("phase      {} ({} steps, {} tokens, {:.1} s)", s.phase, s.steps, s.tokens, s.seconds);
+    match s.gemm_backend.as_str() {
+        "" => println!("precision  {}", s.precision),
+        gemm => println!("precision  {} (GEMM backend {gemm})", s.precision),
+    }
     println!("loss       {:.4}", s.final_loss);
     for (d, p) in &s.dev_ppl {
         println!("dev ppl    {d:<14} {p:>8.2}");

@@ -12,6 +12,7 @@
 
 use super::tile::{self, bwd_rows, Scratch, TilePos, Vis, KB, QB};
 use super::{a_bt, ab_acc, at_b_acc, tile_chunks, AttnDims, Inputs};
+use crate::gemm::GemmBackend;
 use rayon::prelude::*;
 
 /// Which backward schedule runs.
@@ -51,13 +52,34 @@ pub fn attention_backward(
     seg: Option<&[u32]>,
     dims: AttnDims,
 ) {
+    attention_backward_with(GemmBackend::Auto, dq, dk, dv, dout, out, lse, q, k, v, seg, dims);
+}
+
+/// [`attention_backward`] with its tile products on `gemm` (a bf16 backend rounds their
+/// operands, the recomputed softmax weights and their gradients included).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_with(
+    gemm: GemmBackend,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dout: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seg: Option<&[u32]>,
+    dims: AttnDims,
+) {
     let path = BwdPath::choose(dims.b * dims.kv, rayon::current_num_threads());
-    backward_with(path, dq, dk, dv, dout, out, lse, q, k, v, seg, dims);
+    backward_with(gemm, path, dq, dk, dv, dout, out, lse, q, k, v, seg, dims);
 }
 
 /// [`attention_backward`] on a chosen schedule.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward_with(
+    gemm: GemmBackend,
     path: BwdPath,
     dq: &mut [f32],
     dk: &mut [f32],
@@ -92,7 +114,7 @@ pub(super) fn backward_with(
             *x = tile::dot(&dout[o..o + dh], &out[o..o + dh]);
         }
     });
-    let inp = Inputs { q, k, v, seg, dims };
+    let inp = Inputs { q, k, v, seg, dims, gemm };
     let bwd = Bwd { inp, dout, lse, dvec: &dvec };
     let scratch = || Scratch::new(g, dh);
     match path {
@@ -193,8 +215,8 @@ impl Bwd<'_> {
         let g = self.inp.dims.group();
         let s = &mut sc.s[..n * bk];
         let dp = &mut sc.dp[..n * bk];
-        a_bt(s, &sc.q[r0 * dh..], &sc.k, n, dh, bk);
-        a_bt(dp, &sc.d_o[r0 * dh..], &sc.v, n, dh, bk);
+        a_bt(self.inp.gemm, s, &sc.q[r0 * dh..], &sc.k, n, dh, bk);
+        a_bt(self.inp.gemm, dp, &sc.d_o[r0 * dh..], &sc.v, n, dh, bk);
         let seg = self.inp.seg_b(b).filter(|_| vis == Vis::Seg);
         let pos = TilePos { q0: qa, g, k0, bk, seg };
         bwd_rows(&pos, s, dp, &sc.m[r0..r0 + n], &sc.l[r0..r0 + n]);
@@ -228,7 +250,7 @@ impl Bwd<'_> {
                 let n = rows - r0;
                 self.inp.gather_kv(&mut sc.k, &mut sc.v, b, k0, bk, kh);
                 self.probs_and_grads(sc, b, qa, r0, n, k0, bk, vis);
-                ab_acc(&mut sc.acc[r0 * dh..], &sc.dp[..n * bk], &sc.k, n, bk, dh);
+                ab_acc(self.inp.gemm, &mut sc.acc[r0 * dh..], &sc.dp[..n * bk], &sc.k, n, bk, dh);
             }
             let pieces = c.chunks_exact_mut(h * dh).map(|p| &mut p[kh * g * dh..][..g * dh]);
             self.add_dq(&sc.acc[..rows * dh], pieces);
@@ -256,8 +278,8 @@ impl Bwd<'_> {
                 self.probs_and_grads(sc, b, qa, 0, n, k0, bkq, vis);
                 let (p, ds) = (&sc.s[..n * bkq], &sc.dp[..n * bkq]);
                 // dV += Pᵀ·dO and dK += dSᵀ·(scale Q): the stacking sums over the group's heads.
-                at_b_acc(&mut sc.acc2, p, &sc.d_o, bkq, n, dh);
-                at_b_acc(&mut sc.acc, ds, &sc.q, bkq, n, dh);
+                at_b_acc(self.inp.gemm, &mut sc.acc2, p, &sc.d_o, bkq, n, dh);
+                at_b_acc(self.inp.gemm, &mut sc.acc, ds, &sc.q, bkq, n, dh);
             }
             let (da, va) = (&sc.acc[..bk * dh], &sc.acc2[..bk * dh]);
             for (j, (a, w)) in da.chunks_exact(dh).zip(va.chunks_exact(dh)).enumerate() {
@@ -291,9 +313,9 @@ impl Bwd<'_> {
                 self.inp.gather_kv(&mut sc.k, &mut sc.v, b, k0, bk, kh);
                 self.probs_and_grads(sc, b, qa, r0, n, k0, bk, vis);
                 let (p, ds) = (&sc.s[..n * bk], &sc.dp[..n * bk]);
-                ab_acc(&mut sc.acc[r0 * dh..], ds, &sc.k, n, bk, dh);
-                at_b_acc(&mut dv_acc[k0 * dh..], p, &sc.d_o[r0 * dh..], bk, n, dh);
-                at_b_acc(&mut dk_acc[k0 * dh..], ds, &sc.q[r0 * dh..], bk, n, dh);
+                ab_acc(self.inp.gemm, &mut sc.acc[r0 * dh..], ds, &sc.k, n, bk, dh);
+                at_b_acc(self.inp.gemm, &mut dv_acc[k0 * dh..], p, &sc.d_o[r0 * dh..], bk, n, dh);
+                at_b_acc(self.inp.gemm, &mut dk_acc[k0 * dh..], ds, &sc.q[r0 * dh..], bk, n, dh);
             }
             let pieces = dq_rows[q0..q1].iter_mut().map(|p| &mut **p);
             self.add_dq(&sc.acc[..nrows * dh], pieces);

@@ -50,7 +50,7 @@ fn backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (out, lse) = forward(q, k, v, seg, d);
     let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
-    backward_with(path, &mut dq, &mut dk, &mut dv, dout, &out, &lse, q, k, v, seg, d);
+    backward_with(GemmBackend::Auto, path, &mut dq, &mut dk, &mut dv, dout, &out, &lse, q, k, v, seg, d);
     (dq, dk, dv)
 }
 
@@ -216,7 +216,7 @@ fn backward_accumulates() {
         let [mut dq, mut dk, mut dv] = init.clone();
         for _ in 0..2 {
             let (dq, dk, dv) = (&mut dq, &mut dk, &mut dv);
-            backward_with(path, dq, dk, dv, &r, &out, &lse, &q, &k, &v, Some(&seg), d);
+            backward_with(GemmBackend::Auto, path, dq, dk, dv, &r, &out, &lse, &q, &k, &v, Some(&seg), d);
         }
         let got = [("dq", &dq, &gq), ("dk", &dk, &gk), ("dv", &dv, &gv)];
         for ((name, got, g), init) in got.into_iter().zip(&init) {

@@ -7,17 +7,38 @@
 //! `[2W, D]` matrix `gu` and one GEMM: `hgu = x · guᵀ`, `y = a · downᵀ`; backward
 //! `dgu += dhguᵀ · x`, `dx += dhgu · gu` (4 GEMMs instead of 6).
 //!
-//! Scheduling: experts run in a rayon loop, each on one thread ([`matmul_single`]); an expert
-//! holding more than one thread's share of the rows runs first, alone, on all threads
-//! ([`matmul`]), so one dominant expert does not serialise the layer.
+//! Scheduling: experts run in a rayon loop, each on one thread; an expert holding more than one
+//! thread's share of the rows runs first, alone, on all threads, so one dominant expert does not
+//! serialise the layer. Every GEMM runs on the caller's [`GemmBackend`] (f32 or bf16 operands).
 
 use crate::buffer::zeroed;
-use crate::gemm::{matmul, matmul_single, Trans};
+use crate::gemm::{matmul_with, GemmBackend, Trans};
 use crate::swiglu::{swiglu_fused_backward, swiglu_fused_forward};
 use rayon::prelude::*;
 
-/// `matmul` or `matmul_single`.
-type Matmul = fn(&mut [f32], &[f32], &[f32], usize, usize, usize, Trans, Trans, bool);
+/// `dst (+)= op(a) · op(b)` on the scheduled number of threads.
+struct Matmul {
+    gemm: GemmBackend,
+    threads: usize,
+}
+
+impl Matmul {
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        dst: &mut [f32],
+        a: &[f32],
+        b: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: Trans,
+        tb: Trans,
+        acc: bool,
+    ) {
+        matmul_with(self.gemm, self.threads, dst, a, b, m, k, n, ta, tb, acc);
+    }
+}
 
 /// Splits `buf` [Nk, width] into the per-expert blocks given by `offsets`.
 fn blocks_mut<'a>(mut buf: &'a mut [f32], offsets: &[usize], width: usize) -> Vec<&'a mut [f32]> {
@@ -34,18 +55,23 @@ fn block<'a>(buf: &'a [f32], offsets: &[usize], i: usize, width: usize) -> &'a [
     &buf[offsets[i] * width..offsets[i + 1] * width]
 }
 
-/// Runs `job(i, matmul)` for experts too big to share the threads, then `job(i, matmul_single)`
-/// for the others in parallel; experts without rows are skipped.
-fn schedule<J: Send>(jobs: Vec<(usize, J)>, offsets: &[usize], run: impl Fn(usize, J, Matmul) + Sync) {
+/// Runs `job(i, all threads)` for experts too big to share the threads, then `job(i, one
+/// thread)` for the others in parallel; experts without rows are skipped.
+fn schedule<J: Send>(
+    gemm: GemmBackend,
+    jobs: Vec<(usize, J)>,
+    offsets: &[usize],
+    run: impl Fn(usize, J, &Matmul) + Sync,
+) {
     let total = offsets[offsets.len() - 1];
     let threads = rayon::current_num_threads();
     let rows = |i: usize| offsets[i + 1] - offsets[i];
     let (heavy, light): (Vec<_>, Vec<_>) =
         jobs.into_iter().filter(|(i, _)| rows(*i) > 0).partition(|(i, _)| threads > 1 && rows(*i) * threads > total);
     for (i, job) in heavy {
-        run(i, job, matmul);
+        run(i, job, &Matmul { gemm, threads });
     }
-    light.into_par_iter().for_each(|(i, job)| run(i, job, matmul_single));
+    light.into_par_iter().for_each(|(i, job)| run(i, job, &Matmul { gemm, threads: 1 }));
 }
 
 /// The weight matrices of one expert: (gate and up fused [2W, D], down [D, W]).
@@ -53,9 +79,10 @@ fn split_weights(wts: &[f32], w: usize, d: usize) -> (&[f32], &[f32]) {
     wts.split_at(2 * w * d)
 }
 
-/// Forward of every expert on its rows: fills `y` and the saved `hgu`, `a`.
+/// Forward of every expert on its rows: fills `y` and the saved `hgu`, `a`; GEMMs on `gemm`.
 #[allow(clippy::too_many_arguments)]
 pub fn experts_forward(
+    gemm: GemmBackend,
     y: &mut [f32],
     hgu: &mut [f32],
     a: &mut [f32],
@@ -74,19 +101,21 @@ pub fn experts_forward(
         .zip(blocks_mut(hgu, offsets, 2 * w).into_iter().zip(blocks_mut(a, offsets, w)))
         .enumerate()
         .collect();
-    schedule(jobs, offsets, |i, (y, (hgu, a)), mm| {
+    schedule(gemm, jobs, offsets, |i, (y, (hgu, a)), mm| {
         let n = offsets[i + 1] - offsets[i];
         let x = block(xp, offsets, i, d);
         let (gu, down) = split_weights(&experts[i * 3 * w * d..(i + 1) * 3 * w * d], w, d);
-        mm(hgu, x, gu, n, d, 2 * w, Trans::No, Trans::Yes, false);
+        mm.run(hgu, x, gu, n, d, 2 * w, Trans::No, Trans::Yes, false);
         swiglu_fused_forward(a, hgu, w);
-        mm(y, a, down, n, w, d, Trans::No, Trans::Yes, false);
+        mm.run(y, a, down, n, w, d, Trans::No, Trans::Yes, false);
     });
 }
 
-/// Backward of every expert: accumulates `dxp` [Nk, D] and `dexperts` [E, 3*W*D] from `dy`.
+/// Backward of every expert: accumulates `dxp` [Nk, D] and `dexperts` [E, 3*W*D] from `dy`;
+/// GEMMs on `gemm`.
 #[allow(clippy::too_many_arguments)]
 pub fn experts_backward(
+    gemm: GemmBackend,
     dxp: &mut [f32],
     dexperts: &mut [f32],
     dy: &[f32],
@@ -104,18 +133,18 @@ pub fn experts_backward(
     assert!(dexperts.len() == experts.len(), "experts: dexperts is not [E, 3*W*D]");
     let jobs: Vec<_> =
         blocks_mut(dxp, offsets, d).into_iter().zip(dexperts.chunks_mut(3 * w * d)).enumerate().collect();
-    schedule(jobs, offsets, |i, (dx, dwts), mm| {
+    schedule(gemm, jobs, offsets, |i, (dx, dwts), mm| {
         let n = offsets[i + 1] - offsets[i];
         let (x, dy) = (block(xp, offsets, i, d), block(dy, offsets, i, d));
         let (hgu, a) = (block(hgu, offsets, i, 2 * w), block(a, offsets, i, w));
         let (gu, down) = split_weights(&experts[i * 3 * w * d..(i + 1) * 3 * w * d], w, d);
         let (dgu, ddown) = dwts.split_at_mut(2 * w * d);
         let mut da = zeroed(n * w);
-        mm(&mut da, dy, down, n, d, w, Trans::No, Trans::No, false);
-        mm(ddown, dy, a, d, n, w, Trans::Yes, Trans::No, true);
+        mm.run(&mut da, dy, down, n, d, w, Trans::No, Trans::No, false);
+        mm.run(ddown, dy, a, d, n, w, Trans::Yes, Trans::No, true);
         let mut dhgu = zeroed(n * 2 * w);
         swiglu_fused_backward(&mut dhgu, &da, hgu, w);
-        mm(dgu, &dhgu, x, 2 * w, n, d, Trans::Yes, Trans::No, true);
-        mm(dx, &dhgu, gu, n, 2 * w, d, Trans::No, Trans::No, true);
+        mm.run(dgu, &dhgu, x, 2 * w, n, d, Trans::Yes, Trans::No, true);
+        mm.run(dx, &dhgu, gu, n, 2 * w, d, Trans::No, Trans::No, true);
     });
 }

@@ -88,7 +88,7 @@ pub(super) fn fast_forward(
     let mut xp = zeroed(nk * d);
     gather_rows_forward(&mut xp, x, &order, d);
     let (mut y, mut hgu, mut a) = (zeroed(nk * d), zeroed(nk * 2 * w), zeroed(nk * w));
-    experts_forward(&mut y, &mut hgu, &mut a, &xp, experts, &offsets, d, w);
+    experts_forward(params.gemm, &mut y, &mut hgu, &mut a, &xp, experts, &offsets, d, w);
     let mut out = zeroed(n * d);
     combine_forward(&mut out, &y, &weights, &inv, k, d);
     let stats = router_stats(&counts, &entropy, overflowed, dropped, n);
@@ -148,7 +148,7 @@ pub(super) fn fast_backward_out_logits(
     let (mut dyp, mut dweights) = (zeroed(nk * d), zeroed(nk));
     combine_backward(&mut dyp, &mut dweights, dout, &s.y, &s.weights, &s.order, d);
     let mut dxp = zeroed(nk * d);
-    experts_backward(&mut dxp, dexperts, &dyp, &s.xp, &s.hgu, &s.a, experts, &s.offsets, d, w);
+    experts_backward(s.params.gemm, &mut dxp, dexperts, &dyp, &s.xp, &s.hgu, &s.a, experts, &s.offsets, d, w);
     gather_rows_backward(dx, &dxp, &s.inv, s.k, d);
     if s.params.dense_equivalent {
         return; // weights are constants

@@ -38,6 +38,8 @@ pub mod router;
 #[cfg(test)]
 mod tests;
 
+use crate::gemm::GemmBackend;
+
 /// How the chosen expert's output is weighted (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RouterWeighting {
@@ -125,6 +127,10 @@ pub struct MoeParams {
     pub seed: u64,
     /// Test-only: every expert processes every token with weight exactly 1, no drops.
     pub dense_equivalent: bool,
+    /// Backend of the expert GEMMs, forward and backward (a bf16 backend rounds their operands;
+    /// the router GEMMs stay f32: routing decisions are kept at full precision, as in Switch
+    /// Transformer's selective precision). The naive path ignores it.
+    pub gemm: GemmBackend,
 }
 
 impl Default for MoeParams {
@@ -137,6 +143,7 @@ impl Default for MoeParams {
             router_noise: 0.0,
             seed: 0,
             dense_equivalent: false,
+            gemm: GemmBackend::Auto,
         }
     }
 }

@@ -182,13 +182,35 @@ fn experts_vs_cpu(kind: ExpertsGemm, d: usize, w: usize, offsets: &[u32]) -> [f6
     let (mut y, mut hgu, mut a) = (vec![0f32; nk * d], vec![0f32; nk * 2 * w], vec![0f32; nk * w]);
     ops::experts_forward(&SimLauncher, kind, &mut y, &mut hgu, &mut a, &xp, &experts, offsets, d, w).unwrap();
     let (mut wy, mut whgu, mut wa) = (y.clone(), hgu.clone(), a.clone());
-    kernels_cpu::moe::experts::experts_forward(&mut wy, &mut whgu, &mut wa, &xp, &experts, &off_us, d, w);
+    kernels_cpu::moe::experts::experts_forward(
+        kernels_cpu::gemm::GemmBackend::Auto,
+        &mut wy,
+        &mut whgu,
+        &mut wa,
+        &xp,
+        &experts,
+        &off_us,
+        d,
+        w,
+    );
     let dy = rand_vec(nk * d, 43);
     let (mut dxp, mut dexp) = (rand_vec(nk * d, 44), rand_vec(experts.len(), 45));
     let (mut wdxp, mut wdexp) = (dxp.clone(), dexp.clone());
     ops::experts_backward(&SimLauncher, kind, &mut dxp, &mut dexp, &dy, &xp, &hgu, &a, &experts, offsets, d, w)
         .unwrap();
-    kernels_cpu::moe::experts::experts_backward(&mut wdxp, &mut wdexp, &dy, &xp, &whgu, &wa, &experts, &off_us, d, w);
+    kernels_cpu::moe::experts::experts_backward(
+        kernels_cpu::gemm::GemmBackend::Auto,
+        &mut wdxp,
+        &mut wdexp,
+        &dy,
+        &xp,
+        &whgu,
+        &wa,
+        &experts,
+        &off_us,
+        d,
+        w,
+    );
     let tag = format!("experts {kind:?} d={d} w={w}");
     if kind == ExpertsGemm::Fma {
         report(&format!("{tag} y"), &y, &wy, 1e-5, 1e-4);
