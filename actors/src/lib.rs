@@ -15,6 +15,7 @@ pub mod error;
 pub mod eval;
 pub mod evaluator;
 pub mod faults;
+pub mod harness;
 pub mod lock;
 pub mod manifest;
 pub mod metrics;

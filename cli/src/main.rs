@@ -48,6 +48,11 @@ enum Command {
     Data(cmd::data::Args),
     /// Generate text with a KV cache (greedy or sampled; plain or chat prompts); JSON line per prompt.
     Generate(cmd::generate::Args),
+    /// Score models on the same MCQ sets (log-likelihood and generated answers), perplexity per
+    /// domain, routing and capacity overflow, latency; CSV per model x set and summary.json.
+    Eval(cmd::eval::Args),
+    /// Write report.html with PNG plots for a run directory (training curves, routing, eval).
+    Report(cmd::report::Args),
     /// Run the training pipeline (data, base, importance, surgery, p0, p1) in a run directory.
     Run(cmd::run::Args),
     /// Routing traces of a MoE model over a pack, next-expert prediction and a prefetch simulation.
@@ -73,6 +78,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Trace(a) => cmd::trace::run(a),
         Command::Upcycle(a) => cmd::upcycle::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Report(a) => cmd::report::run(a),
     }
 }
 

@@ -2,6 +2,9 @@
 
 pub mod bench;
 pub mod data;
+pub mod eval;
+pub mod eval_sets;
+pub mod eval_summary;
 pub mod export;
 pub mod generate;
 pub mod importance;
@@ -9,6 +12,9 @@ pub mod init;
 pub mod inspect;
 pub mod logits;
 pub mod quantize;
+pub mod report;
+pub mod report_data;
+pub mod report_plots;
 pub mod run;
 pub mod surgery;
 pub mod trace;

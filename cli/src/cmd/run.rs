@@ -125,6 +125,11 @@ pub fn run(a: Args) -> Result<()> {
         print_summary(&s);
         println!("summary    {}", common.run_dir.join("summary.json").display());
     }
+    // The report of what the run directory holds now (a failed report does not fail the run).
+    match super::report::write_report(&common.run_dir, None, &common.run_dir.join("report")) {
+        Ok(path) => println!("report     {}", path.display()),
+        Err(e) => eprintln!("warning: no report: {e:#}"),
+    }
     println!("total      {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
