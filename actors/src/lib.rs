@@ -21,6 +21,8 @@ pub mod manifest;
 pub mod metrics;
 pub mod metrics_actor;
 pub mod phase;
+pub mod qat_policy;
+pub mod qat_training;
 pub mod run_config;
 pub mod rundir;
 pub mod schedule;

@@ -1,6 +1,8 @@
 //! The training step, free of threads: gradient accumulation over micro-batches, distillation
 //! or next-token loss with the router losses, AutoClip, the non-finite guard, AdamW, the LR and
-//! router schedules, aux-loss-free bias balancing, breaker observations. It is the one training
+//! router schedules, aux-loss-free bias balancing, breaker observations, and under QAT
+//! ([`Trainer::qat`]) the fake-quantized forward with the steps and mins updated beside the
+//! weights (checkpoints do not carry the QAT state yet). It is the one training
 //! step: the Trainer actor (`moe-cli run`) and `moe-cli bench step` drive it, tests drive it
 //! directly (resume must be bitwise identical). Its ops run on the trainer's [`Device`].
 
@@ -9,14 +11,16 @@ use crate::batches::LoaderCursor;
 use crate::breakers::{BreakerAction, Breakers, RouterKnobs};
 use crate::error::{EngineError, Result};
 use crate::phase::{PhaseConfig, PhaseKind};
+use crate::qat_training::QatTraining;
 use crate::schedule::{lr_at, router_at};
 use autograd::optim::AdamW;
-use autograd::{profile, Compute, Device, Precision, Tape};
+use autograd::{profile, Compute, Device, Precision, Tape, Tensor};
 use data::pack::PackedBatch;
 use kernels_cpu::adamw::AdamWConfig;
 use kernels_cpu::moe::RouterStats;
 use model::distill::{distill_loss, teacher_hidden, DistillOptions};
-use model::qwen3::ForwardOptions;
+use model::qat::qat_gradient;
+use model::qwen3::{Bound, ForwardOptions};
 use model::router_training::RouterTraining;
 use model::Qwen3;
 use serde::{Deserialize, Serialize};
@@ -147,6 +151,9 @@ pub struct Trainer {
     device: Device,
     /// Operand precision of the step's GEMMs (master weights, gradients and AdamW stay f32).
     precision: Precision,
+    /// Quantization-aware training (P4): the fake-quantized tensors' steps and mins, trained with
+    /// the weights (None: plain training).
+    pub qat: Option<QatTraining>,
 }
 
 /// Knobs of a phase at its start.
@@ -176,6 +183,8 @@ struct MicroOut {
     loss: f32,
     parts: MicroParts,
     grads: Vec<f32>,
+    /// Flat gradient of the QAT parameters (empty without QAT).
+    qat_grads: Vec<f32>,
 }
 
 /// Counts-weighted mean of router statistics over micro-batches (per layer).
@@ -249,7 +258,7 @@ impl Trainer {
             finishing: false,
             metrics_lines: None,
         };
-        Ok(Trainer { config, model, teacher, opt, state, device: Device::Cpu, precision: Precision::F32 })
+        Ok(Trainer { config, model, teacher, opt, state, device: Device::Cpu, precision: Precision::F32, qat: None })
     }
 
     /// Runs the step's ops and AdamW on `device` from now on; the typed error of
@@ -305,24 +314,43 @@ impl Trainer {
     fn micro_here(&self, p: &PackedBatch, fwd: &ForwardOptions) -> Result<MicroOut> {
         let (batch, targets) = crate::eval::token_batch_of(p.clone());
         let model = &self.model;
-        let (loss, parts, grads) = match (&self.config.distill, &self.teacher) {
+        let (loss, parts, grads, qat_grads) = match (&self.config.distill, &self.teacher) {
             (Some(d), Some(teacher)) => {
                 let th = teacher_hidden(teacher, &batch, fwd.compute())?;
                 let opts =
                     DistillOptions { tau: d.tau, kl_coef: d.kl_coef, ce_coef: d.ce_coef, hidden_l2: d.hidden_l2 };
-                model.gradient(fwd.compute(), |tape, bound| {
+                self.gradient(fwd.compute(), |tape, bound| {
                     let o = distill_loss(model, tape, bound, &th, teacher, &batch, &targets, fwd, &opts)?;
                     let parts = MicroParts { ce: o.ce, kl: o.kl, lb: o.lb, z: o.z, count: o.count, router: o.router };
                     Ok((o.loss, parts))
                 })?
             }
-            _ => model.gradient(fwd.compute(), |tape, bound| {
+            _ => self.gradient(fwd.compute(), |tape, bound| {
                 let o = model.loss(tape, bound, &batch, &targets, fwd)?;
                 let parts = MicroParts { ce: o.ce, kl: 0.0, lb: o.lb, z: o.z, count: o.count, router: o.router };
                 Ok((o.loss, parts))
             })?,
         };
-        Ok(MicroOut { loss, parts, grads })
+        Ok(MicroOut { loss, parts, grads, qat_grads })
+    }
+
+    /// The objective's gradient with respect to the weights and, under QAT (through the fake
+    /// quantizer), the flat gradient of the QAT parameters (empty otherwise).
+    fn gradient<T: Send>(
+        &self,
+        on: Compute,
+        objective: impl FnOnce(&Tape, &Bound) -> model::Result<(Tensor, T)> + Send,
+    ) -> Result<(f32, T, Vec<f32>, Vec<f32>)> {
+        match &self.qat {
+            None => {
+                let (value, extra, grads) = self.model.gradient(on, objective)?;
+                Ok((value, extra, grads, Vec::new()))
+            }
+            Some(q) => {
+                let (value, extra, grads, qg) = qat_gradient(&self.model, &q.state, on, objective)?;
+                Ok((value, extra, grads, q.flat_grads(&qg)))
+            }
+        }
     }
 
     /// One optimiser step over `micro` (the step's micro-batches, in order), ending at data
@@ -366,7 +394,15 @@ impl Trainer {
             }
         };
         let grad_norm = profile::stage("grad_norm", || kernels_cpu::adamw::global_norm(&grads));
-        let finite = loss.is_finite() && grad_norm.is_finite();
+        let mut qat_grads = Vec::new();
+        if let [first, ..] = &outs[..] {
+            qat_grads = vec![0f32; first.qat_grads.len()];
+            for o in &outs {
+                kernels_cpu::elementwise::axpy(&mut qat_grads, o.parts.count as f32 / denom, &o.qat_grads);
+            }
+        }
+        // A non-finite step or min gradient skips the step like a non-finite weight gradient.
+        let finite = loss.is_finite() && grad_norm.is_finite() && qat_grads.iter().all(|g| g.is_finite());
         let clip = self.state.autoclip.observe(if finite { grad_norm } else { f32::NAN });
         let router = merge_router(&outs.iter().map(|o| (o.parts.count, o.parts.router.clone())).collect::<Vec<_>>());
         if finite {
@@ -377,6 +413,9 @@ impl Trainer {
             self.opt.cfg.lr = lr;
             let (device, params) = (self.device, &mut self.model.params);
             profile::stage("adamw", || self.opt.step_on(device, params, &grads))?;
+            if let Some(q) = &mut self.qat {
+                q.step(&qat_grads, lr, self.config.betas);
+            }
             if let Some(rate) = self.config.router.as_ref().map(|r| r.bias_update_rate).filter(|&r| r > 0.0) {
                 let counts: Vec<Vec<usize>> = router.iter().map(|r| r.counts.clone()).collect();
                 crate::bias_balance::update_router_bias(&mut self.model.router_bias, &counts, rate);

@@ -18,6 +18,7 @@ pub mod cross_entropy;
 pub mod distill;
 pub mod elementwise;
 pub mod embedding;
+pub mod fake_quant;
 pub mod fastmath;
 pub mod gemm;
 pub mod gptq;

@@ -18,6 +18,7 @@ pub mod init;
 pub mod load;
 pub mod moe_spec;
 pub mod presets;
+pub mod qat;
 pub mod qwen3;
 pub mod router_training;
 pub mod safetensors_io;

@@ -11,6 +11,7 @@ use kernels_cpu::attention::AttnDims;
 use kernels_cpu::distill::{
     hidden_l2_backward, hidden_l2_forward, lm_head_kl_forward_backward_with, lm_head_kl_forward_with, DistillDims,
 };
+use kernels_cpu::fake_quant::FakeQuantDims;
 use kernels_cpu::gemm::{matmul_new_with, matmul_with, GemmBackend, Trans};
 use kernels_cpu::moe::{self, AuxLoss, MoeDims, MoeParams, MoePath, MoeSaved};
 use kernels_cpu::rope::RopeTable;
@@ -366,6 +367,33 @@ impl Backend for CpuBackend {
         step: u64,
     ) -> KernelResult<()> {
         kernels_cpu::adamw::adamw_step(param, grad, m, v, cfg, step);
+        Ok(())
+    }
+
+    fn fake_quant_forward(
+        &self,
+        out: &mut [f32],
+        w: &[f32],
+        s: &[f32],
+        m: &[f32],
+        dims: FakeQuantDims,
+    ) -> KernelResult<()> {
+        kernels_cpu::fake_quant::fake_quant_forward(out, w, s, m, dims);
+        Ok(())
+    }
+
+    fn fake_quant_backward(
+        &self,
+        dw: &mut [f32],
+        ds: &mut [f32],
+        dm: &mut [f32],
+        dout: &[f32],
+        w: &[f32],
+        s: &[f32],
+        m: &[f32],
+        dims: FakeQuantDims,
+    ) -> KernelResult<()> {
+        kernels_cpu::fake_quant::fake_quant_backward(dw, ds, dm, dout, w, s, m, dims);
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ use crate::tensor::Device;
 use kernels_cpu::adamw::AdamWConfig;
 use kernels_cpu::attention::AttnDims;
 use kernels_cpu::distill::DistillDims;
+use kernels_cpu::fake_quant::FakeQuantDims;
 use kernels_cpu::gemm::Trans;
 use kernels_cpu::moe::{AuxLoss, MoeDims, MoeParams, MoePath};
 use kernels_cpu::rope::RopeTable;
@@ -320,6 +321,38 @@ impl<L: Launcher + Send + 'static> Backend for GpuBackend<L> {
             weight_decay: cfg.weight_decay,
         };
         gpu::adamw_step(&self.launcher, param, grad, m, v, &h, step)
+    }
+
+    // The format-exact fake quantizer runs on the host: kernels-gpu's `fake_quant` kernels are
+    // the older symmetric clip quantizer (no f16 super-scale, no sub-scales, no min), not yet
+    // brought in line with the GGUF formats. Weights are host buffers here, so this is a plain
+    // call; the quantized weights then feed the GPU GEMMs like any other weight.
+
+    fn fake_quant_forward(
+        &self,
+        out: &mut [f32],
+        w: &[f32],
+        s: &[f32],
+        m: &[f32],
+        dims: FakeQuantDims,
+    ) -> KernelResult<()> {
+        kernels_cpu::fake_quant::fake_quant_forward(out, w, s, m, dims);
+        Ok(())
+    }
+
+    fn fake_quant_backward(
+        &self,
+        dw: &mut [f32],
+        ds: &mut [f32],
+        dm: &mut [f32],
+        dout: &[f32],
+        w: &[f32],
+        s: &[f32],
+        m: &[f32],
+        dims: FakeQuantDims,
+    ) -> KernelResult<()> {
+        kernels_cpu::fake_quant::fake_quant_backward(dw, ds, dm, dout, w, s, m, dims);
+        Ok(())
     }
 }
 

@@ -28,6 +28,7 @@ use crate::tensor::{Compute, Device, Precision};
 use kernels_cpu::adamw::AdamWConfig;
 use kernels_cpu::attention::AttnDims;
 use kernels_cpu::distill::DistillDims;
+use kernels_cpu::fake_quant::FakeQuantDims;
 use kernels_cpu::gemm::Trans;
 use kernels_cpu::moe::{AuxLoss, MoeDims, MoeParams, MoePath, RouterStats};
 use kernels_cpu::rope::RopeTable;
@@ -288,6 +289,29 @@ pub trait Backend: Send + Sync {
         v: &mut [f32],
         cfg: &AdamWConfig,
         step: u64,
+    ) -> KernelResult<()>;
+
+    /// Format-exact fake quantization of `w [rows, row_len]` with steps `s` and mins `m`
+    /// (kernels-cpu `fake_quant::fake_quant_forward`).
+    fn fake_quant_forward(
+        &self,
+        out: &mut [f32],
+        w: &[f32],
+        s: &[f32],
+        m: &[f32],
+        dims: FakeQuantDims,
+    ) -> KernelResult<()>;
+    /// Its backward: accumulates `dw`, `ds`, `dm` (kernels-cpu `fake_quant::fake_quant_backward`).
+    fn fake_quant_backward(
+        &self,
+        dw: &mut [f32],
+        ds: &mut [f32],
+        dm: &mut [f32],
+        dout: &[f32],
+        w: &[f32],
+        s: &[f32],
+        m: &[f32],
+        dims: FakeQuantDims,
     ) -> KernelResult<()>;
 }
 

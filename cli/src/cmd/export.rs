@@ -144,6 +144,12 @@ fn run_gguf(a: GgufArgs) -> Result<()> {
     eprintln!("exporting {} as GGUF {}", a.model.display(), a.ftype.name());
     let report = export_gguf(&a.model, &opts, &a.out)
         .with_context(|| format!("exporting {} to {}", a.model.display(), a.out.display()))?;
+    if report.qat_tensors > 0 {
+        eprintln!(
+            "QAT checkpoint: {} tensors written from their trained codes (no re-quantization)",
+            report.qat_tensors
+        );
+    }
     for t in report.tensors.iter().filter(|t| t.fallback_from.is_some()) {
         eprintln!(
             "fallback   {:<36} rows of {:>6} values cannot be {}: written as {}",

@@ -40,6 +40,20 @@ pub fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// Packs the 6-bit scale `ls` and min `lm` of sub-block `j` (0..8) into the 12 scale bytes `sc`
+/// (zeroed first), the inverse of [`get_scale_min_k4`].
+#[inline(always)]
+pub(crate) fn pack_scale_min_k4(sc: &mut [u8], j: usize, ls: u8, lm: u8) {
+    if j < 4 {
+        sc[j] = ls;
+        sc[j + 4] = lm;
+    } else {
+        sc[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
+        sc[j - 4] |= (ls >> 4) << 6;
+        sc[j] |= (lm >> 4) << 6;
+    }
+}
+
 /// Q4_K/Q5_K levels and packed scales: the `quantize_row_q{4,5}_K_ref` body up to the bit packing.
 /// Writes d, dmin and the 12 scale bytes into `head` (16 bytes); returns the levels `0..=nmax`.
 fn quantize_k4_levels(x: &[f32; QK_K], nmax: i32, rmin: f32, nstep: i32, head: &mut [u8]) -> [u8; QK_K] {
@@ -76,14 +90,7 @@ fn quantize_k4_levels(x: &[f32; QK_K], nmax: i32, rmin: f32, nstep: i32, head: &
         // uint8_t ls = nearest_int(..): the int narrows (wraps) before MIN(63, ls).
         let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
         let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
-        if j < 4 {
-            sc[j] = ls;
-            sc[j + 4] = lm;
-        } else {
-            sc[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
-            sc[j - 4] |= (ls >> 4) << 6;
-            sc[j] |= (lm >> 4) << 6;
-        }
+        pack_scale_min_k4(sc, j, ls, lm);
     }
     let d16 = f32_to_f16(max_scale / 63.0);
     let dmin16 = f32_to_f16(max_min / 63.0);
@@ -122,7 +129,12 @@ pub fn quantize_block_q4_k(x: &[f32; QK_K], y: &mut [u8; Q4_K_BYTES]) {
 pub fn quantize_block_q5_k(x: &[f32; QK_K], y: &mut [u8; Q5_K_BYTES]) {
     y.fill(0);
     let l = quantize_k4_levels(x, 31, -0.5, 15, &mut y[..16]);
-    let (qh, qs) = y[16..].split_at_mut(32);
+    pack_q5_k_levels(&l, &mut y[16..]);
+}
+
+/// Packs 256 five-bit levels into the `qh[32]` + `qs[128]` tail of a Q5_K block (zeroed first).
+pub(crate) fn pack_q5_k_levels(l: &[u8; QK_K], tail: &mut [u8]) {
+    let (qh, qs) = tail.split_at_mut(32);
     let (mut m1, mut m2) = (1u8, 2u8);
     for (c, chunk) in l.chunks_exact(64).enumerate() {
         for j in 0..32 {
@@ -225,7 +237,12 @@ pub fn quantize_block_q6_k(x: &[f32; QK_K], y: &mut [u8; Q6_K_BYTES]) {
         }
     }
 
-    let (ql, qh) = y[..192].split_at_mut(128);
+    pack_q6_k_levels(&l, &mut y[..192]);
+}
+
+/// Packs 256 six-bit levels (`0..=63`, as i8) into the `ql[128]` + `qh[64]` head of a Q6_K block.
+pub(crate) fn pack_q6_k_levels(l: &[i8; QK_K], head: &mut [u8]) {
+    let (ql, qh) = head.split_at_mut(128);
     for (h, chunk) in l.chunks_exact(128).enumerate() {
         let ql = &mut ql[64 * h..64 * h + 64];
         let qh = &mut qh[32 * h..32 * h + 32];

@@ -101,7 +101,7 @@ pub fn dequantize_block_q8_0(x: &[u8; Q8_0_BYTES], y: &mut [f32; QK]) {
 
 /// Packs 32 five-bit values into `qh` (bit 4 of each) and `qs` (low nibbles, j and j+16 paired).
 #[inline(always)]
-fn pack_5bit(q: &[u8; QK], qh: &mut [u8], qs: &mut [u8]) {
+pub(crate) fn pack_5bit(q: &[u8; QK], qh: &mut [u8], qs: &mut [u8]) {
     let mut h = 0u32;
     for j in 0..QK / 2 {
         let (q0, q1) = (q[j], q[j + QK / 2]);

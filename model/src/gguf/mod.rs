@@ -8,6 +8,8 @@
 //! - [`mask`]: `--mask` rules (glob over GGUF names -> type).
 //! - [`keys`]: the model metadata llama.cpp reads, and the config read back from it.
 //! - [`tokenizer_meta`]: the vocabulary keys from tokenizer.json / tokenizer_config.json.
+//! - [`qat_rows`]: the rows of a QAT checkpoint's fake-quantized tensors, written from their
+//!   trained steps, mins and codes.
 //! - [`write`]: the streaming writer ([`export_gguf`] for a model directory).
 //! - [`read`]: the validated memory-mapped reader; [`load`]: a GGUF file as [`crate::Qwen3`].
 //!
@@ -21,6 +23,7 @@ pub mod load;
 pub mod mask;
 pub mod names;
 pub mod policy;
+pub mod qat_rows;
 pub mod read;
 pub mod tokenizer_meta;
 pub mod write;

@@ -10,13 +10,15 @@
 
 use super::format::{pad_to, tensor_bytes, write_kv, write_tensor_info, DEFAULT_ALIGNMENT, MAGIC, VERSION};
 use super::keys::model_metadata;
-use super::mask::Mask;
+use super::mask::{glob_match, Mask};
 use super::names::{plan, Arch, PlannedTensor, Segment};
-use super::policy::{choose, GgufType, ModelFacts};
+use super::policy::{choose, fallback, quantizable, GgufType, ModelFacts};
+use super::qat_rows::{encode_chunk, qat_type};
 use super::tokenizer_meta::tokenizer_metadata;
 use crate::config::Qwen3Config;
 use crate::error::{ModelError, Result};
 use crate::moe_spec::MoeSpec;
+use crate::qat::state::QatState;
 use crate::qwen3::{router_bias_name, Qwen3};
 use crate::safetensors_io::{FileDType, SafetensorsReader};
 use kernels_cpu::quant::{quantize_rows_into, BlockType};
@@ -35,19 +37,25 @@ pub trait TensorSource {
     fn router_bias(&self, layer: usize) -> Result<Vec<f32>>;
     /// Tensor `name` will not be read again (a mapped source may drop its pages).
     fn release(&self, _name: &str) {}
+    /// The QAT parameters of a QAT checkpoint: its fake-quantized tensors are written from them.
+    fn qat(&self) -> Option<&QatState> {
+        None
+    }
 }
 
 /// A checkpoint directory read through its memory map (checked against its config first).
 pub struct CheckpointSource {
     reader: SafetensorsReader,
+    qat: Option<QatState>,
 }
 
 impl CheckpointSource {
-    /// Opens `dir` and checks every tensor `config` / `moe` imply (shape, float dtype).
+    /// Opens `dir` and checks every tensor `config` / `moe` imply (shape, float dtype), and reads
+    /// its QAT parameters when it is a QAT checkpoint (`qat.json`).
     pub fn open(dir: &Path, config: &Qwen3Config, moe: Option<&MoeSpec>) -> Result<Self> {
         let reader = SafetensorsReader::open(dir)?;
         crate::expected_tensors::check_tensor_files(dir, config, moe, &reader)?;
-        Ok(CheckpointSource { reader })
+        Ok(CheckpointSource { reader, qat: QatState::load(dir)? })
     }
 }
 
@@ -100,18 +108,28 @@ impl TensorSource for CheckpointSource {
     fn release(&self, name: &str) {
         self.reader.release(name);
     }
+
+    fn qat(&self) -> Option<&QatState> {
+        self.qat.as_ref()
+    }
 }
 
 /// A model in memory as a source (Dots1 exports, tests); the last tensor read is cached as f32.
 pub struct ModelSource<'a> {
     model: &'a Qwen3,
     cache: RefCell<Option<(String, Vec<f32>)>>,
+    qat: Option<&'a QatState>,
 }
 
 impl<'a> ModelSource<'a> {
     /// `model` as a source.
     pub fn new(model: &'a Qwen3) -> Self {
-        ModelSource { model, cache: RefCell::new(None) }
+        ModelSource { model, cache: RefCell::new(None), qat: None }
+    }
+
+    /// `model` with its QAT parameters (its latent weights, not the fake-quantized ones).
+    pub fn with_qat(model: &'a Qwen3, qat: &'a QatState) -> Self {
+        ModelSource { model, cache: RefCell::new(None), qat: Some(qat) }
     }
 }
 
@@ -132,6 +150,10 @@ impl TensorSource for ModelSource<'_> {
 
     fn router_bias(&self, layer: usize) -> Result<Vec<f32>> {
         Ok(self.model.router_bias.get(layer).cloned().unwrap_or_default())
+    }
+
+    fn qat(&self) -> Option<&QatState> {
+        self.qat
     }
 }
 
@@ -174,6 +196,8 @@ pub struct GgufReport {
     pub tensors: Vec<WrittenTensor>,
     /// File size in bytes.
     pub file_bytes: u64,
+    /// GGUF tensors written from a QAT checkpoint's trained codes (0 for other sources).
+    pub qat_tensors: usize,
 }
 
 impl GgufReport {
@@ -189,25 +213,73 @@ impl GgufReport {
     }
 }
 
-/// The types of the planned tensors: the mask's where it has a rule, else the policy's.
+/// The types of the planned tensors: the mask's where it has a rule, else the policy's. A QAT
+/// checkpoint fixes the types of its fake-quantized tensors ([`qat_types`]).
 fn choose_types(
     tensors: &[PlannedTensor],
     opts: &GgufOptions,
     facts: &ModelFacts,
+    qat: Option<&QatState>,
+    out: &Path,
 ) -> Result<Vec<(BlockType, Option<BlockType>)>> {
+    if let Some(q) = qat {
+        return qat_types(tensors, opts, facts, q, out);
+    }
     let named: Vec<(&str, &[usize])> = tensors.iter().map(|t| (t.name.as_str(), t.ne.as_slice())).collect();
     let masked = match &opts.mask {
         Some(m) => m.resolve(&named)?,
         None => vec![None; tensors.len()],
     };
+    tensors.iter().zip(masked).map(|(t, m)| policy_or(m, t, opts, facts)).collect()
+}
+
+/// `masked`, or the `--type` policy's choice for `t`.
+fn policy_or(
+    masked: Option<BlockType>,
+    t: &PlannedTensor,
+    opts: &GgufOptions,
+    facts: &ModelFacts,
+) -> Result<(BlockType, Option<BlockType>)> {
+    match masked {
+        Some(ty) => Ok((ty, None)),
+        None => choose(opts.ftype, &t.name, &t.ne, t.layer, facts)
+            .map(|c| (c.ty, c.fallback_from))
+            .map_err(|msg| ModelError::Unsupported(format!("--type {}: {msg}", opts.ftype.name()))),
+    }
+}
+
+/// The types of a QAT checkpoint's tensors: its fake-quantized tensors keep the format they were
+/// trained in; the others follow the mask it was trained with (a `--mask` must be that same mask),
+/// with llama-quantize's fallbacks as in training (`qat::plan`), else the `--type` policy.
+fn qat_types(
+    tensors: &[PlannedTensor],
+    opts: &GgufOptions,
+    facts: &ModelFacts,
+    qat: &QatState,
+    out: &Path,
+) -> Result<Vec<(BlockType, Option<BlockType>)>> {
+    if let Some(m) = &opts.mask {
+        qat.check_mask(m)?;
+    }
     tensors
         .iter()
-        .zip(masked)
-        .map(|(t, m)| match m {
-            Some(ty) => Ok((ty, None)),
-            None => choose(opts.ftype, &t.name, &t.ne, t.layer, facts)
-                .map(|c| (c.ty, c.fallback_from))
-                .map_err(|msg| ModelError::Unsupported(format!("--type {}: {msg}", opts.ftype.name()))),
+        .map(|t| {
+            if let Some(ty) = qat_type(t, qat, out)? {
+                return Ok((ty, None));
+            }
+            let rule = qat.rules.iter().find(|r| glob_match(&r.pattern, &t.name));
+            let masked = match rule {
+                Some(r) if quantizable(&t.name, &t.ne) => {
+                    let c = fallback(r.ty, t.row_len()).map_err(|msg| ModelError::Tensor {
+                        path: out.to_path_buf(),
+                        tensor: t.name.clone(),
+                        msg,
+                    })?;
+                    return Ok((c.ty, c.fallback_from));
+                }
+                _ => None,
+            };
+            policy_or(masked, t, opts, facts)
         })
         .collect()
 }
@@ -275,7 +347,11 @@ pub fn write_gguf(
         n_expert: moe.map_or(0, |m| m.num_experts),
         has_output: tensors.iter().any(|t| t.name == "output.weight"),
     };
-    let types = choose_types(&tensors, opts, &facts)?;
+    let types = choose_types(&tensors, opts, &facts, src.qat(), out)?;
+    let is_qat: Vec<bool> = match src.qat() {
+        Some(q) => tensors.iter().map(|t| qat_type(t, q, out).map(|x| x.is_some())).collect::<Result<_>>()?,
+        None => vec![false; tensors.len()],
+    };
     let mut kv = model_metadata(config, moe, arch, opts.ftype.file_type());
     if let Some(dir) = &opts.tokenizer_dir {
         kv.extend(tokenizer_metadata(dir, config.vocab_size, &config.raw)?);
@@ -312,7 +388,7 @@ pub fn write_gguf(
         head.resize(pad_to(head.len() as u64, align) as usize, 0);
         w.write_all(&head).map_err(io)?;
         let mut pos = 0u64;
-        for (t, info) in tensors.iter().zip(&written) {
+        for (ti, (t, info)) in tensors.iter().zip(&written).enumerate() {
             let row_len = t.row_len();
             let row_bytes = info.bytes as usize / t.rows().max(1);
             let chunk_rows = (CHUNK_VALUES / row_len).max(1);
@@ -324,11 +400,14 @@ pub fn write_gguf(
                 let vals = &mut values[..n * row_len];
                 fill_rows(src, t, r, vals)?;
                 let enc = &mut encoded[..n * row_bytes];
-                quantize_rows_into(info.ty, vals, row_len, enc).map_err(|e| ModelError::Tensor {
-                    path: out.to_path_buf(),
-                    tensor: t.name.clone(),
-                    msg: e.to_string(),
-                })?;
+                match src.qat().filter(|q| is_qat[ti] && !q.tensors.is_empty()) {
+                    Some(q) => encode_chunk(t, r, vals, enc, info.ty, q, out)?,
+                    None => quantize_rows_into(info.ty, vals, row_len, enc).map_err(|e| ModelError::Tensor {
+                        path: out.to_path_buf(),
+                        tensor: t.name.clone(),
+                        msg: e.to_string(),
+                    })?,
+                }
                 w.write_all(enc).map_err(io)?;
                 r += n;
             }
@@ -345,7 +424,8 @@ pub fn write_gguf(
         Ok(())
     })?;
     let file_bytes = std::fs::metadata(out).map_err(|e| ModelError::io(out, e))?.len();
-    Ok(GgufReport { path: out.to_path_buf(), arch, tensors: written, file_bytes })
+    let qat_tensors = is_qat.iter().filter(|&&q| q).count();
+    Ok(GgufReport { path: out.to_path_buf(), arch, tensors: written, file_bytes, qat_tensors })
 }
 
 /// Exports the model directory `dir` (a medmoe or Qwen3 checkpoint, streamed from its memory map;

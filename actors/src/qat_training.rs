@@ -1,0 +1,104 @@
+//! The QAT parameters as the trainer optimises them: the steps and mins of every fake-quantized
+//! tensor ([`model::qat::QatState`]) as one flat vector (tensors in name order, steps then mins)
+//! with their own AdamW moments: their own learning rate (`lr_mult` x the weights'), no weight
+//! decay (research/qat-po-sft.md section 1: LSQ / EfficientQAT scale groups).
+
+use kernels_cpu::adamw::{adamw_step, AdamWConfig};
+use model::qat::{QatGrads, QatState};
+use serde::{Deserialize, Serialize};
+
+/// QAT parameters, their AdamW moments and step count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QatTraining {
+    /// The parameters (and their layouts).
+    pub state: QatState,
+    /// Learning rate of the QAT parameters relative to the weights'.
+    pub lr_mult: f32,
+    /// AdamW state.
+    pub moments: QatMoments,
+}
+
+/// AdamW moments of the flat QAT parameters (saved with a checkpoint for an exact resume).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct QatMoments {
+    /// First moments.
+    pub m: Vec<f32>,
+    /// Second moments.
+    pub v: Vec<f32>,
+    /// Updates applied.
+    pub step: u64,
+}
+
+impl QatTraining {
+    /// Fresh moments for `state`.
+    pub fn new(state: QatState, lr_mult: f32) -> Self {
+        let n = numel(&state);
+        QatTraining { state, lr_mult, moments: QatMoments { m: vec![0.0; n], v: vec![0.0; n], step: 0 } }
+    }
+
+    /// The gradients of one forward as a flat vector (zeros for a tensor that got none).
+    pub fn flat_grads(&self, g: &QatGrads) -> Vec<f32> {
+        let mut out = Vec::with_capacity(numel(&self.state));
+        for (name, t) in &self.state.tensors {
+            match g.get(name) {
+                Some((ds, dm)) => {
+                    out.extend_from_slice(ds);
+                    out.extend_from_slice(dm);
+                }
+                None => out.resize(out.len() + t.step.len() + t.min.len(), 0.0),
+            }
+        }
+        out
+    }
+
+    /// One AdamW update with the flat gradient `grads` at the weights' learning rate `lr`.
+    pub fn step(&mut self, grads: &[f32], lr: f32, betas: [f32; 2]) {
+        let mut flat: Vec<f32> = Vec::with_capacity(grads.len());
+        for t in self.state.tensors.values() {
+            flat.extend_from_slice(&t.step);
+            flat.extend_from_slice(&t.min);
+        }
+        let cfg = AdamWConfig { lr: lr * self.lr_mult, beta1: betas[0], beta2: betas[1], eps: 1e-8, weight_decay: 0.0 };
+        self.moments.step += 1;
+        adamw_step(&mut flat, grads, &mut self.moments.m, &mut self.moments.v, &cfg, self.moments.step);
+        let mut at = 0;
+        for t in self.state.tensors.values_mut() {
+            let (s, m) = (t.step.len(), t.min.len());
+            t.step.copy_from_slice(&flat[at..at + s]);
+            t.min.copy_from_slice(&flat[at + s..at + s + m]);
+            at += s + m;
+        }
+    }
+}
+
+/// Values of the flat QAT parameters of `state`.
+pub fn numel(state: &QatState) -> usize {
+    state.tensors.values().map(|t| t.step.len() + t.min.len()).sum()
+}
+
+impl QatTraining {
+    /// Moves to the next stage's formats (`plan` of `mask`, same tensors and groups): every group keeps its
+    /// clip range (`kernels_cpu::fake_quant::rescale_for_format`) and the moments restart (the
+    /// grid changed). Tensors or groups that differ from the current plan are an error.
+    pub fn switch_to(&mut self, plan: &model::qat::QatPlan, mask: &model::gguf::Mask) -> crate::error::Result<()> {
+        let err = |msg: String| crate::error::EngineError::config(mask.path.display().to_string(), msg);
+        if plan.len() != self.state.tensors.len() {
+            return Err(err(format!(
+                "the new plan has {} tensors, the QAT state {}",
+                plan.len(),
+                self.state.tensors.len()
+            )));
+        }
+        for (name, t) in self.state.tensors.iter_mut() {
+            let p = plan.get(name).ok_or_else(|| err(format!("`{name}` is not in the new plan")))?;
+            if (p.dims.rows, p.dims.row_len, p.dims.group) != (t.dims.rows, t.dims.row_len, t.dims.group) {
+                return Err(err(format!("`{name}`: layout {:?} differs from the QAT state's {:?}", p.dims, t.dims)));
+            }
+            let (step, min) = kernels_cpu::fake_quant::rescale_for_format(&t.step, &t.min, t.dims.ty, p.dims.ty);
+            (t.step, t.min, t.dims.ty, t.stored_row_len) = (step, min, p.dims.ty, p.stored_row_len);
+        }
+        self.state.rules = mask.rules.clone();
+        *self = QatTraining::new(self.state.clone(), self.lr_mult);
+        Ok(())
+    }
+}
