@@ -5,8 +5,11 @@
 
 use crate::error::{EngineError, Result};
 use crate::phase::MixConfig;
+use crate::preference_data::PreferencePair;
 use data::pack::{Mix, PackedBatch, PackedDataset, Sampler, SamplerConfig, SamplerState};
 use data::rng::unit_f64;
+use data::sft::SftRow;
+use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,12 +28,84 @@ pub struct LoaderCursor {
 /// The phase's batch stream.
 #[derive(Clone)]
 pub struct BatchStream {
-    ds: Arc<PackedDataset>,
+    source: Source,
     weights: BTreeMap<String, f64>,
     micro_batch: usize,
     seed: u64,
     /// Micro-batches (from the start) drawn one domain at a time.
     biased_until: u64,
+}
+
+/// Where the rows come from.
+#[derive(Clone)]
+enum Source {
+    /// The run's packed train set, drawn by domain.
+    Pack(Arc<PackedDataset>),
+    /// Packed SFT conversations (phase p2).
+    Sft(Arc<Vec<SftRow>>),
+    /// Preference pairs (phase p3): `micro_batch / 2` pairs a micro-batch.
+    Pairs(Arc<Vec<PreferencePair>>),
+}
+
+/// Items `k*per .. (k+1)*per` of the endless sequence that visits `0..n` once per epoch, each
+/// epoch in its own seeded order.
+fn epoch_slots(n: usize, per: usize, k: u64, seed: u64) -> Vec<usize> {
+    let mut order: Option<(u64, Vec<usize>)> = None;
+    (0..per as u64)
+        .map(|i| {
+            let j = k * per as u64 + i;
+            let epoch = j / n as u64;
+            if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                let mut perm: Vec<usize> = (0..n).collect();
+                perm.shuffle(&mut data::rng::sub_rng(seed ^ epoch.wrapping_mul(0x9E37_79B9), "epoch-order"));
+                order = Some((epoch, perm));
+            }
+            order.as_ref().expect("set above").1[(j % n as u64) as usize]
+        })
+        .collect()
+}
+
+/// A micro-batch of pairs: the chosen rows, then the rejected rows in the same order (the
+/// layout `model::preference` expects); `sequences` holds each row's pair index.
+fn pairs_batch(pairs: &[PreferencePair], picked: &[usize]) -> PackedBatch {
+    let t = pairs[0].chosen.len();
+    let rows: Vec<(&[u32], &[i32])> = picked
+        .iter()
+        .map(|&i| (pairs[i].chosen.as_slice(), pairs[i].chosen_targets.as_slice()))
+        .chain(picked.iter().map(|&i| (pairs[i].rejected.as_slice(), pairs[i].rejected_targets.as_slice())))
+        .collect();
+    PackedBatch {
+        b: rows.len(),
+        t,
+        ids: rows.iter().flat_map(|r| r.0.iter().copied()).collect(),
+        pos: (0..rows.len() * t).map(|j| (j % t) as u32).collect(),
+        seg: (0..rows.len() * t).map(|j| (j / t) as u32).collect(),
+        targets: rows.iter().flat_map(|r| r.1.iter().copied()).collect(),
+        domains: vec!["preference".to_string(); rows.len()],
+        sequences: picked.iter().chain(picked).map(|&i| i as u64).collect(),
+    }
+}
+
+/// Token-position segments of different rows never share an id (rows hold at most `T + 1`).
+fn sft_batch(rows: &[&SftRow]) -> PackedBatch {
+    let t = rows.first().map_or(0, |r| r.ids.len());
+    let mut b = PackedBatch {
+        b: rows.len(),
+        t,
+        ids: Vec::with_capacity(rows.len() * t),
+        pos: Vec::with_capacity(rows.len() * t),
+        seg: Vec::with_capacity(rows.len() * t),
+        targets: Vec::with_capacity(rows.len() * t),
+        domains: vec!["sft".to_string(); rows.len()],
+        sequences: Vec::new(),
+    };
+    for (i, r) in rows.iter().enumerate() {
+        b.ids.extend_from_slice(&r.ids);
+        b.pos.extend_from_slice(&r.pos);
+        b.seg.extend(r.seg.iter().map(|&s| s + (i * (t + 1)) as u32));
+        b.targets.extend_from_slice(&r.targets);
+    }
+    b
 }
 
 impl BatchStream {
@@ -57,7 +132,33 @@ impl BatchStream {
             return Err(EngineError::config("mix.weights", "all weights are zero"));
         }
         let biased_until = (mix.biased_frac.clamp(0.0, 1.0) * total_micro as f64).round() as u64;
-        Ok(BatchStream { ds, weights, micro_batch, seed, biased_until })
+        Ok(BatchStream { source: Source::Pack(ds), weights, micro_batch, seed, biased_until })
+    }
+
+    /// The stream of an SFT phase: `rows` (packed conversations) in a seeded order, reshuffled
+    /// every epoch; micro-batch `k` holds the rows `k*B .. (k+1)*B` of that endless sequence.
+    pub fn sft(rows: Arc<Vec<SftRow>>, micro_batch: usize, seed: u64) -> Result<Self> {
+        if rows.is_empty() || micro_batch == 0 {
+            return Err(EngineError::config("sft", "no packed conversation rows to train on"));
+        }
+        Ok(BatchStream { source: Source::Sft(rows), weights: BTreeMap::new(), micro_batch, seed, biased_until: 0 })
+    }
+
+    /// The stream of a preference phase: `micro_batch / 2` pairs a micro-batch, in a seeded
+    /// order reshuffled every epoch.
+    pub fn pairs(pairs: Arc<Vec<PreferencePair>>, micro_batch: usize, seed: u64) -> Result<Self> {
+        if pairs.is_empty() || micro_batch < 2 {
+            return Err(EngineError::config("preference", "no preference pairs to train on"));
+        }
+        Ok(BatchStream { source: Source::Pairs(pairs), weights: BTreeMap::new(), micro_batch, seed, biased_until: 0 })
+    }
+
+    /// SFT micro-batch `k`: row slot `j = k*B + i` is position `j % n` of epoch `j / n`'s shuffle.
+    fn sft_next(&self, rows: &[SftRow], k: u64) -> PackedBatch {
+        let picked = epoch_slots(rows.len(), self.micro_batch, k, self.seed);
+        let mut batch = sft_batch(&picked.iter().map(|&i| &rows[i]).collect::<Vec<_>>());
+        batch.sequences = picked.iter().map(|&i| i as u64).collect();
+        batch
     }
 
     fn sampler_config(&self, mix: Mix) -> SamplerConfig {
@@ -87,12 +188,20 @@ impl BatchStream {
     pub fn next(&self, cursor: &LoaderCursor) -> Result<(PackedBatch, LoaderCursor)> {
         let mut next = cursor.clone();
         next.index += 1;
+        let ds = match &self.source {
+            Source::Sft(rows) => return Ok((self.sft_next(rows, cursor.index), next)),
+            Source::Pairs(pairs) => {
+                let picked = epoch_slots(pairs.len(), self.micro_batch / 2, cursor.index, self.seed);
+                return Ok((pairs_batch(pairs, &picked), next));
+            }
+            Source::Pack(ds) => ds,
+        };
         let batch = if self.is_biased(cursor.index) {
             let d = self.biased_domain(cursor.index).to_string();
             let config = self.sampler_config(Mix::Weighted([(d.clone(), 1.0)].into()));
             let mut s = match cursor.biased.get(&d) {
-                Some(st) => Sampler::resume(&self.ds, config, st.clone())?,
-                None => Sampler::new(&self.ds, config)?,
+                Some(st) => Sampler::resume(ds, config, st.clone())?,
+                None => Sampler::new(ds, config)?,
             };
             let b = s.next_batch();
             next.biased.insert(d, s.state().clone());
@@ -100,8 +209,8 @@ impl BatchStream {
         } else {
             let config = self.sampler_config(Mix::Weighted(self.weights.clone()));
             let mut s = match &cursor.mixed {
-                Some(st) => Sampler::resume(&self.ds, config, st.clone())?,
-                None => Sampler::new(&self.ds, config)?,
+                Some(st) => Sampler::resume(ds, config, st.clone())?,
+                None => Sampler::new(ds, config)?,
             };
             let b = s.next_batch();
             next.mixed = Some(s.state().clone());

@@ -14,7 +14,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// A stage of the pipeline, in run order. Its name (serde, [`Stage::name`]) is its directory in the
-/// run directory and the `stage` of its manifest: `data`, `base`, `importance`, `moe-init`, `p0`, `p1`.
+/// run directory and the `stage` of its manifest: `data`, `base`, `importance`, `moe-init`, `p0`, `p1`,
+/// `p2`, `p3`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Stage {
@@ -30,11 +31,16 @@ pub enum Stage {
     P0,
     /// Continued pretraining of the MoE (phase `p1`).
     P1,
+    /// Supervised fine-tuning of the MoE (phase `p2`).
+    P2,
+    /// Preference optimisation of the MoE (phase `p3`).
+    P3,
 }
 
 impl Stage {
     /// Every stage, in run order.
-    pub const ALL: [Stage; 6] = [Stage::Data, Stage::Base, Stage::Importance, Stage::MoeInit, Stage::P0, Stage::P1];
+    pub const ALL: [Stage; 8] =
+        [Stage::Data, Stage::Base, Stage::Importance, Stage::MoeInit, Stage::P0, Stage::P1, Stage::P2, Stage::P3];
 
     /// The stage's name (its directory and serde name).
     pub const fn name(self) -> &'static str {
@@ -45,6 +51,8 @@ impl Stage {
             Stage::MoeInit => "moe-init",
             Stage::P0 => "p0",
             Stage::P1 => "p1",
+            Stage::P2 => "p2",
+            Stage::P3 => "p3",
         }
     }
 
@@ -56,8 +64,14 @@ impl Stage {
         })
     }
 
-    /// Whether the stage is a training phase (`base`, `p0`, `p1`: configs/phases/<name>.json).
+    /// Whether the stage is a training phase (`base`, `p0` .. `p3`: configs/phases/<name>.json).
     pub fn is_phase(self) -> bool {
+        matches!(self, Stage::Base | Stage::P0 | Stage::P1 | Stage::P2 | Stage::P3)
+    }
+
+    /// Whether the training phase reads the run's packed train set (its sequence length must
+    /// then be the run's); `p2` and `p3` pack their own conversations and pairs.
+    pub fn reads_pack(self) -> bool {
         matches!(self, Stage::Base | Stage::P0 | Stage::P1)
     }
 }
@@ -140,14 +154,14 @@ mod tests {
     #[test]
     fn stage_names_are_the_serde_names_run_directories_already_use() {
         let names: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
-        assert_eq!(names, ["data", "base", "importance", "moe-init", "p0", "p1"]);
+        assert_eq!(names, ["data", "base", "importance", "moe-init", "p0", "p1", "p2", "p3"]);
         for s in Stage::ALL {
             assert_eq!(serde_json::to_value(s).unwrap(), s.name());
             assert_eq!(serde_json::from_value::<Stage>(s.name().into()).unwrap(), s);
             assert_eq!(Stage::from_name(s.name()).unwrap(), s);
         }
         assert!(Stage::ALL.windows(2).all(|w| w[0] < w[1]), "ALL is in run order");
-        let e = Stage::from_name("p2").unwrap_err().to_string();
+        let e = Stage::from_name("p9").unwrap_err().to_string();
         assert!(e.contains("moe-init"), "{e}");
     }
 

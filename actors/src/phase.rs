@@ -17,6 +17,10 @@ pub enum PhaseKind {
     Distill,
     /// Continued pretraining (P1).
     Cpt,
+    /// Supervised fine-tuning on chat conversations, assistant tokens only (P2).
+    Sft,
+    /// Preference optimisation (DPO / SimPO) on sampled answer pairs (P3).
+    Preference,
 }
 
 /// Cosine learning rate with linear warmup.
@@ -98,6 +102,52 @@ pub struct DistillConfig {
     pub hidden_l2: f32,
 }
 
+/// Supervised fine-tuning settings (P2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftPhaseConfig {
+    /// Conversations generated from the run's world.
+    pub examples: usize,
+    /// Share of hard two-hop cases answered under `/think` with a rationale.
+    pub hard_fraction: f64,
+    /// Untie the LM head from the embedding at the start of the phase.
+    pub untie_embeddings: bool,
+    /// Fraction of the steps (from the start) during which the embedding does not move.
+    pub freeze_embeddings_frac: f32,
+    /// Fraction of the steps (at the end) trained with Q8 fake-quant on experts + shared FFN
+    /// (0.15 in the seed plan). Values above 0 need the fake-quant op, which this build lacks.
+    #[serde(default)]
+    pub q8_fraction: f32,
+}
+
+/// Preference optimisation settings (P3): candidates sampled from the P2 model on the world's
+/// verifiable prompts, rule-based reward, (correct, most confident wrong) pairs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreferencePhaseConfig {
+    /// `{"method": "dpo", "beta": 0.1}` or `{"method": "simpo", "beta": 2.5, "gamma_beta_ratio": 0.55}`.
+    pub loss: model::preference::PreferenceLoss,
+    /// Verifiable prompts sampled.
+    pub prompts: usize,
+    /// Candidates per prompt (3-4).
+    pub candidates: usize,
+    /// Sampling temperature.
+    pub temperature: f32,
+    /// Nucleus sampling threshold.
+    pub top_p: f32,
+    /// Sample from the k most likely tokens only (0 = all).
+    #[serde(default)]
+    pub top_k: usize,
+    /// New tokens per candidate at most.
+    pub max_new_tokens: usize,
+    /// Share of prompts asked under `/think`.
+    pub think_fraction: f64,
+    /// A model directory to use as DPO's frozen reference instead of the P2 model (its
+    /// vocabulary must be the policy's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<std::path::PathBuf>,
+}
+
 /// Periodic evaluation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,6 +198,12 @@ pub struct PhaseConfig {
     /// Distillation settings (P0).
     #[serde(default)]
     pub distill: Option<DistillConfig>,
+    /// Supervised fine-tuning settings (P2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sft: Option<SftPhaseConfig>,
+    /// Preference optimisation settings (P3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<PreferencePhaseConfig>,
     /// Evaluation schedule.
     pub eval: EvalSchedule,
     /// Checkpoint every this many optimiser steps.
@@ -174,7 +230,14 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     ("base", include_str!("../../configs/phases/base.json")),
     ("p0", include_str!("../../configs/phases/p0.json")),
     ("p1", include_str!("../../configs/phases/p1.json")),
+    ("p2", include_str!("../../configs/phases/p2.json")),
+    ("p3", include_str!("../../configs/phases/p3.json")),
 ];
+
+/// The names of the embedded phases, for messages (`base, p0, p1, ...`).
+pub fn phase_names() -> String {
+    EMBEDDED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+}
 
 /// Deserialises a resolved phase config; an error names the field by its path, under
 /// `presets.<name>.` when that preset's override holds it.
@@ -242,10 +305,9 @@ impl PhaseConfig {
 
     /// The embedded config of `phase` for `preset`.
     pub fn embedded(phase: &str, preset: &str) -> Result<Self> {
-        let (_, text) = EMBEDDED
-            .iter()
-            .find(|(n, _)| *n == phase)
-            .ok_or_else(|| EngineError::config("phase", format!("unknown phase `{phase}` (known: base, p0, p1)")))?;
+        let (_, text) = EMBEDDED.iter().find(|(n, _)| *n == phase).ok_or_else(|| {
+            EngineError::config("phase", format!("unknown phase `{phase}` (known: {})", phase_names()))
+        })?;
         Self::parse(text, &format!("configs/phases/{phase}.json"), preset)
     }
 
@@ -287,6 +349,54 @@ impl PhaseConfig {
         }
         if (self.kind == PhaseKind::Distill) != self.distill.is_some() {
             return bad("a distill phase needs a `distill` section (and only it)".into());
+        }
+        if (self.kind == PhaseKind::Sft) != self.sft.is_some() {
+            return bad("an sft phase needs an `sft` section (and only it)".into());
+        }
+        if let Some(s) = &self.sft {
+            if s.examples == 0 || !(0.0..=1.0).contains(&s.hard_fraction) {
+                return bad(format!(
+                    "sft: examples {} must be positive, hard_fraction {} in [0, 1]",
+                    s.examples, s.hard_fraction
+                ));
+            }
+            for (name, f) in [("freeze_embeddings_frac", s.freeze_embeddings_frac), ("q8_fraction", s.q8_fraction)] {
+                if !(0.0..=1.0).contains(&f) {
+                    return bad(format!("field `sft.{name}`: {f} is not a fraction in [0, 1]"));
+                }
+            }
+            if s.q8_fraction > 0.0 {
+                return bad(format!(
+                    "field `sft.q8_fraction`: {} asks for Q8 fake-quant on the experts and shared FFN, but this build \
+                     has no fake-quant op yet (issue 14); set it to 0",
+                    s.q8_fraction
+                ));
+            }
+        }
+        if (self.kind == PhaseKind::Preference) != self.preference.is_some() {
+            return bad("a preference phase needs a `preference` section (and only it)".into());
+        }
+        if let Some(p) = &self.preference {
+            p.loss.validate().map_err(|e| EngineError::config(source, format!("field `preference.loss`: {e}")))?;
+            if p.prompts == 0 || !(2..=16).contains(&p.candidates) || p.max_new_tokens == 0 {
+                return bad(format!(
+                    "preference: prompts {} must be positive, candidates {} in 2..=16, max_new_tokens {} positive",
+                    p.prompts, p.candidates, p.max_new_tokens
+                ));
+            }
+            let sampling = model::generate::Sampling { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p };
+            if p.temperature <= 0.0 || sampling.validate().is_err() || !(0.0..=1.0).contains(&p.think_fraction) {
+                return bad(format!(
+                    "preference: temperature {} must be > 0 (never greedy), top_p {} in (0, 1], think_fraction {} in [0, 1]",
+                    p.temperature, p.top_p, p.think_fraction
+                ));
+            }
+            if !self.micro_batch.is_multiple_of(2) {
+                return bad(format!(
+                    "micro_batch {}: a preference micro-batch holds pairs (an even number of sequences)",
+                    self.micro_batch
+                ));
+            }
         }
         if self.checkpoint_every == 0 || self.keep_last == 0 {
             return bad("checkpoint_every and keep_last must be positive".into());
@@ -354,6 +464,41 @@ mod tests {
         v["router"]["bias_update_rate"] = serde_json::json!(-1e-3);
         let e = PhaseConfig::parse(&v.to_string(), "p1.json", "tiny").unwrap_err().to_string();
         assert!(e.contains("bias_update_rate"), "{e}");
+    }
+
+    #[test]
+    fn sft_and_preference_phases_carry_their_sections_and_check_them() {
+        use model::preference::PreferenceLoss;
+        let p2 = PhaseConfig::embedded("p2", "tiny").unwrap();
+        let s = p2.sft.as_ref().unwrap();
+        assert_eq!((s.freeze_embeddings_frac, s.q8_fraction, s.untie_embeddings), (0.2, 0.0, true));
+        let r = p2.router.as_ref().unwrap();
+        assert_eq!((r.temperature, r.lb), ([0.5, 0.4], [0.01, 0.01]));
+        let p3 = PhaseConfig::embedded("p3", "tiny").unwrap();
+        let p = p3.preference.as_ref().unwrap();
+        assert_eq!(p.loss, PreferenceLoss::Dpo { beta: 0.1 });
+        assert_eq!((p.prompts, p.candidates, p.temperature, p.top_p, p.max_new_tokens), (256, 4, 0.7, 0.8, 64));
+        let text = include_str!("../../configs/phases/p3.json");
+        let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+            edit(&mut v);
+            PhaseConfig::parse(&v.to_string(), "p3.json", "tiny")
+        };
+        let simpo = with(&|v| {
+            v["preference"]["loss"] = serde_json::json!({ "method": "simpo", "beta": 2.5, "gamma_beta_ratio": 0.55 })
+        });
+        assert_eq!(
+            simpo.unwrap().preference.unwrap().loss,
+            PreferenceLoss::Simpo { beta: 2.5, gamma_beta_ratio: 0.55 }
+        );
+        let e = with(&|v| v["preference"]["loss"] = serde_json::json!({ "method": "ipo", "beta": 0.1 })).unwrap_err();
+        assert!(e.to_string().contains("preference.loss"), "{e}");
+        let e = with(&|v| v["preference"]["temperature"] = 0.0.into()).unwrap_err().to_string();
+        assert!(e.contains("never greedy"), "{e}");
+        let e = with(&|v| v["presets"]["tiny"]["micro_batch"] = 7.into()).unwrap_err().to_string();
+        assert!(e.contains("even"), "{e}");
+        let e = with(&|v| v["kind"] = "cpt".into()).unwrap_err().to_string();
+        assert!(e.contains("`preference` section"), "{e}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The stages of a run directory: data -> base -> importance -> moe-init -> p0 -> p1.
+//! The stages of a run directory: data -> base -> importance -> moe-init -> p0 -> p1 -> p2 -> p3.
 //!
 //! Each stage has a key: everything its output depends on besides its input stages (run config
 //! fields, preset contents, phase config, seeds), and its inputs: the identities of the stages it
@@ -17,13 +17,13 @@
 use crate::batches::BatchStream;
 use crate::checkpoint;
 use crate::error::{EngineError, Result};
-use crate::evaluator::{EvalInputs, EvalRecord};
+use crate::evaluator::EvalInputs;
 use crate::lock::RunLock;
 use crate::manifest::{sha256_hex, Stage, StageManifest};
-use crate::phase::{PhaseConfig, PhaseKind};
+use crate::phase::{phase_names, PhaseConfig, PhaseKind};
 use crate::rundir;
 use crate::supervisor::{run_phase, Faults, PhaseRun};
-use crate::trainer::{LoggedAction, Trainer};
+use crate::trainer::Trainer;
 use crate::verify::{hash_tree, key_changes};
 use data::pack::{PackConfig, PackedDataset};
 use data::tokenizer::Tokenizer;
@@ -36,15 +36,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use crate::run_config::{RunConfig, DEFAULT_RUN};
+pub use crate::summary::{summarise, PhaseSummary};
 
 /// Stage names in run order ([`Stage::name`] of [`Stage::ALL`]), for command lines.
-pub const STAGES: [&str; 6] = [
+pub const STAGES: [&str; 8] = [
     Stage::Data.name(),
     Stage::Base.name(),
     Stage::Importance.name(),
     Stage::MoeInit.name(),
     Stage::P0.name(),
     Stage::P1.name(),
+    Stage::P2.name(),
+    Stage::P3.name(),
 ];
 
 /// How to run.
@@ -67,49 +70,6 @@ pub struct RunOptions {
     pub force: bool,
     /// Where the run config came from (named in errors; empty: the run config).
     pub config_source: String,
-}
-
-/// What a finished training stage reports (`summary.json`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PhaseSummary {
-    /// Phase name.
-    pub phase: String,
-    /// Optimiser steps.
-    pub steps: u64,
-    /// Tokens trained on.
-    pub tokens: u64,
-    /// Objective of the last step.
-    pub final_loss: f32,
-    /// Dev perplexity per domain (final evaluation).
-    pub dev_ppl: BTreeMap<String, f64>,
-    /// MCQ accuracy (log-likelihood sum) per eval set.
-    pub mcq_accuracy: BTreeMap<String, f64>,
-    /// MCQ accuracy with per-token normalised scores.
-    pub mcq_accuracy_norm: BTreeMap<String, f64>,
-    /// Chance level per eval set.
-    pub mcq_chance: BTreeMap<String, f64>,
-    /// Router statistics per MoE layer at the last step.
-    pub router: Vec<crate::trainer::LayerRouter>,
-    /// Breaker actions.
-    pub breaker_actions: Vec<LoggedAction>,
-    /// Steps skipped by the non-finite guard.
-    pub nonfinite_skipped: u64,
-    /// Artifacts (name -> path).
-    pub artifacts: BTreeMap<String, String>,
-    /// Wall-clock seconds of this stage in this process.
-    pub seconds: f64,
-    /// Operand precision of the phase's GEMMs (`f32`, `bf16`; summaries written before it
-    /// existed were f32).
-    #[serde(default = "f32_name")]
-    pub precision: String,
-    /// The GEMM backend that ran them on the machine that built the stage (e.g. `amx-bf16`,
-    /// `bf16-emulated`; empty in older summaries).
-    #[serde(default)]
-    pub gemm_backend: String,
-}
-
-fn f32_name() -> String {
-    autograd::Precision::F32.name().to_string()
 }
 
 /// What one invocation did with a stage (the `stages` list of `<run>/summary.json`).
@@ -225,7 +185,9 @@ impl Pipeline {
         }
         let fits = match phase {
             Stage::Base => cfg.kind == PhaseKind::Base,
-            _ => cfg.kind != PhaseKind::Base,
+            Stage::P2 => cfg.kind == PhaseKind::Sft,
+            Stage::P3 => cfg.kind == PhaseKind::Preference,
+            _ => !matches!(cfg.kind, PhaseKind::Base | PhaseKind::Sft | PhaseKind::Preference),
         };
         if !fits {
             return Err(EngineError::config(&source, format!("kind {:?} cannot train stage `{phase}`", cfg.kind)));
@@ -241,14 +203,14 @@ impl Pipeline {
             if !Stage::from_name(name).is_ok_and(Stage::is_phase) {
                 return Err(EngineError::config(
                     "--phase-config",
-                    format!("`{name}={}`: unknown phase `{name}` (known: base, p0, p1)", path.display()),
+                    format!("`{name}={}`: unknown phase `{name}` (known: {})", path.display(), phase_names()),
                 ));
             }
         }
         self.config.validate(self.config_source())?;
         for stage in Stage::ALL.into_iter().filter(|s| s.is_phase()) {
             let cfg = self.phase_config(stage)?;
-            if stage <= last && cfg.seq_len != self.config.seq_len {
+            if stage <= last && stage.reads_pack() && cfg.seq_len != self.config.seq_len {
                 let source = self
                     .options
                     .phase_files
@@ -303,7 +265,7 @@ impl Pipeline {
             let force = self.options.force && stage == last;
             let skipped = match stage {
                 Stage::Data => self.data_stage(force)?,
-                Stage::Base | Stage::P0 | Stage::P1 => {
+                Stage::Base | Stage::P0 | Stage::P1 | Stage::P2 | Stage::P3 => {
                     let skipped = self.phase_stage(stage, force)?;
                     let path = self.dir(stage).join("summary.json");
                     let text = std::fs::read_to_string(&path).map_err(EngineError::io(&path))?;
@@ -357,7 +319,7 @@ impl Pipeline {
                 "moe_model": c.moe_model, "preset": preset_json(&c.moe_model)?, "split": c.split, "fill": c.fill,
                 "router_init": c.router_init, "seed": c.seed,
             }),
-            Stage::P0 | Stage::P1 => serde_json::json!({ "phase": self.phase_config(stage)? }),
+            Stage::P0 | Stage::P1 | Stage::P2 | Stage::P3 => serde_json::json!({ "phase": self.phase_config(stage)? }),
         };
         let key = self.with_precision(stage, key);
         let hash = sha256_hex(key.to_string().as_bytes());
@@ -524,6 +486,8 @@ impl Pipeline {
             Stage::MoeInit => &[Stage::Importance, Stage::Base],
             Stage::P0 => &[Stage::Data, Stage::MoeInit, Stage::Base],
             Stage::P1 => &[Stage::Data, Stage::P0],
+            Stage::P2 => &[Stage::Data, Stage::P1],
+            Stage::P3 => &[Stage::Data, Stage::P2],
         };
         needs
             .iter()
@@ -544,6 +508,8 @@ impl Pipeline {
             Stage::Base => Ok((PathBuf::new(), None)),
             Stage::P0 => Ok((model(Stage::MoeInit), Some(model(Stage::Base)))),
             Stage::P1 => Ok((model(Stage::P0), None)),
+            Stage::P2 => Ok((model(Stage::P1), None)),
+            Stage::P3 => Ok((model(Stage::P2), None)),
             s => Err(EngineError::config("phase", format!("`{s}` is not a training phase"))),
         }
     }
@@ -559,6 +525,11 @@ impl Pipeline {
             Qwen3::from_init(config, None, autograd::DType::F32, model::init::qwen3_init(self.config.seed, std))
         } else {
             Qwen3::load(&start)?
+        };
+        // P2 unties the LM head from the embedding at its start.
+        let model = match &cfg.sft {
+            Some(s) if s.untie_embeddings => model::untie::untie_embeddings(&model),
+            _ => model,
         };
         let teacher = match &teacher_dir {
             Some(t) if cfg.kind == PhaseKind::Distill => Some(Arc::new(Qwen3::load(t)?)),
@@ -611,7 +582,7 @@ impl Pipeline {
             let started = std::time::Instant::now();
             let data = self.dir(Stage::Data);
             let ds = Arc::new(PackedDataset::open(&data.join("train"))?);
-            if ds.manifest.seq_len as usize != cfg.seq_len {
+            if phase.reads_pack() && ds.manifest.seq_len as usize != cfg.seq_len {
                 return Err(EngineError::config(
                     &cfg.phase,
                     format!("seq_len {} but the pack has sequences of {}", cfg.seq_len, ds.manifest.seq_len),
@@ -621,9 +592,23 @@ impl Pipeline {
             ds.verify()?;
             PackedDataset::open(&data.join("dev"))?.verify()?;
             let total_micro = cfg.total_steps() * cfg.accumulation();
-            let stream = BatchStream::new(ds, &cfg.mix, cfg.micro_batch, cfg.seed, total_micro)?;
+            // p2 trains on the world's conversations, p3 on pairs sampled from the p2 model.
+            let (stream, data_stats, pair_reference) = match (&cfg.sft, &cfg.preference) {
+                (Some(s), _) => {
+                    let sft = crate::sft_data::build_sft_rows(&data, s, cfg.seq_len, cfg.seed)?;
+                    (BatchStream::sft(Arc::new(sft.rows), cfg.micro_batch, cfg.seed)?, sft.stats, None)
+                }
+                (_, Some(pc)) => {
+                    let p2 = self.dir(Stage::P2).join("model");
+                    let pd = crate::preference_data::pairs_for_phase(&data, &p2, pc, cfg.seq_len, cfg.seed)?;
+                    let reference = Arc::new(pd.pairs.iter().map(|p| p.reference).collect::<Vec<_>>());
+                    (BatchStream::pairs(Arc::new(pd.pairs), cfg.micro_batch, cfg.seed)?, pd.stats, Some(reference))
+                }
+                _ => (BatchStream::new(ds, &cfg.mix, cfg.micro_batch, cfg.seed, total_micro)?, BTreeMap::new(), None),
+            };
             let ckpt_dir = work.join("checkpoints");
-            let trainer = self.resumed_trainer(phase, &cfg, &ckpt_dir)?;
+            let mut trainer = self.resumed_trainer(phase, &cfg, &ckpt_dir)?;
+            trainer.pair_reference = pair_reference;
             let eval = Some(self.eval_inputs(&cfg)?);
             let outcome = run_phase(PhaseRun {
                 trainer,
@@ -664,6 +649,7 @@ impl Pipeline {
             );
             summary.precision = self.options.precision.name().to_string();
             summary.gemm_backend = self.options.precision.backend().name().to_string();
+            summary.data = data_stats;
             let (from, to) = (work.display().to_string(), self.dir(phase).display().to_string());
             for a in &mut summary.breaker_actions {
                 if let Some(c) = &mut a.checkpoint {
@@ -726,39 +712,3 @@ impl Pipeline {
 const TOKENIZER_MIN_FREQUENCY: u64 = 2;
 /// EMA decay of the importance pass.
 const IMPORTANCE_DECAY: f32 = 0.99;
-
-/// The summary of a finished phase.
-pub fn summarise(
-    phase: &str,
-    s: &crate::trainer::TrainerState,
-    eval: Option<&EvalRecord>,
-    artifacts: BTreeMap<String, String>,
-    seconds: f64,
-) -> PhaseSummary {
-    let mut summary = PhaseSummary {
-        phase: phase.to_string(),
-        steps: s.step,
-        tokens: s.tokens,
-        final_loss: s.last.as_ref().map_or(f32::NAN, |r| r.loss),
-        dev_ppl: BTreeMap::new(),
-        mcq_accuracy: BTreeMap::new(),
-        mcq_accuracy_norm: BTreeMap::new(),
-        mcq_chance: BTreeMap::new(),
-        router: s.router.clone(),
-        breaker_actions: s.actions.clone(),
-        nonfinite_skipped: s.nonfinite_skipped,
-        artifacts,
-        seconds,
-        precision: f32_name(),
-        gemm_backend: String::new(),
-    };
-    if let Some(e) = eval {
-        summary.dev_ppl = e.dev.per_domain.iter().map(|(d, p)| (d.clone(), p.ppl)).collect();
-        for m in &e.mcq {
-            summary.mcq_accuracy.insert(m.set.clone(), m.accuracy);
-            summary.mcq_accuracy_norm.insert(m.set.clone(), m.accuracy_norm);
-            summary.mcq_chance.insert(m.set.clone(), m.chance);
-        }
-    }
-    summary
-}

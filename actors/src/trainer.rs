@@ -26,6 +26,9 @@ use model::Qwen3;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+/// The input embedding (frozen at the start of P2).
+const EMBEDDING: &str = "model.embed_tokens.weight";
+
 /// A breaker action as logged: the action plus the checkpoint it can roll back to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoggedAction {
@@ -154,6 +157,9 @@ pub struct Trainer {
     /// Quantization-aware training (P4): the fake-quantized tensors' steps and mins, trained with
     /// the weights (None: plain training).
     pub qat: Option<QatTraining>,
+    /// DPO's reference log-probabilities of every pair (chosen, rejected), by the pair index a
+    /// preference micro-batch carries in `sequences` (phase p3; computed before training).
+    pub pair_reference: Option<Arc<Vec<[f32; 2]>>>,
 }
 
 /// Knobs of a phase at its start.
@@ -217,6 +223,14 @@ fn merge_router(parts: &[(usize, Vec<RouterStats>)]) -> Vec<RouterStats> {
         .collect()
 }
 
+/// Weights of micro-batches with `counts` counted tokens in their step: `n_i / Σ n`, so the
+/// step's loss and gradient are the token mean over the whole accumulated batch (each
+/// micro-batch's own loss is the mean over its tokens), not the mean of the micro-batch means.
+pub fn token_mean_weights(counts: &[usize]) -> Vec<f32> {
+    let total = counts.iter().sum::<usize>().max(1) as f32;
+    counts.iter().map(|&n| n as f32 / total).collect()
+}
+
 impl Trainer {
     /// A trainer at the start of a phase.
     pub fn new(config: PhaseConfig, model: Qwen3, teacher: Option<Arc<Qwen3>>) -> Result<Self> {
@@ -258,7 +272,7 @@ impl Trainer {
             finishing: false,
             metrics_lines: None,
         };
-        Ok(Trainer { config, model, teacher, opt, state, device: Device::Cpu, precision: Precision::F32, qat: None })
+        Ok(Trainer { config, model, teacher, opt, state, device: Device::Cpu, precision: Precision::F32, qat: None, pair_reference: None })
     }
 
     /// Runs the step's ops and AdamW on `device` from now on; the typed error of
@@ -305,6 +319,17 @@ impl Trainer {
         self.state.step >= self.total_steps()
     }
 
+    /// The embedding's range in the flat parameters while the phase keeps it still (the first
+    /// `sft.freeze_embeddings_frac` of P2's steps), else None.
+    fn frozen_embedding(&self, step: u64) -> Option<std::ops::Range<usize>> {
+        let frac = self.config.sft.as_ref()?.freeze_embeddings_frac;
+        if step >= (frac as f64 * self.total_steps() as f64).round() as u64 {
+            return None;
+        }
+        let e = self.model.params.entry(EMBEDDING).ok()?;
+        Some(e.offset..e.offset + e.numel())
+    }
+
     /// Forward + backward of one micro-batch, on a worker of the rayon pool (see
     /// `kernels_cpu::pool`).
     fn micro(&self, p: &PackedBatch, fwd: &ForwardOptions) -> Result<MicroOut> {
@@ -314,6 +339,9 @@ impl Trainer {
     fn micro_here(&self, p: &PackedBatch, fwd: &ForwardOptions) -> Result<MicroOut> {
         let (batch, targets) = crate::eval::token_batch_of(p.clone());
         let model = &self.model;
+        if let Some(pref) = &self.config.preference {
+            return self.preference_micro(p, &batch, &targets, fwd, &pref.loss);
+        }
         let (loss, parts, grads, qat_grads) = match (&self.config.distill, &self.teacher) {
             (Some(d), Some(teacher)) => {
                 let th = teacher_hidden(teacher, &batch, fwd.compute())?;
@@ -353,6 +381,48 @@ impl Trainer {
         }
     }
 
+    /// A preference micro-batch (pairs: chosen rows, then rejected rows) under DPO or SimPO; its
+    /// `ce` part is the preference loss, its count the completion tokens.
+    fn preference_micro(
+        &self,
+        p: &PackedBatch,
+        batch: &model::TokenBatch,
+        targets: &[i32],
+        fwd: &ForwardOptions,
+        loss: &model::preference::PreferenceLoss,
+    ) -> Result<MicroOut> {
+        let reference: Option<Vec<f32>> = match (&self.pair_reference, loss.needs_reference()) {
+            (_, false) => None,
+            (None, true) => return Err(EngineError::Training("DPO without reference log-probabilities".into())),
+            (Some(table), true) => {
+                let half = p.sequences.len() / 2;
+                let get = |i: usize, side: usize| {
+                    table.get(p.sequences[i] as usize).map(|r| r[side]).ok_or_else(|| {
+                        EngineError::Training(format!("pair {} has no reference log-probabilities", p.sequences[i]))
+                    })
+                };
+                Some((0..p.sequences.len()).map(|i| get(i, (i >= half) as usize)).collect::<Result<_>>()?)
+            }
+        };
+        let model = &self.model;
+        let (loss, parts, grads) = model.gradient(fwd.device, |tape, bound| {
+            let o = model::preference::preference_loss(
+                model,
+                tape,
+                bound,
+                batch,
+                targets,
+                fwd,
+                loss,
+                reference.as_deref(),
+            )?;
+            let count = o.logprobs.counts.iter().sum();
+            let parts = MicroParts { ce: o.value.loss, kl: 0.0, lb: o.lb, z: o.z, count, router: o.router };
+            Ok((o.loss, parts))
+        })?;
+        Ok(MicroOut { loss, parts, grads, qat_grads: Vec::new() })
+    }
+
     /// One optimiser step over `micro` (the step's micro-batches, in order), ending at data
     /// cursor `cursor_after`. Returns the step record and the breaker actions it triggered
     /// (already applied to the knobs; the caller logs them with a checkpoint).
@@ -372,10 +442,9 @@ impl Trainer {
             outs.push(self.micro(p, &fwd)?);
         }
         let count: usize = outs.iter().map(|o| o.parts.count).sum();
-        let denom = count.max(1) as f32;
+        let weights = token_mean_weights(&outs.iter().map(|o| o.parts.count).collect::<Vec<_>>());
         let (mut loss, mut ce, mut kl, mut lb, mut z) = (0f32, 0f32, 0f32, 0f32, 0f32);
-        for o in &outs {
-            let w = o.parts.count as f32 / denom;
+        for (o, &w) in outs.iter().zip(&weights) {
             loss += w * o.loss;
             ce += w * o.parts.ce;
             kl += w * o.parts.kl;
@@ -387,18 +456,22 @@ impl Trainer {
             [one] if one.parts.count > 0 => std::mem::take(&mut one.grads),
             _ => {
                 let mut sum = kernels_cpu::buffer::zeroed(self.model.params.numel());
-                for o in &outs {
-                    kernels_cpu::elementwise::axpy(&mut sum, o.parts.count as f32 / denom, &o.grads);
+                for (o, &w) in outs.iter().zip(&weights) {
+                    kernels_cpu::elementwise::axpy(&mut sum, w, &o.grads);
                 }
                 sum
             }
         };
+        let frozen = self.frozen_embedding(step);
+        if let Some(r) = &frozen {
+            grads[r.clone()].fill(0.0);
+        }
         let grad_norm = profile::stage("grad_norm", || kernels_cpu::adamw::global_norm(&grads));
         let mut qat_grads = Vec::new();
         if let [first, ..] = &outs[..] {
             qat_grads = vec![0f32; first.qat_grads.len()];
             for o in &outs {
-                kernels_cpu::elementwise::axpy(&mut qat_grads, o.parts.count as f32 / denom, &o.qat_grads);
+                kernels_cpu::elementwise::axpy(&mut qat_grads, o.parts.count as f32 / count.max(1) as f32, &o.qat_grads);
             }
         }
         // A non-finite step or min gradient skips the step like a non-finite weight gradient.
@@ -411,10 +484,15 @@ impl Trainer {
                 profile::stage("autoclip", || kernels_cpu::elementwise::scale(&mut grads, s));
             }
             self.opt.cfg.lr = lr;
+            let kept = frozen.map(|r| self.model.params.flat()[r].to_vec());
             let (device, params) = (self.device, &mut self.model.params);
             profile::stage("adamw", || self.opt.step_on(device, params, &grads))?;
             if let Some(q) = &mut self.qat {
                 q.step(&qat_grads, lr, self.config.betas);
+            }
+            if let Some(values) = kept {
+                // A zero gradient still moves a weight through AdamW's decoupled decay.
+                self.model.params.set(EMBEDDING, &values)?;
             }
             if let Some(rate) = self.config.router.as_ref().map(|r| r.bias_update_rate).filter(|&r| r > 0.0) {
                 let counts: Vec<Vec<usize>> = router.iter().map(|r| r.counts.clone()).collect();

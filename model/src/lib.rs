@@ -17,6 +17,7 @@ pub mod importance;
 pub mod init;
 pub mod load;
 pub mod moe_spec;
+pub mod preference;
 pub mod presets;
 pub mod qat;
 pub mod qwen3;
@@ -25,6 +26,7 @@ pub mod safetensors_io;
 pub mod surgery;
 pub mod tokenizer_files;
 pub mod trace;
+pub mod untie;
 
 pub use batch::TokenBatch;
 pub use config::Qwen3Config;

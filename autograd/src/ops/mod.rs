@@ -12,6 +12,7 @@ mod loss;
 mod moe;
 mod norm;
 mod rope;
+mod seq_logprob;
 mod slice;
 mod swiglu;
 
@@ -25,6 +26,7 @@ pub use loss::{lm_head_cross_entropy, CrossEntropyOutput};
 pub use moe::{moe_routed, MoeConfig, MoeOutput, MoePath, RouterStats, RouterWeighting};
 pub use norm::rmsnorm;
 pub use rope::rope;
+pub use seq_logprob::{lm_head_sequence_logprobs, lm_head_sequence_objective, SequenceLogProbs};
 pub use slice::slice_cols;
 pub use swiglu::{swiglu, swiglu_fused};
 

@@ -1,5 +1,5 @@
 //! `moe-cli run`: the training pipeline on a run directory (data -> base -> importance ->
-//! moe-init -> p0 -> p1), running missing prerequisites and resuming from checkpoints. Every
+//! moe-init -> p0 -> p1 -> p2), running missing prerequisites and resuming from checkpoints. Every
 //! config is checked before the first stage; the run holds the directory's lock; a stage whose
 //! inputs changed is rebuilt beside the finished one and swapped in (actors::stages).
 
@@ -45,7 +45,7 @@ struct Common {
 
 #[derive(clap::Subcommand)]
 enum What {
-    /// Run one training phase (base, p0, p1) and every missing prerequisite.
+    /// Run one training phase (base, p0, p1, p2) and every missing prerequisite.
     Phase {
         /// Phase name.
         phase: String,
@@ -54,7 +54,7 @@ enum What {
     },
     /// Run every stage up to and including `--until`.
     All {
-        /// Last stage (data, base, importance, moe-init, p0, p1).
+        /// Last stage (data, base, importance, moe-init, p0, p1, p2).
         #[arg(long, default_value = "p1")]
         until: String,
         #[command(flatten)]
@@ -83,8 +83,8 @@ fn faults_from_env() -> actors::supervisor::Faults {
 pub fn run(a: Args) -> Result<()> {
     let (until, common) = match a.what {
         What::Phase { phase, common } => {
-            if !["base", "p0", "p1"].contains(&phase.as_str()) {
-                anyhow::bail!("unknown phase `{phase}` (known: base, p0, p1)");
+            if !actors::phase::EMBEDDED.iter().any(|(n, _)| *n == phase) {
+                anyhow::bail!("unknown phase `{phase}` (known: {})", actors::phase::phase_names());
             }
             (phase, common)
         }
@@ -185,6 +185,9 @@ fn print_summary(s: &PhaseSummary) {
             r.load_entropy,
             100.0 * r.overflow_frac
         );
+    }
+    for (k, v) in &s.data {
+        println!("data       {k:<22} {v}");
     }
     println!("breakers   {} actions", s.breaker_actions.len());
     for a in &s.breaker_actions {

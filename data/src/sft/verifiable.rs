@@ -1,0 +1,208 @@
+//! Verifiable prompts for preference optimisation (phase P3): multiple-choice questions about
+//! the synthetic world with a known key, and the rule-based reward of an answer.
+//!
+//! The questions use the SFT phrasings (held out from the evaluation sets by the same rules, see
+//! tests) over three facts: a disease's first-line drug, a disease's body system, a drug's
+//! family; never symptoms, so the two-hop evaluation stays a composition the model was never
+//! rewarded for. Half of them (by `think_fraction`) end with `/think`, the rest with `/no_think`.
+//!
+//! Reward of a generated answer (Qwen3 format: `<think>…</think>` then the answer):
+//! `Invalid` without a closing `</think>`, else the option named after it: a standalone letter
+//! (`A`..), or failing that the one option whose text appears; none or several is `Invalid`;
+//! then `Correct` or `Wrong` against the key.
+
+use crate::chat::Message;
+use crate::rng::sub_rng;
+use crate::world::World;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// One verifiable prompt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerifiablePrompt {
+    /// `po-NNNNNN`.
+    pub id: String,
+    /// `first_line`, `system` or `drug_family`.
+    pub kind: String,
+    /// Asked under `/think` (else `/no_think`).
+    pub think: bool,
+    /// The user turn.
+    pub messages: Vec<Message>,
+    /// Option texts, in letter order (`A`, `B`, ...).
+    pub options: Vec<String>,
+    /// Index of the right option.
+    pub answer: usize,
+}
+
+/// The rule-based reward of one answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reward {
+    /// The key.
+    Correct,
+    /// Another option.
+    Wrong,
+    /// No closing `</think>`, no option or several.
+    Invalid,
+}
+
+/// Letter of option `i` (`A`, `B`, ...).
+fn letter(i: usize) -> char {
+    (b'A' + i as u8) as char
+}
+
+/// Three distinct options other than `right` from `pool`, plus `right` at a random position.
+fn options(rng: &mut impl Rng, pool: &[String], right: &str) -> Option<(Vec<String>, usize)> {
+    let mut others: Vec<&String> = pool.iter().filter(|p| p.as_str() != right).collect();
+    others.sort();
+    others.dedup();
+    if others.len() < 3 {
+        return None;
+    }
+    others.shuffle(rng);
+    let mut opts: Vec<String> = others.into_iter().take(3).cloned().collect();
+    let at = rng.gen_range(0..=3);
+    opts.insert(at, right.to_string());
+    Some((opts, at))
+}
+
+/// `n` prompts from the world; same world, seed and counts, same prompts.
+pub fn verifiable_prompts(w: &World, seed: u64, n: usize, think_fraction: f64) -> Vec<VerifiablePrompt> {
+    let mut rng = sub_rng(seed, "preference-prompts");
+    let drugs: Vec<String> = w.drugs.iter().map(|d| d.name.clone()).collect();
+    let systems: Vec<String> = w.organ_systems.iter().map(|s| s.name.clone()).collect();
+    let classes: Vec<String> = w.drug_classes.iter().map(|c| c.name.clone()).collect();
+    let think_n = ((think_fraction.clamp(0.0, 1.0) * n as f64).round() as usize).min(n);
+    let mut out = Vec::with_capacity(n);
+    let mut tries = 0;
+    while out.len() < n && tries < 20 * n + 100 {
+        tries += 1;
+        let (kind, question, pool, right) = match rng.gen_range(0..3) {
+            0 => {
+                let d = &w.diseases[rng.gen_range(0..w.diseases.len())];
+                let q = format!("Treating {}: which drug do you begin with?", d.name);
+                ("first_line", q, &drugs, w.drugs[d.first_line].name.clone())
+            }
+            1 => {
+                let d = &w.diseases[rng.gen_range(0..w.diseases.len())];
+                ("system", format!("What body system does {} affect?", d.name), &systems, systems[d.system].clone())
+            }
+            _ => {
+                let x = rng.gen_range(0..w.drugs.len());
+                let q = format!("Tell me the drug family of {}.", w.drugs[x].name);
+                ("drug_family", q, &classes, w.class_of(x).name.clone())
+            }
+        };
+        let Some((opts, answer)) = options(&mut rng, pool, &right) else { continue };
+        let think = out.len() < think_n;
+        let listed: Vec<String> = opts.iter().enumerate().map(|(i, o)| format!("{}. {o}", letter(i))).collect();
+        let text = format!(
+            "{question}\n{}\nReply with the letter of the right option. {}",
+            listed.join("\n"),
+            if think { "/think" } else { "/no_think" }
+        );
+        out.push(VerifiablePrompt {
+            id: format!("po-{:06}", out.len()),
+            kind: kind.to_string(),
+            think,
+            messages: vec![Message::new("user", text)],
+            options: opts,
+            answer,
+        });
+    }
+    // Modes interleaved rather than the first `think_n` all thinking.
+    out.shuffle(&mut rng);
+    for (i, p) in out.iter_mut().enumerate() {
+        p.id = format!("po-{i:06}");
+    }
+    out
+}
+
+/// The reward of `answer` (the generated text, special tokens kept) to `prompt`.
+pub fn reward(prompt: &VerifiablePrompt, answer: &str) -> Reward {
+    let Some(end) = answer.rfind("</think>") else { return Reward::Invalid };
+    let tail = &answer[end + "</think>".len()..];
+    let n = prompt.options.len();
+    let letters: Vec<usize> = tail
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter_map(|w| {
+            let mut cs = w.chars();
+            match (cs.next(), cs.next()) {
+                (Some(c), None) if c.is_ascii_uppercase() && ((c as u8 - b'A') as usize) < n => {
+                    Some((c as u8 - b'A') as usize)
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    let chosen = match letters.first() {
+        Some(&l) if letters.iter().all(|&x| x == l) => Some(l),
+        Some(_) => None,
+        None => {
+            let named: Vec<usize> = (0..n).filter(|&i| tail.contains(prompt.options[i].as_str())).collect();
+            (named.len() == 1).then(|| named[0])
+        }
+    };
+    match chosen {
+        None => Reward::Invalid,
+        Some(i) if i == prompt.answer => Reward::Correct,
+        Some(_) => Reward::Wrong,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::overlap::NgramIndex;
+    use crate::eval::{generate_eval, EvalConfig};
+    use crate::world::{generate, WorldConfig};
+
+    fn prompt(answer: usize) -> VerifiablePrompt {
+        VerifiablePrompt {
+            id: "po-000000".into(),
+            kind: "system".into(),
+            think: false,
+            messages: vec![],
+            options: ["renal", "hepatic", "cardiac", "neural"].map(String::from).to_vec(),
+            answer,
+        }
+    }
+
+    #[test]
+    fn reward_follows_the_rules() {
+        let p = prompt(1);
+        assert_eq!(reward(&p, "<think>\n\n</think>\n\nB"), Reward::Correct);
+        assert_eq!(reward(&p, "<think>\nwhy\n</think>\n\nThe answer is B."), Reward::Correct);
+        assert_eq!(reward(&p, "<think>\n\n</think>\n\nIt affects the hepatic system."), Reward::Correct);
+        assert_eq!(reward(&p, "<think>\n\n</think>\n\nC<|im_end|>"), Reward::Wrong);
+        assert_eq!(reward(&p, "B"), Reward::Invalid, "no closing think tag");
+        assert_eq!(reward(&p, "<think>\n\n</think>\n\nB or C"), Reward::Invalid, "two letters");
+        assert_eq!(reward(&p, "<think>\n\n</think>\n\nrenal or cardiac"), Reward::Invalid, "two options named");
+        assert_eq!(reward(&p, "<think>\n\n</think>\n\nno idea"), Reward::Invalid);
+        assert_eq!(reward(&p, "<think>B</think>"), Reward::Invalid, "a letter inside the think block only");
+    }
+
+    #[test]
+    fn prompts_are_seeded_keyed_and_held_out_from_the_eval_sets() {
+        let w = generate(3, &WorldConfig::default()).unwrap();
+        let ps = verifiable_prompts(&w, 9, 300, 0.5);
+        assert_eq!(ps, verifiable_prompts(&w, 9, 300, 0.5));
+        assert_eq!(ps.len(), 300);
+        assert_eq!(ps.iter().filter(|p| p.think).count(), 150);
+        for p in &ps {
+            let text = &p.messages[0].content;
+            assert!(text.ends_with(if p.think { "/think" } else { "/no_think" }), "{text}");
+            assert_eq!(p.options.len(), 4);
+            let right = format!("<think>\n\n</think>\n\n{}", letter(p.answer));
+            assert_eq!(reward(p, &right), Reward::Correct);
+        }
+        let eval = generate_eval(&w, 3, &EvalConfig::default()).unwrap();
+        let texts: Vec<String> = ps.iter().map(|p| p.messages[0].content.clone()).collect();
+        let idx = NgramIndex::new(texts.iter().map(String::as_str), 13);
+        for (_, items) in eval.sets() {
+            let r = idx.check(items);
+            assert!(r.is_clean(), "13-gram overlap: {:?}", &r.overlapping[..r.overlapping.len().min(3)]);
+        }
+    }
+}
