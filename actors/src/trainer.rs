@@ -272,7 +272,17 @@ impl Trainer {
             finishing: false,
             metrics_lines: None,
         };
-        Ok(Trainer { config, model, teacher, opt, state, device: Device::Cpu, precision: Precision::F32, qat: None, pair_reference: None })
+        Ok(Trainer {
+            config,
+            model,
+            teacher,
+            opt,
+            state,
+            device: Device::Cpu,
+            precision: Precision::F32,
+            qat: None,
+            pair_reference: None,
+        })
     }
 
     /// Runs the step's ops and AdamW on `device` from now on; the typed error of
@@ -471,7 +481,11 @@ impl Trainer {
         if let [first, ..] = &outs[..] {
             qat_grads = vec![0f32; first.qat_grads.len()];
             for o in &outs {
-                kernels_cpu::elementwise::axpy(&mut qat_grads, o.parts.count as f32 / count.max(1) as f32, &o.qat_grads);
+                kernels_cpu::elementwise::axpy(
+                    &mut qat_grads,
+                    o.parts.count as f32 / count.max(1) as f32,
+                    &o.qat_grads,
+                );
             }
         }
         // A non-finite step or min gradient skips the step like a non-finite weight gradient.
