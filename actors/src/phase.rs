@@ -115,7 +115,8 @@ pub struct SftPhaseConfig {
     /// Fraction of the steps (from the start) during which the embedding does not move.
     pub freeze_embeddings_frac: f32,
     /// Fraction of the steps (at the end) trained with Q8 fake-quant on experts + shared FFN
-    /// (0.15 in the seed plan). Values above 0 need the fake-quant op, which this build lacks.
+    /// (0.15 in the seed plan). Values above 0 are refused until the P2 step is wired to the
+    /// QAT step (`Trainer::qat`).
     #[serde(default)]
     pub q8_fraction: f32,
 }
@@ -367,8 +368,8 @@ impl PhaseConfig {
             }
             if s.q8_fraction > 0.0 {
                 return bad(format!(
-                    "field `sft.q8_fraction`: {} asks for Q8 fake-quant on the experts and shared FFN, but this build \
-                     has no fake-quant op yet (issue 14); set it to 0",
+                    "field `sft.q8_fraction`: {} asks for Q8 fake-quant on the experts and shared FFN, but the P2 \
+                     step is not wired to the QAT step yet (issue 14); set it to 0",
                     s.q8_fraction
                 ));
             }
