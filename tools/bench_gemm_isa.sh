@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GEMM GFLOP/s of every medmoe backend this CPU has (kernels-cpu example bench_gemm: auto, avx2,
-# gemm-crate, amx-bf16) next to numpy f32, torch f32, torch bf16 and torch bf16 with the f32->bf16
+# gemm-crate, amx-bf16, avx512-bf16) next to numpy f32, torch f32, torch bf16 and torch bf16 with the f32->bf16
 # casts timed (tools/bench_gemm_torch.py), same shapes and threads, interleaved rounds (ours,
 # then the references, per round). The machines are shared, so each program run first waits until
 # the 1-minute load average is below --max-load, and measures the CPU time other processes (and the
@@ -40,11 +40,13 @@ done
 
 need_python_modules numpy torch
 EXAMPLE="${CARGO_TARGET_DIR:-target}/release/examples/bench_gemm"
+PEAK="${CARGO_TARGET_DIR:-target}/release/examples/fma_peak"
 if [[ "${SKIP_BUILD:-0}" != "1" ]]; then
-    echo "[bench] cargo build --release -p kernels-cpu --example bench_gemm" >&2
-    cargo build --release -p kernels-cpu --example bench_gemm >&2
+    echo "[bench] cargo build --release -p kernels-cpu --example bench_gemm --example fma_peak" >&2
+    cargo build --release -p kernels-cpu --example bench_gemm --example fma_peak >&2
 fi
 [[ -x "$EXAMPLE" ]] || die "$EXAMPLE not found (build it, or set CARGO_TARGET_DIR)"
+[[ -x "$PEAK" ]] || die "$PEAK not found (build it, or set CARGO_TARGET_DIR)"
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
@@ -91,6 +93,8 @@ for ((r = 0; r < ROUNDS; r++)); do
     run_clean "$r" "$EXAMPLE" --shapes "$SHAPES" --threads "$THREADS" --trans "$TRANS" --rounds 1
     run_clean "$r" "$PYTHON" tools/bench_gemm_torch.py --shapes "$SHAPES" --threads "$THREADS" --trans "$TRANS"
 done
+# The arithmetic peak (register-only FMA / vdpbf16ps loops), for the "% of peak" columns.
+run_clean -1 "$PEAK" --threads "$THREADS" --rounds 3
 
 MODEL="$(lscpu | sed -n 's/^Model name: *//p')"
 FLAGS="$(grep -m1 '^flags' /proc/cpuinfo)"
@@ -103,9 +107,18 @@ echo "CPU: $MODEL, $(nproc) CPUs; ISA:${ISA}"
 "$PYTHON" - "$TMP/all.jsonl" "$SHAPES" "$THREADS" "$TRANS" <<'PY'
 import collections, json, statistics, sys
 
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+all_rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+rows = [r for r in all_rows if r["bench"] == "gemm"]
+threads = int(sys.argv[3])
+peak = {}
+for r in all_rows:
+    if r["bench"] == "peak" and r["threads"] == threads:
+        peak.setdefault(r["isa"], []).append(r["gflops"])
+peak = {isa: statistics.median(v) for isa, v in peak.items()}
+f32_peak = peak.get("avx512f-fma") or peak.get("avx2-fma")
+bf16_peak = peak.get("avx512-bf16-dp")
 shapes = [tuple(int(x) for x in s.lower().split("x")) for s in sys.argv[2].split(",") if s]
-order = ["medmoe-auto", "medmoe-avx2", "medmoe-gemm-crate", "medmoe-amx-bf16",
+order = ["medmoe-auto", "medmoe-avx2", "medmoe-gemm-crate", "medmoe-amx-bf16", "medmoe-avx512-bf16",
          "numpy", "torch-f32", "torch-bf16", "torch-bf16-cast"]
 g = collections.defaultdict(list)
 for r in rows:
@@ -117,8 +130,14 @@ auto = next((r["resolved"] for r in rows if r["impl"] == "medmoe-auto"), "?")
 print(f"\nGEMM GFLOP/s, {sys.argv[3]} threads, trans {sys.argv[4]}, {len({r['bench_round'] for r in rows})} interleaved "
       f"rounds, median [min .. max]; load average at run start {min(loads)} .. {max(loads)}, CPUs taken by "
       f"other processes during a run {min(others)} .. {max(others)}; auto = {auto}\n")
-print("| M x K x N | " + " | ".join(impls) + " | amx-bf16 / torch-bf16 |")
-print("|---|" + "---:|" * (len(impls) + 1))
+# The native bf16 backend of this CPU (AMX where it exists, else AVX512-BF16) against torch bf16.
+native = next((i for i in ("medmoe-amx-bf16", "medmoe-avx512-bf16") if i in impls), None)
+native_name = native[len("medmoe-"):] if native else "bf16"
+print("Arithmetic peak, %d threads (fma_peak, median of 3): " % threads
+      + ", ".join(f"{isa} {g:.0f} GFLOP/s" for isa, g in sorted(peak.items())) + "\n")
+print("| M x K x N | " + " | ".join(impls) + f" | {native_name} / torch-bf16 | best f32 / numpy | best f32 / f32 peak | "
+      f"{native_name} / bf16 peak |")
+print("|---|" + "---:|" * (len(impls) + 4))
 med = {}
 for s in shapes:
     cells = []
@@ -129,7 +148,12 @@ for s in shapes:
             cells.append(f"{med[(i, s)]:.0f} [{min(v):.0f} .. {max(v):.0f}]")
         else:
             cells.append("n/a")
-    a, t = med.get(("medmoe-amx-bf16", s)), med.get(("torch-bf16", s))
+    a, t = med.get((native, s)), med.get(("torch-bf16", s))
     ratio = f"{a / t:.2f}" if a and t else "n/a"
-    print(f"| {s[0]}x{s[1]}x{s[2]} | " + " | ".join(cells) + f" | {ratio} |")
+    best = max((med[(i, s)] for i in ("medmoe-auto", "medmoe-avx2", "medmoe-gemm-crate") if (i, s) in med), default=None)
+    npy = med.get(("numpy", s))
+    vs_numpy = f"{best / npy:.2f}" if best and npy else "n/a"
+    of_peak = f"{100 * best / f32_peak:.0f}%" if best and f32_peak else "n/a"
+    of_bf16 = f"{100 * a / bf16_peak:.0f}%" if a and bf16_peak and native == "medmoe-avx512-bf16" else "n/a"
+    print(f"| {s[0]}x{s[1]}x{s[2]} | " + " | ".join(cells) + f" | {ratio} | {vs_numpy} | {of_peak} | {of_bf16} |")
 PY

@@ -65,12 +65,13 @@ pub fn precision(s: &str) -> Result<autograd::Precision, String> {
     })
 }
 
-/// What `--precision` runs on this CPU, for a warning: `Some` when bf16 is emulated (no AMX-BF16:
+/// What `--precision` runs on this CPU, for a warning: `Some` when bf16 is emulated (no AMX-BF16 nor
+/// AVX512-BF16:
 /// operands rounded to bf16, products on the f32 kernels, so bf16 numerics at f32 speed or slower).
 pub fn precision_warning(p: autograd::Precision) -> Option<String> {
     (!p.is_native()).then(|| {
         format!(
-            "warning: this CPU has no AMX-BF16: --precision {} runs emulated ({}: operands rounded to bf16, \
+            "warning: this CPU has neither AMX-BF16 nor AVX512-BF16: --precision {} runs emulated ({}: operands rounded to bf16, \
              products on the f32 kernels), with bf16 numerics at f32 speed or slower",
             p.name(),
             p.backend().name()

@@ -28,7 +28,7 @@ use kernels_cpu::moe::experts::{experts_backward, experts_forward};
 
 /// Norm-wise tolerance of a bf16 kernel against the f32 kernel.
 const BF16_TOL: f64 = 1e-2;
-/// Tolerance of AMX against emulated bf16 where outputs are one GEMM from the inputs.
+/// Tolerance of a native bf16 backend (AMX, AVX512-BF16) against emulated bf16 where outputs are one GEMM from the inputs.
 const ORDER_TOL: f64 = 1e-6;
 /// ... and where an intermediate is rounded to bf16 again.
 const REROUND_TOL: f64 = 2e-6;
@@ -36,10 +36,12 @@ const REROUND_TOL: f64 = 2e-6;
 /// The bf16 backends this CPU runs.
 fn bf16_backends() -> Vec<GemmBackend> {
     let mut out = vec![GemmBackend::Bf16Emulated];
-    if GemmBackend::AmxBf16.is_available() {
-        out.push(GemmBackend::AmxBf16);
-    } else {
-        eprintln!("skipping the AMX-BF16 backend: this CPU has no AMX (the test runs on Intel Xeon 4th gen or later)");
+    for be in [GemmBackend::AmxBf16, GemmBackend::Avx512Bf16] {
+        if be.is_available() {
+            out.push(be);
+        } else {
+            eprintln!("skipping the {} backend: not available on this CPU", be.name());
+        }
     }
     out
 }
@@ -101,10 +103,12 @@ fn lm_head_cross_entropy_rounds_its_gemm_operands() {
         close_but_rounded(&out.dw, &f32_out.dw, BF16_TOL, &format!("{} ce dw", be.name()));
         outs.push(out);
     }
-    if let [emu, amx] = &outs[..] {
-        agree(&amx.losses, &emu.losses, ORDER_TOL, "ce losses");
-        agree(&amx.dh, &emu.dh, REROUND_TOL, "ce dh");
-        agree(&amx.dw, &emu.dw, REROUND_TOL, "ce dw");
+    if let [emu, natives @ ..] = &outs[..] {
+        for native in natives {
+            agree(&native.losses, &emu.losses, ORDER_TOL, "ce losses");
+            agree(&native.dh, &emu.dh, REROUND_TOL, "ce dh");
+            agree(&native.dw, &emu.dw, REROUND_TOL, "ce dw");
+        }
     }
 }
 
@@ -130,10 +134,12 @@ fn lm_head_distillation_rounds_its_gemm_operands() {
         assert!(rel_norm_err(&kl, &kl32) > 0.0, "{}: kl identical to f32", be.name());
         outs.push((kl, dhs, dws));
     }
-    if let [emu, amx] = &outs[..] {
-        agree(&amx.0, &emu.0, ORDER_TOL, "kl");
-        agree(&amx.1, &emu.1, REROUND_TOL, "kl dhs");
-        agree(&amx.2, &emu.2, REROUND_TOL, "kl dws");
+    if let [emu, natives @ ..] = &outs[..] {
+        for native in natives {
+            agree(&native.0, &emu.0, ORDER_TOL, "kl");
+            agree(&native.1, &emu.1, REROUND_TOL, "kl dhs");
+            agree(&native.2, &emu.2, REROUND_TOL, "kl dws");
+        }
     }
 }
 
@@ -162,9 +168,11 @@ fn attention_tiles_round_their_gemm_operands() {
         }
         outs.push(got);
     }
-    if let [emu, amx] = &outs[..] {
-        for ((a, e), name) in amx.iter().zip(emu).zip(names) {
-            agree(a, e, REROUND_TOL, &format!("attention {name}"));
+    if let [emu, natives @ ..] = &outs[..] {
+        for native in natives {
+            for ((a, e), name) in native.iter().zip(emu).zip(names) {
+                agree(a, e, REROUND_TOL, &format!("attention {name}"));
+            }
         }
     }
 }
@@ -196,10 +204,12 @@ fn expert_gemms_round_their_operands() {
         }
         outs.push(got);
     }
-    if let [emu, amx] = &outs[..] {
-        agree(&amx[1], &emu[1], ORDER_TOL, "experts hgu");
-        for ((a, e), name) in amx.iter().zip(emu).zip(names) {
-            agree(a, e, REROUND_TOL, &format!("experts {name}"));
+    if let [emu, natives @ ..] = &outs[..] {
+        for native in natives {
+            agree(&native[1], &emu[1], ORDER_TOL, "experts hgu");
+            for ((a, e), name) in native.iter().zip(emu).zip(names) {
+                agree(a, e, REROUND_TOL, &format!("experts {name}"));
+            }
         }
     }
 }

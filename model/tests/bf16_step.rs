@@ -1,7 +1,8 @@
 //! Issue 17: a training step (loss and the gradient of every parameter) with bf16 GEMM operands
 //! against the same step in f32, on the tiny presets (dense, and MoE with its router losses), on
-//! every bf16 backend this CPU has: `Bf16Emulated` always, `AmxBf16` where the CPU has AMX
-//! (skipped with a message otherwise); and AMX against emulated.
+//! every bf16 backend this CPU has: `Bf16Emulated` always, `AmxBf16` where the CPU has AMX and
+//! `Avx512Bf16` where it has AVX512-BF16 (skipped with a message otherwise); and each native one
+//! against emulated.
 //!
 //! Tolerances, and why:
 //! - bf16 keeps 8 significant bits: rounding to nearest moves an operand by at most 2^-8 = 3.9e-3
@@ -96,13 +97,15 @@ fn check(moe: bool) {
     let what = if moe { "tiny-k1p1-n16" } else { "tiny-dense" };
     let (loss32, grads32) = step(&model, GemmBackend::Auto);
     let mut backends = vec![GemmBackend::Bf16Emulated];
-    if GemmBackend::AmxBf16.is_available() {
-        backends.push(GemmBackend::AmxBf16);
-    } else {
-        eprintln!("skipping the AMX-BF16 backend: this CPU has no AMX (the test runs on Intel Xeon 4th gen or later)");
+    for be in [GemmBackend::AmxBf16, GemmBackend::Avx512Bf16] {
+        if be.is_available() {
+            backends.push(be);
+        } else {
+            eprintln!("skipping the {} backend: not available on this CPU", be.name());
+        }
     }
     let mut runs = Vec::new();
-    for be in backends {
+    for &be in &backends {
         let (loss, grads) = step(&model, be);
         let loss_err = ((loss - loss32) / loss32).abs() as f64;
         let all = rel_norm_err(&grads, &grads32);
@@ -118,17 +121,24 @@ fn check(moe: bool) {
         assert!(all > 0.0 && loss != loss32, "{what} {}: identical to f32: bf16 never reached the GEMMs", be.name());
         runs.push((loss, grads, all));
     }
-    if let [(loss_e, grads_e, gap_e), (loss_a, grads_a, _)] = &runs[..] {
-        let loss_err = ((loss_a - loss_e) / loss_e).abs() as f64;
-        let all = rel_norm_err(grads_a, grads_e);
-        let (name, worst) = worst_tensor(&model, grads_a, grads_e);
-        eprintln!(
-            "{what} amx vs emulated: loss rel {loss_err:.2e}; gradient norm-wise {all:.2e}, worst tensor {name} {worst:.2e}"
-        );
-        assert!(loss_err <= AGREE_LOSS_TOL, "{what}: AMX vs emulated loss {loss_err:.2e}");
-        assert!(worst <= TENSOR_TOL, "{what}: AMX vs emulated {name} gradient {worst:.2e}");
-        let bound = AGREE_FRACTION * gap_e;
-        assert!(all <= bound, "{what}: AMX vs emulated {all:.2e} above {AGREE_FRACTION} x bf16-vs-f32 {gap_e:.2e}");
+    if let [(loss_e, grads_e, gap_e), natives @ ..] = &runs[..] {
+        for (be, (loss_a, grads_a, _)) in backends.iter().skip(1).zip(natives) {
+            let native = be.name();
+            let loss_err = ((loss_a - loss_e) / loss_e).abs() as f64;
+            let all = rel_norm_err(grads_a, grads_e);
+            let (name, worst) = worst_tensor(&model, grads_a, grads_e);
+            eprintln!(
+                "{what} {native} vs emulated: loss rel {loss_err:.2e}; gradient norm-wise {all:.2e}, worst tensor {name} \
+                 {worst:.2e}"
+            );
+            assert!(loss_err <= AGREE_LOSS_TOL, "{what}: {native} vs emulated loss {loss_err:.2e}");
+            assert!(worst <= TENSOR_TOL, "{what}: {native} vs emulated {name} gradient {worst:.2e}");
+            let bound = AGREE_FRACTION * gap_e;
+            assert!(
+                all <= bound,
+                "{what}: {native} vs emulated {all:.2e} above {AGREE_FRACTION} x bf16-vs-f32 {gap_e:.2e}"
+            );
+        }
     }
 }
 

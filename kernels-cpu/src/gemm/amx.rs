@@ -1,5 +1,6 @@
-//! bf16 GEMM on Intel AMX tiles: `C[m,n] (+)= bf16(op(A))[m,k] · bf16(op(B))[k,n]` with f32
-//! accumulation.
+//! bf16 GEMM on packed bf16 tiles: `C[m,n] (+)= bf16(op(A))[m,k] · bf16(op(B))[k,n]` with f32
+//! accumulation, run by one of two microkernels ([`Microkernel`]): Intel AMX tiles (`kernel`,
+//! `tdpbf16ps`) or AVX512-BF16 zmm registers (`dpbf16`, `vdpbf16ps`) on CPUs without AMX.
 //!
 //! Contract: every f32 operand element is rounded to the nearest bf16 (ties to even, like
 //! torch; [`super::bf16`]) while it is packed; products of bf16 values are exact in f32 and are
@@ -21,7 +22,7 @@
 //! A task sweeps the shared operand in sub-blocks; for each it keeps the C sub-block in an f32
 //! buffer and runs k in blocks of [`K_BLOCK_STEPS`] steps (column pairs outer, so the two B
 //! panels of a k block stay in L1 while the row pairs pass) with the 32x32 microkernel
-//! (`kernel`), then writes its valid rows and columns into dst. Tasks go to up to `threads`
+//! (`kernel` or `dpbf16`), then writes its valid rows and columns into dst. Tasks go to up to `threads`
 //! rayon jobs.
 //!
 //! Availability (`cpu`): AVX-512 F/BW/VL (the packing code), CPUID leaf 7 EDX bits 22
@@ -30,6 +31,7 @@
 //! (the first time [`available`] is asked).
 
 mod cpu;
+mod dpbf16;
 mod kernel;
 mod pack;
 #[cfg(test)]
@@ -42,6 +44,25 @@ use pack::{pack_a, pack_b, TILE};
 use std::cell::RefCell;
 
 pub(crate) use cpu::available;
+
+/// The microkernel that computes the 32x32 blocks; both read the same packed tiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Microkernel {
+    /// Intel AMX tiles (`tdpbf16ps`).
+    Amx,
+    /// AVX512-BF16 (`vdpbf16ps` on zmm registers).
+    Avx512Bf16,
+}
+
+impl Microkernel {
+    /// Whether this CPU (and OS) runs the microkernel.
+    pub(crate) fn available(self) -> bool {
+        match self {
+            Microkernel::Amx => available(),
+            Microkernel::Avx512Bf16 => dpbf16::available(),
+        }
+    }
+}
 
 /// k steps (of 32) per k block of a task: the two B panels of a block (2 x 8 KiB) stay in L1.
 /// 16 and 64 (no k blocking) measured the same within the noise of the shared machine; 8 keeps
@@ -125,9 +146,10 @@ fn with_buf<T: Copy + Default, R>(
 
 /// `dst[m,n] (+)= bf16(op(a)) · bf16(op(b))` (the module contract) on up to `threads` threads.
 ///
-/// Panics if AMX is unavailable or a slice is shorter than its shape says.
+/// Panics if `kernel` is unavailable or a slice is shorter than its shape says.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(
+    kernel: Microkernel,
     dst: DstPtr,
     a: &[f32],
     b: &[f32],
@@ -139,7 +161,7 @@ pub(crate) fn matmul(
     accumulate: bool,
     threads: usize,
 ) {
-    assert!(available(), "matmul: the AMX-BF16 backend needs AMX-TILE and AMX-BF16");
+    assert!(kernel.available(), "matmul: the {kernel:?} bf16 microkernel is not available on this CPU");
     assert!(dst.len >= m * n, "matmul: dst too short");
     assert!(a.len() >= m * k, "matmul: a too short");
     assert!(b.len() >= k * n, "matmul: b too short");
@@ -169,6 +191,7 @@ pub(crate) fn matmul(
         accumulate,
         own_rows,
         blk,
+        kernel,
     };
     // Shared operand: all its strips (panels), padded to 32 rows (columns).
     let shared_tiles = round_up(if own_rows { n } else { m }, 32) / 16;
@@ -183,6 +206,17 @@ pub(crate) fn matmul(
         });
         run_tasks(threads, own_len.div_ceil(blk), &|t| ctx.task(t, shared));
     });
+}
+
+/// One 32x32 block's microkernel call (see `kernel::kernel_32x32`).
+struct KernelArgs {
+    a0: *const u16,
+    a1: *const u16,
+    b0: *const u16,
+    b1: *const u16,
+    steps: usize,
+    c_in: Option<(*const f32, usize)>,
+    c_out: (*mut f32, usize),
 }
 
 /// What every task of one product needs (read-only; `c` written in disjoint blocks).
@@ -203,6 +237,8 @@ struct Ctx {
     own_rows: bool,
     /// Rows (columns) of an owned block.
     blk: usize,
+    /// Which microkernel computes the blocks (checked available by `matmul`).
+    kernel: Microkernel,
 }
 
 impl Ctx {
@@ -271,37 +307,53 @@ impl Ctx {
         let (full_r, full_c) = if self.accumulate { (0, 0) } else { (rows / 32 * 32, cols / 32 * 32) };
         let dst = self.c.get().wrapping_add(r0 * n + c0);
         with_buf(&C_BUF, rp * cp, |cbuf| {
-            // SAFETY: AMX available (asserted by `matmul`).
-            let tiles = unsafe { Tiles::configure() };
-            for s0 in (0..ks).step_by(K_BLOCK_STEPS) {
-                let steps = K_BLOCK_STEPS.min(ks - s0);
-                let last = s0 + steps == ks;
-                let tile = |base: *const u16, idx: usize| base.wrapping_add((idx * ks + s0) * TILE);
-                for j in (0..cp).step_by(32) {
-                    for i in (0..rp).step_by(32) {
-                        let (st, q) = (i / 16, j / 16);
-                        let buf = cbuf.wrapping_add(i * cp + j);
-                        let c_in = (s0 > 0).then_some((buf as *const f32, cp * 4));
-                        let c_out = if last && i < full_r && j < full_c {
-                            (dst.wrapping_add(i * n + j), n * 4)
-                        } else {
-                            (buf, cp * 4)
-                        };
-                        // SAFETY: AMX configured; a_tiles holds rp / 16 > st + 1 strips and
-                        // b_tiles cp / 16 > q + 1 panels of ks tiles (padded to 32), so tiles
-                        // s0..s0+steps of each are readable; the 32x32 block at (i, j) lies in
-                        // cbuf (rp x cp floats, this thread's, row stride cp * 4 bytes) and,
-                        // when i + 32 <= rows and j + 32 <= cols, in this task's rows r0.. and
-                        // columns c0.. of dst (m x n, row stride n * 4 bytes), which no other
-                        // task touches.
-                        unsafe {
+            let sweep = |kern: &dyn Fn(KernelArgs)| {
+                for s0 in (0..ks).step_by(K_BLOCK_STEPS) {
+                    let steps = K_BLOCK_STEPS.min(ks - s0);
+                    let last = s0 + steps == ks;
+                    let tile = |base: *const u16, idx: usize| base.wrapping_add((idx * ks + s0) * TILE);
+                    for j in (0..cp).step_by(32) {
+                        for i in (0..rp).step_by(32) {
+                            let (st, q) = (i / 16, j / 16);
+                            let buf = cbuf.wrapping_add(i * cp + j);
+                            let c_in = (s0 > 0).then_some((buf as *const f32, cp * 4));
+                            let c_out = if last && i < full_r && j < full_c {
+                                (dst.wrapping_add(i * n + j), n * 4)
+                            } else {
+                                (buf, cp * 4)
+                            };
                             let (a0, a1) = (tile(a_tiles, st), tile(a_tiles, st + 1));
-                            kernel_32x32(&tiles, a0, a1, tile(b_tiles, q), tile(b_tiles, q + 1), steps, c_in, c_out);
+                            kern(KernelArgs {
+                                a0,
+                                a1,
+                                b0: tile(b_tiles, q),
+                                b1: tile(b_tiles, q + 1),
+                                steps,
+                                c_in,
+                                c_out,
+                            });
                         }
                     }
                 }
+            };
+            // SAFETY (both arms): the microkernel is available (asserted by `matmul`); a_tiles
+            // holds rp / 16 > st + 1 strips and b_tiles cp / 16 > q + 1 panels of ks tiles
+            // (padded to 32), so tiles s0..s0+steps of each are readable; the 32x32 block at
+            // (i, j) lies in cbuf (rp x cp floats, this thread's, row stride cp * 4 bytes) and,
+            // when i + 32 <= rows and j + 32 <= cols, in this task's rows r0.. and columns c0..
+            // of dst (m x n, row stride n * 4 bytes), which no other task touches.
+            match self.kernel {
+                Microkernel::Amx => {
+                    let tiles = unsafe { Tiles::configure() };
+                    sweep(&|x: KernelArgs| unsafe {
+                        kernel_32x32(&tiles, x.a0, x.a1, x.b0, x.b1, x.steps, x.c_in, x.c_out)
+                    });
+                    drop(tiles);
+                }
+                Microkernel::Avx512Bf16 => sweep(&|x: KernelArgs| unsafe {
+                    dpbf16::kernel_32x32(x.a0, x.a1, x.b0, x.b1, x.steps, x.c_in, x.c_out)
+                }),
             }
-            drop(tiles);
             for i in 0..rows {
                 let x0 = if i < full_r { full_c } else { 0 };
                 // SAFETY: row r0+i < m and columns c0+x0..c0+cols <= n lie in dst (m x n, length

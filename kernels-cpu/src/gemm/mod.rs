@@ -9,8 +9,9 @@
 //! CPU to the one measured fastest there (BENCHMARKS.md "GEMM per ISA"): the `gemm` crate where
 //! the CPU has AVX-512F, our AVX2 kernel where it has AVX2+FMA only, else the `gemm` crate.
 //! Both f32 backends give results bitwise independent of the thread count (tested).
-//! bf16: `AmxBf16` (`amx`, Intel AMX tiles) rounds the operands to bf16 and accumulates in f32;
-//! it changes the numerics, so `Auto` never picks it; `Bf16Emulated` gives the same contract on
+//! bf16: `AmxBf16` (`amx`, Intel AMX tiles) and `Avx512Bf16` (the same driver and packing with
+//! a `vdpbf16ps` microkernel, for CPUs with AVX512-BF16 but no AMX) round the operands to bf16
+//! and accumulate in f32; they change the numerics, so `Auto` never picks them; `Bf16Emulated` gives the same contract on
 //! any CPU (rounded copies, f32 backend). [`Precision`] resolves f32 / bf16 to the backend that
 //! implements it here. [`bf16`] holds the conversions.
 //! [`matmul_with`] picks a backend explicitly (tests, benchmarks). [`matmul_new`] writes a
@@ -86,6 +87,10 @@ pub enum GemmBackend {
     /// to bf16 (nearest even), products are accumulated in f32. Different numerics from the
     /// f32 backends, so `Auto` never picks it; panics where unavailable.
     AmxBf16,
+    /// The `AmxBf16` contract with AVX512-BF16 `vdpbf16ps` on zmm registers (AMD Zen 4, Intel
+    /// Cooper Lake and later): same packing, a different order of the f32 additions within a
+    /// 32-wide k step. `Auto` never picks it; panics where unavailable.
+    Avx512Bf16,
     /// The `AmxBf16` contract on any CPU: the operands are rounded to bf16 into scratch copies,
     /// then multiplied by the fastest f32 backend (exact products, f32 sums). Correct, not fast:
     /// what [`Precision::Bf16`] runs where AMX is missing.
@@ -94,12 +99,18 @@ pub enum GemmBackend {
 
 impl GemmBackend {
     /// Every backend, `Auto` first.
-    pub const ALL: [GemmBackend; 5] =
-        [GemmBackend::Auto, GemmBackend::GemmCrate, GemmBackend::Avx2, GemmBackend::AmxBf16, GemmBackend::Bf16Emulated];
+    pub const ALL: [GemmBackend; 6] = [
+        GemmBackend::Auto,
+        GemmBackend::GemmCrate,
+        GemmBackend::Avx2,
+        GemmBackend::AmxBf16,
+        GemmBackend::Avx512Bf16,
+        GemmBackend::Bf16Emulated,
+    ];
 
-    /// Whether the backend rounds its operands to bf16 (`AmxBf16`, `Bf16Emulated`).
+    /// Whether the backend rounds its operands to bf16 (`AmxBf16`, `Avx512Bf16`, `Bf16Emulated`).
     pub fn is_bf16(self) -> bool {
-        matches!(self, GemmBackend::AmxBf16 | GemmBackend::Bf16Emulated)
+        matches!(self, GemmBackend::AmxBf16 | GemmBackend::Avx512Bf16 | GemmBackend::Bf16Emulated)
     }
 
     /// Whether this backend can run on this CPU (`Auto` and `GemmCrate` always can).
@@ -108,17 +119,19 @@ impl GemmBackend {
             GemmBackend::Auto | GemmBackend::GemmCrate | GemmBackend::Bf16Emulated => true,
             GemmBackend::Avx2 => avx2_available(),
             GemmBackend::AmxBf16 => amx_available(),
+            GemmBackend::Avx512Bf16 => avx512_bf16_available(),
         }
     }
 
     /// The backend's name in benchmarks and on command lines (`auto`, `avx2`, `gemm-crate`,
-    /// `amx-bf16`, `bf16-emulated`).
+    /// `amx-bf16`, `avx512-bf16`, `bf16-emulated`).
     pub fn name(self) -> &'static str {
         match self {
             GemmBackend::Auto => "auto",
             GemmBackend::GemmCrate => "gemm-crate",
             GemmBackend::Avx2 => "avx2",
             GemmBackend::AmxBf16 => "amx-bf16",
+            GemmBackend::Avx512Bf16 => "avx512-bf16",
             GemmBackend::Bf16Emulated => "bf16-emulated",
         }
     }
@@ -165,7 +178,17 @@ fn avx512_available() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 fn amx_available() -> bool {
-    amx::available()
+    amx::Microkernel::Amx.available()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_bf16_available() -> bool {
+    amx::Microkernel::Avx512Bf16.available()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_bf16_available() -> bool {
+    false
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -253,7 +276,11 @@ fn matmul_dst(
         #[cfg(target_arch = "x86_64")]
         GemmBackend::Avx2 => avx2::matmul(dst, a, b, m, k, n, ta, tb, accumulate, threads, avx2::DEFAULT_BLOCKING),
         #[cfg(target_arch = "x86_64")]
-        GemmBackend::AmxBf16 => amx::matmul(dst, a, b, m, k, n, ta, tb, accumulate, threads),
+        GemmBackend::AmxBf16 => amx::matmul(amx::Microkernel::Amx, dst, a, b, m, k, n, ta, tb, accumulate, threads),
+        #[cfg(target_arch = "x86_64")]
+        GemmBackend::Avx512Bf16 => {
+            amx::matmul(amx::Microkernel::Avx512Bf16, dst, a, b, m, k, n, ta, tb, accumulate, threads)
+        }
         GemmBackend::GemmCrate => matmul_gemm_crate(dst, a, b, m, k, n, ta, tb, accumulate, threads),
         GemmBackend::Bf16Emulated => precision::matmul_emulated(dst, a, b, m, k, n, ta, tb, accumulate, threads),
         other => panic!("matmul: backend {other:?} is not available on this CPU"),

@@ -5,7 +5,8 @@
 //! [`Precision::backend`] resolves a precision to the GEMM backend that implements it on this
 //! CPU, once, so a backend layer can store it and pass it to [`super::matmul_with`] /
 //! [`super::matmul_new_with`] on every product: f32 -> `Auto` (the fastest f32 backend); bf16 ->
-//! `AmxBf16` where the CPU has AMX, else `Bf16Emulated` (the operands rounded to bf16 into scratch
+//! `AmxBf16` where the CPU has AMX, else `Avx512Bf16` where it has AVX512-BF16, else
+//! `Bf16Emulated` (the operands rounded to bf16 into scratch
 //! copies, then the f32 backend: the same contract at f32 speed, so bf16 runs are reproducible on
 //! every machine up to f32 summation order).
 
@@ -46,11 +47,12 @@ impl Precision {
         match self {
             Precision::F32 => GemmBackend::Auto.resolve(),
             Precision::Bf16 if GemmBackend::AmxBf16.is_available() => GemmBackend::AmxBf16,
+            Precision::Bf16 if GemmBackend::Avx512Bf16.is_available() => GemmBackend::Avx512Bf16,
             Precision::Bf16 => GemmBackend::Bf16Emulated,
         }
     }
 
-    /// Whether this CPU runs the precision natively (bf16: AMX tiles); `false` means emulated
+    /// Whether this CPU runs the precision natively (bf16: AMX tiles or AVX512-BF16); `false` means emulated
     /// at f32 speed, which is correct but brings no speed-up.
     pub fn is_native(self) -> bool {
         self.backend() != GemmBackend::Bf16Emulated
@@ -112,7 +114,13 @@ mod tests {
     fn precision_resolves_to_a_concrete_available_backend() {
         assert_eq!(Precision::F32.backend(), GemmBackend::Auto.resolve());
         let bf16 = Precision::Bf16.backend();
-        let want = if GemmBackend::AmxBf16.is_available() { GemmBackend::AmxBf16 } else { GemmBackend::Bf16Emulated };
+        let want = if GemmBackend::AmxBf16.is_available() {
+            GemmBackend::AmxBf16
+        } else if GemmBackend::Avx512Bf16.is_available() {
+            GemmBackend::Avx512Bf16
+        } else {
+            GemmBackend::Bf16Emulated
+        };
         assert_eq!(bf16, want);
         assert!(bf16.is_available() && Precision::F32.backend().is_available());
         assert!(Precision::F32.is_native());

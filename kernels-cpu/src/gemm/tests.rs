@@ -142,7 +142,10 @@ fn auto_resolves_to_the_fastest_f32_backend_of_this_cpu() {
 fn backend_names_round_trip() {
     for be in GemmBackend::ALL {
         assert_eq!(GemmBackend::from_name(be.name()), Some(be));
-        assert_eq!(be.is_bf16(), matches!(be, GemmBackend::AmxBf16 | GemmBackend::Bf16Emulated));
+        assert_eq!(
+            be.is_bf16(),
+            matches!(be, GemmBackend::AmxBf16 | GemmBackend::Avx512Bf16 | GemmBackend::Bf16Emulated)
+        );
     }
     assert_eq!(GemmBackend::from_name("avx512"), None);
 }

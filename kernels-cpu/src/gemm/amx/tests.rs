@@ -1,5 +1,7 @@
-//! The AMX-BF16 backend against the naive f64 product of the bf16-rounded operands. Every test
-//! skips with a message on a CPU without AMX (the AMD machines); the Intel Xeon machines run it.
+//! The packed-tile bf16 backends (`AmxBf16`, `Avx512Bf16`) against the naive f64 product of the
+//! bf16-rounded operands. Each test runs every one of them this CPU has and says which it skips:
+//! AMX runs on the Intel Xeon machines (4th gen or later), AVX512-BF16 on those and on the AMD
+//! EPYC Zen 4 machines; the AVX2-only machines skip both.
 
 use super::super::bf16::round_bf16_slice;
 use super::super::{matmul_naive, matmul_with, GemmBackend, Trans};
@@ -25,12 +27,18 @@ const SIZES: [(usize, usize, usize); 12] = [
     (47, 64, 1),
 ];
 
-fn skip() -> bool {
-    let missing = !GemmBackend::AmxBf16.is_available();
-    if missing {
-        eprintln!("skipping: AMX-BF16 is not available on this CPU (the test runs on Intel Xeon 4th gen or later)");
-    }
-    missing
+/// The tile backends this CPU runs; says which are skipped.
+fn backends() -> Vec<GemmBackend> {
+    [GemmBackend::AmxBf16, GemmBackend::Avx512Bf16]
+        .into_iter()
+        .filter(|b| {
+            let ok = b.is_available();
+            if !ok {
+                eprintln!("skipping backend {}: not available on this CPU", b.name());
+            }
+            ok
+        })
+        .collect()
 }
 
 fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
@@ -44,7 +52,8 @@ fn grid_vec(len: usize, seed: u64) -> Vec<f32> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn amx(
+fn tiled(
+    be: GemmBackend,
     threads: usize,
     dst: &mut [f32],
     a: &[f32],
@@ -56,28 +65,27 @@ fn amx(
     tb: Trans,
     acc: bool,
 ) {
-    in_pool(threads, || matmul_with(GemmBackend::AmxBf16, threads, dst, a, b, m, k, n, ta, tb, acc));
+    in_pool(threads, || matmul_with(be, threads, dst, a, b, m, k, n, ta, tb, acc));
 }
 
 /// Exact inputs: the tile layouts, padding, transposes, accumulate and edges must give the
 /// naive result bit for bit.
 #[test]
-fn amx_is_exact_on_grid_values_all_sizes_and_transposes() {
-    if skip() {
-        return;
-    }
-    for (m, k, n) in SIZES {
-        for ta in TRANS {
-            for tb in TRANS {
-                for acc in [false, true] {
-                    let (a, b, init) = (grid_vec(m * k, 1), grid_vec(k * n, 2), grid_vec(m * n, 3));
-                    let mut want = init.clone();
-                    matmul_naive(&mut want, &a, &b, m, k, n, ta, tb, acc);
-                    for threads in [1, 2] {
-                        let mut got = init.clone();
-                        amx(threads, &mut got, &a, &b, m, k, n, ta, tb, acc);
-                        let what = format!("t={threads} {m}x{k}x{n} {ta:?}{tb:?} acc={acc}");
-                        assert_close(&got, &want, 0.0, 0.0, &what);
+fn tiles_are_exact_on_grid_values_all_sizes_and_transposes() {
+    for be in backends() {
+        for (m, k, n) in SIZES {
+            for ta in TRANS {
+                for tb in TRANS {
+                    for acc in [false, true] {
+                        let (a, b, init) = (grid_vec(m * k, 1), grid_vec(k * n, 2), grid_vec(m * n, 3));
+                        let mut want = init.clone();
+                        matmul_naive(&mut want, &a, &b, m, k, n, ta, tb, acc);
+                        for threads in [1, 2] {
+                            let mut got = init.clone();
+                            tiled(be, threads, &mut got, &a, &b, m, k, n, ta, tb, acc);
+                            let what = format!("{} t={threads} {m}x{k}x{n} {ta:?}{tb:?} acc={acc}", be.name());
+                            assert_close(&got, &want, 0.0, 0.0, &what);
+                        }
                     }
                 }
             }
@@ -88,24 +96,29 @@ fn amx_is_exact_on_grid_values_all_sizes_and_transposes() {
 /// Random f32 inputs: equal to the f64 product of the bf16-rounded operands within f32
 /// summation rounding, `tol = 1e-5 * max(1, sqrt(k))` abs + rel (values in [-1, 1)).
 #[test]
-fn amx_matches_naive_on_bf16_rounded_inputs() {
-    if skip() {
-        return;
-    }
-    for (m, k, n) in SIZES {
-        for ta in TRANS {
-            for tb in TRANS {
-                for acc in [false, true] {
-                    let (a, b, init) = (rand_vec(m * k, 4), rand_vec(k * n, 5), rand_vec(m * n, 6));
-                    let (mut ar, mut br) = (a.clone(), b.clone());
-                    round_bf16_slice(&mut ar);
-                    round_bf16_slice(&mut br);
-                    let mut want = init.clone();
-                    matmul_naive(&mut want, &ar, &br, m, k, n, ta, tb, acc);
-                    let mut got = init.clone();
-                    amx(2, &mut got, &a, &b, m, k, n, ta, tb, acc);
-                    let tol = 1e-5 * (k as f64).sqrt().max(1.0);
-                    assert_close(&got, &want, tol, tol, &format!("{m}x{k}x{n} {ta:?}{tb:?} acc={acc}"));
+fn tiles_match_naive_on_bf16_rounded_inputs() {
+    for be in backends() {
+        for (m, k, n) in SIZES {
+            for ta in TRANS {
+                for tb in TRANS {
+                    for acc in [false, true] {
+                        let (a, b, init) = (rand_vec(m * k, 4), rand_vec(k * n, 5), rand_vec(m * n, 6));
+                        let (mut ar, mut br) = (a.clone(), b.clone());
+                        round_bf16_slice(&mut ar);
+                        round_bf16_slice(&mut br);
+                        let mut want = init.clone();
+                        matmul_naive(&mut want, &ar, &br, m, k, n, ta, tb, acc);
+                        let mut got = init.clone();
+                        tiled(be, 2, &mut got, &a, &b, m, k, n, ta, tb, acc);
+                        let tol = 1e-5 * (k as f64).sqrt().max(1.0);
+                        assert_close(
+                            &got,
+                            &want,
+                            tol,
+                            tol,
+                            &format!("{} {m}x{k}x{n} {ta:?}{tb:?} acc={acc}", be.name()),
+                        );
+                    }
                 }
             }
         }
@@ -116,48 +129,46 @@ fn amx_matches_naive_on_bf16_rounded_inputs() {
 /// size (up to 2^-8 relative per operand), far above the f32 tolerance above, but within the
 /// bound `|err| <= (2 * 2^-8 + 2^-16) * sum |a||b|` (plus f32 summation).
 #[test]
-fn amx_rounds_operands_to_bf16() {
-    if skip() {
-        return;
-    }
-    let (m, k, n) = (64, 256, 48);
-    let (a, b) = (rand_vec(m * k, 7), rand_vec(k * n, 8));
-    let mut exact = vec![0f32; m * n];
-    matmul_naive(&mut exact, &a, &b, m, k, n, Trans::No, Trans::No, false);
-    let (aa, ba): (Vec<f32>, Vec<f32>) = (a.iter().map(|x| x.abs()).collect(), b.iter().map(|x| x.abs()).collect());
-    let mut abs_sum = vec![0f32; m * n];
-    matmul_naive(&mut abs_sum, &aa, &ba, m, k, n, Trans::No, Trans::No, false);
-    let mut got = vec![0f32; m * n];
-    amx(1, &mut got, &a, &b, m, k, n, Trans::No, Trans::No, false);
-    let max_err = got.iter().zip(&exact).map(|(g, e)| (g - e).abs()).fold(0f32, f32::max);
-    assert!(max_err > 1e-3, "max error {max_err} vs the f32 product: operands were not rounded to bf16");
-    for ((g, e), s) in got.iter().zip(&exact).zip(&abs_sum) {
-        let bound = (2.0 / 256.0 + 1.0 / 65536.0) * s + 1e-4;
-        assert!((g - e).abs() <= bound, "error {} above the bf16 bound {bound}", (g - e).abs());
+fn tiles_round_operands_to_bf16() {
+    for be in backends() {
+        let (m, k, n) = (64, 256, 48);
+        let (a, b) = (rand_vec(m * k, 7), rand_vec(k * n, 8));
+        let mut exact = vec![0f32; m * n];
+        matmul_naive(&mut exact, &a, &b, m, k, n, Trans::No, Trans::No, false);
+        let (aa, ba): (Vec<f32>, Vec<f32>) = (a.iter().map(|x| x.abs()).collect(), b.iter().map(|x| x.abs()).collect());
+        let mut abs_sum = vec![0f32; m * n];
+        matmul_naive(&mut abs_sum, &aa, &ba, m, k, n, Trans::No, Trans::No, false);
+        let mut got = vec![0f32; m * n];
+        tiled(be, 1, &mut got, &a, &b, m, k, n, Trans::No, Trans::No, false);
+        let max_err = got.iter().zip(&exact).map(|(g, e)| (g - e).abs()).fold(0f32, f32::max);
+        assert!(max_err > 1e-3, "max error {max_err} vs the f32 product: operands were not rounded to bf16");
+        for ((g, e), s) in got.iter().zip(&exact).zip(&abs_sum) {
+            let bound = (2.0 / 256.0 + 1.0 / 65536.0) * s + 1e-4;
+            assert!((g - e).abs() <= bound, "error {} above the bf16 bound {bound}", (g - e).abs());
+        }
     }
 }
 
 /// Every element is summed over all of k by one task in a fixed order: results must agree bit
 /// for bit for every thread count.
 #[test]
-fn amx_is_bitwise_independent_of_thread_count() {
-    if skip() {
-        return;
-    }
-    for (m, k, n) in [(300, 600, 200), (7, 700, 900), (1000, 40, 33), (130, 1100, 520)] {
-        for ta in TRANS {
-            for tb in TRANS {
-                let (a, b, init) = (rand_vec(m * k, 9), rand_vec(k * n, 10), rand_vec(m * n, 11));
-                let run = |threads: usize| {
-                    let mut d = init.clone();
-                    amx(threads, &mut d, &a, &b, m, k, n, ta, tb, true);
-                    d
-                };
-                let one = run(1);
-                for threads in [2, 3] {
-                    let many = run(threads);
-                    let same = one.iter().zip(&many).all(|(x, y)| x.to_bits() == y.to_bits());
-                    assert!(same, "{m}x{k}x{n} {ta:?}{tb:?}: t={threads} differs from t=1");
+fn tiles_are_bitwise_independent_of_thread_count() {
+    for be in backends() {
+        for (m, k, n) in [(300, 600, 200), (7, 700, 900), (1000, 40, 33), (130, 1100, 520)] {
+            for ta in TRANS {
+                for tb in TRANS {
+                    let (a, b, init) = (rand_vec(m * k, 9), rand_vec(k * n, 10), rand_vec(m * n, 11));
+                    let run = |threads: usize| {
+                        let mut d = init.clone();
+                        tiled(be, threads, &mut d, &a, &b, m, k, n, ta, tb, true);
+                        d
+                    };
+                    let one = run(1);
+                    for threads in [2, 3] {
+                        let many = run(threads);
+                        let same = one.iter().zip(&many).all(|(x, y)| x.to_bits() == y.to_bits());
+                        assert!(same, "{} {m}x{k}x{n} {ta:?}{tb:?}: t={threads} differs from t=1", be.name());
+                    }
                 }
             }
         }
