@@ -104,20 +104,7 @@ fn step_body(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], k: S
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn step_avx2(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], k: Scalars) {
-    step_body(param, grad, m, v, k)
-}
-
-fn step_chunk(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], k: Scalars) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::fastmath::has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { step_avx2(param, grad, m, v, k) };
-    }
-    step_body(param, grad, m, v, k)
-}
+crate::isa_dispatch!(fn step_chunk(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], k: Scalars) => step_body);
 
 /// One AdamW step (`step` is 1-based: the first update passes 1), updating `param`, `m`, `v`.
 pub fn adamw_step(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], cfg: &AdamWConfig, step: u64) {
@@ -132,7 +119,6 @@ pub fn adamw_step(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32],
         .for_each(|((p, g), (m, v))| step_chunk(p, g, m, v, k));
 }
 
-/// Reference step in f64 with the same hyperparameters (read as [`intended_f64`]).
 /// Global L2 norm of a gradient, summed in f64. Fixed chunks summed in order, so the value is
 /// the same for every thread count (it feeds clipping, which must resume bitwise).
 pub fn global_norm(grad: &[f32]) -> f32 {
@@ -140,23 +126,12 @@ pub fn global_norm(grad: &[f32]) -> f32 {
     partial.iter().sum::<f64>().sqrt() as f32
 }
 
-/// `sum(g^2)` of one chunk in f64, over eight lanes (one serial chain of f64 adds was 4 cycles
-/// per element), compiled for AVX2 when the CPU has it (the same bits either way: the same
-/// operations in the same order).
-fn sum_squares(c: &[f32]) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if crate::fastmath::has_avx2_fma() {
-        // SAFETY: the CPU supports the features the function was compiled for.
-        return unsafe { sum_squares_avx2(c) };
-    }
-    sum_squares_body(c)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn sum_squares_avx2(c: &[f32]) -> f64 {
-    sum_squares_body(c)
-}
+crate::isa_dispatch!(
+    /// `sum(g^2)` of one chunk in f64, over eight lanes (one serial chain of f64 adds was 4
+    /// cycles per element), compiled for each ISA (the same bits on all: the same operations in
+    /// the same order).
+    fn sum_squares(c: &[f32]) -> f64 => sum_squares_body
+);
 
 #[inline(always)]
 fn sum_squares_body(c: &[f32]) -> f64 {

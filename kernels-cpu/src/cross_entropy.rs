@@ -21,30 +21,14 @@ pub fn default_chunk_rows(v: usize) -> usize {
 
 /// Turns one row of logits into softmax probabilities in place; returns `logsumexp`.
 pub(crate) fn softmax_in_place(row: &mut [f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if crate::fastmath::has_avx2_fma() {
-        // SAFETY: the CPU supports the features the function was compiled for.
-        return unsafe { softmax_avx2(row, 1.0) };
-    }
-    softmax_body(row, 1.0)
+    scaled_softmax_in_place(row, 1.0)
 }
 
-/// Turns one row of logits into `scale * softmax` in place (one pass fewer than scaling
-/// afterwards); returns `logsumexp`.
-fn scaled_softmax_in_place(row: &mut [f32], scale: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if crate::fastmath::has_avx2_fma() {
-        // SAFETY: the CPU supports the features the function was compiled for.
-        return unsafe { softmax_avx2(row, scale) };
-    }
-    softmax_body(row, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_avx2(row: &mut [f32], scale: f32) -> f32 {
-    softmax_body(row, scale)
-}
+crate::isa_dispatch!(
+    /// Turns one row of logits into `scale * softmax` in place (one pass fewer than scaling
+    /// afterwards); returns `logsumexp`.
+    fn scaled_softmax_in_place(row: &mut [f32], scale: f32) -> f32 => softmax_body
+);
 
 /// Eight-lane max / exp-sum / scale so the loops vectorise. Full chunks of eight go through
 /// fixed-size lane arrays the compiler keeps in registers; the tail joins lanes `0..r`. The

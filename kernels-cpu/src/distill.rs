@@ -46,22 +46,12 @@ impl DistillDims {
     }
 }
 
-/// One row of logits: scales both rows by `inv_tau`, turns `zt` into `p_t` in place and returns
-/// `(Σ_j p_t[j] · (z_t[j] − z_s[j]), logsumexp(z_t))` over the scaled logits; `zs` is left scaled.
-fn teacher_pass(zs: &mut [f32], zt: &mut [f32], inv_tau: f32) -> (f32, f32) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::fastmath::has_avx2_fma() {
-        // SAFETY: the CPU supports the features the function was compiled for.
-        return unsafe { teacher_pass_avx2(zs, zt, inv_tau) };
-    }
-    teacher_pass_body(zs, zt, inv_tau)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn teacher_pass_avx2(zs: &mut [f32], zt: &mut [f32], inv_tau: f32) -> (f32, f32) {
-    teacher_pass_body(zs, zt, inv_tau)
-}
+crate::isa_dispatch!(
+    /// One row of logits: scales both rows by `inv_tau`, turns `zt` into `p_t` in place and
+    /// returns `(Σ_j p_t[j] · (z_t[j] − z_s[j]), logsumexp(z_t))` over the scaled logits; `zs` is
+    /// left scaled.
+    fn teacher_pass(zs: &mut [f32], zt: &mut [f32], inv_tau: f32) -> (f32, f32) => teacher_pass_body
+);
 
 /// Eight-lane loops (as in the cross-entropy softmax) so they vectorise.
 #[inline(always)]

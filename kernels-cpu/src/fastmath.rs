@@ -1,12 +1,147 @@
-//! Small numeric building blocks shared by the kernels: a vectorisable `exp` and the run-time
-//! check for the AVX2 + FMA code paths.
+//! Small numeric building blocks shared by the kernels: a vectorisable `exp`, and the run-time
+//! choice of the instruction set the row kernels (softmax / cross-entropy, distillation,
+//! RMSNorm, attention tile rows, SwiGLU, AdamW) are compiled for ([`RowIsa`], [`isa_dispatch!`]).
+//!
+//! A row kernel is one `#[inline(always)]` body in portable Rust, written so it vectorises
+//! (fixed-size lane arrays, no reordered sums); [`isa_dispatch!`] compiles it three times (no
+//! target features, AVX2 + FMA, AVX-512) and picks one per call from [`row_isa`]. The three
+//! builds give identical bits (Rust never contracts `a * b + c` into an FMA, never reorders float
+//! sums, and `mul_add` is fused in all of them), which `tests/row_isa.rs` checks kernel by kernel.
 
-/// True when the CPU has AVX2 and FMA (the `#[target_feature]` fast paths may run).
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The instruction set the row kernels run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RowIsa {
+    /// No target features (baseline x86-64 SSE2, or any other architecture).
+    Portable,
+    /// AVX2 + FMA (256-bit lanes).
+    Avx2,
+    /// AVX-512 F/BW/VL/DQ on top of AVX2 + FMA (512-bit lanes).
+    Avx512,
+}
+
+impl RowIsa {
+    /// Every ISA, the weakest first.
+    pub const ALL: [RowIsa; 3] = [RowIsa::Portable, RowIsa::Avx2, RowIsa::Avx512];
+
+    /// Its name in benchmarks and in `MEDMOE_ROW_ISA` (`portable`, `avx2`, `avx512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RowIsa::Portable => "portable",
+            RowIsa::Avx2 => "avx2",
+            RowIsa::Avx512 => "avx512",
+        }
+    }
+
+    /// The ISA called `name`, if any.
+    pub fn from_name(name: &str) -> Option<RowIsa> {
+        RowIsa::ALL.into_iter().find(|i| i.name() == name)
+    }
+
+    /// Whether this CPU runs it.
+    pub fn is_available(self) -> bool {
+        match self {
+            RowIsa::Portable => true,
+            RowIsa::Avx2 => has_avx2_fma(),
+            RowIsa::Avx512 => has_avx512(),
+        }
+    }
+
+    /// The strongest ISA this CPU runs.
+    pub fn detected() -> RowIsa {
+        *RowIsa::ALL.iter().rev().find(|i| i.is_available()).unwrap_or(&RowIsa::Portable)
+    }
+}
+
+/// 0: not chosen yet; else 1 + the index of the chosen ISA in [`RowIsa::ALL`].
+static CHOSEN: AtomicU8 = AtomicU8::new(0);
+
+/// The ISA the row kernels run on: [`RowIsa::detected`], unless `MEDMOE_ROW_ISA` names another
+/// one this CPU has (read once; for measuring one ISA against another) or [`force_row_isa`]
+/// chose one.
+#[inline]
+pub fn row_isa() -> RowIsa {
+    match CHOSEN.load(Ordering::Relaxed) {
+        0 => {
+            let isa = match std::env::var("MEDMOE_ROW_ISA").ok().and_then(|n| RowIsa::from_name(n.trim())) {
+                Some(i) if i.is_available() => i,
+                _ => RowIsa::detected(),
+            };
+            // A racing force_row_isa wins: only fill in an unset choice.
+            let _ = CHOSEN.compare_exchange(0, isa as u8 + 1, Ordering::Relaxed, Ordering::Relaxed);
+            RowIsa::ALL[CHOSEN.load(Ordering::Relaxed) as usize - 1]
+        }
+        c => RowIsa::ALL[c as usize - 1],
+    }
+}
+
+/// Makes every later row-kernel call in this process run on `isa` (tests and benchmarks; all
+/// ISAs give the same bits, so other threads only change speed). Errors if the CPU lacks it.
+pub fn force_row_isa(isa: RowIsa) -> Result<(), String> {
+    if !isa.is_available() {
+        return Err(format!("row ISA {} is not available on this CPU", isa.name()));
+    }
+    CHOSEN.store(isa as u8 + 1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Defines `fn $name(args) -> ret` that runs the `#[inline(always)]` function `$body` compiled
+/// for the [`row_isa`] of the moment (see the module docs).
+#[macro_export]
+macro_rules! isa_dispatch {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:path) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                match $crate::fastmath::row_isa() {
+                    // SAFETY: row_isa() only returns an ISA this CPU has.
+                    $crate::fastmath::RowIsa::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
+                    $crate::fastmath::RowIsa::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::fastmath::RowIsa::Portable => {}
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+/// True when the CPU has AVX2 and FMA.
 #[inline]
 pub fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// True when the CPU has AVX-512 F/BW/VL/DQ besides AVX2 and FMA.
+#[inline]
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2_fma()
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

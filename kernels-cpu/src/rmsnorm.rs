@@ -47,22 +47,11 @@ pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], 
         .for_each(|((out, rstd), x)| forward_rows(out, rstd, x, w, c, eps));
 }
 
-/// [`forward_rows_body`], compiled for AVX2 when the CPU has it (same bits: Rust never
-/// contracts `a * b + c`, and the lanes are the same eight sums).
-fn forward_rows(out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], c: usize, eps: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::fastmath::has_avx2_fma() {
-        // SAFETY: the CPU supports the features the function was compiled for.
-        return unsafe { forward_rows_avx2(out, rstd, x, w, c, eps) };
-    }
-    forward_rows_body(out, rstd, x, w, c, eps)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn forward_rows_avx2(out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], c: usize, eps: f32) {
-    forward_rows_body(out, rstd, x, w, c, eps)
-}
+crate::isa_dispatch!(
+    /// [`forward_rows_body`], compiled for the row ISA of the moment (same bits on every ISA:
+    /// Rust never contracts `a * b + c`, and the lanes are the same eight sums).
+    fn forward_rows(out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], c: usize, eps: f32) => forward_rows_body
+);
 
 /// The rows of one task: `out = x * rstd * w`, saving `rstd`.
 #[inline(always)]
@@ -123,31 +112,18 @@ pub fn rmsnorm_backward(
     }
 }
 
-/// [`backward_rows_body`], compiled for AVX2 when the CPU has it (same bits, as the forward).
-#[allow(clippy::too_many_arguments)]
-fn backward_rows(dx: &mut [f32], dwp: &mut [f32], dout: &[f32], x: &[f32], w: &[f32], rstd: &[f32], c: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::fastmath::has_avx2_fma() {
-        // SAFETY: the CPU supports the features the function was compiled for.
-        return unsafe { backward_rows_avx2(dx, dwp, dout, x, w, rstd, c) };
-    }
-    backward_rows_body(dx, dwp, dout, x, w, rstd, c)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn backward_rows_avx2(
-    dx: &mut [f32],
-    dwp: &mut [f32],
-    dout: &[f32],
-    x: &[f32],
-    w: &[f32],
-    rstd: &[f32],
-    c: usize,
-) {
-    backward_rows_body(dx, dwp, dout, x, w, rstd, c)
-}
+crate::isa_dispatch!(
+    /// [`backward_rows_body`], compiled for the row ISA of the moment (same bits, as the forward).
+    fn backward_rows(
+        dx: &mut [f32],
+        dwp: &mut [f32],
+        dout: &[f32],
+        x: &[f32],
+        w: &[f32],
+        rstd: &[f32],
+        c: usize,
+    ) => backward_rows_body
+);
 
 /// The rows of one backward task: `dx +=` per row, this task's `dw` partial `dwp +=`.
 #[inline(always)]

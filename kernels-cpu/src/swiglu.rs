@@ -2,8 +2,8 @@
 //!
 //! Shapes: `gate`, `up`, `out` and their gradients all have the same length (`[N, F]` flat).
 //! The sigmoid uses `e = exp(-|g|)` so nothing overflows: finite for any finite `g`. `exp` is an
-//! inline polynomial (`fastmath::exp_fast`, about 2 ulp) so the loops vectorize; on x86-64 CPUs with
-//! AVX2 and FMA the loops are compiled for them and chosen at run time.
+//! inline polynomial (`fastmath::exp_fast`, about 2 ulp) so the loops vectorize; they are compiled for
+//! each ISA and chosen at run time (`fastmath::isa_dispatch!`).
 use rayon::prelude::*;
 
 /// Elements per parallel task.
@@ -36,35 +36,10 @@ fn backward_body(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32],
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn forward_avx2(out: &mut [f32], gate: &[f32], up: &[f32]) {
-    forward_body(out, gate, up)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn backward_avx2(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
-    backward_body(dgate, dup, dout, gate, up)
-}
-
-fn forward_chunk(out: &mut [f32], gate: &[f32], up: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::fastmath::has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { forward_avx2(out, gate, up) };
-    }
-    forward_body(out, gate, up)
-}
-
-fn backward_chunk(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::fastmath::has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { backward_avx2(dgate, dup, dout, gate, up) };
-    }
-    backward_body(dgate, dup, dout, gate, up)
-}
+crate::isa_dispatch!(fn forward_chunk(out: &mut [f32], gate: &[f32], up: &[f32]) => forward_body);
+crate::isa_dispatch!(
+    fn backward_chunk(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) => backward_body
+);
 
 /// `out = silu(gate) * up`, elementwise over slices of one length.
 pub fn swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {

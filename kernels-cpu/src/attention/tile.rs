@@ -256,38 +256,17 @@ fn bwd_rows_body(pos: &TilePos, s: &mut [f32], dp: &mut [f32], lse: &[f32], d: &
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn fwd_rows_avx2(pos: &TilePos, s: &mut [f32], m: &mut [f32], l: &mut [f32], acc: &mut [f32], dh: usize) {
-    fwd_rows_body(pos, s, m, l, acc, dh)
-}
+crate::isa_dispatch!(
+    /// [`fwd_rows_body`], compiled for the row ISA of the moment. Every ISA gives identical
+    /// bits: the same operations in the same order (Rust never contracts `a * b + c`).
+    pub(super) fn fwd_rows(pos: &TilePos, s: &mut [f32], m: &mut [f32], l: &mut [f32], acc: &mut [f32], dh: usize)
+        => fwd_rows_body
+);
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn bwd_rows_avx2(pos: &TilePos, s: &mut [f32], dp: &mut [f32], lse: &[f32], d: &[f32]) {
-    bwd_rows_body(pos, s, dp, lse, d)
-}
-
-/// [`fwd_rows_body`], in an AVX2 build when the CPU has it. Both builds give identical bits:
-/// the same operations in the same order (Rust never contracts `a * b + c` into an FMA).
-pub(super) fn fwd_rows(pos: &TilePos, s: &mut [f32], m: &mut [f32], l: &mut [f32], acc: &mut [f32], dh: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::fastmath::has_avx2_fma() {
-        // SAFETY: the CPU supports the features the function was compiled for.
-        return unsafe { fwd_rows_avx2(pos, s, m, l, acc, dh) };
-    }
-    fwd_rows_body(pos, s, m, l, acc, dh)
-}
-
-/// [`bwd_rows_body`], in an AVX2 build when the CPU has it (identical bits, as [`fwd_rows`]).
-pub(super) fn bwd_rows(pos: &TilePos, s: &mut [f32], dp: &mut [f32], lse: &[f32], d: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::fastmath::has_avx2_fma() {
-        // SAFETY: the CPU supports the features the function was compiled for.
-        return unsafe { bwd_rows_avx2(pos, s, dp, lse, d) };
-    }
-    bwd_rows_body(pos, s, dp, lse, d)
-}
+crate::isa_dispatch!(
+    /// [`bwd_rows_body`], compiled for the row ISA of the moment (identical bits, as [`fwd_rows`]).
+    pub(super) fn bwd_rows(pos: &TilePos, s: &mut [f32], dp: &mut [f32], lse: &[f32], d: &[f32]) => bwd_rows_body
+);
 
 #[cfg(test)]
 mod tests {
