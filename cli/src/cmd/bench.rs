@@ -61,8 +61,8 @@ enum What {
         /// Where the step runs: cpu, sim (the GPU kernels in the simulator: slow), cuda.
         #[arg(long, default_value = "cpu", value_parser = crate::device::parse_device)]
         device: Device,
-        /// GEMM operand precision: f32, or bf16 (bf16 operands, f32 accumulation; AMX tiles
-        /// where the CPU has them, else emulated at f32 speed; cpu device only).
+        /// GEMM operand precision: f32, or bf16 (bf16 operands, f32 accumulation; AMX tiles or
+        /// AVX512-BF16 where the CPU has them, else emulated at f32 speed; cpu device only).
         #[arg(long, default_value = "f32", value_parser = crate::args::precision)]
         precision: Precision,
     },
@@ -237,6 +237,7 @@ fn bench_step(sb: &StepBench, threads: usize) -> Result<()> {
         json!({
             "bench": "step", "impl": "medmoe", "preset": preset, "batch": b, "seq": t, "threads": threads,
             "device": device.to_string(), "precision": precision.name(), "gemm": precision.backend().name(),
+            "row_isa": kernels_cpu::fastmath::row_isa().name(),
             "tokens_per_s": (b * t) as f64 / step_s, "step_s": step_s,
             "peak_rss_mb": peak_rss_mb(), "loss": last_loss, "min_step_s": min_step_s, "all_step_s": all_step_s,
             "params": params, "moe": moe_json, "profile": profile_json,

@@ -51,7 +51,8 @@ pub struct Args {
     #[arg(long)]
     pub force: bool,
     /// GEMM operand precision of the gradient passes: f32, or bf16 (bf16 operands, f32
-    /// accumulation and scores; AMX tiles where the CPU has them, else emulated at f32 speed).
+    /// accumulation and scores; AMX tiles or AVX512-BF16 where the CPU has them, else
+    /// emulated at f32 speed).
     #[arg(long, default_value = "f32", value_parser = crate::args::precision)]
     pub precision: autograd::Precision,
 }

@@ -37,8 +37,8 @@ struct Common {
     #[arg(long, default_value = "cpu", value_parser = crate::device::parse_device)]
     device: autograd::Device,
     /// GEMM operand precision of the training stages: f32, or bf16 (bf16 operands, f32
-    /// accumulation, f32 weights / gradients / AdamW; AMX tiles where the CPU has them, else
-    /// emulated at f32 speed; cpu device only). Part of the training stages' keys.
+    /// accumulation, f32 weights / gradients / AdamW; AMX tiles or AVX512-BF16 where the CPU has
+    /// them, else emulated at f32 speed; cpu device only). Part of the training stages' keys.
     #[arg(long, default_value = "f32", value_parser = crate::args::precision)]
     precision: autograd::Precision,
 }
