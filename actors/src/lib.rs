@@ -16,6 +16,7 @@ pub mod eval;
 pub mod evaluator;
 pub mod faults;
 pub mod harness;
+pub mod hf_base;
 pub mod lock;
 pub mod manifest;
 pub mod metrics;

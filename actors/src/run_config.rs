@@ -2,10 +2,12 @@
 //! the failing field named, and checked as a whole before any stage runs.
 
 use crate::error::{EngineError, Result};
+use crate::hf_base::{names_a_directory, HfBase};
 use data::world_dir::WorldSpec;
 use model::surgery::apply::{RouterInit, SurgeryOptions};
 use model::surgery::plan::{FillStrategy, SplitStrategy};
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 /// The run-level settings (configs/runs/<name>.json).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -13,13 +15,17 @@ use serde::{Deserialize, Serialize};
 pub struct RunConfig {
     /// Preset name the phase files are resolved for (`tiny`).
     pub preset: String,
-    /// Model preset of the dense base / teacher.
+    /// The dense base / teacher: a model preset (trained from scratch by the `base` stage), or
+    /// an HF Qwen3 directory (imported by the `base` stage; its tokenizer packs the corpus and
+    /// `vocab` is not used; [`crate::hf_base`]). A relative path is taken from the working
+    /// directory.
     pub base_model: String,
     /// MoE preset of the surgery.
     pub moe_model: String,
     /// Synthetic world (corpus size, seed, entity counts).
     pub world: WorldSpec,
-    /// Tokenizer vocabulary.
+    /// Vocabulary of the tokenizer the data stage trains (not used with an HF base, whose own
+    /// tokenizer is used).
     pub vocab: usize,
     /// Tokens per packed sequence.
     pub seq_len: usize,
@@ -58,14 +64,24 @@ impl RunConfig {
     /// MoE of its shape), eval sets are not empty, sizes are positive, surgery names are known.
     pub fn validate(&self, source: &str) -> Result<()> {
         let bad = |field: &str, msg: String| Err(EngineError::config(format!("{source} field `{field}`"), msg));
-        let base = match model::presets::embedded(&self.base_model) {
-            None => {
-                let known = model::presets::names().join(", ");
-                return bad("base_model", format!("unknown preset `{}` (known: {known})", self.base_model));
-            }
-            Some(c) => c?,
+        let hf = self.hf_base(source)?;
+        let base = match &hf {
+            Some(h) => h.config.clone(),
+            None => match model::presets::embedded(&self.base_model) {
+                None => {
+                    let known = model::presets::names().join(", ");
+                    return bad(
+                        "base_model",
+                        format!(
+                            "unknown preset `{}` (known: {known}; or give the path of an HF Qwen3 directory)",
+                            self.base_model
+                        ),
+                    );
+                }
+                Some(c) => c?,
+            },
         };
-        if model::presets::embedded_moe(&self.base_model).is_ok() {
+        if hf.is_none() && model::presets::embedded_moe(&self.base_model).is_ok() {
             return bad(
                 "base_model",
                 format!("`{}` is a MoE preset; the base is the dense model the MoE is made from", self.base_model),
@@ -95,7 +111,7 @@ impl RunConfig {
                 ),
             );
         }
-        if self.vocab < 2 || self.vocab > base.vocab_size {
+        if hf.is_none() && (self.vocab < 2 || self.vocab > base.vocab_size) {
             return bad(
                 "vocab",
                 format!("{} must be in 2..={} (vocab_size of `{}`)", self.vocab, base.vocab_size, self.base_model),
@@ -122,6 +138,15 @@ impl RunConfig {
         self.surgery_options().map(|_| ())
     }
 
+    /// The HF directory `base_model` names, checked ([`HfBase::open`]), or None when it names a
+    /// preset (a preset name wins over a directory of the same name).
+    pub fn hf_base(&self, source: &str) -> Result<Option<HfBase>> {
+        if model::presets::embedded(&self.base_model).is_some() || !names_a_directory(&self.base_model) {
+            return Ok(None);
+        }
+        HfBase::open(Path::new(&self.base_model), &format!("{source} field `base_model`")).map(Some)
+    }
+
     /// The embedded default.
     pub fn embedded() -> Result<Self> {
         Self::parse(DEFAULT_RUN, "configs/runs/tiny.json")
@@ -142,5 +167,37 @@ impl RunConfig {
         let router_init =
             RouterInit::from_name(&self.router_init).map_err(|e| EngineError::config("router_init", e.to_string()))?;
         Ok(SurgeryOptions { split, fill, router_init, seed: self.seed })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// configs/runs/qwen3-1.7b-med.json, the seed-plan run on a downloaded Qwen3-1.7B: it parses,
+    /// and without the checkpoint at `models/Qwen3-1.7B` it is refused naming the field.
+    #[test]
+    fn the_qwen3_run_config_parses_and_asks_for_its_checkpoint() {
+        let source = "configs/runs/qwen3-1.7b-med.json";
+        let c = RunConfig::parse(include_str!("../../configs/runs/qwen3-1.7b-med.json"), source).unwrap();
+        assert_eq!(
+            (c.base_model.as_str(), c.moe_model.as_str(), c.seq_len),
+            ("models/Qwen3-1.7B", "qwen3-1.7b-k1p1-n16", 4096)
+        );
+        if Path::new(&c.base_model).exists() {
+            eprintln!("skipping the refusal: {} exists here", c.base_model);
+            return;
+        }
+        let err = c.validate(source).unwrap_err().to_string();
+        assert!(err.contains("field `base_model`") && err.contains("is not a directory"), "{err}");
+    }
+
+    /// A bare name that is neither a preset nor a directory is an unknown preset.
+    #[test]
+    fn an_unknown_base_name_lists_the_presets_and_the_directory_option() {
+        let mut c = RunConfig::embedded().unwrap();
+        c.base_model = "qwen3-nonexistent".into();
+        let err = c.validate("run.json").unwrap_err().to_string();
+        assert!(err.contains("unknown preset `qwen3-nonexistent`") && err.contains("HF Qwen3 directory"), "{err}");
     }
 }

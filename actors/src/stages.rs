@@ -302,24 +302,39 @@ impl Pipeline {
     /// The key and inputs of `stage` (its input stages must be finished).
     fn plan(&self, stage: Stage) -> Result<Plan> {
         let c = &self.config;
-        let key = match stage {
-            Stage::Data => serde_json::json!({
+        let hf = match stage {
+            Stage::Data | Stage::Base => c.hf_base(self.config_source())?,
+            _ => None,
+        };
+        let key = match (stage, &hf) {
+            // An HF base's tokenizer packs the corpus: its files replace the trained one's settings.
+            (Stage::Data, Some(h)) => {
+                let mut files = h.identity()?;
+                files.retain(|f, _| model::tokenizer_files::TOKENIZER_FILES.contains(&f.as_str()));
+                serde_json::json!({
+                    "world": c.world, "seq_len": c.seq_len, "dev_every": c.dev_every, "base_tokenizer": files,
+                })
+            }
+            (Stage::Data, None) => serde_json::json!({
                 "world": c.world, "vocab": c.vocab, "seq_len": c.seq_len, "dev_every": c.dev_every,
                 "tokenizer_min_frequency": TOKENIZER_MIN_FREQUENCY,
             }),
-            Stage::Base => serde_json::json!({
+            (Stage::Base, Some(h)) => serde_json::json!({ "base_model": c.base_model, "files": h.identity()? }),
+            (Stage::Base, None) => serde_json::json!({
                 "base_model": c.base_model, "preset": preset_json(&c.base_model)?, "seed": c.seed,
                 "phase": self.phase_config(stage)?,
             }),
-            Stage::Importance => serde_json::json!({
+            (Stage::Importance, _) => serde_json::json!({
                 "importance_batches": c.importance_batches, "importance_batch": c.importance_batch,
                 "decay": IMPORTANCE_DECAY,
             }),
-            Stage::MoeInit => serde_json::json!({
+            (Stage::MoeInit, _) => serde_json::json!({
                 "moe_model": c.moe_model, "preset": preset_json(&c.moe_model)?, "split": c.split, "fill": c.fill,
                 "router_init": c.router_init, "seed": c.seed,
             }),
-            Stage::P0 | Stage::P1 | Stage::P2 | Stage::P3 => serde_json::json!({ "phase": self.phase_config(stage)? }),
+            (Stage::P0 | Stage::P1 | Stage::P2 | Stage::P3, _) => {
+                serde_json::json!({ "phase": self.phase_config(stage)? })
+            }
         };
         let key = self.with_precision(stage, key);
         let hash = sha256_hex(key.to_string().as_bytes());
@@ -429,11 +444,20 @@ impl Pipeline {
             let world = dir.join("world");
             data::world_dir::build_world_dir(&c.world, &world, &mut |_| {})?;
             let docs = data::world_dir::read_corpus(&world)?;
-            let config = data::tokenizer::TrainConfig { vocab_size: c.vocab, min_frequency: TOKENIZER_MIN_FREQUENCY };
-            let tok = Tokenizer::train(docs.iter().map(|d| d.text.as_str()), &config)?;
             let staging = atomicio::StagingDir::new(&dir.join("tokenizer"))?;
-            tok.save(staging.path())?;
+            match c.hf_base(self.config_source())? {
+                // The base's own tokenizer files, as they are (its chat template included).
+                Some(h) => {
+                    model::tokenizer_files::copy_tokenizer_files(&h.dir, staging.path())?;
+                }
+                None => {
+                    let config =
+                        data::tokenizer::TrainConfig { vocab_size: c.vocab, min_frequency: TOKENIZER_MIN_FREQUENCY };
+                    Tokenizer::train(docs.iter().map(|d| d.text.as_str()), &config)?.save(staging.path())?;
+                }
+            }
             staging.commit()?;
+            let tok = Tokenizer::load(&dir.join("tokenizer"))?;
             let (mut train, mut dev) = (Vec::new(), Vec::new());
             for d in docs {
                 // Deterministic split by document id.
@@ -578,6 +602,11 @@ impl Pipeline {
 
     fn phase_stage(&self, phase: Stage, force: bool) -> Result<bool> {
         let cfg = self.phase_config(phase)?;
+        if phase == Stage::Base {
+            if let Some(h) = self.config.hf_base(self.config_source())? {
+                return self.import_base_stage(&h, &cfg, force);
+            }
+        }
         self.build_stage(phase, force, |work| {
             let started = std::time::Instant::now();
             let data = self.dir(Stage::Data);
@@ -656,6 +685,26 @@ impl Pipeline {
                     *c = c.replacen(&from, &to, 1);
                 }
             }
+            let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
+            atomicio::write_file(&work.join("summary.json"), text.as_bytes())?;
+            let metrics = serde_json::to_value(&summary).unwrap_or_default();
+            Ok(Made { metrics, artifacts, outputs: &["model"], records: &["summary.json"] })
+        })
+    }
+
+    /// The `base` stage from an HF directory: its files copied into `base/model`, loaded (which
+    /// checks every tensor against the config) and evaluated like a trained base.
+    fn import_base_stage(&self, h: &crate::hf_base::HfBase, cfg: &PhaseConfig, force: bool) -> Result<bool> {
+        self.build_stage(Stage::Base, force, |work| {
+            let started = std::time::Instant::now();
+            let model_dir = work.join("model");
+            let _ = std::fs::remove_dir_all(&model_dir);
+            h.import(&model_dir)?;
+            let model = Qwen3::load(&model_dir)?;
+            let eval = self.eval_inputs(cfg)?.evaluate(&model, 0, true)?;
+            let artifacts: BTreeMap<String, String> = [("model".to_string(), "base/model".to_string())].into();
+            let summary =
+                crate::summary::imported(Stage::Base.name(), &eval, artifacts.clone(), started.elapsed().as_secs_f64());
             let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
             atomicio::write_file(&work.join("summary.json"), text.as_bytes())?;
             let metrics = serde_json::to_value(&summary).unwrap_or_default();

@@ -78,6 +78,40 @@ pub fn summarise(
         gemm_backend: String::new(),
         data: BTreeMap::new(),
     };
+    fill_eval(&mut summary, eval);
+    summary
+}
+
+/// The summary of a stage that imported a model rather than training it (the base from an HF
+/// directory): no steps, its evaluation, and as `final_loss` its mean dev cross-entropy over the
+/// domains (no training objective exists).
+pub fn imported(phase: &str, eval: &EvalRecord, artifacts: BTreeMap<String, String>, seconds: f64) -> PhaseSummary {
+    let ppl: Vec<f64> = eval.dev.per_domain.values().map(|p| p.ppl).collect();
+    let mean_ce = ppl.iter().map(|p| p.ln()).sum::<f64>() / ppl.len().max(1) as f64;
+    let mut summary = PhaseSummary {
+        phase: phase.to_string(),
+        steps: 0,
+        tokens: 0,
+        final_loss: mean_ce as f32,
+        dev_ppl: BTreeMap::new(),
+        mcq_accuracy: BTreeMap::new(),
+        mcq_accuracy_norm: BTreeMap::new(),
+        mcq_chance: BTreeMap::new(),
+        router: Vec::new(),
+        breaker_actions: Vec::new(),
+        nonfinite_skipped: 0,
+        artifacts,
+        seconds,
+        precision: f32_name(),
+        gemm_backend: String::new(),
+        data: BTreeMap::new(),
+    };
+    fill_eval(&mut summary, Some(eval));
+    summary
+}
+
+/// The final evaluation's numbers into `summary`.
+fn fill_eval(summary: &mut PhaseSummary, eval: Option<&EvalRecord>) {
     if let Some(e) = eval {
         summary.dev_ppl = e.dev.per_domain.iter().map(|(d, p)| (d.clone(), p.ppl)).collect();
         for m in &e.mcq {
@@ -86,5 +120,4 @@ pub fn summarise(
             summary.mcq_chance.insert(m.set.clone(), m.chance);
         }
     }
-    summary
 }

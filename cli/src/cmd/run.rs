@@ -141,7 +141,10 @@ pub fn run(a: Args) -> Result<()> {
 fn check_memory(c: &RunConfig, source: &str) -> Result<()> {
     let tokens = c.world.corpus.tokens as u128;
     crate::args::ensure_fits(&format!("{source} field `world.corpus.tokens` ({tokens} tokens)"), 12 * tokens)?;
-    let base = model::presets::embedded(&c.base_model).transpose()?.map(|cfg| (cfg, None));
+    let base = match c.hf_base(source)? {
+        Some(h) => Some((h.config, None)),
+        None => model::presets::embedded(&c.base_model).transpose()?.map(|cfg| (cfg, None)),
+    };
     let moe = model::presets::embedded_moe(&c.moe_model).ok().map(|(cfg, spec)| (cfg, Some(spec)));
     for (field, name, preset) in [("base_model", &c.base_model, base), ("moe_model", &c.moe_model, moe)] {
         if let Some((cfg, spec)) = preset {
