@@ -5,55 +5,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
-fn moe_cli() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_moe-cli"));
-    c.args(["--threads", "2"]);
-    c
-}
-
-/// The micro configs: run.json and one phase file per training phase.
-fn write_configs(dir: &Path) {
-    let mut run: serde_json::Value = serde_json::from_str(include_str!("../../configs/runs/tiny.json")).unwrap();
-    run["world"]["corpus"]["tokens"] = 60_000.into();
-    run["world"]["eval"] = serde_json::json!({ "fact_recall": 24, "two_hop": 12, "general": 12 });
-    run["vocab"] = 600.into();
-    run["seq_len"] = 64.into();
-    run["dev_every"] = 10.into();
-    run["importance_batches"] = 2.into();
-    std::fs::write(dir.join("run.json"), run.to_string()).unwrap();
-    for (phase, text) in [
-        ("base", include_str!("../../configs/phases/base.json")),
-        ("p0", include_str!("../../configs/phases/p0.json")),
-        ("p1", include_str!("../../configs/phases/p1.json")),
-    ] {
-        let mut p: serde_json::Value = serde_json::from_str(text).unwrap();
-        let steps = if phase == "base" { 8 } else { 4 };
-        let tiny = p["presets"]["tiny"].as_object_mut().unwrap();
-        tiny.insert("tokens".into(), (256 * steps).into());
-        tiny.insert("tokens_per_step".into(), 256.into());
-        tiny.insert("micro_batch".into(), 4.into());
-        tiny.insert("seq_len".into(), 64.into());
-        tiny.insert("checkpoint_every".into(), 2.into());
-        tiny.insert("keep_last".into(), 2.into());
-        tiny.insert(
-            "eval".into(),
-            serde_json::json!({ "every": 0, "dev_seqs": 2, "mcq_items": 4, "final_mcq_items": 4, "final_dev_seqs": 2 }),
-        );
-        std::fs::write(dir.join(format!("{phase}.json")), p.to_string()).unwrap();
-    }
-}
+use common::{moe_cli, write_micro_configs as write_configs};
 
 /// `run <what...> --run-dir <run_dir>` with the micro configs of `cfg`, plus `extra` arguments.
 fn run_in(cfg: &Path, run_dir: &Path, what: &[&str], extra: &[&str]) -> Output {
-    let mut c = moe_cli();
-    c.arg("run").args(what).args(["--quiet", "--run-dir"]).arg(run_dir).arg("--config").arg(cfg.join("run.json"));
-    for phase in ["base", "p0", "p1"] {
-        c.arg("--phase-config").arg(format!("{phase}={}", cfg.join(format!("{phase}.json")).display()));
-    }
-    c.args(extra).output().unwrap()
+    common::run_micro(cfg, run_dir, what, extra)
 }
 
 fn stderr(o: &Output) -> String {
