@@ -54,16 +54,22 @@ fn summary(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
+/// The micro configs in `cfg` and a tokenizer of the micro world (from a run's data stage);
+/// returns the tokenizer directory.
+fn configs_and_tokenizer(cfg: &Path) -> std::path::PathBuf {
+    write_micro_configs(cfg);
+    let seed_run = cfg.join("seed-run");
+    ok(run_micro(cfg, &seed_run, &["all", "--until", "data"], &[]));
+    seed_run.join("data/tokenizer")
+}
+
 #[test]
 fn an_hf_directory_base_is_imported_and_trained_on_through_p1() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path();
-    write_micro_configs(cfg);
-    // A tokenizer of the micro world, from a run's data stage.
-    let seed_run = cfg.join("seed-run");
-    ok(run_micro(cfg, &seed_run, &["all", "--until", "data"], &[]));
+    let tok = configs_and_tokenizer(cfg);
     let hf = cfg.join("hf-base");
-    write_hf_base(&hf, &seed_run.join("data/tokenizer"), 7);
+    write_hf_base(&hf, &tok, 7);
     set_base(cfg, hf.to_str().unwrap());
 
     let run = cfg.join("R");
@@ -84,7 +90,7 @@ fn an_hf_directory_base_is_imported_and_trained_on_through_p1() {
     assert!(!err.contains("building"), "{err}");
 
     // Other weights in the directory: the base and every stage after it rebuild, the data stays.
-    write_hf_base(&hf, &seed_run.join("data/tokenizer"), 8);
+    write_hf_base(&hf, &tok, 8);
     let err = ok(run_micro(cfg, &run, &["phase", "p1"], &[]));
     let line =
         |stage: &str| err.lines().find(|l| l.starts_with(&format!("stage {stage:<10} building"))).map(str::to_string);
@@ -100,11 +106,8 @@ fn an_hf_directory_base_is_imported_and_trained_on_through_p1() {
 fn bad_hf_base_directories_are_refused_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path();
-    write_micro_configs(cfg);
-    let seed_run = cfg.join("seed-run");
-    ok(run_micro(cfg, &seed_run, &["all", "--until", "data"], &[]));
+    let tok = configs_and_tokenizer(cfg);
     let hf = cfg.join("hf-base");
-    let tok = seed_run.join("data/tokenizer");
     let run = cfg.join("R");
     let check = |must: &[&str]| {
         set_base(cfg, hf.to_str().unwrap());
