@@ -104,3 +104,20 @@ fn importance_resumes_exactly_and_feeds_surgery() {
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
+
+/// `init` from a preset of a bf16 model (torch_dtype bfloat16, as configs/presets/qwen3-0.6b.json)
+/// writes f32 weights and says so in config.json, so the directory loads.
+#[test]
+fn init_of_a_bf16_preset_writes_a_loadable_f32_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(include_str!("../../configs/presets/tiny-dense.json")).unwrap();
+    cfg["torch_dtype"] = "bfloat16".into();
+    std::fs::write(d.join("bf16.json"), cfg.to_string()).unwrap();
+    moe_cli(d, &["init", "--preset", "bf16.json", "--out", "m"]);
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("m/config.json")).unwrap()).unwrap();
+    assert_eq!(written["torch_dtype"], "float32");
+    model::Qwen3::load(&d.join("m")).unwrap();
+}

@@ -13,6 +13,10 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("tiny-dense-active", include_str!("../../configs/presets/tiny-dense-active.json")),
     ("tiny-k1p1-n16", include_str!("../../configs/presets/tiny-k1p1-n16.json")),
     ("qwen3-1.7b-k1p1-n16", include_str!("../../configs/presets/qwen3-1.7b-k1p1-n16.json")),
+    // Qwen3-0.6B's shape (hidden 1024, 28 layers, vocab 151936), dense and converted: the scale
+    // benchmark of a real-sized run on a CPU (BENCHMARKS.md).
+    ("qwen3-0.6b", include_str!("../../configs/presets/qwen3-0.6b.json")),
+    ("qwen3-0.6b-k1p1-n16", include_str!("../../configs/presets/qwen3-0.6b-k1p1-n16.json")),
 ];
 
 /// The config of embedded preset `name`, or None when there is no such preset.
