@@ -60,8 +60,8 @@ fn cuda_without_a_backend_is_a_clear_error_before_any_work() {
     assert!(!ok && err.contains("cpu, sim, cuda"), "{err}");
 }
 
-/// Issue 17: `--precision bf16` runs the same step with bf16 GEMM operands (AMX where the CPU has
-/// it, else emulated with a warning); the loss stays within bf16 rounding of the f32 step's.
+/// Issue 17: `--precision bf16` runs the same step with bf16 GEMM operands (AMX or AVX512-BF16
+/// where the CPU has it, else emulated with a warning); the loss stays within bf16 rounding of the f32 step's.
 #[test]
 fn bf16_precision_runs_the_step_and_bad_values_are_refused() {
     let f32_step = bench_step(&[]);
@@ -69,7 +69,7 @@ fn bf16_precision_runs_the_step_and_bad_values_are_refused() {
     assert_eq!(f32_step["precision"], "f32");
     assert_eq!(bf16_step["precision"], "bf16");
     let gemm = bf16_step["gemm"].as_str().unwrap();
-    assert!(["amx-bf16", "bf16-emulated"].contains(&gemm), "{bf16_step}");
+    assert!(["amx-bf16", "avx512-bf16", "bf16-emulated"].contains(&gemm), "{bf16_step}");
     let (a, b) = (f32_step["loss"].as_f64().unwrap(), bf16_step["loss"].as_f64().unwrap());
     // Same model, data and seeds: the losses of the second step differ by bf16 rounding only
     // (operand rounding 2^-9 relative; the mean loss over 15 tokens moves far less than 1%).
@@ -79,6 +79,15 @@ fn bf16_precision_runs_the_step_and_bad_values_are_refused() {
         let out = Command::new(env!("CARGO_BIN_EXE_moe-cli")).args(args).output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
+    // `bench gemm --precision bf16` runs on the same backend as the bf16 step.
+    let out = Command::new(env!("CARGO_BIN_EXE_moe-cli"))
+        .args(["--threads", "1", "bench", "gemm", "--precision", "bf16", "--shapes", "64x48x40", "--reps", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((line["precision"].as_str(), line["backend"].as_str()), (Some("bf16"), Some(gemm)), "{line}");
+    assert!(line["gflops"].as_f64().unwrap() > 0.0, "{line}");
     let (code, err) = run(&["bench", "step", "--precision", "fp16"]);
     assert!(code == Some(2) && err.contains("`fp16` is not a precision (f32, bf16)"), "{err}");
     let (code, err) = run(&["bench", "step", "--precision", "bf16", "--device", "sim", "--batch", "1", "--seq", "16"]);

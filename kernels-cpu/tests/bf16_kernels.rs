@@ -1,6 +1,7 @@
 //! Issue 17: the fused kernels with their GEMMs on a bf16 backend (LM-head cross-entropy,
 //! distillation KL, attention tiles, MoE expert GEMMs), on every bf16 backend this CPU has
-//! (`Bf16Emulated` always, `AmxBf16` where the CPU has AMX; skipped with a message otherwise).
+//! (`Bf16Emulated` always, `AmxBf16` where the CPU has AMX, `Avx512Bf16` where it has AVX512-BF16;
+//! skipped with a message otherwise).
 //!
 //! Yardsticks:
 //! - Contract: a bf16 GEMM is the f32 GEMM of the operands rounded to bf16. Where a kernel's

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use autograd::{DType, Device, Precision};
 use data::pack::PackedBatch;
 use kernels_cpu::check::rand_vec;
-use kernels_cpu::gemm::{matmul, Trans};
+use kernels_cpu::gemm::{matmul_with, Trans};
 use model::init::qwen3_init;
 use model::moe_spec::MoeSpec;
 use model::Qwen3;
@@ -27,7 +27,7 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum What {
-    /// f32 GEMM GFLOP/s, A[M,K] · B[K,N], median of repeated runs.
+    /// GEMM GFLOP/s, A[M,K] · B[K,N], median of repeated runs.
     Gemm {
         /// Comma-separated MxKxN shapes.
         #[arg(long, default_value = "2048x256x768,2048x768x256,512x2048x6144")]
@@ -35,6 +35,10 @@ enum What {
         /// Timed repetitions per shape (after warm-up).
         #[arg(long, default_value_t = 20, value_parser = crate::args::count_usize)]
         reps: usize,
+        /// Operand precision: f32, or bf16 (operands rounded to bf16, f32 accumulation; the
+        /// backend `--precision bf16` training runs on this CPU: AMX, AVX512-BF16 or emulated).
+        #[arg(long, default_value = "f32", value_parser = crate::args::precision)]
+        precision: Precision,
     },
     /// One training step of a preset model on random tokens: the product step (`Trainer::step`:
     /// forward, backward, AutoClip, AdamW; MoE: router losses, capacity 1.25, temperature 0.9).
@@ -71,7 +75,12 @@ enum What {
 /// Runs the chosen benchmark.
 pub fn run(a: Args, threads: usize) -> Result<()> {
     match a.what {
-        What::Gemm { shapes, reps } => bench_gemm(&shapes, reps, threads),
+        What::Gemm { shapes, reps, precision } => {
+            if let Some(w) = crate::args::precision_warning(precision) {
+                eprintln!("{w}");
+            }
+            bench_gemm(&shapes, reps, precision, threads)
+        }
         What::Step { preset, batch, seq, steps, warmup, profile, device, precision } => {
             let sb = StepBench { preset: &preset, b: batch, t: seq, steps, warmup, profile, device, precision };
             bench_step(&sb, threads)
@@ -103,7 +112,8 @@ fn parse_shape(s: &str) -> Result<(usize, usize, usize)> {
     }
 }
 
-fn bench_gemm(shapes: &str, reps: usize, threads: usize) -> Result<()> {
+fn bench_gemm(shapes: &str, reps: usize, precision: Precision, threads: usize) -> Result<()> {
+    let backend = precision.backend();
     let shapes: Vec<(usize, usize, usize)> = shapes.split(',').map(parse_shape).collect::<Result<_>>()?;
     for &(m, k, n) in &shapes {
         let (m, k, n) = (m as u128, k as u128, n as u128);
@@ -112,20 +122,23 @@ fn bench_gemm(shapes: &str, reps: usize, threads: usize) -> Result<()> {
     for (m, k, n) in shapes {
         let (a, b) = (rand_vec(m * k, 1), rand_vec(k * n, 2));
         let mut c = vec![0f32; m * n];
+        let threads_now = rayon::current_num_threads();
+        let mut run = || matmul_with(backend, threads_now, &mut c, &a, &b, m, k, n, Trans::No, Trans::No, false);
         for _ in 0..3 {
-            matmul(&mut c, &a, &b, m, k, n, Trans::No, Trans::No, false);
+            run();
         }
         let times: Vec<f64> = (0..reps.max(1))
             .map(|_| {
                 let t0 = Instant::now();
-                matmul(&mut c, &a, &b, m, k, n, Trans::No, Trans::No, false);
+                run();
                 t0.elapsed().as_secs_f64()
             })
             .collect();
         let gflops = 2.0 * (m * k * n) as f64 / median(times) / 1e9;
         println!(
             "{}",
-            json!({"bench": "gemm", "impl": "medmoe", "m": m, "k": k, "n": n, "threads": threads, "gflops": gflops})
+            json!({"bench": "gemm", "impl": "medmoe", "m": m, "k": k, "n": n, "threads": threads, "gflops": gflops,
+                   "precision": precision.name(), "backend": backend.name()})
         );
     }
     Ok(())
