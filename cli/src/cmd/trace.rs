@@ -170,9 +170,10 @@ fn report(dir: &Path, meta: &TraceMeta, chunks: usize) -> Result<()> {
         for policy in Policy::ALL {
             let preds: &[Predictor] = if policy == Policy::Lru { &SIM_PREDICTORS[..1] } else { &SIM_PREDICTORS };
             for &p in preds {
-                let f = |l: usize, r: &[model::trace::LayerRecord]| fitted.predict(p, l, r, None);
-                let held_recs = tokens(&held).map(|(_, r)| r);
-                let o = simulate(policy, k, meta.layers, held_recs, &f);
+                let f = |l: usize, r: &[model::trace::LayerRecord], prev: Option<&[model::trace::LayerRecord]>| {
+                    fitted.predict(p, l, r, prev)
+                };
+                let o = simulate(policy, k, meta.layers, tokens(&held), &f);
                 let by = if policy == Policy::Lru { "-".to_string() } else { p.name().to_string() };
                 println!(
                     "  k={k} {:<14} {:<14} hit {:5.1}%  loads/token {:.3}  bytes/token {:.0}",

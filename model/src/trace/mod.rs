@@ -12,8 +12,9 @@
 //!   atomically, so a killed run resumes at the first missing chunk).
 //! - [`predict`]: predictors of layer `l`'s expert (cross-layer gate from `mid` / `input`,
 //!   previous token same layer, most frequent, and a small trained predictor: counts of the
-//!   expert given the previous layer's expert and the gate's guess), top-1 / top-2 accuracy
-//!   per layer on held-out traces.
+//!   expert given the previous layer's expert, the gates' guesses and the previous token's
+//!   expert, backing off to coarser contexts), top-1 / top-2 accuracy per layer on held-out
+//!   traces.
 //! - [`prefetch`]: a cache of `k` experts per layer under LRU, predictor-driven and combined
 //!   policies: hit rate and expert loads (bytes) per token.
 

@@ -86,19 +86,26 @@ impl Lru {
     }
 }
 
-/// Simulates `policy` with `k` experts per layer over `tokens` (held-out, in order), with
-/// `predict(layer, records)` giving the predictor's two guesses for a layer.
+/// What a predictor is asked: the layer, the token's records, and the records of the previous
+/// token of its document (None at a document's start).
+pub type Predict<'p> = dyn Fn(usize, &[LayerRecord], Option<&[LayerRecord]>) -> [u16; 2] + 'p;
+
+/// Simulates `policy` with `k` experts per layer over `tokens` (held-out, in order, with whether
+/// each starts a document), with `predict` giving the predictor's two guesses for a layer.
 pub fn simulate<'a>(
     policy: Policy,
     k: usize,
     layers: usize,
-    tokens: impl Iterator<Item = &'a [LayerRecord]>,
-    predict: &dyn Fn(usize, &[LayerRecord]) -> [u16; 2],
+    tokens: impl Iterator<Item = (bool, &'a [LayerRecord])>,
+    predict: &Predict,
 ) -> Outcome {
     assert!(k > 0, "simulate: a cache holds at least one expert");
     let mut caches: Vec<Lru> = (0..layers).map(|_| Lru { k, order: Vec::new() }).collect();
     let mut out = Outcome::default();
-    for recs in tokens {
+    let mut prev: Option<&[LayerRecord]> = None;
+    for (start, recs) in tokens {
+        let before = if start { None } else { prev };
+        prev = Some(recs);
         out.tokens += 1;
         for l in 1..layers {
             let need = recs[l].expert;
@@ -111,7 +118,7 @@ pub fn simulate<'a>(
                     out.loads += loaded as u64;
                 }
                 Policy::Predicted => {
-                    let guesses = predict(l, recs);
+                    let guesses = predict(l, recs, before);
                     let want: Vec<u16> =
                         guesses.iter().copied().filter(|&g| g != super::NO_EXPERT).take(k.min(2)).collect();
                     out.loads += want.iter().filter(|g| !cache.order.contains(g)).count() as u64;
@@ -123,7 +130,7 @@ pub fn simulate<'a>(
                     }
                 }
                 Policy::LruPredicted => {
-                    let g = predict(l, recs)[0];
+                    let g = predict(l, recs, before)[0];
                     if g != super::NO_EXPERT {
                         out.loads += cache.touch(g) as u64;
                     }
@@ -151,7 +158,8 @@ mod tests {
     fn policies_count_hits_and_loads_by_hand() {
         let toks = [token(1, 1), token(2, 2), token(1, 2), token(3, 3)];
         let run = |p: Policy, k: usize| {
-            simulate(p, k, 2, toks.iter().map(|t| t.as_slice()), &|l: usize, r: &[LayerRecord]| r[l].from_input)
+            let guess = |l: usize, r: &[LayerRecord], _: Option<&[LayerRecord]>| r[l].from_input;
+            simulate(p, k, 2, toks.iter().map(|t| (false, t.as_slice())), &guess)
         };
         // LRU k=1: every use differs from the previous one: 4 misses.
         assert_eq!(run(Policy::Lru, 1), Outcome { uses: 4, hits: 0, loads: 4, tokens: 4 });
