@@ -14,6 +14,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod jsonl;
 pub mod pack;
+pub mod prepare;
 pub mod rng;
 pub mod sft;
 pub mod tokenizer;

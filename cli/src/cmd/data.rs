@@ -5,6 +5,7 @@
 //! moe-cli data tokenizer --corpus runs/demo/world --vocab 4096 --out runs/demo/tokenizer
 //! moe-cli data pack --corpus runs/demo/world --tokenizer runs/demo/tokenizer --seq-len 2048 --out runs/demo/pack
 //! moe-cli data stats runs/demo/pack --verify
+//! moe-cli data prepare --config configs/data/prepare-example.json --out runs/med/prepared
 //! ```
 
 use crate::progress::bar;
@@ -81,6 +82,19 @@ enum What {
         #[arg(long)]
         verify: bool,
     },
+    /// Clean, PII-scrub, deduplicate, decontaminate, tag and split a corpus (JSONL / Parquet /
+    /// text directories) into shards `data pack` reads; resumable (run it again after a stop).
+    Prepare {
+        /// Prepare config (JSON: sources, eval files, filters; see configs/data/prepare-example.json).
+        #[arg(long)]
+        config: PathBuf,
+        /// Output directory (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also print one JSON line (MB/s, counts) for tools/bench_prepare.sh.
+        #[arg(long)]
+        json: bool,
+    },
     /// Convert a MedQA / MedMCQA / PubMedQA file into our eval JSONL schema.
     ImportEval {
         /// medqa, medmcqa (cop 1-4), medmcqa-hf (cop 0-3), pubmedqa or medmoe.
@@ -108,6 +122,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         What::Stats { dir, verify } => stats(dir, verify),
         What::ImportEval { format, input, out, force } => import_eval(&format, input, out, force),
+        What::Prepare { config, out, json } => super::data_prepare::run(&config, &out, json),
     }
 }
 

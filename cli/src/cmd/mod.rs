@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod data_prepare;
 pub mod eval;
 pub mod eval_sets;
 pub mod eval_summary;
