@@ -11,8 +11,11 @@ line per model and runtime, then a markdown table. Run on a quiet machine:
     pyenv/bin/python tools/bench_latency_llamacpp.py --moe-cli target/release/moe-cli --tokenizer runs/default/data/tokenizer \
         --model moe_q5=moe-q5_k_m.gguf --model teacher_q5=base-q5_k_m.gguf --model small_q8=small-q8_0.gguf
 
-The GGUF files need their vocabulary (export without --no-tokenizer). Our runtime stops at an end-of-sequence token
-(llama.cpp is told to ignore it), so compare the decoded token counts printed beside the rates.
+The GGUF files need their vocabulary (export without --no-tokenizer). Both runtimes ignore end-of-sequence tokens
+(`--ignore-eos`, `ignore_eos`), so both decode exactly --new-tokens tokens. Our runtime loads a .gguf dequantized and
+computes in f32; llama.cpp computes on the quantized blocks. Counting: our decode tokens/s counts the tokens after the
+first (the first comes from the prompt's forward, timed as prefill); llama.cpp's predicted_per_second is its own
+generation timer.
 """
 import argparse
 import json
@@ -22,7 +25,7 @@ import subprocess
 
 def ours(cli, gguf, tokenizer, prompt, new_tokens, threads):
     cmd = [cli, "--threads", str(threads), "generate", "--model", gguf, "--tokenizer", tokenizer, "--prompt", prompt,
-           "--max-new-tokens", str(new_tokens)]
+           "--max-new-tokens", str(new_tokens), "--ignore-eos"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     lines = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
     g = lines[-1]

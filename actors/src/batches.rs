@@ -45,6 +45,9 @@ enum Source {
     Sft(Arc<Vec<SftRow>>),
     /// Preference pairs (phase p3): `micro_batch / 2` pairs a micro-batch.
     Pairs(Arc<Vec<PreferencePair>>),
+    /// Other phases' streams one after another: (first micro-batch, stream), in order
+    /// (`baseline-small` on the micro-batches of base + p0 + p1).
+    Chain(Arc<Vec<(u64, BatchStream)>>),
 }
 
 /// Items `k*per .. (k+1)*per` of the endless sequence that visits `0..n` once per epoch, each
@@ -153,6 +156,28 @@ impl BatchStream {
         Ok(BatchStream { source: Source::Pairs(pairs), weights: BTreeMap::new(), micro_batch, seed, biased_until: 0 })
     }
 
+    /// The streams of `segments` (stream, micro-batches it delivers) one after another: micro-batch
+    /// `k` of the chain is micro-batch `k - start` of the segment holding it, drawn exactly as that
+    /// segment's own phase draws it (each segment's samplers start fresh at its first micro-batch).
+    /// Micro-batches past the end continue the last segment.
+    pub fn chain(segments: Vec<(BatchStream, u64)>) -> Result<Self> {
+        let first = segments.first().ok_or_else(|| EngineError::config("same_tokens_as", "no phase to follow"))?;
+        let micro_batch = first.0.micro_batch;
+        let mut start = 0;
+        let mut parts = Vec::with_capacity(segments.len());
+        for (stream, n) in segments {
+            parts.push((start, stream));
+            start += n;
+        }
+        Ok(BatchStream {
+            source: Source::Chain(Arc::new(parts)),
+            weights: BTreeMap::new(),
+            micro_batch,
+            seed: 0,
+            biased_until: 0,
+        })
+    }
+
     /// SFT micro-batch `k`: row slot `j = k*B + i` is position `j % n` of epoch `j / n`'s shuffle.
     fn sft_next(&self, rows: &[SftRow], k: u64) -> PackedBatch {
         let picked = epoch_slots(rows.len(), self.micro_batch, k, self.seed);
@@ -193,6 +218,17 @@ impl BatchStream {
             Source::Pairs(pairs) => {
                 let picked = epoch_slots(pairs.len(), self.micro_batch / 2, cursor.index, self.seed);
                 return Ok((pairs_batch(pairs, &picked), next));
+            }
+            Source::Chain(parts) => {
+                let at = parts.iter().rposition(|(start, _)| *start <= cursor.index).unwrap_or(0);
+                let (start, stream) = &parts[at];
+                let local = if cursor.index == *start {
+                    LoaderCursor::default()
+                } else {
+                    LoaderCursor { index: cursor.index - start, ..cursor.clone() }
+                };
+                let (batch, after) = stream.next(&local)?;
+                return Ok((batch, LoaderCursor { index: cursor.index + 1, ..after }));
             }
             Source::Pack(ds) => ds,
         };

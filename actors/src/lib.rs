@@ -7,12 +7,15 @@
 #![deny(missing_docs)]
 
 pub mod autoclip;
+mod baseline;
 pub mod batches;
 pub mod bias_balance;
 pub mod breakers;
 pub mod checkpoint;
 pub mod error;
 pub mod eval;
+pub mod eval_job;
+mod eval_stage;
 pub mod evaluator;
 pub mod faults;
 pub mod harness;
@@ -29,6 +32,7 @@ pub mod run_config;
 pub mod rundir;
 pub mod schedule;
 pub mod sft_data;
+pub mod ship_mask;
 pub mod summary;
 pub mod supervisor;
 pub mod trainer;

@@ -15,7 +15,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// A stage of the pipeline, in run order. Its name (serde, [`Stage::name`]) is its directory in the
 /// run directory and the `stage` of its manifest: `data`, `base`, `importance`, `moe-init`, `p0`, `p1`,
-/// `p2`, `p3`.
+/// `p2`, `p3`, `baseline-small`, `teacher-continued`, `eval`. A run builds the stages its last one reads
+/// ([`Stage::needs`]), transitively, in this order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Stage {
@@ -35,12 +36,32 @@ pub enum Stage {
     P2,
     /// Preference optimisation of the MoE (phase `p3`).
     P3,
+    /// The small dense reference (active parameters about the MoE's) trained from scratch on the
+    /// micro-batches of base + p0 + p1 (phase `baseline-small`).
+    BaselineSmall,
+    /// The dense teacher continued on the micro-batches of p0 + p1 (phase `teacher-continued`):
+    /// the knowledge-capacity experiment's dense model at the MoE's training tokens.
+    TeacherContinued,
+    /// Same-mask GGUF PTQ of the MoE, the teacher and the small baseline, and the six models
+    /// scored on the same items (the comparison table).
+    Eval,
 }
 
 impl Stage {
     /// Every stage, in run order.
-    pub const ALL: [Stage; 8] =
-        [Stage::Data, Stage::Base, Stage::Importance, Stage::MoeInit, Stage::P0, Stage::P1, Stage::P2, Stage::P3];
+    pub const ALL: [Stage; 11] = [
+        Stage::Data,
+        Stage::Base,
+        Stage::Importance,
+        Stage::MoeInit,
+        Stage::P0,
+        Stage::P1,
+        Stage::P2,
+        Stage::P3,
+        Stage::BaselineSmall,
+        Stage::TeacherContinued,
+        Stage::Eval,
+    ];
 
     /// The stage's name (its directory and serde name).
     pub const fn name(self) -> &'static str {
@@ -53,7 +74,42 @@ impl Stage {
             Stage::P1 => "p1",
             Stage::P2 => "p2",
             Stage::P3 => "p3",
+            Stage::BaselineSmall => "baseline-small",
+            Stage::TeacherContinued => "teacher-continued",
+            Stage::Eval => "eval",
         }
+    }
+
+    /// The stages this one reads (its inputs; every one comes earlier in [`Stage::ALL`]).
+    pub const fn needs(self) -> &'static [Stage] {
+        match self {
+            Stage::Data => &[],
+            Stage::Base => &[Stage::Data],
+            Stage::Importance => &[Stage::Base, Stage::Data],
+            Stage::MoeInit => &[Stage::Importance, Stage::Base],
+            Stage::P0 => &[Stage::Data, Stage::MoeInit, Stage::Base],
+            Stage::P1 => &[Stage::Data, Stage::P0],
+            Stage::P2 => &[Stage::Data, Stage::P1],
+            Stage::P3 => &[Stage::Data, Stage::P2],
+            Stage::BaselineSmall => &[Stage::Data],
+            Stage::TeacherContinued => &[Stage::Data, Stage::Base],
+            Stage::Eval => &[Stage::Data, Stage::Base, Stage::P1, Stage::BaselineSmall],
+        }
+    }
+
+    /// `last` and every stage it reads, transitively, in run order.
+    pub fn closure(last: Stage) -> Vec<Stage> {
+        let mut wanted = vec![last];
+        let mut i = 0;
+        while i < wanted.len() {
+            for s in wanted[i].needs() {
+                if !wanted.contains(s) {
+                    wanted.push(*s);
+                }
+            }
+            i += 1;
+        }
+        Stage::ALL.into_iter().filter(|s| wanted.contains(s)).collect()
     }
 
     /// The stage called `name`, or a config error listing the known ones.
@@ -64,15 +120,25 @@ impl Stage {
         })
     }
 
-    /// Whether the stage is a training phase (`base`, `p0` .. `p3`: configs/phases/<name>.json).
+    /// Whether the stage is a training phase (`base`, `p0` .. `p3`, `baseline-small`:
+    /// configs/phases/<name>.json).
     pub fn is_phase(self) -> bool {
-        matches!(self, Stage::Base | Stage::P0 | Stage::P1 | Stage::P2 | Stage::P3)
+        matches!(
+            self,
+            Stage::Base
+                | Stage::P0
+                | Stage::P1
+                | Stage::P2
+                | Stage::P3
+                | Stage::BaselineSmall
+                | Stage::TeacherContinued
+        )
     }
 
     /// Whether the training phase reads the run's packed train set (its sequence length must
     /// then be the run's); `p2` and `p3` pack their own conversations and pairs.
     pub fn reads_pack(self) -> bool {
-        matches!(self, Stage::Base | Stage::P0 | Stage::P1)
+        matches!(self, Stage::Base | Stage::P0 | Stage::P1 | Stage::BaselineSmall | Stage::TeacherContinued)
     }
 }
 
@@ -154,7 +220,22 @@ mod tests {
     #[test]
     fn stage_names_are_the_serde_names_run_directories_already_use() {
         let names: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
-        assert_eq!(names, ["data", "base", "importance", "moe-init", "p0", "p1", "p2", "p3"]);
+        assert_eq!(
+            names,
+            [
+                "data",
+                "base",
+                "importance",
+                "moe-init",
+                "p0",
+                "p1",
+                "p2",
+                "p3",
+                "baseline-small",
+                "teacher-continued",
+                "eval"
+            ]
+        );
         for s in Stage::ALL {
             assert_eq!(serde_json::to_value(s).unwrap(), s.name());
             assert_eq!(serde_json::from_value::<Stage>(s.name().into()).unwrap(), s);
@@ -163,6 +244,20 @@ mod tests {
         assert!(Stage::ALL.windows(2).all(|w| w[0] < w[1]), "ALL is in run order");
         let e = Stage::from_name("p9").unwrap_err().to_string();
         assert!(e.contains("moe-init"), "{e}");
+    }
+
+    #[test]
+    fn a_stage_builds_what_it_reads_and_nothing_else() {
+        for s in Stage::ALL {
+            assert!(s.needs().iter().all(|n| *n < s), "{s} reads a later stage");
+        }
+        let names = |v: Vec<Stage>| v.iter().map(|s| s.name()).collect::<Vec<_>>().join(" ");
+        assert_eq!(names(Stage::closure(Stage::P1)), "data base importance moe-init p0 p1");
+        assert_eq!(names(Stage::closure(Stage::P3)), "data base importance moe-init p0 p1 p2 p3");
+        assert_eq!(names(Stage::closure(Stage::BaselineSmall)), "data baseline-small");
+        assert_eq!(names(Stage::closure(Stage::TeacherContinued)), "data base teacher-continued");
+        // The comparison table needs neither p2 nor p3.
+        assert_eq!(names(Stage::closure(Stage::Eval)), "data base importance moe-init p0 p1 baseline-small eval");
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub struct AutoClipConfig {
 }
 
 /// Domain mixing over the phase.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MixConfig {
     /// Domain weights of mixed batches.
@@ -175,8 +175,14 @@ pub struct PhaseConfig {
     pub phase: String,
     /// What it trains.
     pub kind: PhaseKind,
-    /// Token budget of the phase.
+    /// Token budget of the phase (left out, or 0, when `same_tokens_as` sets it).
+    #[serde(default)]
     pub tokens: u64,
+    /// Train on exactly the micro-batches of these phases, in order (their streams, seeds and
+    /// mixes), instead of a stream of its own: the budget is the sum of theirs. `baseline-small`
+    /// uses `["base", "p0", "p1"]`: the small dense reference sees the tokens the MoE's line saw.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub same_tokens_as: Vec<String>,
     /// Tokens per optimiser step (gradient accumulation reaches it).
     pub tokens_per_step: u64,
     /// Sequences per micro-batch.
@@ -191,7 +197,8 @@ pub struct PhaseConfig {
     pub betas: [f32; 2],
     /// Gradient clipping.
     pub autoclip: AutoClipConfig,
-    /// Domain mixing.
+    /// Domain mixing (left out when `same_tokens_as` gives the stream).
+    #[serde(default)]
     pub mix: MixConfig,
     /// Router settings (MoE phases).
     #[serde(default)]
@@ -233,6 +240,8 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     ("p1", include_str!("../../configs/phases/p1.json")),
     ("p2", include_str!("../../configs/phases/p2.json")),
     ("p3", include_str!("../../configs/phases/p3.json")),
+    ("baseline-small", include_str!("../../configs/phases/baseline-small.json")),
+    ("teacher-continued", include_str!("../../configs/phases/teacher-continued.json")),
 ];
 
 /// The names of the embedded phases, for messages (`base, p0, p1, ...`).
@@ -324,7 +333,21 @@ impl PhaseConfig {
                 self.micro_tokens()
             ));
         }
-        if self.tokens < self.tokens_per_step {
+        if !self.same_tokens_as.is_empty() {
+            if self.tokens != 0 {
+                return bad(format!(
+                    "field `tokens`: {} but `same_tokens_as` {:?} sets the budget; leave `tokens` out",
+                    self.tokens, self.same_tokens_as
+                ));
+            }
+            if !matches!(self.kind, PhaseKind::Base | PhaseKind::Cpt) || self.router.is_some() {
+                return bad(format!(
+                    "field `same_tokens_as`: only a dense `base` (from scratch) or `cpt` phase can take it, not {:?}{}",
+                    self.kind,
+                    if self.router.is_some() { " with a router" } else { "" }
+                ));
+            }
+        } else if self.tokens < self.tokens_per_step {
             return bad(format!("tokens {} is below one step ({})", self.tokens, self.tokens_per_step));
         }
         let lr = &self.lr;
@@ -334,7 +357,14 @@ impl PhaseConfig {
         if !(0.0..=100.0).contains(&self.autoclip.percentile) || self.autoclip.window == 0 {
             return bad(format!("autoclip {:?}", self.autoclip));
         }
-        if self.mix.weights.is_empty() || self.mix.weights.values().any(|w| !(w.is_finite() && *w >= 0.0)) {
+        if !self.same_tokens_as.is_empty() {
+            if self.mix != MixConfig::default() {
+                return bad(format!(
+                    "field `mix`: the stream is the one of {:?} (`same_tokens_as`); leave `mix` out",
+                    self.same_tokens_as
+                ));
+            }
+        } else if self.mix.weights.is_empty() || self.mix.weights.values().any(|w| !(w.is_finite() && *w >= 0.0)) {
             return bad(format!("mix weights {:?}", self.mix.weights));
         }
         if let Some(d) = &self.distill {
@@ -435,6 +465,13 @@ mod tests {
         for (name, _) in EMBEDDED {
             let c = PhaseConfig::embedded(name, "tiny").unwrap();
             assert_eq!(&c.phase, name);
+            if !c.same_tokens_as.is_empty() {
+                // The budget is set by the run from the phases named (tests/stages).
+                let want: &[&str] = if *name == "baseline-small" { &["base", "p0", "p1"] } else { &["p0", "p1"] };
+                assert_eq!(c.same_tokens_as, want);
+                assert_eq!(c.tokens, 0);
+                continue;
+            }
             assert!(c.total_steps() >= 10, "{name}: {} steps", c.total_steps());
             let seed = PhaseConfig::embedded(name, "seed-plan").unwrap();
             assert!(seed.tokens > c.tokens * 1000, "{name}: seed plan budget {} vs tiny {}", seed.tokens, c.tokens);

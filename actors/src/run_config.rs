@@ -22,6 +22,18 @@ pub struct RunConfig {
     pub base_model: String,
     /// MoE preset of the surgery.
     pub moe_model: String,
+    /// Dense preset of the small reference (`baseline-small`: active parameters about the MoE's;
+    /// the 0.6B stand-in). None: the run has no small reference (`baseline-small` and `eval`
+    /// are refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub small_model: Option<String>,
+    /// The quantization the MoE ships with, by role; the references' PTQ uses the same
+    /// (stage `eval`).
+    #[serde(default)]
+    pub ship_mask: crate::ship_mask::ShipMask,
+    /// Stage `eval`: items per eval set at most, evenly spaced over the set (None: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_max_items: Option<usize>,
     /// Synthetic world (corpus size, seed, entity counts).
     pub world: WorldSpec,
     /// Vocabulary of the tokenizer the data stage trains (not used with an HF base, whose own
@@ -131,6 +143,31 @@ impl RunConfig {
                 "seq_len",
                 format!("seq_len {} and dev_every {} must be at least 2", self.seq_len, self.dev_every),
             );
+        }
+        if let Some(small) = &self.small_model {
+            let c = match model::presets::embedded(small) {
+                None => {
+                    let known = model::presets::names().join(", ");
+                    return bad("small_model", format!("unknown preset `{small}` (known: {known})"));
+                }
+                Some(c) => c?,
+            };
+            if model::presets::embedded_moe(small).is_ok() {
+                return bad("small_model", format!("`{small}` is a MoE preset; the small reference is dense"));
+            }
+            if c.vocab_size != base.vocab_size {
+                return bad(
+                    "small_model",
+                    format!(
+                        "`{small}` has a vocabulary of {} but base_model `{}` {}: the models of the comparison share                          the run's tokenizer",
+                        c.vocab_size, self.base_model, base.vocab_size
+                    ),
+                );
+            }
+        }
+        self.ship_mask.validate(source)?;
+        if self.eval_max_items == Some(0) {
+            return bad("eval_max_items", "0 items: leave it out to score every item".into());
         }
         if self.importance_batches == 0 || self.importance_batch == 0 {
             return bad("importance_batches", "importance_batches and importance_batch must be positive".into());

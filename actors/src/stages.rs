@@ -1,4 +1,7 @@
-//! The stages of a run directory: data -> base -> importance -> moe-init -> p0 -> p1 -> p2 -> p3.
+//! The stages of a run directory: data -> base -> importance -> moe-init -> p0 -> p1 -> p2 -> p3,
+//! and beside them baseline-small (the small dense reference on the micro-batches of base + p0 +
+//! p1) and eval (same-mask PTQ and the comparison table). A run builds the stage asked for and
+//! the stages it reads ([`Stage::closure`]).
 //!
 //! Each stage has a key: everything its output depends on besides its input stages (run config
 //! fields, preset contents, phase config, seeds), and its inputs: the identities of the stages it
@@ -17,6 +20,7 @@
 use crate::batches::BatchStream;
 use crate::checkpoint;
 use crate::error::{EngineError, Result};
+use crate::eval_job::Evaluator;
 use crate::evaluator::EvalInputs;
 use crate::lock::RunLock;
 use crate::manifest::{sha256_hex, Stage, StageManifest};
@@ -39,7 +43,7 @@ pub use crate::run_config::{RunConfig, DEFAULT_RUN};
 pub use crate::summary::{summarise, PhaseSummary};
 
 /// Stage names in run order ([`Stage::name`] of [`Stage::ALL`]), for command lines.
-pub const STAGES: [&str; 8] = [
+pub const STAGES: [&str; 11] = [
     Stage::Data.name(),
     Stage::Base.name(),
     Stage::Importance.name(),
@@ -48,6 +52,9 @@ pub const STAGES: [&str; 8] = [
     Stage::P1.name(),
     Stage::P2.name(),
     Stage::P3.name(),
+    Stage::BaselineSmall.name(),
+    Stage::TeacherContinued.name(),
+    Stage::Eval.name(),
 ];
 
 /// How to run.
@@ -70,6 +77,8 @@ pub struct RunOptions {
     pub force: bool,
     /// Where the run config came from (named in errors; empty: the run config).
     pub config_source: String,
+    /// The harness the `eval` stage runs (moe-cli's `eval`); None: the stage is refused.
+    pub evaluator: Option<Evaluator>,
 }
 
 /// What one invocation did with a stage (the `stages` list of `<run>/summary.json`).
@@ -130,14 +139,14 @@ enum Status {
 }
 
 /// What a stage's body made in its work directory.
-struct Made {
-    metrics: serde_json::Value,
+pub(crate) struct Made {
+    pub(crate) metrics: serde_json::Value,
     /// Artifacts (name -> path relative to the run directory, under the stage's final name).
-    artifacts: BTreeMap<String, String>,
+    pub(crate) artifacts: BTreeMap<String, String>,
     /// Content files and directories (relative to the stage directory): hashed into the identity.
-    outputs: &'static [&'static str],
+    pub(crate) outputs: &'static [&'static str],
     /// Record files: hashed and checked, not part of the identity.
-    records: &'static [&'static str],
+    pub(crate) records: &'static [&'static str],
 }
 
 /// The key file of a work directory: the plan its partial contents (checkpoints) belong to.
@@ -167,8 +176,9 @@ impl Pipeline {
     }
 
     /// The phase config of training stage `phase`: the file given for it, else the embedded one;
-    /// a file of another phase or of a kind the stage cannot train is refused.
-    fn phase_config(&self, phase: Stage) -> Result<PhaseConfig> {
+    /// a file of another phase or of a kind the stage cannot train is refused. A config with
+    /// `same_tokens_as` gets its budget here: the micro-batches of the phases it follows.
+    pub fn phase_config(&self, phase: Stage) -> Result<PhaseConfig> {
         let (cfg, source) = match self.options.phase_files.get(phase.name()) {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(EngineError::io(p))?;
@@ -184,13 +194,20 @@ impl Pipeline {
             ));
         }
         let fits = match phase {
-            Stage::Base => cfg.kind == PhaseKind::Base,
+            Stage::Base | Stage::BaselineSmall => cfg.kind == PhaseKind::Base,
             Stage::P2 => cfg.kind == PhaseKind::Sft,
             Stage::P3 => cfg.kind == PhaseKind::Preference,
             _ => !matches!(cfg.kind, PhaseKind::Base | PhaseKind::Sft | PhaseKind::Preference),
         };
         if !fits {
             return Err(EngineError::config(&source, format!("kind {:?} cannot train stage `{phase}`", cfg.kind)));
+        }
+        if !cfg.same_tokens_as.is_empty() {
+            // The budget is the micro-batches of the phases it follows.
+            let n: u64 = self.segments(&cfg, &source)?.iter().map(|(_, n)| n).sum();
+            let mut cfg = cfg;
+            cfg.tokens = n * cfg.micro_tokens();
+            return Ok(cfg);
         }
         Ok(cfg)
     }
@@ -208,9 +225,25 @@ impl Pipeline {
             }
         }
         self.config.validate(self.config_source())?;
+        let needed = Stage::closure(last);
+        if self.config.small_model.is_none() {
+            if let Some(s) = needed.iter().find(|s| matches!(s, Stage::BaselineSmall | Stage::Eval)) {
+                return Err(EngineError::config(
+                    format!("{} field `small_model`", self.config_source()),
+                    format!("missing: stage `{s}` needs the small dense reference's preset (e.g. `tiny-dense-active`)"),
+                ));
+            }
+        }
+        if needed.contains(&Stage::Eval) && self.options.evaluator.is_none() {
+            return Err(EngineError::config("eval", "stage `eval` needs an evaluator (moe-cli provides its `eval`)"));
+        }
         for stage in Stage::ALL.into_iter().filter(|s| s.is_phase()) {
+            // The references' budgets come from the phases they follow: checked when they run.
+            if matches!(stage, Stage::BaselineSmall | Stage::TeacherContinued) && !needed.contains(&stage) {
+                continue;
+            }
             let cfg = self.phase_config(stage)?;
-            if stage <= last && stage.reads_pack() && cfg.seq_len != self.config.seq_len {
+            if needed.contains(&stage) && stage.reads_pack() && cfg.seq_len != self.config.seq_len {
                 let source = self
                     .options
                     .phase_files
@@ -260,22 +293,33 @@ impl Pipeline {
         }
         let mut summary = None;
         let mut reports = Vec::new();
-        for stage in Stage::ALL.into_iter().filter(|s| *s <= last) {
+        for stage in Stage::closure(last) {
             let started = std::time::Instant::now();
             let force = self.options.force && stage == last;
             let skipped = match stage {
                 Stage::Data => self.data_stage(force)?,
-                Stage::Base | Stage::P0 | Stage::P1 | Stage::P2 | Stage::P3 => {
+                Stage::Base
+                | Stage::P0
+                | Stage::P1
+                | Stage::P2
+                | Stage::P3
+                | Stage::BaselineSmall
+                | Stage::TeacherContinued => {
                     let skipped = self.phase_stage(stage, force)?;
                     let path = self.dir(stage).join("summary.json");
                     let text = std::fs::read_to_string(&path).map_err(EngineError::io(&path))?;
                     let s: PhaseSummary = serde_json::from_str(&text)
                         .map_err(|e| EngineError::config(path.display().to_string(), e.to_string()))?;
-                    summary = Some(s);
+                    // The run's summary is the MoE line's last phase unless a reference is asked for.
+                    let reference = matches!(stage, Stage::BaselineSmall | Stage::TeacherContinued);
+                    if !reference || last == stage {
+                        summary = Some(s);
+                    }
                     skipped
                 }
                 Stage::Importance => self.importance_stage(force)?,
                 Stage::MoeInit => self.surgery_stage(force)?,
+                Stage::Eval => self.eval_stage(force)?,
             };
             let what = if skipped {
                 "up to date".to_string()
@@ -335,6 +379,20 @@ impl Pipeline {
             (Stage::P0 | Stage::P1 | Stage::P2 | Stage::P3, _) => {
                 serde_json::json!({ "phase": self.phase_config(stage)? })
             }
+            (Stage::BaselineSmall | Stage::TeacherContinued, _) => {
+                let cfg = self.phase_config(stage)?;
+                let segments: BTreeMap<String, PhaseConfig> =
+                    self.segments(&cfg, stage.name())?.into_iter().map(|(s, _)| (s.phase.clone(), s)).collect();
+                let mut key = serde_json::json!({ "phase": cfg, "segments": segments });
+                if stage == Stage::BaselineSmall {
+                    let small = c.small_model.clone().unwrap_or_default();
+                    key["small_model"] = serde_json::json!(small);
+                    key["preset"] = preset_json(&small)?;
+                    key["seed"] = serde_json::json!(c.seed);
+                }
+                key
+            }
+            (Stage::Eval, _) => self.eval_key(),
         };
         let key = self.with_precision(stage, key);
         let hash = sha256_hex(key.to_string().as_bytes());
@@ -393,7 +451,12 @@ impl Pipeline {
     /// Runs `body` for `stage` unless it is up to date: in the stage directory or beside it
     /// (then swapped in), hashing its files into the manifest, which is written last. Returns
     /// true when the stage was up to date.
-    fn build_stage(&self, stage: Stage, force: bool, body: impl FnOnce(&Path) -> Result<Made>) -> Result<bool> {
+    pub(crate) fn build_stage(
+        &self,
+        stage: Stage,
+        force: bool,
+        body: impl FnOnce(&Path) -> Result<Made>,
+    ) -> Result<bool> {
         let plan = self.plan(stage)?;
         let Status::Build { work, beside, because } = self.status(stage, &plan, force) else { return Ok(true) };
         let dir = self.dir(stage);
@@ -503,17 +566,8 @@ impl Pipeline {
 
     /// The identities of the stages `stage` reads.
     fn inputs_of(&self, stage: Stage) -> Result<BTreeMap<String, String>> {
-        let needs: &[Stage] = match stage {
-            Stage::Data => &[],
-            Stage::Base => &[Stage::Data],
-            Stage::Importance => &[Stage::Base, Stage::Data],
-            Stage::MoeInit => &[Stage::Importance, Stage::Base],
-            Stage::P0 => &[Stage::Data, Stage::MoeInit, Stage::Base],
-            Stage::P1 => &[Stage::Data, Stage::P0],
-            Stage::P2 => &[Stage::Data, Stage::P1],
-            Stage::P3 => &[Stage::Data, Stage::P2],
-        };
-        needs
+        stage
+            .needs()
             .iter()
             .map(|s| {
                 let dir = self.dir(*s);
@@ -529,11 +583,12 @@ impl Pipeline {
     fn phase_models(&self, phase: Stage) -> Result<(PathBuf, Option<PathBuf>)> {
         let model = |s: Stage| self.dir(s).join("model");
         match phase {
-            Stage::Base => Ok((PathBuf::new(), None)),
+            Stage::Base | Stage::BaselineSmall => Ok((PathBuf::new(), None)),
             Stage::P0 => Ok((model(Stage::MoeInit), Some(model(Stage::Base)))),
             Stage::P1 => Ok((model(Stage::P0), None)),
             Stage::P2 => Ok((model(Stage::P1), None)),
             Stage::P3 => Ok((model(Stage::P2), None)),
+            Stage::TeacherContinued => Ok((model(Stage::Base), None)),
             s => Err(EngineError::config("phase", format!("`{s}` is not a training phase"))),
         }
     }
@@ -541,10 +596,13 @@ impl Pipeline {
     /// A fresh trainer of `phase` at step 0.
     fn new_trainer(&self, phase: Stage, cfg: &PhaseConfig) -> Result<Trainer> {
         let (start, teacher_dir) = self.phase_models(phase)?;
-        let model = if phase == Stage::Base {
-            let config = model::presets::embedded(&self.config.base_model).ok_or_else(|| {
-                EngineError::config("base_model", format!("unknown preset `{}`", self.config.base_model))
-            })??;
+        let model = if matches!(phase, Stage::Base | Stage::BaselineSmall) {
+            let (field, name) = match phase {
+                Stage::Base => ("base_model", self.config.base_model.clone()),
+                _ => ("small_model", self.config.small_model.clone().unwrap_or_default()),
+            };
+            let config = model::presets::embedded(&name)
+                .ok_or_else(|| EngineError::config(field, format!("unknown preset `{name}`")))??;
             let std = config.raw.get("initializer_range").and_then(|v| v.as_f64()).unwrap_or(0.02) as f32;
             Qwen3::from_init(config, None, autograd::DType::F32, model::init::qwen3_init(self.config.seed, std))
         } else {
@@ -623,6 +681,10 @@ impl Pipeline {
             let total_micro = cfg.total_steps() * cfg.accumulation();
             // p2 trains on the world's conversations, p3 on pairs sampled from the p2 model.
             let (stream, data_stats, pair_reference) = match (&cfg.sft, &cfg.preference) {
+                _ if !cfg.same_tokens_as.is_empty() => {
+                    let (stream, stats) = self.chained_stream(&cfg, &ds)?;
+                    (stream, stats, None)
+                }
                 (Some(s), _) => {
                     let sft = crate::sft_data::build_sft_rows(&data, s, cfg.seq_len, cfg.seed)?;
                     (BatchStream::sft(Arc::new(sft.rows), cfg.micro_batch, cfg.seed)?, sft.stats, None)

@@ -332,6 +332,11 @@ impl Handler<RunLoop> for TrainerActor {
                 steps_here += 1;
                 let tps = rec.tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
                 m.metrics.do_send(Log::Step(rec, tps));
+                if !t.state.router.is_empty() {
+                    // The routing share of every step (the report's heatmap over training).
+                    let share: Vec<&Vec<f32>> = t.state.router.iter().map(|r| &r.share).collect();
+                    m.metrics.do_send(Log::Event("router", t.state.step, serde_json::json!({ "share": share })));
+                }
                 if !actions.is_empty() {
                     saves.wait()?;
                     rollback = actions.iter().any(|a| a.rollback);

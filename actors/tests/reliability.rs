@@ -226,3 +226,98 @@ fn rollback_restores_the_newest_checkpoint_keeps_the_halved_lr_and_finishes() {
     let reference = run(&cfg, micro_model(false, vocab()), plain.path(), Faults::default()).unwrap();
     assert_ne!(reference.model.params.flat(), out.model.params.flat());
 }
+
+/// Every micro-batch of `stream` from a fresh cursor, as (sequences, ids).
+fn walk(stream: &BatchStream, n: u64) -> (Vec<(Vec<u64>, Vec<u32>)>, Vec<actors::batches::LoaderCursor>) {
+    let mut cursor = actors::batches::LoaderCursor::default();
+    let (mut out, mut cursors) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        cursors.push(cursor.clone());
+        let (b, next) = stream.next(&cursor).unwrap();
+        out.push((b.sequences, b.ids));
+        cursor = next;
+    }
+    (out, cursors)
+}
+
+#[test]
+fn baseline_small_stream_is_the_micro_batches_of_base_p0_p1_in_order_and_resumes_from_any_cursor() {
+    let ds = Arc::new(PackedDataset::open(&data_dir().join("data/train")).unwrap());
+    // Three phases with their own mixes and a domain-biased start (p1), as the pipeline builds them.
+    let segs: Vec<(PhaseConfig, u64)> =
+        [("base", 4), ("p0", 3), ("p1", 6)].into_iter().map(|(p, steps)| (micro_phase(p, steps), steps * 2)).collect();
+    let own: Vec<Vec<(Vec<u64>, Vec<u32>)>> = segs
+        .iter()
+        .map(|(c, n)| walk(&BatchStream::new(ds.clone(), &c.mix, c.micro_batch, c.seed, *n).unwrap(), *n).0)
+        .collect();
+    let parts = segs
+        .iter()
+        .map(|(c, n)| (BatchStream::new(ds.clone(), &c.mix, c.micro_batch, c.seed, *n).unwrap(), *n))
+        .collect();
+    let chain = BatchStream::chain(parts).unwrap();
+    let total: u64 = segs.iter().map(|s| s.1).sum();
+    let (got, cursors) = walk(&chain, total);
+    assert_eq!(got, own.concat(), "the chain is not the phases' own micro-batches in order");
+    assert_ne!(own[0], own[2][..own[0].len()], "the segments differ (else this test proves nothing)");
+    // A resumed reference (any checkpointed cursor, segment boundaries included) continues exactly.
+    for k in [0, 7, 8, 10, 11, total - 1] {
+        let (b, _) = chain.next(&cursors[k as usize]).unwrap();
+        assert_eq!((b.sequences, b.ids), got[k as usize], "micro-batch {k} from its cursor");
+    }
+}
+
+#[test]
+fn baseline_small_configs_are_checked_before_any_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = |config: RunConfig, files: &[(&str, serde_json::Value)]| {
+        let mut options = RunOptions::default();
+        for (phase, v) in files {
+            let path = tmp.path().join(format!("{phase}.json"));
+            std::fs::write(&path, v.to_string()).unwrap();
+            options.phase_files.insert(phase.to_string(), path);
+        }
+        Pipeline { root: tmp.path().join("run"), config, options }
+    };
+    let stage = |n: &str| actors::manifest::Stage::from_name(n).unwrap();
+    let embedded: serde_json::Value =
+        serde_json::from_str(include_str!("../../configs/phases/baseline-small.json")).unwrap();
+    // The budget is base + p0 + p1's micro-batches: 384 + 64 + 160 of the tiny presets.
+    let p = pipeline(RunConfig::embedded().unwrap(), &[]);
+    p.validate(stage("baseline-small")).unwrap();
+    let cfg = p.phase_config(stage("baseline-small")).unwrap();
+    assert_eq!((cfg.tokens, cfg.total_steps()), ((384 + 64 + 160) * 2048, 384 + 64 + 160));
+    // No small preset: refused naming the field.
+    let mut c = RunConfig::embedded().unwrap();
+    c.small_model = None;
+    let e = pipeline(c, &[]).validate(stage("baseline-small")).unwrap_err().to_string();
+    assert!(e.contains("small_model") && e.contains("missing"), "{e}");
+    // A MoE preset as the small reference.
+    let mut c = RunConfig::embedded().unwrap();
+    c.small_model = Some("tiny-k1p1-n16".into());
+    let e = pipeline(c, &[]).validate(stage("p1")).unwrap_err().to_string();
+    assert!(e.contains("small_model") && e.contains("MoE preset"), "{e}");
+    // `eval` needs the harness.
+    let e = pipeline(RunConfig::embedded().unwrap(), &[]).validate(stage("eval")).unwrap_err().to_string();
+    assert!(e.contains("evaluator"), "{e}");
+    // A budget of its own beside `same_tokens_as`.
+    let mut v = embedded.clone();
+    v["presets"]["tiny"]["tokens"] = 4096.into();
+    let e = pipeline(RunConfig::embedded().unwrap(), &[("baseline-small", v)])
+        .validate(stage("baseline-small"))
+        .unwrap_err();
+    assert!(e.to_string().contains("baseline-small.json") && e.to_string().contains("leave `tokens` out"), "{e}");
+    // Micro-batches of another shape than the phases it follows.
+    let mut v = embedded.clone();
+    v["presets"]["tiny"]["micro_batch"] = 4.into();
+    let e = pipeline(RunConfig::embedded().unwrap(), &[("baseline-small", v)])
+        .validate(stage("baseline-small"))
+        .unwrap_err();
+    assert!(e.to_string().contains("field `micro_batch`: 4 but phase `base` has 8"), "{e}");
+    // An unknown phase to follow.
+    let mut v = embedded;
+    v["same_tokens_as"] = serde_json::json!(["base", "p7"]);
+    let e = pipeline(RunConfig::embedded().unwrap(), &[("baseline-small", v)])
+        .validate(stage("baseline-small"))
+        .unwrap_err();
+    assert!(e.to_string().contains("same_tokens_as") && e.to_string().contains("p7"), "{e}");
+}

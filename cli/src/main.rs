@@ -53,8 +53,11 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Write report.html with PNG plots for a run directory (training curves, routing, eval).
     Report(cmd::report::Args),
-    /// Run the training pipeline (data, base, importance, surgery, p0, p1) in a run directory.
+    /// Run the training pipeline (data, base, importance, surgery, p0, p1, p2, p3; baseline-small,
+    /// eval) in a run directory.
     Run(cmd::run::Args),
+    /// Run one of the honest experiments (configs/experiments/): compare-to-base.
+    Experiment(cmd::experiment::Args),
     /// Routing traces of a MoE model over a pack, next-expert prediction and a prefetch simulation.
     Trace(cmd::trace::Args),
     /// Sparse upcycling: a dense model's FFN copied into every expert (Drop-Upcycling optional).
@@ -80,6 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Upcycle(a) => cmd::upcycle::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Report(a) => cmd::report::run(a),
+        Command::Experiment(a) => cmd::experiment::run(a),
     }
 }
 

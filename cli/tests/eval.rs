@@ -151,6 +151,12 @@ fn eval_scores_every_model_on_the_same_items_resumes_and_feeds_the_report() {
             3.0 / step as f64,
             2.9 / step as f64
         ));
+        // The routing share of the step: expert 0 gains on layer 0 over training.
+        let a = 0.3 + 0.02 * step as f64;
+        lines.push_str(&format!(
+            "{{\"step\":{step},\"wall_time\":1.0,\"kind\":\"router\",\"share\":[[{a},{b},{b}],[0.2,0.3,0.5]]}}\n",
+            b = (1.0 - a) / 2.0
+        ));
     }
     lines.push_str("{\"step\":10,\"wall_time\":1.0,\"kind\":\"eval\",\"ppl_medical\":5.0,\"ppl_general\":6.0}\n");
     lines.push_str("{\"step\":20,\"wall_time\":1.0,\"kind\":\"eval\",\"ppl_medical\":4.0,\"ppl_general\":5.5}\n");
@@ -171,6 +177,7 @@ fn eval_scores_every_model_on_the_same_items_resumes_and_feeds_the_report() {
         "loss_p1.png",
         "ppl_p1.png",
         "routing_p1.png",
+        "routing_steps_p1.png",
         "accuracy.png",
         "latency.png",
         "routing_eval_moe.png",
@@ -188,6 +195,8 @@ fn eval_scores_every_model_on_the_same_items_resumes_and_feeds_the_report() {
     std::fs::write(run.join("p1/metrics/metrics.jsonl"), "{\"step\":1,\"kind\":\"train\",\"loss\":1}\nnot json\n{}\n")
         .unwrap();
     fails(d, &["report", "--run-dir", "R"], &["metrics.jsonl: line 2"]);
+    std::fs::write(run.join("p1/metrics/metrics.jsonl"), "{\"step\":1,\"kind\":\"router\",\"share\":3}\n{}\n").unwrap();
+    fails(d, &["report", "--run-dir", "R"], &["metrics.jsonl: line 1", "`router` line"]);
 }
 
 #[test]

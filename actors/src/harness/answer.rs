@@ -1,5 +1,7 @@
 //! MCQ by generation: the prompt lists the options by letter and ends with `Answer:`; the
-//! greedy continuation is read back as an option ([`parse_answer`]).
+//! greedy continuation is read back as an option ([`parse_answer`]). For chat models the
+//! question is a user turn phrased as P3's verifiable prompts ([`chat_question`]) and the answer
+//! is read after its think block ([`parse_chat_answer`]).
 
 use data::eval::McqItem;
 
@@ -43,4 +45,23 @@ pub fn parse_answer(text: &str, item: &McqItem) -> Option<usize> {
         })
         .max_by_key(|(_, o)| o.trim().len())
         .map(|(i, _)| i)
+}
+
+/// The user turn asking `item` in a chat (`{context}\n\n` when any, then
+/// [`data::sft::mcq_user_turn`]: options as `A. text` lines, the instruction, `/think` or
+/// `/no_think`).
+pub fn chat_question(item: &McqItem, think: bool) -> String {
+    let options: Vec<String> = item.options.values().map(|o| o.trim().to_string()).collect();
+    let question = match item.context.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+        Some(c) => format!("{c}\n\n{}", item.question.trim()),
+        None => item.question.trim().to_string(),
+    };
+    data::sft::mcq_user_turn(&question, &options, think)
+}
+
+/// The option a chat answer names after its think block (the rule of P3's reward): None when the
+/// think block never closes or the text after it names no option or several.
+pub fn parse_chat_answer(text: &str, item: &McqItem) -> Option<usize> {
+    let options: Vec<String> = item.options.values().map(|o| o.trim().to_string()).collect();
+    data::sft::option_named(data::sft::after_think(text)?, &options)
 }

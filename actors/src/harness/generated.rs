@@ -1,20 +1,41 @@
 //! MCQ by greedy generation, one item at a time (batch 1, so the timings are those of a single
 //! user): the prompt of [`generation_prompt`], at most `max_new_tokens` new tokens, stopping at
-//! the end of the line or an end-of-sequence token; the text parsed by [`parse_answer`].
+//! the end of the line or an end-of-sequence token; the text parsed by [`parse_answer`]. In
+//! [`GenMode::Chat`] the prompt is [`chat_question`] through the chat template (assistant header
+//! appended), generation stops at an end-of-sequence token only, and the answer is read after the
+//! think block ([`parse_chat_answer`]).
 
 use crate::eval::{EvalError, Result};
-use crate::harness::answer::{generation_prompt, parse_answer};
+use crate::harness::answer::{chat_question, generation_prompt, parse_answer, parse_chat_answer};
+use data::chat::{ChatTemplate, Message, RenderOptions};
 use data::eval::McqItem;
 use data::tokenizer::{Tokenizer, ENDOFTEXT};
 use model::generate::{generate, Decoder, Finish, GenerateOptions, Sampling};
 use model::Qwen3;
+
+/// How an item is put to the model.
+#[derive(Clone, Copy, Default)]
+pub enum GenMode<'a> {
+    /// A plain text prompt ending with `Answer:`; the first line of the continuation is read.
+    #[default]
+    Plain,
+    /// A user turn in the model's chat template, under `/think` or `/no_think`; the text after
+    /// the think block is read.
+    Chat {
+        /// The tokenizer's chat template.
+        template: &'a ChatTemplate,
+        /// Ask under `/think` (else `/no_think`).
+        think: bool,
+    },
+}
 
 /// One item's generated answer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenAnswer {
     /// The option the text names (None: it names none).
     pub predicted: Option<usize>,
-    /// The generated text up to the end of its line.
+    /// The generated text up to the end of its line (chat: the whole answer, think block
+    /// included, newlines as spaces).
     pub text: String,
     /// Prompt tokens (prefilled).
     pub prompt_tokens: usize,
@@ -45,6 +66,7 @@ pub fn generate_answers(
     tok: &Tokenizer,
     items: &[McqItem],
     max_new_tokens: usize,
+    mode: GenMode<'_>,
     on_item: &mut dyn FnMut(),
 ) -> Result<Vec<GenAnswer>> {
     let decoder = Decoder::new(model);
@@ -60,13 +82,25 @@ pub fn generate_answers(
         sampling: Sampling::greedy(),
         seed: 0,
         stop_tokens: stop_tokens(tok),
-        stop_strings: vec!["\n".to_string()],
+        stop_strings: match mode {
+            GenMode::Plain => vec!["\n".to_string()],
+            GenMode::Chat { .. } => Vec::new(),
+        },
     };
     let vocab = model.config.vocab_size;
     let text_of = |t: &[u32]| tok.decode(t, false).unwrap_or_default();
     let mut out = Vec::with_capacity(items.len());
     for item in items {
-        let mut ids = tok.encode(&generation_prompt(item))?;
+        let prompt = match mode {
+            GenMode::Plain => generation_prompt(item),
+            GenMode::Chat { template, think } => {
+                let opts = RenderOptions { add_generation_prompt: true, ..Default::default() };
+                template
+                    .render(&[Message::new("user", chat_question(item, think))], &opts)
+                    .map_err(|e| EvalError::Item { id: item.id.clone(), message: format!("chat template: {e}") })?
+            }
+        };
+        let mut ids = tok.encode(&prompt)?;
         // A prompt too long for the context loses its first tokens (as in option scoring).
         let keep = context - max_new_tokens;
         if ids.len() > keep {
@@ -85,9 +119,15 @@ pub fn generate_answers(
             _ => &g.tokens[..],
         };
         let text = tok.decode(body, false)?;
-        let text = text.split('\n').next().unwrap_or_default().to_string();
+        let (predicted, text) = match mode {
+            GenMode::Plain => {
+                let line = text.split('\n').next().unwrap_or_default().to_string();
+                (parse_answer(&line, item), line)
+            }
+            GenMode::Chat { .. } => (parse_chat_answer(&text, item), text.replace('\n', " ")),
+        };
         out.push(GenAnswer {
-            predicted: parse_answer(&text, item),
+            predicted,
             text,
             prompt_tokens: g.prompt.len(),
             prefill_secs: g.prefill_secs,

@@ -24,8 +24,8 @@ mod tests;
 pub mod text_ppl;
 pub mod wilson;
 
-pub use answer::{generation_prompt, parse_answer};
-pub use generated::{generate_answers, GenAnswer};
+pub use answer::{chat_question, generation_prompt, parse_answer, parse_chat_answer};
+pub use generated::{generate_answers, GenAnswer, GenMode};
 pub use routing::{ship_capacity, would_drop, LayerRouting, RoutingTally, CAPACITY_FACTORS};
 pub use set_result::{csv_of, ItemRow, Latency, SetResult};
 pub use text_ppl::{text_perplexity, PplDoc};

@@ -90,6 +90,27 @@ fn generated_answers_parse_by_letter_or_by_option_text() {
     }
 }
 
+#[test]
+fn chat_answers_are_asked_like_p3_and_read_after_the_think_block() {
+    let it = mcq(&["velomab", "cranoxil", "cranoxil forte", "Brevix"], "B");
+    assert_eq!(
+        chat_question(&it, false),
+        "Some context.\n\nWhich drug?\nA. velomab\nB. cranoxil\nC. cranoxil forte\nD. Brevix\n\
+         Reply with the letter of the right option. /no_think"
+    );
+    assert!(chat_question(&it, true).ends_with("option. /think"));
+    for (text, want) in [
+        ("<think>\n\n</think>\n\nB", Some(1)),
+        ("<think>\nthe case points to C\n</think>\n\nThe answer is D.", Some(3)),
+        ("<think>\n\n</think>\n\nBrevix", Some(3)),
+        ("<think>\n\n</think>\n\nB or C", None),
+        ("<think>\nB", None),
+        ("B", None),
+    ] {
+        assert_eq!(parse_chat_answer(text, &it), want, "{text:?}");
+    }
+}
+
 fn tiny(moe: Option<MoeSpec>) -> Qwen3 {
     let json = r#"{"model_type": "qwen3", "vocab_size": 50, "hidden_size": 16, "intermediate_size": 24,
         "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8,

@@ -10,7 +10,9 @@
 use super::eval_sets::{check_overlap, held_out_docs, load_sets, EvalSet};
 use super::eval_summary::{EvalSummary, LatencyRow, McqRow, ModelInfo, PplRow, RoutingRow, SetInfo, FORMAT};
 use actors::eval::{encode_items, score_items, subset_indices, DomainPpl, McqConfig};
-use actors::harness::{csv_of, generate_answers, text_perplexity, ItemRow, Latency, PplDoc, RoutingTally, SetResult};
+use actors::harness::{
+    csv_of, generate_answers, text_perplexity, GenMode, ItemRow, Latency, PplDoc, RoutingTally, SetResult,
+};
 use anyhow::{bail, Context, Result};
 use data::tokenizer::Tokenizer;
 use indicatif::ProgressBar;
@@ -68,6 +70,15 @@ pub struct Args {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Generated answers from chat models: each item a user turn in the tokenizer's chat template
+    /// (options as `A. text` lines, "Reply with the letter of the right option. /no_think", as P3
+    /// asks), the answer read after the think block; stops at `<|im_end|>` only, so give
+    /// --gen-tokens room for the think block.
+    #[arg(long)]
+    pub chat: bool,
+    /// With --chat: ask under `/think` instead of `/no_think`.
+    #[arg(long, requires = "chat")]
+    pub think: bool,
 }
 
 fn parse_model(s: &str) -> std::result::Result<(String, PathBuf), String> {
@@ -172,10 +183,13 @@ fn eval_set(
 ) -> Result<(SetResult, bool)> {
     let mcq = McqConfig::default();
     let items_sha = sha256_hex(&serde_json::to_vec(&set.items)?);
-    let key_src = serde_json::json!({
+    let mut key_src = serde_json::json!({
         "model": model_key, "tokenizer": tok.sha256(), "items": items_sha, "mcq": mcq,
         "generate": !a.no_generate, "gen_tokens": a.gen_tokens, "version": 1,
     });
+    if a.chat {
+        key_src["chat"] = serde_json::json!({ "think": a.think });
+    }
     let key = sha256_hex(key_src.to_string().as_bytes());
     let (json_path, csv_path) = (dir.join(format!("{}.json", set.name)), dir.join(format!("{}.csv", set.name)));
     if csv_path.is_file() {
@@ -193,7 +207,16 @@ fn eval_set(
     let generated = if a.no_generate {
         None
     } else {
-        let g = generate_answers(model, tok, &set.items, a.gen_tokens, &mut || bar.inc(1))
+        let template = if a.chat {
+            Some(tok.chat_template().with_context(|| format!("model `{name}`: its chat template"))?)
+        } else {
+            None
+        };
+        let mode = match &template {
+            Some(template) => GenMode::Chat { template, think: a.think },
+            None => GenMode::Plain,
+        };
+        let g = generate_answers(model, tok, &set.items, a.gen_tokens, mode, &mut || bar.inc(1))
             .with_context(|| format!("model `{name}`, set `{}`: generating answers", set.name))?;
         Some(g)
     };

@@ -6,6 +6,7 @@ pub mod data_prepare;
 pub mod eval;
 pub mod eval_sets;
 pub mod eval_summary;
+pub mod experiment;
 pub mod export;
 pub mod generate;
 pub mod importance;

@@ -1,13 +1,16 @@
 //! `moe-cli report --run-dir DIR`: `DIR/report/report.html` with PNG plots beside it — loss and
 //! dev-perplexity curves per phase with the breaker actions on the timeline, the layer x expert
-//! routing shares of each MoE phase, and, when `moe-cli eval` wrote `DIR/eval/summary.json`,
-//! accuracy bars with Wilson intervals, confusion matrices, perplexity, capacity overflow and
-//! latency. Self-contained (relative image links, no script, no network). The directory is
-//! built beside its target and renamed into place.
+//! routing shares of each MoE phase and per layer over its training steps, and, when
+//! `moe-cli eval` (or stage `eval`) wrote `DIR/eval/summary.json`, accuracy bars with Wilson
+//! intervals, confusion matrices, perplexity, capacity overflow and latency. Self-contained
+//! (relative image links, no script, no network). The directory is built beside its target and
+//! renamed into place.
 
 use super::eval_summary::EvalSummary;
 use super::report_data::{read_run, PhaseMetrics, ReportInputs};
-use super::report_plots::{accuracy_bars, confusion, heatmap, latency_bars, loss_curve, ppl_curves};
+use super::report_plots::{
+    accuracy_bars, confusion, heatmap, latency_bars, loss_curve, ppl_curves, routing_over_steps,
+};
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -73,6 +76,11 @@ fn phase_section(p: &mut Page, m: &PhaseMetrics) -> Result<()> {
             );
         }
         p.html.push_str("</table>\n");
+    }
+    if let Some(png) =
+        routing_over_steps(&format!("{}: routing share per expert over training", m.phase), &m.router_steps)?
+    {
+        p.image(format!("routing_steps_{}.png", slug(&m.phase)), png, &format!("{} routing share over steps", m.phase));
     }
     if let Some(share) = &m.router_share {
         let png = heatmap(&format!("{}: routing share per layer and expert (%)", m.phase), share)?;

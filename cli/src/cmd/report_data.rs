@@ -1,5 +1,6 @@
 //! What `moe-cli report` reads from a run directory: each phase's `metrics/metrics.jsonl`
-//! (train loss, eval perplexities, breaker actions), its `summary.json` (router share per layer
+//! (train loss, eval perplexities, breaker actions, the routing share of every step), its
+//! `summary.json` (router share per layer
 //! and expert at the end of the phase), and the summary of `moe-cli eval` if there is one.
 
 use super::eval_summary::{EvalSummary, FORMAT};
@@ -33,6 +34,8 @@ pub struct PhaseMetrics {
     pub breakers: Vec<BreakerMark>,
     /// `[layer][expert]` routing share at the end of the phase (MoE phases).
     pub router_share: Option<Vec<Vec<f64>>>,
+    /// `(step, [layer][expert] share)` of every logged step (`router` lines; MoE phases).
+    pub router_steps: Vec<(u64, Vec<Vec<f64>>)>,
 }
 
 /// Every input of a report.
@@ -81,6 +84,22 @@ pub fn read_metrics(phase: &str, path: &Path, warnings: &mut Vec<String>) -> Res
                     if let (Some(d), Some(p)) = (k.strip_prefix("ppl_"), x.as_f64()) {
                         m.ppl.entry(d.to_string()).or_default().push((step, p));
                     }
+                }
+            }
+            Some("router") => {
+                let share: Option<Vec<Vec<f64>>> = v.get("share").and_then(serde_json::Value::as_array).map(|layers| {
+                    layers
+                        .iter()
+                        .map(|l| {
+                            l.as_array()
+                                .map(|s| s.iter().filter_map(serde_json::Value::as_f64).collect())
+                                .unwrap_or_default()
+                        })
+                        .collect()
+                });
+                match share {
+                    Some(s) if !s.is_empty() => m.router_steps.push((step, s)),
+                    _ => bail!("{}: line {}: a `router` line without a `share` list per layer", path.display(), i + 1),
                 }
             }
             Some("breaker") => {

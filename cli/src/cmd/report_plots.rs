@@ -218,6 +218,80 @@ pub fn heatmap(title: &str, share: &[Vec<f64>]) -> Result<Vec<u8>> {
     })
 }
 
+/// The routing share over training: one panel per layer, expert (rows) x step (columns, steps
+/// averaged into at most 120 columns), shaded by share. None without logged steps.
+pub fn routing_over_steps(title: &str, steps: &[(u64, Vec<Vec<f64>>)]) -> Result<Option<Vec<u8>>> {
+    let Some((first, _)) = steps.first() else { return Ok(None) };
+    let layers = steps.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
+    let experts = steps.iter().flat_map(|(_, s)| s.iter().map(Vec::len)).max().unwrap_or(0);
+    if layers == 0 || experts == 0 {
+        return Ok(None);
+    }
+    let last = steps.last().map_or(*first, |(s, _)| *s);
+    let cols = steps.len().min(120);
+    // Column c averages the steps whose index falls in its bucket.
+    let mut grid = vec![vec![vec![0.0f64; cols]; experts]; layers];
+    let mut counts = vec![0usize; cols];
+    for (i, (_, share)) in steps.iter().enumerate() {
+        let c = i * cols / steps.len();
+        counts[c] += 1;
+        for (l, row) in share.iter().enumerate() {
+            for (e, &v) in row.iter().enumerate() {
+                grid[l][e][c] += v;
+            }
+        }
+    }
+    for layer in &mut grid {
+        for row in layer.iter_mut() {
+            for (v, &n) in row.iter_mut().zip(&counts) {
+                *v /= n.max(1) as f64;
+            }
+        }
+    }
+    let max = grid.iter().flatten().flatten().cloned().fold(0.0, f64::max);
+    let panel = (40 + 10 * experts).clamp(90, 260);
+    let h = (40 + panel * layers).min(2400) as u32;
+    let png = render(900, h, |root| {
+        let (top, rest) = root.split_vertically(40);
+        top.draw(&Text::new(
+            format!("{title} (steps {first}..{last}, max {:.1}%, uniform {:.1}%)", 100.0 * max, 100.0 / experts as f64),
+            (12, 12),
+            (FAMILY, 16),
+        ))
+        .map_err(pe)?;
+        for (l, area) in rest.split_evenly((layers, 1)).iter().enumerate() {
+            let mut chart = ChartBuilder::on(area)
+                .margin(6)
+                .x_label_area_size(if l + 1 == layers { 28 } else { 6 })
+                .y_label_area_size(60)
+                .build_cartesian_2d(0f64..cols as f64, 0f64..experts as f64)
+                .map_err(pe)?;
+            let per_col = (last - first + 1) as f64 / cols as f64;
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .y_desc(format!("layer {l}"))
+                .x_desc(if l + 1 == layers { "step" } else { "" })
+                .x_labels(if l + 1 == layers { 8 } else { 0 })
+                .y_labels(experts.min(16))
+                .x_label_formatter(&|v| format!("{:.0}", *first as f64 + v * per_col))
+                .y_label_formatter(&|v| if v.fract().abs() < 1e-9 { format!("{}", *v as usize) } else { String::new() })
+                .label_style((FAMILY, 10))
+                .draw()
+                .map_err(pe)?;
+            for (e, row) in grid[l].iter().enumerate() {
+                chart
+                    .draw_series(row.iter().enumerate().map(|(c, &v)| {
+                        Rectangle::new([(c as f64, e as f64), (c as f64 + 1.0, e as f64 + 1.0)], shade(v, max).filled())
+                    }))
+                    .map_err(pe)?;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(Some(png))
+}
+
 /// Accuracy by option log-likelihood per set, one bar per model, Wilson 95% intervals as
 /// whiskers, chance as a grey line.
 pub fn accuracy_bars(s: &EvalSummary) -> Result<Option<Vec<u8>>> {

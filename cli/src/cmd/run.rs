@@ -1,5 +1,7 @@
 //! `moe-cli run`: the training pipeline on a run directory (data -> base -> importance ->
-//! moe-init -> p0 -> p1 -> p2), running missing prerequisites and resuming from checkpoints. Every
+//! moe-init -> p0 -> p1 -> p2 -> p3; baseline-small, the small dense reference on the same
+//! micro-batches as base + p0 + p1; eval, same-mask PTQ and the comparison table through
+//! `moe-cli eval`), running missing prerequisites and resuming from checkpoints. Every
 //! config is checked before the first stage; the run holds the directory's lock; a stage whose
 //! inputs changed is rebuilt beside the finished one and swapped in (actors::stages).
 
@@ -45,7 +47,8 @@ struct Common {
 
 #[derive(clap::Subcommand)]
 enum What {
-    /// Run one training phase (base, p0, p1, p2) and every missing prerequisite.
+    /// Run one training phase (base, p0, p1, p2, p3, baseline-small, teacher-continued) and every
+    /// missing prerequisite.
     Phase {
         /// Phase name.
         phase: String,
@@ -54,7 +57,9 @@ enum What {
     },
     /// Run every stage up to and including `--until`.
     All {
-        /// Last stage (data, base, importance, moe-init, p0, p1, p2).
+        /// Last stage (data, base, importance, moe-init, p0, p1, p2, p3, baseline-small,
+        /// teacher-continued, eval): it and the stages it reads are built (`eval`: data .. p1,
+        /// baseline-small, then the table).
         #[arg(long, default_value = "p1")]
         until: String,
         #[command(flatten)]
@@ -62,7 +67,7 @@ enum What {
     },
 }
 
-fn parse_phase_file(s: &str) -> std::result::Result<(String, PathBuf), String> {
+pub fn parse_phase_file(s: &str) -> std::result::Result<(String, PathBuf), String> {
     let (name, path) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected PHASE=FILE"))?;
     Ok((name.to_string(), PathBuf::from(path)))
 }
@@ -77,6 +82,52 @@ fn faults_from_env() -> actors::supervisor::Faults {
         rollback_at: num("MEDMOE_FAULT_ROLLBACK_AT"),
         kill_at: std::env::var("MEDMOE_FAULT_KILL_AT").ok().and_then(|v| actors::supervisor::KillPoint::parse(&v)),
     }
+}
+
+/// `moe-cli run all --until <until>` on `run_dir` with the run config at `config` (default: the
+/// embedded one) and the phase files given, on the CPU in f32 (the experiments' way in).
+pub fn run_all(
+    run_dir: &std::path::Path,
+    config: Option<&std::path::Path>,
+    phase_configs: Vec<(String, PathBuf)>,
+    until: &str,
+    quiet: bool,
+) -> Result<()> {
+    let common = Common {
+        run_dir: run_dir.to_path_buf(),
+        config: config.map(std::path::Path::to_path_buf),
+        phase_configs,
+        quiet,
+        force: false,
+        device: autograd::Device::Cpu,
+        precision: autograd::Precision::F32,
+    };
+    run(Args { what: What::All { until: until.to_string(), common } })
+}
+
+/// Stage `eval` runs `moe-cli eval` on the models the pipeline names (all items, generated
+/// answers, perplexity on the run's held-out documents).
+fn evaluator() -> actors::eval_job::Evaluator {
+    actors::eval_job::Evaluator(std::sync::Arc::new(|job: &actors::eval_job::EvalJob| {
+        let args = super::eval::Args {
+            models: job.models.clone(),
+            sets: vec![job.world.display().to_string()],
+            out: job.out.clone(),
+            tokenizer: None,
+            max_items: job.max_items,
+            no_generate: false,
+            gen_tokens: job.gen_tokens,
+            no_ppl: false,
+            ppl_docs: job.ppl_docs,
+            dev_every: job.dev_every as usize,
+            ppl_seq_len: job.seq_len,
+            train_text: Vec::new(),
+            quiet: !job.progress,
+            chat: false,
+            think: false,
+        };
+        super::eval::run(args).map_err(|e| format!("{e:#}"))
+    }))
 }
 
 /// Runs the pipeline.
@@ -109,6 +160,7 @@ pub fn run(a: Args) -> Result<()> {
         precision: common.precision,
         force: common.force,
         config_source: common.config.as_ref().map_or("configs/runs/tiny.json".into(), |p| p.display().to_string()),
+        evaluator: Some(evaluator()),
     };
     let started = std::time::Instant::now();
     let pipeline = Pipeline { root: common.run_dir.clone(), config, options };

@@ -14,4 +14,4 @@ pub mod verifiable;
 pub use examples::{sft_examples, SftConfig, SftExample};
 pub use pack::{pack_sft, SftPacking, SftRow, IGNORE};
 pub use render::{assistant_segments, tokenize_chat, MaskedTokens};
-pub use verifiable::{reward, verifiable_prompts, Reward, VerifiablePrompt};
+pub use verifiable::{after_think, mcq_user_turn, option_named, reward, verifiable_prompts, Reward, VerifiablePrompt};

@@ -67,6 +67,18 @@ fn options(rng: &mut impl Rng, pool: &[String], right: &str) -> Option<(Vec<Stri
     Some((opts, at))
 }
 
+/// The user turn of a multiple-choice question (P3's verifiable prompts, and `moe-cli eval
+/// --chat`): the question, one `A. option` line per option, the instruction, `/think` or
+/// `/no_think`.
+pub fn mcq_user_turn(question: &str, options: &[String], think: bool) -> String {
+    let listed: Vec<String> = options.iter().enumerate().map(|(i, o)| format!("{}. {o}", letter(i))).collect();
+    format!(
+        "{question}\n{}\nReply with the letter of the right option. {}",
+        listed.join("\n"),
+        if think { "/think" } else { "/no_think" }
+    )
+}
+
 /// `n` prompts from the world; same world, seed and counts, same prompts.
 pub fn verifiable_prompts(w: &World, seed: u64, n: usize, think_fraction: f64) -> Vec<VerifiablePrompt> {
     let mut rng = sub_rng(seed, "preference-prompts");
@@ -96,12 +108,7 @@ pub fn verifiable_prompts(w: &World, seed: u64, n: usize, think_fraction: f64) -
         };
         let Some((opts, answer)) = options(&mut rng, pool, &right) else { continue };
         let think = out.len() < think_n;
-        let listed: Vec<String> = opts.iter().enumerate().map(|(i, o)| format!("{}. {o}", letter(i))).collect();
-        let text = format!(
-            "{question}\n{}\nReply with the letter of the right option. {}",
-            listed.join("\n"),
-            if think { "/think" } else { "/no_think" }
-        );
+        let text = mcq_user_turn(&question, &opts, think);
         out.push(VerifiablePrompt {
             id: format!("po-{:06}", out.len()),
             kind: kind.to_string(),
@@ -119,11 +126,11 @@ pub fn verifiable_prompts(w: &World, seed: u64, n: usize, think_fraction: f64) -
     out
 }
 
-/// The reward of `answer` (the generated text, special tokens kept) to `prompt`.
-pub fn reward(prompt: &VerifiablePrompt, answer: &str) -> Reward {
-    let Some(end) = answer.rfind("</think>") else { return Reward::Invalid };
-    let tail = &answer[end + "</think>".len()..];
-    let n = prompt.options.len();
+/// The option an answer's text after its think block names: a standalone letter (`A`..), all
+/// such letters the same, or failing that the one option whose text appears; None when it names
+/// none or several. `options` are the option texts in letter order.
+pub fn option_named(tail: &str, options: &[String]) -> Option<usize> {
+    let n = options.len();
     let letters: Vec<usize> = tail
         .split(|c: char| !c.is_ascii_alphanumeric())
         .filter_map(|w| {
@@ -136,15 +143,25 @@ pub fn reward(prompt: &VerifiablePrompt, answer: &str) -> Reward {
             }
         })
         .collect();
-    let chosen = match letters.first() {
+    match letters.first() {
         Some(&l) if letters.iter().all(|&x| x == l) => Some(l),
         Some(_) => None,
         None => {
-            let named: Vec<usize> = (0..n).filter(|&i| tail.contains(prompt.options[i].as_str())).collect();
+            let named: Vec<usize> = (0..n).filter(|&i| tail.contains(options[i].as_str())).collect();
             (named.len() == 1).then(|| named[0])
         }
-    };
-    match chosen {
+    }
+}
+
+/// The text after the last `</think>` of a generated answer (None: the think block never closes).
+pub fn after_think(answer: &str) -> Option<&str> {
+    answer.rfind("</think>").map(|end| &answer[end + "</think>".len()..])
+}
+
+/// The reward of `answer` (the generated text, special tokens kept) to `prompt`.
+pub fn reward(prompt: &VerifiablePrompt, answer: &str) -> Reward {
+    let Some(tail) = after_think(answer) else { return Reward::Invalid };
+    match option_named(tail, &prompt.options) {
         None => Reward::Invalid,
         Some(i) if i == prompt.answer => Reward::Correct,
         Some(_) => Reward::Wrong,
