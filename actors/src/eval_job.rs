@@ -32,9 +32,12 @@ pub struct EvalJob {
     pub progress: bool,
 }
 
+/// The harness's entry: runs a job, or says why it failed.
+pub type EvalFn = dyn Fn(&EvalJob) -> std::result::Result<(), String> + Send + Sync;
+
 /// The evaluation harness the stage runs.
 #[derive(Clone)]
-pub struct Evaluator(pub Arc<dyn Fn(&EvalJob) -> std::result::Result<(), String> + Send + Sync>);
+pub struct Evaluator(pub Arc<EvalFn>);
 
 impl std::fmt::Debug for Evaluator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -227,8 +227,11 @@ fn rollback_restores_the_newest_checkpoint_keeps_the_halved_lr_and_finishes() {
     assert_ne!(reference.model.params.flat(), out.model.params.flat());
 }
 
-/// Every micro-batch of `stream` from a fresh cursor, as (sequences, ids).
-fn walk(stream: &BatchStream, n: u64) -> (Vec<(Vec<u64>, Vec<u32>)>, Vec<actors::batches::LoaderCursor>) {
+/// A micro-batch's sequences and token ids.
+type Drawn = (Vec<u64>, Vec<u32>);
+
+/// Every micro-batch of `stream` from a fresh cursor.
+fn walk(stream: &BatchStream, n: u64) -> (Vec<Drawn>, Vec<actors::batches::LoaderCursor>) {
     let mut cursor = actors::batches::LoaderCursor::default();
     let (mut out, mut cursors) = (Vec::new(), Vec::new());
     for _ in 0..n {
@@ -246,7 +249,7 @@ fn baseline_small_stream_is_the_micro_batches_of_base_p0_p1_in_order_and_resumes
     // Three phases with their own mixes and a domain-biased start (p1), as the pipeline builds them.
     let segs: Vec<(PhaseConfig, u64)> =
         [("base", 4), ("p0", 3), ("p1", 6)].into_iter().map(|(p, steps)| (micro_phase(p, steps), steps * 2)).collect();
-    let own: Vec<Vec<(Vec<u64>, Vec<u32>)>> = segs
+    let own: Vec<Vec<Drawn>> = segs
         .iter()
         .map(|(c, n)| walk(&BatchStream::new(ds.clone(), &c.mix, c.micro_batch, c.seed, *n).unwrap(), *n).0)
         .collect();
