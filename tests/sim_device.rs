@@ -115,6 +115,7 @@ fn trainer(model: Qwen3, batch: &TokenBatch, cfg: AdamWConfig, device: Device) -
         expert_dropout: 0.0,
         noise: 0.0,
         bias_update_rate: 0.0,
+        named_experts: None,
     });
     let mut t = Trainer::new(phase, model, None).expect("trainer");
     t.opt.cfg = cfg;
@@ -208,6 +209,7 @@ fn cuda_device_is_a_typed_error_not_a_panic() {
         expert_dropout: 0.0,
         noise: 0.0,
         bias_update_rate: 0.0,
+        named_experts: None,
     });
     let mut t = Trainer::new(phase, model, None).expect("trainer");
     let err = t.set_device(Device::Cuda).expect_err("refused");

@@ -2,7 +2,9 @@
 //! MCQ accuracy on the world's eval sets, periodic (small) and final (full).
 
 use crate::error::{EngineError, Result};
-use crate::eval::{dev_perplexity, evaluate_mcq, DevReport, McqConfig, McqReport};
+use crate::eval::{
+    dev_perplexity, evaluate_mcq, named_routing_accuracy, DevReport, McqConfig, McqReport, NamedRouting,
+};
 use data::eval::McqItem;
 use data::pack::PackedDataset;
 use data::tokenizer::Tokenizer;
@@ -22,6 +24,9 @@ pub struct EvalRecord {
     pub dev: DevReport,
     /// MCQ accuracy per set.
     pub mcq: Vec<McqReport>,
+    /// Named experts (Mode B): held-out routing accuracy per mapped domain.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub named_routing: BTreeMap<String, NamedRouting>,
 }
 
 impl EvalRecord {
@@ -34,6 +39,7 @@ impl EvalRecord {
     pub fn scalars(&self) -> Vec<(String, f64)> {
         let mut v: Vec<(String, f64)> = self.dev.per_domain.iter().map(|(d, p)| (format!("ppl_{d}"), p.ppl)).collect();
         v.extend(self.mcq.iter().map(|m| (format!("acc_{}", m.set), m.accuracy)));
+        v.extend(self.named_routing.iter().map(|(d, r)| (format!("route_acc_{d}"), r.accuracy)));
         v
     }
 
@@ -63,6 +69,8 @@ pub struct EvalInputs {
     pub last: (usize, usize),
     /// Sequences per forward.
     pub batch: usize,
+    /// Named experts (Mode B): domain -> expert, whose held-out routing accuracy is reported.
+    pub named: Option<BTreeMap<String, usize>>,
 }
 
 impl EvalInputs {
@@ -85,6 +93,10 @@ impl EvalInputs {
             .iter()
             .map(|(name, set)| evaluate_mcq(model, &self.tokenizer, name, set, &config).map_err(err))
             .collect::<Result<Vec<_>>>()?;
-        Ok(EvalRecord { step, last, dev, mcq })
+        let named_routing = match &self.named {
+            Some(map) => named_routing_accuracy(model, &self.dev, &chosen, map, self.batch).map_err(err)?,
+            None => BTreeMap::new(),
+        };
+        Ok(EvalRecord { step, last, dev, mcq, named_routing })
     }
 }

@@ -35,6 +35,7 @@ pub mod sft_data;
 pub mod ship_mask;
 pub mod summary;
 pub mod supervisor;
+pub mod teacher_cache;
 pub mod trainer;
 pub mod verify;
 

@@ -67,7 +67,7 @@ impl Handler<Log> for Metrics {
             Log::Step(r, tokens_per_s) => {
                 self.bar.set_position(r.step);
                 self.bar.set_message(format!("loss {:.3} lr {:.2e} {:.0} tok/s", r.loss, r.lr, tokens_per_s));
-                let fields = [
+                let mut fields = vec![
                     ("loss", r.loss as f64),
                     ("ce", r.ce as f64),
                     ("kl", r.kl as f64),
@@ -81,6 +81,10 @@ impl Handler<Log> for Metrics {
                     ("applied", r.applied as u8 as f64),
                     ("tokens_per_s", tokens_per_s),
                 ];
+                if r.named != 0.0 {
+                    // Named experts (Mode B): the router cross-entropy toward the domain's expert.
+                    fields.push(("named", r.named as f64));
+                }
                 let r = self.sink.train(r.step, crate::metrics::tensorboard::now_wall_time(), &fields);
                 self.keep(r);
             }

@@ -80,6 +80,21 @@ pub struct RouterSchedule {
     /// 0 (the default) is off; DeepSeek-V3 and the seed plan use 1e-3.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub bias_update_rate: f32,
+    /// Named experts (Mode B): the router supervised by document domain tags (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub named_experts: Option<NamedExpertsConfig>,
+}
+
+/// Mode B router supervision: every token of a document whose domain is in `map` is pulled toward
+/// the mapped routed expert in every MoE layer (cross-entropy of the router logits), with weight
+/// `coef` in the objective (see `model::named_experts`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedExpertsConfig {
+    /// Weight of the router cross-entropy in the objective.
+    pub coef: f32,
+    /// Domain tag -> routed expert index (the same in every layer).
+    pub map: BTreeMap<String, usize>,
 }
 
 fn is_zero(x: &f32) -> bool {
@@ -100,6 +115,28 @@ pub struct DistillConfig {
     /// Weight of the last-hidden L2 (at most 0.1).
     #[serde(default)]
     pub hidden_l2: f32,
+    /// Distil from a teacher logit cache (top-k logits + log-sum-exp per token) instead of
+    /// running the teacher (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_cache: Option<TeacherCacheConfig>,
+}
+
+/// The teacher logit cache of a distillation phase (`model::logit_cache`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherCacheConfig {
+    /// Teacher tokens cached per position (the rest of the distribution is one tail bucket).
+    #[serde(default = "default_cache_k")]
+    pub k: usize,
+    /// A cache built beforehand to use (it must match the run's teacher, pack, tokenizer, k and
+    /// tau, and hold every sequence the phase draws); absent: the phase builds its own in
+    /// `<stage>/teacher-cache` for the sequences it draws.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<std::path::PathBuf>,
+}
+
+fn default_cache_k() -> usize {
+    model::logit_cache::DEFAULT_K
 }
 
 /// Supervised fine-tuning settings (P2).
@@ -371,11 +408,37 @@ impl PhaseConfig {
             if !(d.tau > 0.0 && d.kl_coef >= 0.0 && d.ce_coef >= 0.0 && (0.0..=0.1).contains(&d.hidden_l2)) {
                 return bad(format!("distill {d:?}: tau > 0, coefficients >= 0, hidden_l2 <= 0.1"));
             }
+            if let Some(c) = &d.teacher_cache {
+                if c.k == 0 {
+                    return bad("field `distill.teacher_cache.k`: must be at least 1".into());
+                }
+                if d.hidden_l2 > 0.0 {
+                    return bad(format!(
+                        "field `distill.hidden_l2`: {} needs the teacher's hidden states, which a teacher logit cache \
+                         does not hold (set it to 0 or drop `distill.teacher_cache`)",
+                        d.hidden_l2
+                    ));
+                }
+            }
         }
         if let Some(r) = &self.router {
             let rate = r.bias_update_rate;
             if !(rate.is_finite() && rate >= 0.0) {
                 return bad(format!("router.bias_update_rate {rate} must be finite and >= 0"));
+            }
+            if let Some(n) = &r.named_experts {
+                if !(n.coef.is_finite() && n.coef >= 0.0) {
+                    return bad(format!("field `router.named_experts.coef`: {} must be finite and >= 0", n.coef));
+                }
+                if n.map.is_empty() {
+                    return bad("field `router.named_experts.map`: the domain -> expert map is empty".into());
+                }
+                if matches!(self.kind, PhaseKind::Sft | PhaseKind::Preference) {
+                    return bad(format!(
+                        "field `router.named_experts`: a {:?} phase has no document domains",
+                        self.kind
+                    ));
+                }
             }
         }
         if (self.kind == PhaseKind::Distill) != self.distill.is_some() {
@@ -537,6 +600,31 @@ mod tests {
         assert!(e.contains("even"), "{e}");
         let e = with(&|v| v["kind"] = "cpt".into()).unwrap_err().to_string();
         assert!(e.contains("`preference` section"), "{e}");
+    }
+
+    #[test]
+    fn experiment_configs_resolve_and_their_sections_are_checked() {
+        let text = include_str!("../../configs/experiments/p1-named-experts.json");
+        let p1 = PhaseConfig::parse(text, "p1-named-experts.json", "tiny").unwrap();
+        let n = p1.router.as_ref().unwrap().named_experts.as_ref().unwrap();
+        assert_eq!((n.coef, n.map.get("medical")), (0.1, Some(&0)));
+        assert_ne!(p1.hash(), PhaseConfig::embedded("p1", "tiny").unwrap().hash());
+        let text = include_str!("../../configs/experiments/p0-teacher-cache.json");
+        let p0 = PhaseConfig::parse(text, "p0-teacher-cache.json", "tiny").unwrap();
+        assert_eq!(p0.distill.as_ref().unwrap().teacher_cache.as_ref().unwrap().k, 20);
+        let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+            edit(&mut v);
+            PhaseConfig::parse(&v.to_string(), "x.json", "tiny").map(|_| ()).unwrap_err().to_string()
+        };
+        let e = with(&|v| v["distill"]["hidden_l2"] = 0.05.into());
+        assert!(e.contains("distill.hidden_l2") && e.contains("teacher logit cache"), "{e}");
+        let e = with(&|v| v["distill"]["teacher_cache"]["k"] = 0.into());
+        assert!(e.contains("teacher_cache.k"), "{e}");
+        let e = with(&|v| v["router"]["named_experts"] = serde_json::json!({"coef": -1.0, "map": {"medical": 1}}));
+        assert!(e.contains("named_experts.coef"), "{e}");
+        let e = with(&|v| v["router"]["named_experts"] = serde_json::json!({"coef": 0.1, "map": {}}));
+        assert!(e.contains("named_experts.map"), "{e}");
     }
 
     #[test]

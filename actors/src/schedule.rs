@@ -54,6 +54,7 @@ mod tests {
             expert_dropout: 0.05,
             noise: 0.0,
             bias_update_rate: 0.0,
+            named_experts: None,
         };
         let base =
             RouterKnobs { capacity_factor: 1.25, temperature: 0.9, lb_coef: 0.015, router_noise: 0.0, lr_scale: 1.0 };

@@ -243,6 +243,7 @@ impl Pipeline {
                 continue;
             }
             let cfg = self.phase_config(stage)?;
+            self.check_named_experts(stage, &cfg)?;
             if needed.contains(&stage) && stage.reads_pack() && cfg.seq_len != self.config.seq_len {
                 let source = self
                     .options
@@ -259,6 +260,37 @@ impl Pipeline {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// A phase's named-expert map against the run: every expert must exist in the MoE preset and
+    /// every domain must be one the world's corpus has.
+    fn check_named_experts(&self, stage: Stage, cfg: &PhaseConfig) -> Result<()> {
+        let Some(n) = cfg.router.as_ref().and_then(|r| r.named_experts.as_ref()) else { return Ok(()) };
+        let source = self
+            .options
+            .phase_files
+            .get(stage.name())
+            .map_or_else(|| format!("configs/phases/{stage}.json (embedded)"), |p| p.display().to_string());
+        let preset = preset_json(&self.config.moe_model)?;
+        let experts = preset["moe"]["num_experts"].as_u64().unwrap_or(0) as usize;
+        model::named_experts::check_map(&n.map, experts).map_err(|msg| {
+            EngineError::config(
+                &source,
+                format!("field `router.named_experts.map`: {msg} (preset `{}`)", self.config.moe_model),
+            )
+        })?;
+        let domains = &self.config.world.corpus.shares;
+        if let Some(d) = n.map.keys().find(|d| !domains.contains_key(*d)) {
+            let known: Vec<&str> = domains.keys().map(String::as_str).collect();
+            return Err(EngineError::config(
+                &source,
+                format!(
+                    "field `router.named_experts.map`: domain `{d}` is not a domain of the run's corpus ({})",
+                    known.join(", ")
+                ),
+            ));
         }
         Ok(())
     }
@@ -561,6 +593,7 @@ impl Pipeline {
             periodic: (cfg.eval.dev_seqs, cfg.eval.mcq_items),
             last: (cfg.eval.final_dev_seqs.max(cfg.eval.dev_seqs), cfg.eval.final_mcq_items),
             batch: 8,
+            named: cfg.router.as_ref().and_then(|r| r.named_experts.as_ref()).map(|n| n.map.clone()),
         }))
     }
 
@@ -613,8 +646,10 @@ impl Pipeline {
             Some(s) if s.untie_embeddings => model::untie::untie_embeddings(&model),
             _ => model,
         };
+        // With a teacher logit cache the teacher is never run (nor loaded) while training.
+        let cached = cfg.distill.as_ref().is_some_and(|d| d.teacher_cache.is_some());
         let teacher = match &teacher_dir {
-            Some(t) if cfg.kind == PhaseKind::Distill => Some(Arc::new(Qwen3::load(t)?)),
+            Some(t) if cfg.kind == PhaseKind::Distill && !cached => Some(Arc::new(Qwen3::load(t)?)),
             _ => None,
         };
         let mut trainer = Trainer::new(cfg.clone(), model, teacher)?;
@@ -697,9 +732,50 @@ impl Pipeline {
                 }
                 _ => (BatchStream::new(ds, &cfg.mix, cfg.micro_batch, cfg.seed, total_micro)?, BTreeMap::new(), None),
             };
+            let mut data_stats = data_stats;
+            let teacher_cache = match cfg.distill.as_ref().and_then(|d| d.teacher_cache.as_ref().map(|c| (d, c))) {
+                Some((d, c)) => {
+                    let teacher_dir = self.phase_models(phase)?.1.ok_or_else(|| {
+                        EngineError::config(&cfg.phase, "a teacher cache needs the phase's teacher (the base model)")
+                    })?;
+                    let teacher_id =
+                        StageManifest::read(&self.dir(Stage::Base)).map(|m| m.identity()).unwrap_or_default();
+                    let prepared = crate::teacher_cache::prepare(
+                        &cfg,
+                        d,
+                        c,
+                        &data.join("train"),
+                        &teacher_dir,
+                        teacher_id,
+                        &stream,
+                        total_micro,
+                        work,
+                    )?;
+                    say(
+                        &self.options,
+                        format!(
+                            "stage {:<10} teacher cache: {} sequences, top-{} + log-sum-exp, {:.1} MiB ({})",
+                            phase.name(),
+                            prepared.sequences,
+                            c.k,
+                            prepared.bytes as f64 / (1 << 20) as f64,
+                            if prepared.build_seconds > 0.0 {
+                                format!("built in {:.1} s", prepared.build_seconds)
+                            } else {
+                                "reused".to_string()
+                            }
+                        ),
+                    );
+                    data_stats.insert("teacher_cache_sequences".into(), prepared.sequences as f64);
+                    data_stats.insert("teacher_cache_k".into(), c.k as f64);
+                    Some(prepared.cache)
+                }
+                None => None,
+            };
             let ckpt_dir = work.join("checkpoints");
             let mut trainer = self.resumed_trainer(phase, &cfg, &ckpt_dir)?;
             trainer.pair_reference = pair_reference;
+            trainer.teacher_cache = teacher_cache;
             let eval = Some(self.eval_inputs(&cfg)?);
             let outcome = run_phase(PhaseRun {
                 trainer,

@@ -46,6 +46,9 @@ pub struct PhaseSummary {
     /// What the phase's own data came to (p2: conversations, rows, trained tokens).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, f64>,
+    /// Named experts (Mode B): held-out routing accuracy per mapped domain (final evaluation).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub named_routing: BTreeMap<String, crate::eval::NamedRouting>,
 }
 
 fn f32_name() -> String {
@@ -77,6 +80,7 @@ pub fn summarise(
         precision: f32_name(),
         gemm_backend: String::new(),
         data: BTreeMap::new(),
+        named_routing: BTreeMap::new(),
     };
     fill_eval(&mut summary, eval);
     summary
@@ -105,6 +109,7 @@ pub fn imported(phase: &str, eval: &EvalRecord, artifacts: BTreeMap<String, Stri
         precision: f32_name(),
         gemm_backend: String::new(),
         data: BTreeMap::new(),
+        named_routing: BTreeMap::new(),
     };
     fill_eval(&mut summary, Some(eval));
     summary
@@ -119,5 +124,6 @@ fn fill_eval(summary: &mut PhaseSummary, eval: Option<&EvalRecord>) {
             summary.mcq_accuracy_norm.insert(m.set.clone(), m.accuracy_norm);
             summary.mcq_chance.insert(m.set.clone(), m.chance);
         }
+        summary.named_routing = e.named_routing.clone();
     }
 }

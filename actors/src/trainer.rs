@@ -92,6 +92,13 @@ pub struct StepRecord {
     pub applied: bool,
     /// Router temperature used.
     pub temperature: f32,
+    /// Named-expert router cross-entropy (Mode B; 0 when the phase has no domain map).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub named: f32,
+}
+
+fn is_zero(x: &f32) -> bool {
+    *x == 0.0
 }
 
 /// The serialisable state of the loop (trainer.json).
@@ -160,6 +167,9 @@ pub struct Trainer {
     /// DPO's reference log-probabilities of every pair (chosen, rejected), by the pair index a
     /// preference micro-batch carries in `sequences` (phase p3; computed before training).
     pub pair_reference: Option<Arc<Vec<[f32; 2]>>>,
+    /// The teacher's cached top-k logits (P0 with `distill.teacher_cache`): distillation reads
+    /// them by sequence number instead of running the teacher.
+    pub teacher_cache: Option<Arc<model::logit_cache::LogitCache>>,
 }
 
 /// Knobs of a phase at its start.
@@ -177,6 +187,8 @@ pub fn initial_knobs(c: &PhaseConfig) -> RouterKnobs {
 /// The parts of one micro-batch's objective (besides its value and gradient).
 struct MicroParts {
     ce: f32,
+    /// Named-expert router cross-entropy (unweighted).
+    named: f32,
     kl: f32,
     lb: f32,
     z: f32,
@@ -223,6 +235,23 @@ fn merge_router(parts: &[(usize, Vec<RouterStats>)]) -> Vec<RouterStats> {
         .collect()
 }
 
+/// `loss + coef · named-expert router CE` when the phase maps domains to experts (`route` holds
+/// the token targets), with the CE's value; `loss` unchanged otherwise.
+fn add_named_loss(
+    named: Option<&crate::phase::NamedExpertsConfig>,
+    tape: &Tape,
+    bound: &Bound,
+    loss: Tensor,
+    router_inputs: &[Tensor],
+    route: &[i32],
+) -> model::Result<(Tensor, f32)> {
+    let Some(n) = named else { return Ok((loss, 0.0)) };
+    let ce = model::named_experts::named_expert_loss(tape, bound, router_inputs, route)?;
+    let loss = autograd::ops::add_scaled(tape, &loss, &ce.loss, n.coef)
+        .map_err(|e| model::ModelError::Invalid(e.to_string()))?;
+    Ok((loss, ce.value))
+}
+
 /// Weights of micro-batches with `counts` counted tokens in their step: `n_i / Σ n`, so the
 /// step's loss and gradient are the token mean over the whole accumulated batch (each
 /// micro-batch's own loss is the mean over its tokens), not the mean of the micro-batch means.
@@ -234,7 +263,8 @@ pub fn token_mean_weights(counts: &[usize]) -> Vec<f32> {
 impl Trainer {
     /// A trainer at the start of a phase.
     pub fn new(config: PhaseConfig, model: Qwen3, teacher: Option<Arc<Qwen3>>) -> Result<Self> {
-        if config.kind == PhaseKind::Distill && teacher.is_none() {
+        let cached = config.distill.as_ref().is_some_and(|d| d.teacher_cache.is_some());
+        if config.kind == PhaseKind::Distill && teacher.is_none() && !cached {
             return Err(EngineError::config(&config.phase, "a distillation phase needs a teacher"));
         }
         if config.router.is_some() != model.moe.is_some() {
@@ -242,6 +272,11 @@ impl Trainer {
                 &config.phase,
                 "router settings are for MoE models (and MoE models need them)".to_string(),
             ));
+        }
+        if let (Some(n), Some(m)) = (config.router.as_ref().and_then(|r| r.named_experts.as_ref()), &model.moe) {
+            model::named_experts::check_map(&n.map, m.num_experts).map_err(|msg| {
+                EngineError::config(&config.phase, format!("field `router.named_experts.map`: {msg}"))
+            })?;
         }
         let opt = AdamW::new(
             &model.params,
@@ -282,6 +317,7 @@ impl Trainer {
             precision: Precision::F32,
             qat: None,
             pair_reference: None,
+            teacher_cache: None,
         })
     }
 
@@ -352,24 +388,55 @@ impl Trainer {
         if let Some(pref) = &self.config.preference {
             return self.preference_micro(p, &batch, &targets, fwd, &pref.loss);
         }
+        // Mode B: each token's target expert from its row's domain (empty: no named experts).
+        let named_cfg = self.named_experts();
+        let route = match named_cfg {
+            Some(n) => model::named_experts::route_targets(&p.domains, p.t, &targets, &n.map),
+            None => Vec::new(),
+        };
         let (loss, parts, grads, qat_grads) = match (&self.config.distill, &self.teacher) {
+            (Some(d), _) if d.teacher_cache.is_some() => {
+                let cache = self.teacher_cache.as_ref().ok_or_else(|| {
+                    EngineError::Training("distillation from a teacher cache, but no cache is loaded".into())
+                })?;
+                let rows = cache.rows(&p.sequences)?;
+                let opts =
+                    DistillOptions { tau: d.tau, kl_coef: d.kl_coef, ce_coef: d.ce_coef, hidden_l2: d.hidden_l2 };
+                self.gradient(fwd.compute(), |tape, bound| {
+                    let o = model::distill_cached::distill_loss_cached(
+                        model, tape, bound, &rows, &batch, &targets, fwd, &opts,
+                    )?;
+                    let (loss, named) = add_named_loss(named_cfg, tape, bound, o.loss, &o.router_inputs, &route)?;
+                    let parts =
+                        MicroParts { ce: o.ce, named, kl: o.kl, lb: o.lb, z: o.z, count: o.count, router: o.router };
+                    Ok((loss, parts))
+                })?
+            }
             (Some(d), Some(teacher)) => {
                 let th = teacher_hidden(teacher, &batch, fwd.compute())?;
                 let opts =
                     DistillOptions { tau: d.tau, kl_coef: d.kl_coef, ce_coef: d.ce_coef, hidden_l2: d.hidden_l2 };
                 self.gradient(fwd.compute(), |tape, bound| {
                     let o = distill_loss(model, tape, bound, &th, teacher, &batch, &targets, fwd, &opts)?;
-                    let parts = MicroParts { ce: o.ce, kl: o.kl, lb: o.lb, z: o.z, count: o.count, router: o.router };
-                    Ok((o.loss, parts))
+                    let (loss, named) = add_named_loss(named_cfg, tape, bound, o.loss, &o.router_inputs, &route)?;
+                    let parts =
+                        MicroParts { ce: o.ce, named, kl: o.kl, lb: o.lb, z: o.z, count: o.count, router: o.router };
+                    Ok((loss, parts))
                 })?
             }
             _ => self.gradient(fwd.compute(), |tape, bound| {
                 let o = model.loss(tape, bound, &batch, &targets, fwd)?;
-                let parts = MicroParts { ce: o.ce, kl: 0.0, lb: o.lb, z: o.z, count: o.count, router: o.router };
-                Ok((o.loss, parts))
+                let (loss, named) = add_named_loss(named_cfg, tape, bound, o.loss, &o.router_inputs, &route)?;
+                let parts = MicroParts { ce: o.ce, named, kl: 0.0, lb: o.lb, z: o.z, count: o.count, router: o.router };
+                Ok((loss, parts))
             })?,
         };
         Ok(MicroOut { loss, parts, grads, qat_grads })
+    }
+
+    /// The phase's named-expert (Mode B) settings, if any.
+    fn named_experts(&self) -> Option<&crate::phase::NamedExpertsConfig> {
+        self.config.router.as_ref()?.named_experts.as_ref()
     }
 
     /// The objective's gradient with respect to the weights and, under QAT (through the fake
@@ -427,7 +494,7 @@ impl Trainer {
                 reference.as_deref(),
             )?;
             let count = o.logprobs.counts.iter().sum();
-            let parts = MicroParts { ce: o.value.loss, kl: 0.0, lb: o.lb, z: o.z, count, router: o.router };
+            let parts = MicroParts { ce: o.value.loss, named: 0.0, kl: 0.0, lb: o.lb, z: o.z, count, router: o.router };
             Ok((o.loss, parts))
         })?;
         Ok(MicroOut { loss, parts, grads, qat_grads: Vec::new() })
@@ -453,10 +520,11 @@ impl Trainer {
         }
         let count: usize = outs.iter().map(|o| o.parts.count).sum();
         let weights = token_mean_weights(&outs.iter().map(|o| o.parts.count).collect::<Vec<_>>());
-        let (mut loss, mut ce, mut kl, mut lb, mut z) = (0f32, 0f32, 0f32, 0f32, 0f32);
+        let (mut loss, mut ce, mut kl, mut lb, mut z, mut named) = (0f32, 0f32, 0f32, 0f32, 0f32, 0f32);
         for (o, &w) in outs.iter().zip(&weights) {
             loss += w * o.loss;
             ce += w * o.parts.ce;
+            named += w * o.parts.named;
             kl += w * o.parts.kl;
             lb += w * o.parts.lb;
             z += w * o.parts.z;
@@ -552,6 +620,7 @@ impl Trainer {
             tokens: count as u64,
             applied: finite,
             temperature: router_training.map_or(1.0, |r| r.temperature),
+            named,
         };
         self.state.last = Some(rec.clone());
         Ok((rec, actions))

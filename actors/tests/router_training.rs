@@ -87,6 +87,7 @@ fn saved_model_has_no_router_training_settings_and_resume_uses_the_checkpoints_k
         expert_dropout: 0.05,
         noise: 0.01,
         bias_update_rate: 1e-3,
+        named_experts: None,
     };
     let cfg = phase(schedule, 6, 2, 16, 2);
     let straight = &mut Trainer::new(cfg.clone(), moe_model(RouterWeighting::Ste, 3), None).unwrap();
@@ -205,6 +206,7 @@ fn bias_updates_balance_a_skewed_router_without_a_balancing_loss() {
         expert_dropout: 0.0,
         noise: 0.0,
         bias_update_rate: rate,
+        named_experts: None,
     };
     let before = balance(&eval_shares(&skewed_model()));
     println!("at init: (max share, load entropy) per layer {before:.3?}");

@@ -62,6 +62,8 @@ enum Command {
     Trace(cmd::trace::Args),
     /// Sparse upcycling: a dense model's FFN copied into every expert (Drop-Upcycling optional).
     Upcycle(cmd::upcycle::Args),
+    /// MoQE: quantized variants of one model as the experts of each FFN, only the gate trains.
+    Moqe(cmd::moqe::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -81,6 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Trace(a) => cmd::trace::run(a),
         Command::Upcycle(a) => cmd::upcycle::run(a),
+        Command::Moqe(a) => cmd::moqe::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Experiment(a) => cmd::experiment::run(a),

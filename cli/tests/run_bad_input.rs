@@ -60,3 +60,23 @@ fn phase_config_with_bad_values() {
     );
     run_fails(tmp.path(), &["run", "phase", "p1", "--run-dir", "R", "--phase-config", "nonsense"], &["PHASE=FILE"]);
 }
+
+#[test]
+fn named_expert_map_naming_a_missing_expert_or_domain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut p: serde_json::Value = serde_json::from_str(include_str!("../../configs/phases/p1.json")).unwrap();
+    p["router"]["named_experts"] = serde_json::json!({ "coef": 0.1, "map": { "medical": 3, "general": 16 } });
+    std::fs::write(tmp.path().join("p1.json"), p.to_string()).unwrap();
+    run_fails(
+        tmp.path(),
+        &["run", "phase", "p1", "--run-dir", "R", "--phase-config", "p1=p1.json"],
+        &["p1.json", "router.named_experts.map", "domain `general`", "expert 16", "16 routed experts"],
+    );
+    p["router"]["named_experts"]["map"] = serde_json::json!({ "medicine": 3 });
+    std::fs::write(tmp.path().join("p1.json"), p.to_string()).unwrap();
+    run_fails(
+        tmp.path(),
+        &["run", "phase", "p1", "--run-dir", "R", "--phase-config", "p1=p1.json"],
+        &["p1.json", "domain `medicine`", "general, medical, medical_chat"],
+    );
+}

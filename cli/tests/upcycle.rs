@@ -1,6 +1,7 @@
 //! `moe-cli upcycle` through the real binary: with `--drop 0` the upcycled MoE (with and without
 //! a shared copy) gives the dense model's logits; Drop-Upcycling is recorded in upcycle.json;
-//! bad options and a MoE input are refused with no output left behind.
+//! bad options and a MoE input are refused with no output left behind. `export expert` of the
+//! upcycled model gives the dense logits back; a missing expert and a dense input are refused.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -50,6 +51,17 @@ fn upcycled_models_reproduce_the_dense_logits_and_bad_input_is_refused() {
         let o = moe_cli(d, &all);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains(must) && !err.contains("panicked"), "{all:?}: {err}");
+        assert!(!d.join("x").exists());
+    }
+    // `export expert`: with a shared copy and drop 0, shared + any expert is the dense FFN again.
+    ok(d, &["export", "expert", "--model", "up-copy", "--expert", "3", "--out", "expert3"]);
+    let got = logits(d, "expert3");
+    let diff = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff <= 1e-5, "export expert: max abs logit diff {diff}");
+    for (model, expert, must) in [("up-copy", "4", "--expert 4"), ("dense", "0", "dense model")] {
+        let o = moe_cli(d, &["export", "expert", "--model", model, "--expert", expert, "--out", "x"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(must) && !err.contains("panicked"), "{err}");
         assert!(!d.join("x").exists());
     }
     let o = moe_cli(d, &["upcycle", "--model", "up-none", "--experts", "2", "--out", "x"]);

@@ -16,6 +16,7 @@ pub mod buffer;
 pub mod check;
 pub mod cross_entropy;
 pub mod distill;
+pub mod distill_topk;
 pub mod elementwise;
 pub mod embedding;
 pub mod fake_quant;

@@ -83,6 +83,8 @@ pub struct DistillOutput {
     pub row_kl: Vec<f32>,
     /// Router statistics per MoE layer of the student.
     pub router: Vec<RouterStats>,
+    /// The student's router input of each MoE layer `[B*T, D]`.
+    pub router_inputs: Vec<Tensor>,
 }
 
 /// The teacher's final normalised hidden states `[B*T, Dt]` (inference tape on `on`: a device,
@@ -171,6 +173,7 @@ pub fn distill_loss(
         count: ce.count,
         row_losses: ce.row_losses,
         row_kl: kd.row_kl,
+        router_inputs: aux.iter().map(|a| a.input.clone()).collect(),
         router: aux.into_iter().map(|a| a.stats).collect(),
     })
 }

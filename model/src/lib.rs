@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod config;
 pub mod distill;
+pub mod distill_cached;
 pub mod error;
 pub mod expected_tensors;
 pub mod export;
@@ -16,7 +17,10 @@ pub mod gptq;
 pub mod importance;
 pub mod init;
 pub mod load;
+pub mod logit_cache;
 pub mod moe_spec;
+pub mod moqe;
+pub mod named_experts;
 pub mod preference;
 pub mod presets;
 pub mod qat;

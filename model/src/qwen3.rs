@@ -142,6 +142,10 @@ pub struct MoeAux {
     pub z_loss: Tensor,
     /// Routing statistics.
     pub stats: RouterStats,
+    /// The router's input `[N, D]` (the FFN's normalised input; logits are `input · routerᵀ`).
+    pub input: Tensor,
+    /// Chosen expert per token, `u32::MAX` where capacity or expert dropout dropped it `[N]`.
+    pub choice: Vec<u32>,
 }
 
 /// `down(silu(gate) * up)` with gate/up fused `[2F, D]`.
@@ -167,6 +171,9 @@ pub struct LossOutput {
     pub row_losses: Vec<f32>,
     /// Router statistics per MoE layer.
     pub router: Vec<RouterStats>,
+    /// The router's input of each MoE layer `[B*T, D]` (for router objectives such as
+    /// [`crate::named_experts::named_expert_loss`]).
+    pub router_inputs: Vec<Tensor>,
 }
 
 /// The FFN tensors of one layer.
@@ -383,7 +390,13 @@ impl Qwen3 {
                     // are 0 in evaluation).
                     let out = ops::moe_routed(tape, &n2, router, experts, bias, cfg, seed, true).map_err(ag)?;
                     let routed = out.out.clone();
-                    aux.push(MoeAux { lb_loss: out.lb_loss, z_loss: out.z_loss, stats: out.stats });
+                    aux.push(MoeAux {
+                        lb_loss: out.lb_loss,
+                        z_loss: out.z_loss,
+                        stats: out.stats,
+                        input: n2.clone(),
+                        choice: out.expert_of_token,
+                    });
                     match shared {
                         Some((gu, down)) => ops::add(tape, &swiglu_ffn(tape, &n2, gu, down)?, &routed).map_err(ag)?,
                         None => routed,
@@ -417,6 +430,7 @@ impl Qwen3 {
             z,
             count: ce.count,
             row_losses: ce.row_losses,
+            router_inputs: aux.iter().map(|a| a.input.clone()).collect(),
             router: aux.into_iter().map(|a| a.stats).collect(),
         })
     }

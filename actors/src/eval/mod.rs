@@ -7,6 +7,8 @@
 //! scorer first gathers the hidden rows that predict option tokens, so prompt tokens cost no LM
 //! head work.
 //!
+//! - [`named`]: [`named_routing_accuracy`], the held-out routing accuracy per domain of a
+//!   named-expert (Mode B) map.
 //! - [`ppl`]: [`dev_perplexity`] over sequences of a [`PackedDataset`] chosen per domain
 //!   (token-weighted mean cross-entropy and `exp` of it).
 //! - [`mcq`]: [`evaluate_mcq`] loads nothing itself; [`load_eval_set`] reads `eval/<set>.jsonl`
@@ -20,6 +22,7 @@
 //! [`PackedDataset`]: data::pack::PackedDataset
 
 pub mod mcq;
+pub mod named;
 pub mod ppl;
 #[cfg(test)]
 mod tests;
@@ -28,6 +31,7 @@ pub use mcq::{
     encode_items, evaluate_mcq, load_eval_set, mcq_prompt, mcq_report, option_continuation, score_items,
     subset_indices, EncodedItem, ItemScores, McqConfig, McqReport,
 };
+pub use named::{named_routing_accuracy, NamedRouting};
 pub use ppl::{dev_perplexity, DevReport, DomainPpl};
 
 use data::pack::PackedBatch;

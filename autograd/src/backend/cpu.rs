@@ -11,6 +11,7 @@ use kernels_cpu::attention::AttnDims;
 use kernels_cpu::distill::{
     hidden_l2_backward, hidden_l2_forward, lm_head_kl_forward_backward_with, lm_head_kl_forward_with, DistillDims,
 };
+use kernels_cpu::distill_topk::{lm_head_topk_kl_with, TopkDims, TopkTeacher};
 use kernels_cpu::fake_quant::FakeQuantDims;
 use kernels_cpu::gemm::{matmul_new_with, matmul_with, GemmBackend, Trans};
 use kernels_cpu::moe::{self, AuxLoss, MoeDims, MoeParams, MoePath, MoeSaved};
@@ -290,6 +291,23 @@ impl Backend for CpuBackend {
             ),
             None => lm_head_kl_forward_with(self.gemm, kl, hs, ws, ht, wt, targets, dims, tau, chunk),
         }
+        Ok(())
+    }
+
+    fn lm_head_topk_kl(
+        &self,
+        kl: &mut [f32],
+        grads: Option<(&mut [f32], &mut [f32])>,
+        hs: &[f32],
+        ws: &[f32],
+        teacher: TopkTeacher,
+        targets: &[i32],
+        dims: TopkDims,
+        tau: f32,
+        scale: f32,
+        chunk: usize,
+    ) -> KernelResult<()> {
+        lm_head_topk_kl_with(self.gemm, kl, grads, hs, ws, teacher, targets, dims, tau, scale, chunk);
         Ok(())
     }
 

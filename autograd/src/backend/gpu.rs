@@ -11,6 +11,7 @@ use crate::tensor::Device;
 use kernels_cpu::adamw::AdamWConfig;
 use kernels_cpu::attention::AttnDims;
 use kernels_cpu::distill::DistillDims;
+use kernels_cpu::distill_topk::{TopkDims, TopkTeacher};
 use kernels_cpu::fake_quant::FakeQuantDims;
 use kernels_cpu::gemm::Trans;
 use kernels_cpu::moe::{AuxLoss, MoeDims, MoeParams, MoePath};
@@ -251,6 +252,37 @@ impl<L: Launcher + Send + 'static> Backend for GpuBackend<L> {
         let DistillDims { n, d, dt, v } = dims;
         let shape = gpu::KlShape { n, d, dt, v };
         gpu::lm_head_kl(&self.launcher, kl, grads, hs, ws, ht, wt, targets, shape, tau, scale, chunk)
+    }
+
+    // Distillation from a teacher logit cache runs on the host (no GPU kernel yet): hidden
+    // states and head are host buffers here, so this is a plain call.
+    fn lm_head_topk_kl(
+        &self,
+        kl: &mut [f32],
+        grads: Option<(&mut [f32], &mut [f32])>,
+        hs: &[f32],
+        ws: &[f32],
+        teacher: TopkTeacher,
+        targets: &[i32],
+        dims: TopkDims,
+        tau: f32,
+        scale: f32,
+        chunk: usize,
+    ) -> KernelResult<()> {
+        kernels_cpu::distill_topk::lm_head_topk_kl_with(
+            kernels_cpu::gemm::GemmBackend::Auto,
+            kl,
+            grads,
+            hs,
+            ws,
+            teacher,
+            targets,
+            dims,
+            tau,
+            scale,
+            chunk,
+        );
+        Ok(())
     }
 
     fn moe_forward(

@@ -28,6 +28,7 @@ use crate::tensor::{Compute, Device, Precision};
 use kernels_cpu::adamw::AdamWConfig;
 use kernels_cpu::attention::AttnDims;
 use kernels_cpu::distill::DistillDims;
+use kernels_cpu::distill_topk::{TopkDims, TopkTeacher};
 use kernels_cpu::fake_quant::FakeQuantDims;
 use kernels_cpu::gemm::Trans;
 use kernels_cpu::moe::{AuxLoss, MoeDims, MoeParams, MoePath, RouterStats};
@@ -229,6 +230,24 @@ pub trait Backend: Send + Sync {
         wt: &[f32],
         targets: &[i32],
         dims: DistillDims,
+        tau: f32,
+        scale: f32,
+        chunk: usize,
+    ) -> KernelResult<()>;
+
+    /// Distillation KL from a teacher's cached top-k logits with the tail as one bucket
+    /// (kernels-cpu `distill_topk::lm_head_topk_kl_with`): per-row `kl [N]` and, when
+    /// `grads = (dhs, dws)`, accumulates `scale *` their gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn lm_head_topk_kl(
+        &self,
+        kl: &mut [f32],
+        grads: Option<(&mut [f32], &mut [f32])>,
+        hs: &[f32],
+        ws: &[f32],
+        teacher: TopkTeacher,
+        targets: &[i32],
+        dims: TopkDims,
         tau: f32,
         scale: f32,
         chunk: usize,

@@ -4,6 +4,7 @@
 
 mod attention;
 mod distill;
+mod distill_topk;
 mod elementwise;
 mod embedding;
 mod fake_quant;
@@ -18,6 +19,7 @@ mod swiglu;
 
 pub use attention::attention;
 pub use distill::{hidden_l2, lm_head_distill, DistillLoss};
+pub use distill_topk::{lm_head_topk_distill, CachedTeacher};
 pub use elementwise::{add, add_scaled};
 pub use embedding::embedding;
 pub use fake_quant::{fake_quant, fake_quant_segments, FakeQuantDims, FakeQuantSegment};

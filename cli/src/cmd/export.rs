@@ -1,11 +1,13 @@
 //! `moe-cli export hf`: a model as a stock Hugging Face checkpoint that transformers loads and
 //! that reproduces our logits (Dots1 for MoE models, Qwen3 for dense ones).
 //! `moe-cli export gguf`: a model as one GGUF file for llama.cpp (f32 .. q4_k_m, `--mask` rules).
+//! `moe-cli export expert`: the shared expert + one routed expert of a MoE model as a dense Qwen3
+//! ("named experts"; the MoE's logits on tokens routed to that expert in every layer).
 
 use anyhow::{bail, Context, Result};
 use autograd::DType;
 use clap::{Subcommand, ValueEnum};
-use model::export::{export_dots1, export_qwen3, shared_padding};
+use model::export::{export_dots1, export_expert, export_qwen3, shared_padding};
 use model::gguf::{export_gguf, Arch, GgufOptions, GgufType, Mask};
 use model::safetensors_io::{FileDType, SafetensorsReader};
 use model::Qwen3;
@@ -28,6 +30,25 @@ pub enum Target {
     /// One GGUF file for llama.cpp: `qwen3` for dense models, `glm4moe` (default) or `dots1` for
     /// MoE models; weights encoded by llama.cpp's reference quantizers (byte-identical).
     Gguf(GgufArgs),
+    /// The shared expert + routed expert `--expert` of a MoE model as one dense Qwen3ForCausalLM
+    /// (FFN = the two concatenated): it computes the MoE's logits on tokens that were routed to
+    /// that expert in every layer (router weighting ste or sigmoid; prob cannot be folded).
+    Expert(ExpertArgs),
+}
+
+/// Arguments of `export expert`.
+#[derive(clap::Args)]
+pub struct ExpertArgs {
+    /// MoE model directory (a medmoe checkpoint or an HF Dots1 export).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The routed expert to keep (0-based; the same index in every layer).
+    #[arg(long)]
+    pub expert: usize,
+    /// Output directory; must not exist. Written beside it and renamed, so it appears complete or
+    /// not at all.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// Arguments of `export gguf`.
@@ -123,7 +144,35 @@ pub fn run(a: Args) -> Result<()> {
     match a.target {
         Target::Hf(a) => run_hf(a),
         Target::Gguf(a) => run_gguf(a),
+        Target::Expert(a) => run_expert(a),
     }
+}
+
+/// Loads a MoE model and writes one of its experts (with the shared one) as a dense Qwen3.
+fn run_expert(a: ExpertArgs) -> Result<()> {
+    if a.out.exists() {
+        bail!("{} already exists; refusing to overwrite (choose a new --out)", a.out.display());
+    }
+    eprintln!("loading {}", a.model.display());
+    let storage = storage_for(&a.model).with_context(|| format!("reading {}", a.model.display()))?;
+    let model = Qwen3::load_as(&a.model, storage).with_context(|| format!("loading {}", a.model.display()))?;
+    let Some(m) = &model.moe else {
+        bail!("{} is a dense model; export expert needs a MoE model", a.model.display());
+    };
+    eprintln!(
+        "exporting expert {} as Qwen3ForCausalLM: {} layers, FFN = shared {} + expert {} = {}",
+        a.expert,
+        model.config.num_hidden_layers,
+        m.shared_width,
+        m.expert_width,
+        m.shared_width + m.expert_width
+    );
+    let mut files = export_expert(&model, a.expert, &a.out)
+        .with_context(|| format!("exporting expert {} of {} to {}", a.expert, a.model.display(), a.out.display()))?;
+    files.extend(model::tokenizer_files::copy_tokenizer_files(&a.model, &a.out)?);
+    let bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    eprintln!("wrote {} ({} files, {:.1} MiB)", a.out.display(), files.len(), bytes as f64 / (1 << 20) as f64);
+    Ok(())
 }
 
 /// Exports one GGUF file and prints fallbacks, size and bits per weight.

@@ -13,6 +13,7 @@ pub mod importance;
 pub mod init;
 pub mod inspect;
 pub mod logits;
+pub mod moqe;
 pub mod quantize;
 pub mod report;
 pub mod report_data;

@@ -241,6 +241,16 @@ fn print_summary(s: &PhaseSummary) {
             100.0 * r.overflow_frac
         );
     }
+    for (d, r) in &s.named_routing {
+        let layers: Vec<String> = r.per_layer.iter().map(|a| format!("{:.1}%", 100.0 * a)).collect();
+        println!(
+            "named      {d:<14} -> expert {:<3} {:>6.1}% of {} held-out tokens routed there (per layer {})",
+            r.expert,
+            100.0 * r.accuracy,
+            r.tokens,
+            layers.join(" ")
+        );
+    }
     for (k, v) in &s.data {
         println!("data       {k:<22} {v}");
     }

@@ -4,6 +4,8 @@
 //!   style MoE with an ungated shared expert). Top-1 routing with `norm_topk_prob` gives the routed
 //!   expert weight 1, as our `ste` / `sigmoid` weightings do, so transformers reproduces our logits.
 //! - [`export_qwen3`]: a dense model as `Qwen3ForCausalLM`, tensors bit-identical.
+//! - [`export_expert`]: the shared expert + one routed expert of a MoE model as a dense
+//!   `Qwen3ForCausalLM` ("named experts"; exact on tokens routed to that expert, see [`expert`]).
 //!
 //! [`crate::Qwen3::load`] also reads a Dots1 directory (`model_type: "dots1"`) back into the medmoe
 //! MoE model (`dots1_load`), so `moe-cli logits` works on exports.
@@ -17,12 +19,14 @@
 
 mod dots1;
 mod dots1_load;
+pub mod expert;
 mod qwen3;
 
 pub(crate) use dots1::{check_exportable, dots1_config};
 pub use dots1::{export_dots1, shared_padding, MEDMOE_KEY};
 pub(crate) use dots1_load::DOTS1_KEYS;
 pub(crate) use dots1_load::{is_dots1_config, load_dots1};
+pub use expert::{expert_as_dense, export_expert};
 pub use qwen3::export_qwen3;
 
 use crate::error::Result;
