@@ -43,7 +43,6 @@ root, work, steps, micro = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.a
 run = json.load(open(f"{root}/configs/runs/tiny.json"))
 run.update({"preset": "bench-0.6b", "base_model": f"{work}/base", "moe_model": "qwen3-0.6b-k1p1-n16",
             "seq_len": 512, "importance_batches": 2, "importance_batch": 2})
-run.pop("small_model", None)  # the tiny comparison model does not share this base's vocabulary
 json.dump(run, open(f"{work}/run.json", "w"), indent=2)
 small_eval = {"every": 0, "dev_seqs": 4, "mcq_items": 8, "final_mcq_items": 16, "final_dev_seqs": 4}
 for phase in ["base", "p0"]:

@@ -49,6 +49,28 @@ pub struct Snapshot {
 impl Snapshot {
     /// A snapshot of `model`, the AdamW state and the trainer's JSON state.
     pub fn take(model: &Qwen3, opt: &autograd::optim::AdamW, step: u64, trainer_json: String) -> Self {
+        let mut snap = Self::take_tensors(model, step, trainer_json);
+        (snap.adam_m, snap.adam_v, snap.adam_step) = (opt.m.clone(), opt.v.clone(), opt.step);
+        snap
+    }
+
+    /// Like [`Snapshot::take`], but moves the AdamW moments out of `opt` (left empty): for the
+    /// last checkpoint of a phase, after which the optimiser is not used again.
+    pub fn take_moving_moments(
+        model: &Qwen3,
+        opt: &mut autograd::optim::AdamW,
+        step: u64,
+        trainer_json: String,
+    ) -> Self {
+        let mut snap = Self::take_tensors(model, step, trainer_json);
+        snap.adam_m = std::mem::take(&mut opt.m);
+        snap.adam_v = std::mem::take(&mut opt.v);
+        snap.adam_step = opt.step;
+        snap
+    }
+
+    /// The model tensors and trainer state, with empty moments.
+    fn take_tensors(model: &Qwen3, step: u64, trainer_json: String) -> Self {
         let flat = model.params.flat();
         let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = model
             .params
@@ -63,9 +85,9 @@ impl Snapshot {
             step,
             config_json: model.config_json(),
             tensors,
-            adam_m: opt.m.clone(),
-            adam_v: opt.v.clone(),
-            adam_step: opt.step,
+            adam_m: Vec::new(),
+            adam_v: Vec::new(),
+            adam_step: 0,
             trainer_json,
         }
     }

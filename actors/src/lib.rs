@@ -29,6 +29,7 @@ pub mod preference_data;
 pub mod qat_policy;
 pub mod qat_training;
 pub mod run_config;
+pub mod run_corpus;
 pub mod rundir;
 pub mod schedule;
 pub mod sft_data;

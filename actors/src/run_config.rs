@@ -36,6 +36,10 @@ pub struct RunConfig {
     pub eval_max_items: Option<usize>,
     /// Synthetic world (corpus size, seed, entity counts).
     pub world: WorldSpec,
+    /// A user's corpus and eval files (a `data prepare` config) instead of the world's corpus
+    /// ([`crate::run_corpus`]); None: the world's corpus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus: Option<crate::run_corpus::CorpusConfig>,
     /// Vocabulary of the tokenizer the data stage trains (not used with an HF base, whose own
     /// tokenizer is used).
     pub vocab: usize,
@@ -145,25 +149,21 @@ impl RunConfig {
             );
         }
         if let Some(small) = &self.small_model {
-            let c = match model::presets::embedded(small) {
+            match model::presets::embedded(small) {
                 None => {
                     let known = model::presets::names().join(", ");
                     return bad("small_model", format!("unknown preset `{small}` (known: {known})"));
                 }
-                Some(c) => c?,
-            };
+                Some(c) => drop(c?),
+            }
             if model::presets::embedded_moe(small).is_ok() {
                 return bad("small_model", format!("`{small}` is a MoE preset; the small reference is dense"));
             }
-            if c.vocab_size != base.vocab_size {
-                return bad(
-                    "small_model",
-                    format!(
-                        "`{small}` has a vocabulary of {} but base_model `{}` {}: the models of the comparison share                          the run's tokenizer",
-                        c.vocab_size, self.base_model, base.vocab_size
-                    ),
-                );
-            }
+            // Its vocabulary is checked against the base only when a stage uses it
+            // (`check_small_model_vocab`): a run on an HF base that stops before them may keep it.
+        }
+        if let Some(corpus) = &self.corpus {
+            corpus.load(source)?;
         }
         self.ship_mask.validate(source)?;
         if self.eval_max_items == Some(0) {
@@ -173,6 +173,32 @@ impl RunConfig {
             return bad("importance_batches", "importance_batches and importance_batch must be positive".into());
         }
         self.surgery_options().map(|_| ())
+    }
+
+    /// The small reference shares the run's tokenizer: its preset's vocabulary must be the
+    /// base's. Checked when baseline-small or eval will run.
+    pub fn check_small_model_vocab(&self, source: &str) -> Result<()> {
+        let Some(small) = &self.small_model else { return Ok(()) };
+        let Some(small_cfg) = model::presets::embedded(small) else { return Ok(()) };
+        let small_vocab = small_cfg?.vocab_size;
+        let base_vocab = match self.hf_base(source)? {
+            Some(h) => h.config.vocab_size,
+            None => match model::presets::embedded(&self.base_model) {
+                Some(c) => c?.vocab_size,
+                None => return Ok(()),
+            },
+        };
+        if small_vocab != base_vocab {
+            return Err(EngineError::config(
+                format!("{source} field `small_model`"),
+                format!(
+                    "`{small}` has a vocabulary of {small_vocab} but base_model `{}` {base_vocab}: the models of the \
+                     comparison share the run's tokenizer",
+                    self.base_model
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The HF directory `base_model` names, checked ([`HfBase::open`]), or None when it names a
@@ -236,5 +262,18 @@ mod tests {
         c.base_model = "qwen3-nonexistent".into();
         let err = c.validate("run.json").unwrap_err().to_string();
         assert!(err.contains("unknown preset `qwen3-nonexistent`") && err.contains("HF Qwen3 directory"), "{err}");
+    }
+
+    #[test]
+    fn the_small_models_vocabulary_is_checked_only_when_asked() {
+        // qwen3-0.6b (vocab 151,936) as the base with the tiny-dense MoE would not fit; here
+        // only the small reference's check matters: same base, another small preset.
+        let mut c = RunConfig::embedded().unwrap();
+        c.validate("run.json").unwrap();
+        c.check_small_model_vocab("run.json").unwrap();
+        c.small_model = Some("qwen3-0.6b".into());
+        c.validate("run.json").unwrap();
+        let err = c.check_small_model_vocab("run.json").unwrap_err().to_string();
+        assert!(err.contains("field `small_model`") && err.contains("share the run's tokenizer"), "{err}");
     }
 }

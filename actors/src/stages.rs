@@ -234,6 +234,9 @@ impl Pipeline {
                 ));
             }
         }
+        if needed.iter().any(|s| matches!(s, Stage::BaselineSmall | Stage::Eval)) {
+            self.config.check_small_model_vocab(self.config_source())?;
+        }
         if needed.contains(&Stage::Eval) && self.options.evaluator.is_none() {
             return Err(EngineError::config("eval", "stage `eval` needs an evaluator (moe-cli provides its `eval`)"));
         }
@@ -382,7 +385,7 @@ impl Pipeline {
             Stage::Data | Stage::Base => c.hf_base(self.config_source())?,
             _ => None,
         };
-        let key = match (stage, &hf) {
+        let mut key = match (stage, &hf) {
             // An HF base's tokenizer packs the corpus: its files replace the trained one's settings.
             (Stage::Data, Some(h)) => {
                 let mut files = h.identity()?;
@@ -426,6 +429,9 @@ impl Pipeline {
             }
             (Stage::Eval, _) => self.eval_key(),
         };
+        if let (Stage::Data, Some(corpus)) = (stage, &c.corpus) {
+            key["corpus"] = corpus.key(self.config_source())?;
+        }
         let key = self.with_precision(stage, key);
         let hash = sha256_hex(key.to_string().as_bytes());
         Ok(Plan { key, hash, inputs: self.inputs_of(stage)? })
@@ -538,7 +544,16 @@ impl Pipeline {
             }
             let world = dir.join("world");
             data::world_dir::build_world_dir(&c.world, &world, &mut |_| {})?;
-            let docs = data::world_dir::read_corpus(&world)?;
+            let world_docs = data::world_dir::read_corpus(&world)?;
+            let prepared = match &c.corpus {
+                Some(corpus) => Some(corpus.prepare_into(dir, self.config_source())?),
+                None => None,
+            };
+            // The world's documents, split by id below (all of them without a user corpus).
+            let docs = match &c.corpus {
+                Some(corpus) if !corpus.with_world => Vec::new(),
+                _ => world_docs,
+            };
             let staging = atomicio::StagingDir::new(&dir.join("tokenizer"))?;
             match c.hf_base(self.config_source())? {
                 // The base's own tokenizer files, as they are (its chat template included).
@@ -548,7 +563,9 @@ impl Pipeline {
                 None => {
                     let config =
                         data::tokenizer::TrainConfig { vocab_size: c.vocab, min_frequency: TOKENIZER_MIN_FREQUENCY };
-                    Tokenizer::train(docs.iter().map(|d| d.text.as_str()), &config)?.save(staging.path())?;
+                    let user = prepared.iter().flat_map(|p| p.train.iter());
+                    Tokenizer::train(docs.iter().chain(user).map(|d| d.text.as_str()), &config)?
+                        .save(staging.path())?;
                 }
             }
             staging.commit()?;
@@ -562,17 +579,28 @@ impl Pipeline {
                     train.push(d);
                 }
             }
+            let mut corpus_metrics = serde_json::Value::Null;
+            if let Some(p) = prepared {
+                // The user's own split: train packs, val measures dev PPL.
+                train.extend(p.train);
+                dev.extend(p.dev);
+                corpus_metrics = p.metrics;
+            }
             let pc = PackConfig { seq_len: c.seq_len, ..Default::default() };
             let tm = data::pack::pack_documents(&train, &tok, &pc, &dir.join("train"), &mut |_| {})?;
             let dm = data::pack::pack_documents(&dev, &tok, &pc, &dir.join("dev"), &mut |_| {})?;
             let tokens = |m: &data::pack::format::PackManifest| m.domains.values().map(|d| d.tokens).sum::<u64>();
             let metrics = serde_json::json!({
                 "train_documents": train.len(), "dev_documents": dev.len(),
-                "train_tokens": tokens(&tm), "dev_tokens": tokens(&dm),
+                "train_tokens": tokens(&tm), "dev_tokens": tokens(&dm), "corpus": corpus_metrics,
             });
             const FILES: [&str; 4] = ["world", "tokenizer", "train", "dev"];
-            let artifacts = FILES.map(|s| (s.to_string(), format!("data/{s}"))).into();
-            Ok(Made { metrics, artifacts, outputs: &FILES, records: &[] })
+            const WITH_CORPUS: [&str; 5] = ["world", "tokenizer", "train", "dev", crate::run_corpus::EVALSETS_DIR];
+            let outputs: &'static [&'static str] = if c.corpus.is_some() { &WITH_CORPUS } else { &FILES };
+            let artifacts = outputs.iter().map(|s| (s.to_string(), format!("data/{s}"))).collect();
+            const RECORDS: [&str; 1] = ["prepared/manifest.json"];
+            let records: &'static [&'static str] = if c.corpus.is_some() { &RECORDS } else { &[] };
+            Ok(Made { metrics, artifacts, outputs, records })
         })
     }
 
@@ -586,6 +614,8 @@ impl Pipeline {
                 .map_err(|e| EngineError::Training(format!("evaluation: {e}")))?;
             sets.push((set.to_string(), items));
         }
+        // The user's eval files (MedQA / MedMCQA / PubMedQA) when the run has a corpus.
+        sets.extend(crate::run_corpus::eval_sets(&data)?);
         Ok(Arc::new(EvalInputs {
             dev,
             tokenizer,

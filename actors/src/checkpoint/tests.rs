@@ -113,3 +113,20 @@ fn checksums_catch_in_range_damage_and_name_the_file() {
     fs::remove_file(dir.join(CHECKSUMS_FILE)).unwrap();
     verify_checksums(&dir).unwrap();
 }
+
+#[test]
+fn the_last_checkpoint_moves_the_moments_and_equals_a_copying_snapshot() {
+    let config = model::presets::embedded("tiny-dense").unwrap().unwrap();
+    let m = model::Qwen3::from_init(config, None, autograd::DType::F32, model::init::qwen3_init(3, 0.02));
+    let n = m.params.numel();
+    let mut opt = autograd::optim::AdamW::new(&m.params, Default::default());
+    opt.m = (0..n).map(|i| i as f32 * 1e-3).collect();
+    opt.v = (0..n).map(|i| (i % 7) as f32).collect();
+    opt.step = 5;
+    let copied = Snapshot::take(&m, &opt, 9, "{}".into());
+    let moved = Snapshot::take_moving_moments(&m, &mut opt, 9, "{}".into());
+    assert_eq!((copied.adam_m.len(), copied.adam_v.len(), copied.adam_step), (n, n, 5));
+    assert!(copied.adam_m == moved.adam_m && copied.adam_v == moved.adam_v && copied.adam_step == moved.adam_step);
+    assert!(copied.tensors == moved.tensors && copied.config_json == moved.config_json);
+    assert!(opt.m.is_empty() && opt.v.is_empty(), "the moments were moved, not copied");
+}
