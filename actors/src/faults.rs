@@ -28,10 +28,13 @@ pub enum KillPoint {
     Eval,
     /// The step's periodic checkpoint is written.
     Checkpoint,
+    /// The importance pass saved its partial state after this many batches (the "step").
+    Importance,
 }
 
 impl KillPoint {
-    /// Parses `<point>:<step>`, point one of `step`, `action-checkpoint`, `eval`, `checkpoint`.
+    /// Parses `<point>:<step>`, point one of `step`, `action-checkpoint`, `eval`, `checkpoint`,
+    /// `importance` (its "step" counts importance batches).
     pub fn parse(s: &str) -> Option<(KillPoint, u64)> {
         let (point, step) = s.split_once(':')?;
         let point = match point {
@@ -39,6 +42,7 @@ impl KillPoint {
             "action-checkpoint" => KillPoint::ActionCheckpoint,
             "eval" => KillPoint::Eval,
             "checkpoint" => KillPoint::Checkpoint,
+            "importance" => KillPoint::Importance,
             _ => return None,
         };
         Some((point, step.parse().ok()?))

@@ -20,6 +20,7 @@ pub mod evaluator;
 pub mod faults;
 pub mod harness;
 pub mod hf_base;
+pub mod importance_pass;
 pub mod lock;
 pub mod manifest;
 pub mod metrics;

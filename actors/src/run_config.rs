@@ -47,7 +47,8 @@ pub struct RunConfig {
     pub seq_len: usize,
     /// One document in this many goes to the dev split.
     pub dev_every: u64,
-    /// Importance pass: batches of `importance_batch` sequences.
+    /// Importance pass: batches of `importance_batch` sequences (0: the whole train pack once,
+    /// streaming and resumable; [`crate::importance_pass`]).
     pub importance_batches: u64,
     /// Sequences per importance batch.
     pub importance_batch: usize,
@@ -169,8 +170,8 @@ impl RunConfig {
         if self.eval_max_items == Some(0) {
             return bad("eval_max_items", "0 items: leave it out to score every item".into());
         }
-        if self.importance_batches == 0 || self.importance_batch == 0 {
-            return bad("importance_batches", "importance_batches and importance_batch must be positive".into());
+        if self.importance_batch == 0 {
+            return bad("importance_batch", "0 sequences per batch: it must be positive".into());
         }
         self.surgery_options().map(|_| ())
     }

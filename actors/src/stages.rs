@@ -31,7 +31,6 @@ use crate::trainer::Trainer;
 use crate::verify::{hash_tree, key_changes};
 use data::pack::{PackConfig, PackedDataset};
 use data::tokenizer::Tokenizer;
-use model::importance::{TaylorForm, TaylorState};
 use model::surgery::apply::{convert, plan_model};
 use model::Qwen3;
 use serde::{Deserialize, Serialize};
@@ -405,7 +404,7 @@ impl Pipeline {
             }),
             (Stage::Importance, _) => serde_json::json!({
                 "importance_batches": c.importance_batches, "importance_batch": c.importance_batch,
-                "decay": IMPORTANCE_DECAY,
+                "decay": crate::importance_pass::DECAY,
             }),
             (Stage::MoeInit, _) => serde_json::json!({
                 "moe_model": c.moe_model, "preset": preset_json(&c.moe_model)?, "split": c.split, "fill": c.fill,
@@ -885,18 +884,20 @@ impl Pipeline {
         self.build_stage(Stage::Importance, force, |dir| {
             let model = Qwen3::load(&self.dir(Stage::Base).join("model"))?;
             let ds = PackedDataset::open(&self.dir(Stage::Data).join("train"))?;
-            let (l, f) = (model.config.num_hidden_layers, model.config.intermediate_size);
-            let mut state = TaylorState::new(l, f, IMPORTANCE_DECAY);
-            let n = ds.len();
-            for b in 0..c.importance_batches {
-                let seqs: Vec<u64> =
-                    (0..c.importance_batch as u64).map(|i| (b * c.importance_batch as u64 + i) % n).collect();
-                let (batch, targets) = crate::eval::token_batch_of(data::pack::batch_of(&ds, &seqs));
-                state.update(&model, &batch, &targets)?;
-            }
-            let path = dir.join("importance.safetensors");
             let meta = [("model".to_string(), "base/model".to_string())].into();
-            model::importance::write_importance(&path, &state, TaylorForm::First, &meta)?;
+            let pass = crate::importance_pass::run(
+                &model,
+                &ds,
+                c.importance_batches,
+                c.importance_batch,
+                dir,
+                &meta,
+                &self.options.faults,
+            )?;
+            if pass.resumed_at > 0 {
+                say(&self.options, format!("stage importance resumed after batch {}", pass.resumed_at));
+            }
+            let state = pass.state;
             let artifacts = [("importance".to_string(), "importance/importance.safetensors".to_string())].into();
             let metrics = serde_json::json!({ "batches": state.batches, "tokens": state.tokens });
             Ok(Made { metrics, artifacts, outputs: &["importance.safetensors"], records: &[] })
@@ -927,5 +928,3 @@ impl Pipeline {
 
 /// `min_frequency` of the run's tokenizer training.
 const TOKENIZER_MIN_FREQUENCY: u64 = 2;
-/// EMA decay of the importance pass.
-const IMPORTANCE_DECAY: f32 = 0.99;

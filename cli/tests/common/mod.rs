@@ -62,7 +62,20 @@ pub fn write_micro_configs(dir: &Path) {
 /// `run <what...> --run-dir <run_dir>` with the micro configs of `cfg`, plus `extra` arguments.
 #[allow(dead_code)]
 pub fn run_micro(cfg: &Path, run_dir: &Path, what: &[&str], extra: &[&str]) -> std::process::Output {
+    run_micro_env(cfg, run_dir, what, extra, &[])
+}
+
+/// [`run_micro`] with environment variables (fault hooks).
+#[allow(dead_code)]
+pub fn run_micro_env(
+    cfg: &Path,
+    run_dir: &Path,
+    what: &[&str],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
     let mut c = moe_cli();
+    c.envs(env.iter().copied());
     c.arg("run").args(what).args(["--quiet", "--run-dir"]).arg(run_dir).arg("--config").arg(cfg.join("run.json"));
     for phase in ["base", "p0", "p1"] {
         c.arg("--phase-config").arg(format!("{phase}={}", cfg.join(format!("{phase}.json")).display()));
