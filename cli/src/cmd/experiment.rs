@@ -4,7 +4,9 @@
 //! done are skipped) and tabulates their results into `<run>/experiments/<name>/result.md` and
 //! `result.json`, printing the table and the wall time.
 //!
-//! Implemented: `compare-to-base` (the head-to-head the way moe-upcycle's compare_base.py
+//! Implemented: `conversion-ablation` (exp_conversion), `specialization` (exp_specialization),
+//! `data-scaling` (exp_scaling), which train or probe variants of their own; and
+//! `compare-to-base` (the head-to-head the way moe-upcycle's compare_base.py
 //! reports it: quality, total / active parameters, bytes of the weights, tokens/s; every model on
 //! the same items, from stage `eval`) and `knowledge-capacity` (the MoE against the dense model
 //! of its active parameters and the dense teacher continued for the same tokens, on fact recall
@@ -20,6 +22,9 @@ use std::path::{Path, PathBuf};
 pub const EMBEDDED: &[(&str, &str)] = &[
     ("compare-to-base", include_str!("../../../configs/experiments/compare-to-base.json")),
     ("knowledge-capacity", include_str!("../../../configs/experiments/knowledge-capacity.json")),
+    ("conversion-ablation", include_str!("../../../configs/experiments/conversion-ablation.json")),
+    ("specialization", include_str!("../../../configs/experiments/specialization.json")),
+    ("data-scaling", include_str!("../../../configs/experiments/data-scaling.json")),
 ];
 
 /// The models an experiment can name: eval name, the stage whose model it is, the training
@@ -35,7 +40,8 @@ const MODEL_STAGES: [(&str, &str, &[&str]); 4] = [
 /// Arguments of `experiment`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Experiment: an embedded name (compare-to-base) or the path of a JSON config of one.
+    /// Experiment: an embedded name (compare-to-base, knowledge-capacity, conversion-ablation,
+    /// specialization, data-scaling) or the path of a JSON config of one.
     pub name: String,
     /// Run directory (stages already done there are skipped).
     #[arg(long, default_value = "runs/default")]
@@ -176,6 +182,10 @@ pub fn compare_markdown(rows: &[CompareRow], ppl_domain: &str) -> String {
     out
 }
 
+/// An experiment that trains or probes on its own and returns its markdown and JSON record:
+/// (config text, config source, run directory, run config, phase files, quiet).
+type Runner = fn(&str, &str, &Path, Option<&Path>, &[(String, PathBuf)], bool) -> Result<(String, serde_json::Value)>;
+
 /// Runs an experiment.
 pub fn run(a: Args) -> Result<()> {
     let (text, source) = match EMBEDDED.iter().find(|(n, _)| *n == a.name) {
@@ -188,8 +198,31 @@ pub fn run(a: Args) -> Result<()> {
             bail!("unknown experiment `{}` (known: {}; or the path of a JSON config)", a.name, known.join(", "))
         }
     };
-    let e: Experiment = serde_json::from_str(&text).with_context(|| format!("{source}: not an experiment config"))?;
     let started = std::time::Instant::now();
+    let kind: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{source}: not JSON"))?;
+    let own = match kind["experiment"].as_str() {
+        Some("conversion-ablation") => Some(super::exp_conversion::run as Runner),
+        Some("specialization") => Some(super::exp_specialization::run as Runner),
+        Some("data-scaling") => Some(super::exp_scaling::run as Runner),
+        _ => None,
+    };
+    if let Some(runner) = own {
+        let name = kind["experiment"].as_str().unwrap_or_default();
+        let (table, mut json) = runner(&text, &source, &a.run_dir, a.config.as_deref(), &a.phase_configs, a.quiet)?;
+        let out = a.run_dir.join("experiments").join(name);
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        let seconds = started.elapsed().as_secs_f64();
+        json["experiment"] = serde_json::json!(name);
+        json["config"] = serde_json::json!(source);
+        json["seconds"] = serde_json::json!(seconds);
+        atomicio::write_file(&out.join("result.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+        atomicio::write_file(&out.join("result.md"), table.as_bytes())?;
+        println!("{table}");
+        println!("result     {}", out.join("result.md").display());
+        println!("wall       {seconds:.1} s");
+        return Ok(());
+    }
+    let e: Experiment = serde_json::from_str(&text).with_context(|| format!("{source}: not an experiment config"))?;
     let out = a.run_dir.join("experiments").join(&e.experiment);
     let (summary_path, training) = match e.experiment.as_str() {
         "compare-to-base" => {
@@ -226,7 +259,8 @@ pub fn run(a: Args) -> Result<()> {
             (out.join("eval").join("summary.json"), Some(training))
         }
         other => bail!(
-            "{source}: field `experiment`: `{other}` is not implemented (implemented: compare-to-base, knowledge-capacity)"
+            "{source}: field `experiment`: `{other}` is not implemented (implemented: compare-to-base, knowledge-capacity, \
+             conversion-ablation, specialization, data-scaling)"
         ),
     };
     let summary: EvalSummary = serde_json::from_str(
@@ -298,9 +332,17 @@ mod tests {
 
     #[test]
     fn the_embedded_configs_parse_and_the_table_puts_the_base_first_with_differences() {
+        use crate::cmd::{exp_conversion, exp_scaling, exp_specialization};
         for (name, text) in EMBEDDED {
-            let e: Experiment = serde_json::from_str(text).unwrap();
-            assert_eq!(&e.experiment, name);
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(v["experiment"], *name);
+            let parsed = match *name {
+                "conversion-ablation" => serde_json::from_str::<exp_conversion::Config>(text).err(),
+                "specialization" => serde_json::from_str::<exp_specialization::Config>(text).err(),
+                "data-scaling" => serde_json::from_str::<exp_scaling::Config>(text).err(),
+                _ => serde_json::from_str::<Experiment>(text).err(),
+            };
+            assert!(parsed.is_none(), "{name}: {parsed:?}");
         }
         let acc = |v: f64| (String::from("fact_recall"), v, v - 0.05, v + 0.05);
         let row = |m: &str, v: f64| CompareRow {

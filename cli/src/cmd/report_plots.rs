@@ -218,6 +218,61 @@ pub fn heatmap(title: &str, share: &[Vec<f64>]) -> Result<Vec<u8>> {
     })
 }
 
+/// Labelled rows x expert shares (the specialization experiment: one row per layer and domain);
+/// cells show percentages when there is room.
+pub fn row_heatmap(title: &str, rows: &[String], share: &[Vec<f64>]) -> Result<Vec<u8>> {
+    let n = share.len().max(1);
+    let experts = share.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let max = share.iter().flatten().cloned().fold(0.0, f64::max);
+    // The row names sit in the plotting area left of expert 0 (`margin` experts wide).
+    let margin = (experts as f64 * 0.3).max(2.0);
+    let h = (90 + 28 * n).min(2000) as u32;
+    render(1000, h, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(format!("{title} (max {:.1}%, uniform {:.1}%)", 100.0 * max, 100.0 / experts as f64), (FAMILY, 16))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(4)
+            .build_cartesian_2d(-margin..experts as f64, 0f64..n as f64)
+            .map_err(pe)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("expert")
+            .x_labels(experts.min(32) + margin as usize)
+            .y_labels(0)
+            .x_label_formatter(&|v| {
+                if *v >= 0.0 && v.fract().abs() < 1e-9 && (*v as usize) < experts {
+                    format!("{}", *v as usize)
+                } else {
+                    String::new()
+                }
+            })
+            .label_style((FAMILY, 11))
+            .draw()
+            .map_err(pe)?;
+        for (r, name) in rows.iter().enumerate().take(n) {
+            let style = (FAMILY, 11).into_font().color(&BLACK).pos(Pos::new(HPos::Right, VPos::Center));
+            chart.draw_series(std::iter::once(Text::new(name.clone(), (-0.2, r as f64 + 0.5), style))).map_err(pe)?;
+        }
+        for (r, row) in share.iter().enumerate() {
+            chart
+                .draw_series(row.iter().enumerate().map(|(e, &v)| {
+                    Rectangle::new([(e as f64, r as f64), (e as f64 + 1.0, r as f64 + 1.0)], shade(v, max).filled())
+                }))
+                .map_err(pe)?;
+            if experts <= 24 {
+                for (e, &v) in row.iter().enumerate() {
+                    let c = if v > 0.55 * max { WHITE } else { BLACK };
+                    let at = (e as f64 + 0.5, r as f64 + 0.5);
+                    chart.draw_series(std::iter::once(label(format!("{:.0}", 100.0 * v), at, 10, c))).map_err(pe)?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
 /// The routing share over training: one panel per layer, expert (rows) x step (columns, steps
 /// averaged into at most 120 columns), shaded by share. None without logged steps.
 pub fn routing_over_steps(title: &str, steps: &[(u64, Vec<Vec<f64>>)]) -> Result<Option<Vec<u8>>> {
