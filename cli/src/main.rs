@@ -56,7 +56,8 @@ enum Command {
     /// Run the training pipeline (data, base, importance, surgery, p0, p1, p2, p3; baseline-small,
     /// eval) in a run directory.
     Run(cmd::run::Args),
-    /// Run one of the honest experiments (configs/experiments/): compare-to-base, knowledge-capacity.
+    /// Run one of the honest experiments (configs/experiments/): compare-to-base, knowledge-capacity,
+    /// conversion-ablation, specialization, data-scaling.
     Experiment(cmd::experiment::Args),
     /// Routing traces of a MoE model over a pack, next-expert prediction and a prefetch simulation.
     Trace(cmd::trace::Args),

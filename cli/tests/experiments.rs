@@ -71,7 +71,8 @@ fn conversion_ablation_specialization_and_data_scaling_run_on_a_micro_run() {
     let tmp = tempfile::tempdir().unwrap();
     write_configs(tmp.path());
     let run = tmp.path().join("run");
-    let eval = serde_json::json!({ "every": 0, "dev_seqs": 1, "mcq_items": 2, "final_mcq_items": 2, "final_dev_seqs": 1 });
+    let eval =
+        serde_json::json!({ "every": 0, "dev_seqs": 1, "mcq_items": 2, "final_mcq_items": 2, "final_dev_seqs": 1 });
 
     // A bad variant is refused before anything trains.
     let bad = serde_json::json!({
@@ -98,7 +99,10 @@ fn conversion_ablation_specialization_and_data_scaling_run_on_a_micro_run() {
     let r = json(&dir.join("result.json"));
     let names: Vec<&str> = r["rows"].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["importance.overlap.centroids", "kmeans.drop.random"], "{r}");
-    for (name, split, fill) in [("importance.overlap.centroids", "importance-split", "overlap"), ("kmeans.drop.random", "kmeans", "drop-upcycle")] {
+    for (name, split, fill) in [
+        ("importance.overlap.centroids", "importance-split", "overlap"),
+        ("kmeans.drop.random", "kmeans", "drop-upcycle"),
+    ] {
         let v = dir.join("variants").join(name);
         let key = &json(&v.join("moe-init/manifest.json"))["key"];
         assert_eq!((key["split"].as_str(), key["fill"].as_str()), (Some(split), Some(fill)), "{name}: {key}");

@@ -99,7 +99,8 @@ pub fn run(
     phase_configs: &[(String, PathBuf)],
     quiet: bool,
 ) -> Result<(String, serde_json::Value)> {
-    let c: Config = serde_json::from_str(cfg_text).with_context(|| format!("{source}: not a conversion-ablation config"))?;
+    let c: Config =
+        serde_json::from_str(cfg_text).with_context(|| format!("{source}: not a conversion-ablation config"))?;
     if c.variants.is_empty() {
         bail!("{source}: field `variants`: no conversions to compare");
     }
@@ -203,13 +204,7 @@ fn num(x: Option<f64>) -> String {
 }
 
 /// The table: the teacher first, then one row per conversion (at init and after p0).
-fn markdown(
-    rows: &[Row],
-    s: &super::eval_summary::EvalSummary,
-    domains: &[String],
-    steps: u64,
-    tokens: u64,
-) -> String {
+fn markdown(rows: &[Row], s: &super::eval_summary::EvalSummary, domains: &[String], steps: u64, tokens: u64) -> String {
     let mut out = format!(
         "| conversion (split . fill . router init) | init fact_recall | init ppl {} | p0 ({steps} steps, {tokens} tokens): fact_recall | two_hop |",
         domains[0]

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 /// The run config at `config` (default: the embedded one) as JSON, with its parsed form.
 pub fn run_config(config: Option<&Path>) -> Result<(serde_json::Value, RunConfig)> {
     let (text, source) = match config {
-        Some(p) => (std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, p.display().to_string()),
+        Some(p) => {
+            (std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, p.display().to_string())
+        }
         None => (actors::stages::DEFAULT_RUN.to_string(), "configs/runs/tiny.json".to_string()),
     };
     let parsed = RunConfig::parse(&text, &source)?;

@@ -94,7 +94,9 @@ pub fn run(
     sorted.sort_unstable();
     sorted.dedup();
     if sorted.len() < 2 || sorted[0] == 0 || c.base_steps == 0 {
-        bail!("{source}: fields `multiples` / `base_steps`: need at least two distinct positive multiples and steps > 0");
+        bail!(
+            "{source}: fields `multiples` / `base_steps`: need at least two distinct positive multiples and steps > 0"
+        );
     }
     if c.ppl_domains.is_empty() {
         bail!("{source}: field `ppl_domains`: name at least one held-out domain");
@@ -156,18 +158,17 @@ pub fn run(
             let _ = write!(md, " {} |", x.map_or("-".into(), |v| format!("{v:.4}")));
         }
         let _ = writeln!(md, " {loss:.4} | {seconds:.1} |");
-        rows.push(serde_json::json!({ "multiple": k, "tokens": tokens, "seconds": seconds, "final_loss": loss, "ce": ce }));
+        rows.push(
+            serde_json::json!({ "multiple": k, "tokens": tokens, "seconds": seconds, "final_loss": loss, "ce": ce }),
+        );
     }
     md.push_str("\nFitted CE(D) = a * D^-b (least squares in log-log space over the trained points):\n\n");
     md.push_str("| domain | a | b | R^2 | value at each trained multiple | **extrapolated** (not trained) |\n|---|---:|---:|---:|---|---|\n");
     let base_tokens = trained.first().map_or(0, |t| t.1) as f64 / sorted[0] as f64;
     let mut fits = serde_json::Map::new();
     for (i, d) in c.ppl_domains.iter().enumerate() {
-        let points: Vec<(f64, f64)> = trained
-            .iter()
-            .zip(&rows)
-            .filter_map(|(t, r)| r["ce"][i].as_f64().map(|ce| (t.1 as f64, ce)))
-            .collect();
+        let points: Vec<(f64, f64)> =
+            trained.iter().zip(&rows).filter_map(|(t, r)| r["ce"][i].as_f64().map(|ce| (t.1 as f64, ce))).collect();
         let Some(fit) = fit_power_law(&points) else {
             let _ = writeln!(md, "| {d} | - | - | - | (no fit: fewer than two points) | - |");
             continue;
@@ -178,7 +179,15 @@ pub fn run(
             .iter()
             .map(|&k| format!("{k}x ({:.0} tokens): {:.4}", k as f64 * base_tokens, fit.at(k as f64 * base_tokens)))
             .collect();
-        let _ = writeln!(md, "| {d} | {:.4} | {:.4} | {:.3} | {} | {} |", fit.a, fit.b, fit.r2, fitted.join("; "), extra.join("; "));
+        let _ = writeln!(
+            md,
+            "| {d} | {:.4} | {:.4} | {:.3} | {} | {} |",
+            fit.a,
+            fit.b,
+            fit.r2,
+            fitted.join("; "),
+            extra.join("; ")
+        );
         fits.insert(d.clone(), serde_json::json!({ "fit": fit, "points": points, "extrapolated": c.extrapolate.iter().map(|&k| (k, fit.at(k as f64 * base_tokens))).collect::<Vec<_>>() }));
     }
     Ok((md, serde_json::json!({ "base_steps": c.base_steps, "rows": rows, "fits": fits })))

@@ -8,9 +8,9 @@
 //! its lift (its share in the domain over its share in the other domains). A PNG heatmap per
 //! model (rows: layer x domain, columns: experts).
 
+use super::exp_specialization_stats::{shuffled_baseline, specialization, DocRouting, LayerSpecialization};
 use anyhow::{bail, Context, Result};
 use model::trace::collect::Tracer;
-use super::exp_specialization_stats::{shuffled_baseline, specialization, DocRouting, LayerSpecialization};
 use model::Qwen3;
 use serde::Deserialize;
 use std::fmt::Write as _;
@@ -55,7 +55,8 @@ fn route_docs(model: &Qwen3, dev: &Path, seqs: usize) -> Result<(Vec<String>, Ve
     let domains: Vec<String> = by_domain.keys().cloned().collect();
     let mut docs = Vec::new();
     for (d, (_, all)) in by_domain.iter().enumerate() {
-        let chosen: Vec<u64> = actors::eval::subset_indices(all.len(), Some(seqs)).into_iter().map(|i| all[i]).collect();
+        let chosen: Vec<u64> =
+            actors::eval::subset_indices(all.len(), Some(seqs)).into_iter().map(|i| all[i]).collect();
         for batch in chosen.chunks(BATCH_SEQS) {
             let mut toks: Vec<Vec<u32>> = Vec::new();
             for &g in batch {
@@ -91,7 +92,13 @@ fn top_experts(l: &LayerSpecialization, domains: &[String]) -> String {
         if s == 0.0 {
             continue;
         }
-        let others: Vec<f64> = l.share.iter().enumerate().filter(|(o, r)| *o != d && r.iter().sum::<f64>() > 0.0).map(|(_, r)| r[e]).collect();
+        let others: Vec<f64> = l
+            .share
+            .iter()
+            .enumerate()
+            .filter(|(o, r)| *o != d && r.iter().sum::<f64>() > 0.0)
+            .map(|(_, r)| r[e])
+            .collect();
         let mean = others.iter().sum::<f64>() / others.len().max(1) as f64;
         let lift = if mean > 0.0 { format!("x{:.1}", s / mean) } else { "only here".to_string() };
         parts.push(format!("{} e{e} {:.0}% ({lift})", domains[d], 100.0 * s));
@@ -145,14 +152,22 @@ pub fn run(
         );
         md.push_str("| layer | domain-expert MI (bits) | normalised | shuffled labels (bits) | top expert per domain (share, lift over the other domains) |\n|---|---:|---:|---:|---|\n");
         for (l, (s, f)) in spec.iter().zip(&floor).enumerate() {
-            let _ = writeln!(md, "| {l} | {:.3} | {:.3} | {:.3} | {} |", s.mi_bits, s.normalised, f, top_experts(s, &domains));
+            let _ = writeln!(
+                md,
+                "| {l} | {:.3} | {:.3} | {:.3} | {} |",
+                s.mi_bits,
+                s.normalised,
+                f,
+                top_experts(s, &domains)
+            );
         }
         let mean = spec.iter().map(|s| s.normalised).sum::<f64>() / spec.len().max(1) as f64;
         let _ = writeln!(md, "\nmean normalised MI over layers: {mean:.3}\n");
         let rows: Vec<String> =
             (0..layers).flat_map(|l| domains.iter().map(move |d| format!("layer {l} {d}"))).collect();
         let share: Vec<Vec<f64>> = spec.iter().flat_map(|s| s.share.iter().cloned()).collect();
-        let png = super::report_plots::row_heatmap(&format!("{m}: share of each domain's tokens per expert"), &rows, &share)?;
+        let png =
+            super::report_plots::row_heatmap(&format!("{m}: share of each domain's tokens per expert"), &rows, &share)?;
         let png_path = out.join(format!("{m}-routing.png"));
         atomicio::write_file(&png_path, &png)?;
         let _ = writeln!(md, "![{m} routing]({m}-routing.png)\n");

@@ -63,7 +63,8 @@ pub fn specialization(docs: &[DocRouting], domains: usize, layers: usize, expert
             let (mi_bits, normalised) = if k < 2 {
                 (0.0, 0.0)
             } else {
-                let mean: Vec<f64> = (0..experts).map(|e| present.iter().map(|s| s[e]).sum::<f64>() / k as f64).collect();
+                let mean: Vec<f64> =
+                    (0..experts).map(|e| present.iter().map(|s| s[e]).sum::<f64>() / k as f64).collect();
                 let within = present.iter().map(|s| entropy_bits(s)).sum::<f64>() / k as f64;
                 let mi = (entropy_bits(&mean) - within).max(0.0);
                 (mi, mi / (k as f64).log2())
