@@ -44,6 +44,9 @@ pub struct Snapshot {
     pub adam_step: u64,
     /// Trainer state (serialised JSON).
     pub trainer_json: String,
+    /// Further files of the checkpoint (name -> bytes; QAT parameters and moments, P4's EMA and
+    /// driver state), covered by `checksums.json` like the others.
+    pub extra: Vec<(String, Vec<u8>)>,
 }
 
 impl Snapshot {
@@ -89,6 +92,7 @@ impl Snapshot {
             adam_v: Vec::new(),
             adam_step: 0,
             trainer_json,
+            extra: Vec::new(),
         }
     }
 }
@@ -127,12 +131,13 @@ pub fn step_dir_name(step: u64) -> String {
     format!("step-{step:08}")
 }
 
-fn serialize(tensors: &[(&str, &[usize], &[f32])], path: &Path) -> Result<Vec<u8>> {
+/// Safetensors bytes of f32 `tensors` (`path` names errors).
+pub(crate) fn serialize(tensors: &[(&str, &[usize], &[f32])], path: &Path) -> Result<Vec<u8>> {
     serialize_with(tensors, None, path)
 }
 
 /// [`serialize`] plus, when given, one I64 scalar tensor `(name, value)` (counters stay exact).
-fn serialize_with(tensors: &[(&str, &[usize], &[f32])], int: Option<(&str, &[u8])>, path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn serialize_with(tensors: &[(&str, &[usize], &[f32])], int: Option<(&str, &[u8])>, path: &Path) -> Result<Vec<u8>> {
     let mut views = tensors
         .iter()
         .map(|(name, shape, values)| {
@@ -172,8 +177,11 @@ pub fn write_checkpoint(dir: &Path, snap: &Snapshot, keep_last: usize, budget: &
         vec![("m", &shape[..], &snap.adam_m[..]), ("v", &shape[..], &snap.adam_v[..])];
     budget.write(&tmp.join(OPTIMIZER_FILE), &serialize_with(&opt, Some(("step", &step[..])), tmp)?)?;
     budget.write(&tmp.join(TRAINER_FILE), snap.trainer_json.as_bytes())?;
+    for (name, bytes) in &snap.extra {
+        budget.write(&tmp.join(name), bytes)?;
+    }
     let mut sums = std::collections::BTreeMap::new();
-    for name in CHECKED_FILES {
+    for name in CHECKED_FILES.iter().copied().chain(snap.extra.iter().map(|(n, _)| n.as_str())) {
         sums.insert(name.to_string(), crate::verify::hash_file(&tmp.join(name))?);
     }
     let text = serde_json::to_string_pretty(&sums)

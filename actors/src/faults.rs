@@ -1,5 +1,6 @@
 //! Test hooks that inject failures into a phase (all off by default): a failing loader, a full
-//! disk, a stop or a SIGKILL at a chosen moment of a step, an injected rollback.
+//! disk, a stop or a SIGKILL at a chosen moment of a step, an injected rollback, an injected QAT
+//! regression.
 
 /// Test hooks injecting failures (all off by default).
 #[derive(Clone, Debug, Default)]
@@ -14,6 +15,9 @@ pub struct Faults {
     pub rollback_at: Option<u64>,
     /// Kill the process (SIGKILL) at this point of this optimiser step.
     pub kill_at: Option<(KillPoint, u64)>,
+    /// P4: percentage points subtracted from every MCQ accuracy of a Q5 evaluation (an injected
+    /// QAT regression for the V/O gate and the QAT-regression breaker).
+    pub qat_penalty_pp: Option<f64>,
 }
 
 /// A moment inside an optimiser step where [`Faults::kill_at`] kills the process.

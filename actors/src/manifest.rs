@@ -15,7 +15,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// A stage of the pipeline, in run order. Its name (serde, [`Stage::name`]) is its directory in the
 /// run directory and the `stage` of its manifest: `data`, `base`, `importance`, `moe-init`, `p0`, `p1`,
-/// `p2`, `p3`, `baseline-small`, `teacher-continued`, `eval`. A run builds the stages its last one reads
+/// `p2`, `p3`, `p4`, `baseline-small`, `teacher-continued`, `eval`. A run builds the stages its last one reads
 /// ([`Stage::needs`]), transitively, in this order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -36,6 +36,9 @@ pub enum Stage {
     P2,
     /// Preference optimisation of the MoE (phase `p3`).
     P3,
+    /// Staged quantization-aware training of the MoE (phase `p4`), from the newest finished of
+    /// p3, p2, p1 (p1 is the one it needs; its key names the one it trained from).
+    P4,
     /// The small dense reference (active parameters about the MoE's) trained from scratch on the
     /// micro-batches of base + p0 + p1 (phase `baseline-small`).
     BaselineSmall,
@@ -49,7 +52,7 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in run order.
-    pub const ALL: [Stage; 11] = [
+    pub const ALL: [Stage; 12] = [
         Stage::Data,
         Stage::Base,
         Stage::Importance,
@@ -58,6 +61,7 @@ impl Stage {
         Stage::P1,
         Stage::P2,
         Stage::P3,
+        Stage::P4,
         Stage::BaselineSmall,
         Stage::TeacherContinued,
         Stage::Eval,
@@ -74,6 +78,7 @@ impl Stage {
             Stage::P1 => "p1",
             Stage::P2 => "p2",
             Stage::P3 => "p3",
+            Stage::P4 => "p4",
             Stage::BaselineSmall => "baseline-small",
             Stage::TeacherContinued => "teacher-continued",
             Stage::Eval => "eval",
@@ -91,6 +96,7 @@ impl Stage {
             Stage::P1 => &[Stage::Data, Stage::P0],
             Stage::P2 => &[Stage::Data, Stage::P1],
             Stage::P3 => &[Stage::Data, Stage::P2],
+            Stage::P4 => &[Stage::Data, Stage::P1],
             Stage::BaselineSmall => &[Stage::Data],
             Stage::TeacherContinued => &[Stage::Data, Stage::Base],
             Stage::Eval => &[Stage::Data, Stage::Base, Stage::P1, Stage::BaselineSmall],
@@ -120,7 +126,7 @@ impl Stage {
         })
     }
 
-    /// Whether the stage is a training phase (`base`, `p0` .. `p3`, `baseline-small`:
+    /// Whether the stage is a training phase (`base`, `p0` .. `p4`, `baseline-small`:
     /// configs/phases/<name>.json).
     pub fn is_phase(self) -> bool {
         matches!(
@@ -130,6 +136,7 @@ impl Stage {
                 | Stage::P1
                 | Stage::P2
                 | Stage::P3
+                | Stage::P4
                 | Stage::BaselineSmall
                 | Stage::TeacherContinued
         )
@@ -138,7 +145,7 @@ impl Stage {
     /// Whether the training phase reads the run's packed train set (its sequence length must
     /// then be the run's); `p2` and `p3` pack their own conversations and pairs.
     pub fn reads_pack(self) -> bool {
-        matches!(self, Stage::Base | Stage::P0 | Stage::P1 | Stage::BaselineSmall | Stage::TeacherContinued)
+        matches!(self, Stage::Base | Stage::P0 | Stage::P1 | Stage::P4 | Stage::BaselineSmall | Stage::TeacherContinued)
     }
 }
 
@@ -231,6 +238,7 @@ mod tests {
                 "p1",
                 "p2",
                 "p3",
+                "p4",
                 "baseline-small",
                 "teacher-continued",
                 "eval"
@@ -254,6 +262,8 @@ mod tests {
         let names = |v: Vec<Stage>| v.iter().map(|s| s.name()).collect::<Vec<_>>().join(" ");
         assert_eq!(names(Stage::closure(Stage::P1)), "data base importance moe-init p0 p1");
         assert_eq!(names(Stage::closure(Stage::P3)), "data base importance moe-init p0 p1 p2 p3");
+        // p4 needs p1 and trains from the newest finished of p3 / p2 / p1 (not built for it).
+        assert_eq!(names(Stage::closure(Stage::P4)), "data base importance moe-init p0 p1 p4");
         assert_eq!(names(Stage::closure(Stage::BaselineSmall)), "data baseline-small");
         assert_eq!(names(Stage::closure(Stage::TeacherContinued)), "data base teacher-continued");
         // The comparison table needs neither p2 nor p3.

@@ -21,6 +21,8 @@ pub enum PhaseKind {
     Sft,
     /// Preference optimisation (DPO / SimPO) on sampled answer pairs (P3).
     Preference,
+    /// Staged quantization-aware training with KD from the pre-QAT model (P4).
+    Qat,
 }
 
 /// Cosine learning rate with linear warmup.
@@ -152,8 +154,7 @@ pub struct SftPhaseConfig {
     /// Fraction of the steps (from the start) during which the embedding does not move.
     pub freeze_embeddings_frac: f32,
     /// Fraction of the steps (at the end) trained with Q8 fake-quant on experts + shared FFN
-    /// (0.15 in the seed plan). Values above 0 are refused until the P2 step is wired to the
-    /// QAT step (`Trainer::qat`).
+    /// (0.15 in the seed plan): the QAT mask's tensors at Q8_0 through `Trainer::qat`.
     #[serde(default)]
     pub q8_fraction: f32,
 }
@@ -249,6 +250,9 @@ pub struct PhaseConfig {
     /// Preference optimisation settings (P3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preference: Option<PreferencePhaseConfig>,
+    /// Staged QAT settings (P4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qat: Option<crate::qat_policy::QatPhaseConfig>,
     /// Evaluation schedule.
     pub eval: EvalSchedule,
     /// Checkpoint every this many optimiser steps.
@@ -277,6 +281,7 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     ("p1", include_str!("../../configs/phases/p1.json")),
     ("p2", include_str!("../../configs/phases/p2.json")),
     ("p3", include_str!("../../configs/phases/p3.json")),
+    ("p4", include_str!("../../configs/phases/p4.json")),
     ("baseline-small", include_str!("../../configs/phases/baseline-small.json")),
     ("teacher-continued", include_str!("../../configs/phases/teacher-continued.json")),
 ];
@@ -441,8 +446,17 @@ impl PhaseConfig {
                 }
             }
         }
-        if (self.kind == PhaseKind::Distill) != self.distill.is_some() {
-            return bad("a distill phase needs a `distill` section (and only it)".into());
+        if (self.kind == PhaseKind::Distill && self.distill.is_none())
+            || (self.distill.is_some() && !matches!(self.kind, PhaseKind::Distill | PhaseKind::Qat))
+        {
+            return bad("a distill phase needs a `distill` section (and only it and qat phases take one)".into());
+        }
+        if (self.kind == PhaseKind::Qat) != self.qat.is_some() {
+            return bad("a qat phase needs a `qat` section (and only it)".into());
+        }
+        if let Some(q) = &self.qat {
+            q.validate(source)?;
+            q.check_budget(self.tokens, source)?;
         }
         if (self.kind == PhaseKind::Sft) != self.sft.is_some() {
             return bad("an sft phase needs an `sft` section (and only it)".into());
@@ -458,13 +472,6 @@ impl PhaseConfig {
                 if !(0.0..=1.0).contains(&f) {
                     return bad(format!("field `sft.{name}`: {f} is not a fraction in [0, 1]"));
                 }
-            }
-            if s.q8_fraction > 0.0 {
-                return bad(format!(
-                    "field `sft.q8_fraction`: {} asks for Q8 fake-quant on the experts and shared FFN, but the P2 \
-                     step is not wired to the QAT step yet (issue 14); set it to 0",
-                    s.q8_fraction
-                ));
             }
         }
         if (self.kind == PhaseKind::Preference) != self.preference.is_some() {
@@ -572,7 +579,7 @@ mod tests {
         use model::preference::PreferenceLoss;
         let p2 = PhaseConfig::embedded("p2", "tiny").unwrap();
         let s = p2.sft.as_ref().unwrap();
-        assert_eq!((s.freeze_embeddings_frac, s.q8_fraction, s.untie_embeddings), (0.2, 0.0, true));
+        assert_eq!((s.freeze_embeddings_frac, s.q8_fraction, s.untie_embeddings), (0.2, 0.15, true));
         let r = p2.router.as_ref().unwrap();
         assert_eq!((r.temperature, r.lb), ([0.5, 0.4], [0.01, 0.01]));
         let p3 = PhaseConfig::embedded("p3", "tiny").unwrap();

@@ -4,8 +4,7 @@
 //! attention V/O-Q8 gate and the QAT-regression breaker. Deltas are percentage points of an eval
 //! metric against the best pre-QAT evaluation (negative: worse). Nothing here touches files.
 //!
-//! Not wired yet: the pipeline has no `p4` stage; the trainer-side pieces it would drive are
-//! `model::qat` (plan, state, QAT forward and gradient) and the QAT GGUF export.
+//! The `p4` stage ([`crate::p4_stage`]) drives them.
 
 use crate::error::{EngineError, Result};
 use serde::{Deserialize, Serialize};
@@ -88,6 +87,39 @@ pub struct QatPhaseConfig {
     pub vo_gate: Option<VoGateConfig>,
     /// The regression breaker.
     pub breaker: QatBreakerConfig,
+    /// QAT tokens between checkpoints + subset evaluations, and between the stop-anytime exports
+    /// of a Q5 stage (the seed plan's 0.1B, scaled per preset).
+    pub export_every: u64,
+    /// Full evaluations.
+    pub full_evals: FullEvalConfig,
+    /// The higher learning rate early in each stage.
+    pub early_lr: EarlyLrConfig,
+}
+
+/// Full evaluations at these QAT token counts, then every `every` tokens after the last (seed
+/// plan: 0.3B and 0.4B, then every 0.2B).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FullEvalConfig {
+    /// Token counts of the first full evaluations (increasing).
+    pub at: Vec<u64>,
+    /// Tokens between full evaluations after the last of `at` (0: none).
+    pub every: u64,
+}
+
+/// The learning rate times `mult` for the first `frac` of every stage (seed plan: x1.25, 20%).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyLrConfig {
+    /// Factor.
+    pub mult: f32,
+    /// Fraction of the stage's tokens.
+    pub frac: f64,
+}
+
+/// Whether going from `prev` to `now` tokens crosses a positive multiple of `every`.
+pub fn crosses(prev: u64, now: u64, every: u64) -> bool {
+    every > 0 && now / every > prev / every
 }
 
 impl QatPhaseConfig {
@@ -99,7 +131,8 @@ impl QatPhaseConfig {
         Ok(c)
     }
 
-    fn validate(&self, source: &str) -> Result<()> {
+    /// Checks the values (`source` names the file).
+    pub fn validate(&self, source: &str) -> Result<()> {
         let bad = |f: &str, msg: &str| Err(EngineError::config(source, format!("field `qat.{f}`: {msg}")));
         if self.stages.is_empty() {
             return bad("stages", "at least one stage");
@@ -122,7 +155,47 @@ impl QatPhaseConfig {
         if self.breaker.evals == 0 || self.breaker.threshold_pp.is_nan() || self.breaker.threshold_pp <= 0.0 {
             return bad("breaker", "threshold_pp > 0 and evals >= 1");
         }
+        if self.export_every == 0 {
+            return bad("export_every", "must be positive");
+        }
+        if self.full_evals.at.windows(2).any(|w| w[0] >= w[1]) {
+            return bad("full_evals.at", "token counts must increase");
+        }
+        if !(self.early_lr.mult.is_finite() && self.early_lr.mult > 0.0) || !(0.0..=1.0).contains(&self.early_lr.frac) {
+            return bad("early_lr", "mult > 0 and frac in [0, 1]");
+        }
         Ok(())
+    }
+
+    /// The stages' budgets must fit the phase's `tokens` (the cap, rollbacks and the V/O trial
+    /// included up to it).
+    pub fn check_budget(&self, cap: u64, source: &str) -> Result<()> {
+        let sum: u64 = self.stages.iter().map(|s| s.tokens).sum();
+        if sum > cap {
+            return Err(EngineError::config(
+                source,
+                format!("field `qat.stages`: {sum} tokens in all, above the phase's cap `tokens` {cap}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a full evaluation falls between `prev` and `now` QAT tokens.
+    pub fn full_eval_due(&self, prev: u64, now: u64) -> bool {
+        if self.full_evals.at.iter().any(|&a| prev < a && a <= now) {
+            return true;
+        }
+        let last = self.full_evals.at.last().copied().unwrap_or(0);
+        now > last && crosses(prev.max(last) - last, now - last, self.full_evals.every)
+    }
+
+    /// The learning-rate factor `tokens` into a stage of `budget` tokens.
+    pub fn early_lr_mult(&self, tokens: u64, budget: u64) -> f32 {
+        if (tokens as f64) < self.early_lr.frac * budget as f64 {
+            self.early_lr.mult
+        } else {
+            1.0
+        }
     }
 
     /// `(stage index, tokens into it)` after `tokens` QAT tokens; None when every stage is done.
@@ -245,7 +318,9 @@ mod tests {
             "stages": [{"type": "q8_0", "tokens": 100}, {"type": "q6_k", "tokens": 100}, {"type": "q5_k", "tokens": 300}],
             "scale_lr_mult": 10.0, "ema_decay": 0.999, "ema_power": 0.75, "clip_ratios": [1.0, 0.9, 0.8],
             "vo_gate": {"after_tokens": 300, "medical_pp": -1.0, "general_pp": -0.5, "trial_tokens": 100},
-            "breaker": {"threshold_pp": 1.5, "evals": 3, "extra_tokens": 50, "max_rollbacks": 1}
+            "breaker": {"threshold_pp": 1.5, "evals": 3, "extra_tokens": 50, "max_rollbacks": 1},
+            "export_every": 100, "full_evals": {"at": [300, 400], "every": 200},
+            "early_lr": {"mult": 1.25, "frac": 0.2}
         })
     }
 
@@ -278,6 +353,17 @@ mod tests {
         {
             assert_eq!(c.stage_at(tokens), want, "{tokens}");
         }
+    }
+
+    #[test]
+    fn schedules_of_evaluations_and_the_early_learning_rate() {
+        let c = QatPhaseConfig::from_value(section(), "p4.json").unwrap();
+        let full: Vec<u64> = (1..=12).map(|i| i * 50).filter(|&t| c.full_eval_due(t - 50, t)).collect();
+        assert_eq!(full, [300, 400, 600]);
+        assert!(crosses(90, 100, 100) && !crosses(100, 150, 100) && crosses(150, 250, 100) && !crosses(0, 5, 0));
+        assert_eq!((c.early_lr_mult(0, 100), c.early_lr_mult(19, 100), c.early_lr_mult(20, 100)), (1.25, 1.25, 1.0));
+        assert!(c.check_budget(499, "p4.json").unwrap_err().to_string().contains("cap"));
+        c.check_budget(500, "p4.json").unwrap();
     }
 
     #[test]

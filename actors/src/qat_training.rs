@@ -102,3 +102,64 @@ impl QatTraining {
         Ok(())
     }
 }
+
+/// Checkpoint file of the QAT parameters' AdamW moments (beside `qat.json` /
+/// `qat.safetensors`, [`model::qat::QAT_JSON`]: a QAT checkpoint exports like a QAT model
+/// directory).
+pub const QAT_MOMENTS_FILE: &str = "qat_moments.safetensors";
+
+impl QatTraining {
+    /// The checkpoint files of the QAT state: `qat.json`, `qat.safetensors` (the format
+    /// [`QatState::save`] writes) and [`QAT_MOMENTS_FILE`].
+    pub fn checkpoint_files(&self) -> crate::error::Result<Vec<(String, Vec<u8>)>> {
+        // QatState::save writes files; it is written once into a private scratch directory.
+        let scratch = std::env::temp_dir().join(format!(
+            "medmoe-qat-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&scratch).map_err(crate::error::EngineError::io(&scratch))?;
+        let saved = self.state.save(&scratch);
+        let mut out = Vec::new();
+        if saved.is_ok() {
+            for name in [model::qat::QAT_JSON, model::qat::QAT_SAFETENSORS] {
+                let p = scratch.join(name);
+                match std::fs::read(&p) {
+                    Ok(b) => out.push((name.to_string(), b)),
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&scratch);
+                        return Err(crate::error::EngineError::io(&p)(e));
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+        saved?;
+        let n = self.moments.m.len();
+        let step = (self.moments.step as i64).to_le_bytes();
+        let shape = [n];
+        let path = std::path::Path::new(QAT_MOMENTS_FILE);
+        let tensors: Vec<(&str, &[usize], &[f32])> =
+            vec![("m", &shape[..], &self.moments.m[..]), ("v", &shape[..], &self.moments.v[..])];
+        out.push((QAT_MOMENTS_FILE.to_string(), crate::checkpoint::serialize_with(&tensors, Some(("step", &step[..])), path)?));
+        Ok(out)
+    }
+
+    /// The QAT state of checkpoint directory `dir` (None when it holds none), with its moments;
+    /// every length is checked against the state.
+    pub fn from_checkpoint(dir: &std::path::Path, lr_mult: f32) -> crate::error::Result<Option<QatTraining>> {
+        let Some(state) = QatState::load(dir)? else { return Ok(None) };
+        let path = dir.join(QAT_MOMENTS_FILE);
+        let r = model::safetensors_io::SafetensorsReader::open(&path)?;
+        let (m, v, step) = (r.read_f32("m")?, r.read_f32("v")?, r.read_i64("step")?);
+        let n = numel(&state);
+        if m.len() != n || v.len() != n || step.len() != 1 {
+            return Err(crate::error::EngineError::Checkpoint {
+                path,
+                msg: format!("QAT moments of {} / {} values for {n} QAT parameters", m.len(), v.len()),
+            });
+        }
+        let step = step[0].max(0) as u64;
+        Ok(Some(QatTraining { state, lr_mult, moments: QatMoments { m, v, step } }))
+    }
+}

@@ -42,7 +42,7 @@ pub use crate::run_config::{RunConfig, DEFAULT_RUN};
 pub use crate::summary::{summarise, PhaseSummary};
 
 /// Stage names in run order ([`Stage::name`] of [`Stage::ALL`]), for command lines.
-pub const STAGES: [&str; 11] = [
+pub const STAGES: [&str; 12] = [
     Stage::Data.name(),
     Stage::Base.name(),
     Stage::Importance.name(),
@@ -51,6 +51,7 @@ pub const STAGES: [&str; 11] = [
     Stage::P1.name(),
     Stage::P2.name(),
     Stage::P3.name(),
+    Stage::P4.name(),
     Stage::BaselineSmall.name(),
     Stage::TeacherContinued.name(),
     Stage::Eval.name(),
@@ -115,7 +116,7 @@ pub struct Pipeline {
     pub options: RunOptions,
 }
 
-fn say(opts: &RunOptions, msg: String) {
+pub(crate) fn say(opts: &RunOptions, msg: String) {
     if opts.verbose {
         eprintln!("{msg}");
     }
@@ -196,7 +197,8 @@ impl Pipeline {
             Stage::Base | Stage::BaselineSmall => cfg.kind == PhaseKind::Base,
             Stage::P2 => cfg.kind == PhaseKind::Sft,
             Stage::P3 => cfg.kind == PhaseKind::Preference,
-            _ => !matches!(cfg.kind, PhaseKind::Base | PhaseKind::Sft | PhaseKind::Preference),
+            Stage::P4 => cfg.kind == PhaseKind::Qat,
+            _ => !matches!(cfg.kind, PhaseKind::Base | PhaseKind::Sft | PhaseKind::Preference | PhaseKind::Qat),
         };
         if !fits {
             return Err(EngineError::config(&source, format!("kind {:?} cannot train stage `{phase}`", cfg.kind)));
@@ -351,6 +353,16 @@ impl Pipeline {
                     }
                     skipped
                 }
+                Stage::P4 => {
+                    let skipped = self.p4_stage(force)?;
+                    let path = self.dir(stage).join("summary.json");
+                    let text = std::fs::read_to_string(&path).map_err(EngineError::io(&path))?;
+                    summary = Some(
+                        serde_json::from_str(&text)
+                            .map_err(|e| EngineError::config(path.display().to_string(), e.to_string()))?,
+                    );
+                    skipped
+                }
                 Stage::Importance => self.importance_stage(force)?,
                 Stage::MoeInit => self.surgery_stage(force)?,
                 Stage::Eval => self.eval_stage(force)?,
@@ -413,6 +425,9 @@ impl Pipeline {
             (Stage::P0 | Stage::P1 | Stage::P2 | Stage::P3, _) => {
                 serde_json::json!({ "phase": self.phase_config(stage)? })
             }
+            (Stage::P4, _) => serde_json::json!({
+                "phase": self.phase_config(stage)?, "source": self.p4_source().name(), "version": crate::p4_stage::VERSION,
+            }),
             (Stage::BaselineSmall | Stage::TeacherContinued, _) => {
                 let cfg = self.phase_config(stage)?;
                 let segments: BTreeMap<String, PhaseConfig> =
@@ -603,7 +618,7 @@ impl Pipeline {
         })
     }
 
-    fn eval_inputs(&self, cfg: &PhaseConfig) -> Result<Arc<EvalInputs>> {
+    pub(crate) fn eval_inputs(&self, cfg: &PhaseConfig) -> Result<Arc<EvalInputs>> {
         let data = self.dir(Stage::Data);
         let dev = Arc::new(PackedDataset::open(&data.join("dev"))?);
         let tokenizer = Arc::new(Tokenizer::load(&data.join("tokenizer"))?);
@@ -626,10 +641,13 @@ impl Pipeline {
         }))
     }
 
-    /// The identities of the stages `stage` reads.
+    /// The identities of the stages `stage` reads (p4: also the stage it trains from).
     fn inputs_of(&self, stage: Stage) -> Result<BTreeMap<String, String>> {
-        stage
-            .needs()
+        let mut reads = stage.needs().to_vec();
+        if stage == Stage::P4 && !reads.contains(&self.p4_source()) {
+            reads.push(self.p4_source());
+        }
+        reads
             .iter()
             .map(|s| {
                 let dir = self.dir(*s);
@@ -642,7 +660,7 @@ impl Pipeline {
     }
 
     /// The model a phase starts from (none for `base`, trained from scratch) and its teacher.
-    fn phase_models(&self, phase: Stage) -> Result<(PathBuf, Option<PathBuf>)> {
+    pub(crate) fn phase_models(&self, phase: Stage) -> Result<(PathBuf, Option<PathBuf>)> {
         let model = |s: Stage| self.dir(s).join("model");
         match phase {
             Stage::Base | Stage::BaselineSmall => Ok((PathBuf::new(), None)),
@@ -650,13 +668,15 @@ impl Pipeline {
             Stage::P1 => Ok((model(Stage::P0), None)),
             Stage::P2 => Ok((model(Stage::P1), None)),
             Stage::P3 => Ok((model(Stage::P2), None)),
+            // KD from the pre-QAT model: the source is also the teacher.
+            Stage::P4 => Ok((model(self.p4_source()), Some(model(self.p4_source())))),
             Stage::TeacherContinued => Ok((model(Stage::Base), None)),
             s => Err(EngineError::config("phase", format!("`{s}` is not a training phase"))),
         }
     }
 
     /// A fresh trainer of `phase` at step 0.
-    fn new_trainer(&self, phase: Stage, cfg: &PhaseConfig) -> Result<Trainer> {
+    pub(crate) fn new_trainer(&self, phase: Stage, cfg: &PhaseConfig) -> Result<Trainer> {
         let (start, teacher_dir) = self.phase_models(phase)?;
         let model = if matches!(phase, Stage::Base | Stage::BaselineSmall) {
             let (field, name) = match phase {
@@ -678,7 +698,9 @@ impl Pipeline {
         // With a teacher logit cache the teacher is never run (nor loaded) while training.
         let cached = cfg.distill.as_ref().is_some_and(|d| d.teacher_cache.is_some());
         let teacher = match &teacher_dir {
-            Some(t) if cfg.kind == PhaseKind::Distill && !cached => Some(Arc::new(Qwen3::load(t)?)),
+            Some(t) if matches!(cfg.kind, PhaseKind::Distill | PhaseKind::Qat) && !cached => {
+                Some(Arc::new(Qwen3::load(t)?))
+            }
             _ => None,
         };
         let mut trainer = Trainer::new(cfg.clone(), model, teacher)?;
@@ -689,7 +711,7 @@ impl Pipeline {
 
     /// A trainer resumed from the newest intact checkpoint in `ckpt_dir` (or fresh): a damaged
     /// newer one is set aside as `damaged-step-<N>` with a warning and the next older one tried.
-    fn resumed_trainer(&self, phase: Stage, cfg: &PhaseConfig, ckpt_dir: &Path) -> Result<Trainer> {
+    pub(crate) fn resumed_trainer(&self, phase: Stage, cfg: &PhaseConfig, ckpt_dir: &Path) -> Result<Trainer> {
         checkpoint::remove_stale_temps(ckpt_dir);
         let mut trainer = self.new_trainer(phase, cfg)?;
         for (step, path) in checkpoint::list_checkpoints(ckpt_dir)?.into_iter().rev() {

@@ -49,6 +49,10 @@ pub struct PhaseSummary {
     /// Named experts (Mode B): held-out routing accuracy per mapped domain (final evaluation).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub named_routing: BTreeMap<String, crate::eval::NamedRouting>,
+    /// P4: the model it trained from, the pre-QAT and PTQ-Q5 references, every stop-anytime
+    /// export, the V/O gate's and the regression breaker's decisions with their reasons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qat: Option<serde_json::Value>,
 }
 
 fn f32_name() -> String {
@@ -81,6 +85,7 @@ pub fn summarise(
         gemm_backend: String::new(),
         data: BTreeMap::new(),
         named_routing: BTreeMap::new(),
+        qat: None,
     };
     fill_eval(&mut summary, eval);
     summary
@@ -110,6 +115,7 @@ pub fn imported(phase: &str, eval: &EvalRecord, artifacts: BTreeMap<String, Stri
         gemm_backend: String::new(),
         data: BTreeMap::new(),
         named_routing: BTreeMap::new(),
+        qat: None,
     };
     fill_eval(&mut summary, Some(eval));
     summary

@@ -242,7 +242,7 @@ impl Saves {
             .map_err(|e| EngineError::Actor { actor: "Metrics", msg: e.to_string() })?
             .map_err(|msg| EngineError::Actor { actor: "Metrics", msg })?;
         t.state.metrics_lines = Some(lines);
-        let snap = if t.done() && !t.state.finishing {
+        let mut snap = if t.done() && !t.state.finishing {
             // The phase's last checkpoint: nothing trains after it, so the teacher is dropped
             // and the AdamW moments move into the snapshot instead of being copied (at 0.6B
             // scale the copies would push the peak past 24 GB).
@@ -252,6 +252,7 @@ impl Saves {
         } else {
             Snapshot::take(&t.model, &t.opt, step, t.state_json())
         };
+        snap.extra = t.checkpoint_files()?;
         self.pending = Some(self.ckpt.send(Save(snap)));
         Ok(())
     }

@@ -2,7 +2,8 @@
 //! or next-token loss with the router losses, AutoClip, the non-finite guard, AdamW, the LR and
 //! router schedules, aux-loss-free bias balancing, breaker observations, and under QAT
 //! ([`Trainer::qat`]) the fake-quantized forward with the steps and mins updated beside the
-//! weights (checkpoints do not carry the QAT state yet). It is the one training
+//! weights (checkpoints carry the QAT state and its moments: [`Trainer::checkpoint_files`]).
+//! P2's `sft.q8_fraction` turns Q8 fake-quant on for the final fraction of its steps. It is the one training
 //! step: the Trainer actor (`moe-cli run`) and `moe-cli bench step` drive it, tests drive it
 //! directly (resume must be bitwise identical). Its ops run on the trainer's [`Device`].
 
@@ -170,7 +171,15 @@ pub struct Trainer {
     /// The teacher's cached top-k logits (P0 with `distill.teacher_cache`): distillation reads
     /// them by sequence number instead of running the teacher.
     pub teacher_cache: Option<Arc<model::logit_cache::LogitCache>>,
+    /// The learning rate of the next steps before the breakers' `lr_scale` (P4's per-stage
+    /// schedule); None: the phase's cosine schedule.
+    pub lr_override: Option<f32>,
 }
+
+/// Values per learnable step of P2's Q8 fake-quant (one Q8_0 block).
+const SFT_Q8_GROUP: usize = 32;
+/// Learning rate of P2's Q8 steps relative to the weights' (research/qat-po-sft.md: about 10x).
+pub const SFT_Q8_SCALE_LR_MULT: f32 = 10.0;
 
 /// Knobs of a phase at its start.
 pub fn initial_knobs(c: &PhaseConfig) -> RouterKnobs {
@@ -318,6 +327,7 @@ impl Trainer {
             qat: None,
             pair_reference: None,
             teacher_cache: None,
+            lr_override: None,
         })
     }
 
@@ -363,6 +373,38 @@ impl Trainer {
     /// True when the phase's steps are done.
     pub fn done(&self) -> bool {
         self.state.step >= self.total_steps()
+    }
+
+    /// The first optimiser step of P2's Q8 fake-quant (`sft.q8_fraction` of the steps, at the
+    /// end); None when the phase has none.
+    pub fn sft_q8_start(&self) -> Option<u64> {
+        let f = self.config.sft.as_ref()?.q8_fraction;
+        if f <= 0.0 {
+            return None;
+        }
+        let total = self.total_steps();
+        Some(total - ((f as f64 * total as f64).round() as u64).min(total))
+    }
+
+    /// Starts P2's Q8 fake-quant at its first step: experts + shared FFN (the QAT mask's
+    /// quantized rules) at Q8_0, min-max steps.
+    fn maybe_start_sft_q8(&mut self, step: u64) -> Result<()> {
+        if self.qat.is_some() || self.sft_q8_start().is_none_or(|s| step < s) {
+            return Ok(());
+        }
+        let mask = crate::qat_mask::load_mask(crate::qat_mask::DEFAULT_MASK_PATH)?;
+        let mask = crate::qat_mask::stage_mask(&mask, kernels_cpu::quant::BlockType::Q8_0);
+        let state = crate::qat_mask::calibrate(&self.model, &mask, SFT_Q8_GROUP, &[1.0])?;
+        self.qat = Some(QatTraining::new(state, SFT_Q8_SCALE_LR_MULT));
+        Ok(())
+    }
+
+    /// The QAT files of a checkpoint of this trainer (none without QAT).
+    pub fn checkpoint_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        match &self.qat {
+            Some(q) => q.checkpoint_files(),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The embedding's range in the flat parameters while the phase keeps it still (the first
@@ -509,8 +551,10 @@ impl Trainer {
         cursor_after: LoaderCursor,
     ) -> Result<(StepRecord, Vec<BreakerAction>)> {
         let step = self.state.step;
+        self.maybe_start_sft_q8(step)?;
         let router_training = self.router_training_at(step);
-        let lr = lr_at(&self.config.lr, step, self.total_steps()) * self.state.knobs.lr_scale;
+        let lr = self.lr_override.unwrap_or_else(|| lr_at(&self.config.lr, step, self.total_steps()))
+            * self.state.knobs.lr_scale;
         let mut outs = Vec::with_capacity(micro.len());
         for (j, p) in micro.iter().enumerate() {
             let seed = self.config.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ (step << 8) ^ j as u64;
@@ -663,9 +707,21 @@ impl Trainer {
         if loaded.model.params.numel() != self.model.params.numel() || loaded.model.moe != self.model.moe {
             return Err(bad("model shape differs from the phase's model".into()));
         }
+        let lr_mult = self.qat.as_ref().map_or(SFT_Q8_SCALE_LR_MULT, |q| q.lr_mult);
+        let qat = QatTraining::from_checkpoint(&loaded.path, lr_mult)?;
+        if let Some(start) = self.sft_q8_start() {
+            if (state.step > start) != qat.is_some() {
+                return Err(bad(format!(
+                    "step {} of a phase with Q8 fake-quant from step {start}, but the checkpoint {} QAT state",
+                    state.step,
+                    if qat.is_some() { "holds a" } else { "holds no" }
+                )));
+            }
+        }
         // The model file is architecture + weights (+ router bias); the router settings come
         // back with the trainer state.
         self.model = loaded.model;
+        self.qat = qat;
         self.opt.m = loaded.adam_m;
         self.opt.v = loaded.adam_v;
         self.opt.step = loaded.adam_step;

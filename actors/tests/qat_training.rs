@@ -133,3 +133,54 @@ fn a_stage_switch_keeps_each_groups_clip_range() {
     let plan_bad = qat_plan(&c, moe.as_ref(), Arch::Glm4Moe, &bad, 32).unwrap();
     assert!(q.switch_to(&plan_bad, &bad).unwrap_err().to_string().contains("tensors"));
 }
+
+#[test]
+fn a_nan_step_size_skips_the_step_and_leaves_weights_and_quantizer_alone() {
+    let mut t = trainer();
+    let b = batch(2, 16);
+    t.step(std::slice::from_ref(&b), Default::default()).unwrap();
+    let name = "model.layers.0.mlp.experts.1.gate_proj.weight";
+    t.qat.as_mut().unwrap().state.tensors.get_mut(name).unwrap().step[0] = f32::NAN;
+    let (weights, qat) = (t.model.params.flat().to_vec(), t.qat.clone().unwrap());
+    let (rec, _) = t.step(std::slice::from_ref(&b), Default::default()).unwrap();
+    assert!(!rec.applied, "{rec:?}");
+    assert_eq!(t.state.nonfinite_skipped, 1);
+    let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    assert!(same(&t.model.params.flat(), &weights), "the weights moved on a skipped step");
+    let q = t.qat.as_ref().unwrap();
+    assert_eq!(q.moments, qat.moments);
+    assert!(same(&q.state.tensors[name].step, &qat.state.tensors[name].step));
+}
+
+#[test]
+fn qat_state_and_moments_resume_from_a_checkpoint_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = trainer();
+    let b = batch(2, 16);
+    for _ in 0..3 {
+        a.step(std::slice::from_ref(&b), Default::default()).unwrap();
+    }
+    let mut snap = actors::checkpoint::Snapshot::take(&a.model, &a.opt, a.state.step, a.state_json());
+    snap.extra = a.checkpoint_files().unwrap();
+    let path = actors::checkpoint::write_checkpoint(dir.path(), &snap, 2, &mut Default::default()).unwrap();
+    assert!(path.join("qat.json").is_file() && path.join(actors::qat_training::QAT_MOMENTS_FILE).is_file());
+    let mut r = trainer();
+    r.qat = None;
+    r.restore(actors::checkpoint::read_checkpoint(&path).unwrap()).unwrap();
+    assert_eq!(r.qat, a.qat);
+    for _ in 0..2 {
+        let (x, _) = a.step(std::slice::from_ref(&b), Default::default()).unwrap();
+        let (y, _) = r.step(std::slice::from_ref(&b), Default::default()).unwrap();
+        assert_eq!(x.loss.to_bits(), y.loss.to_bits());
+    }
+    assert_eq!(r.qat, a.qat);
+    assert!(r.model.params.flat().iter().zip(a.model.params.flat().iter()).all(|(x, y)| x.to_bits() == y.to_bits()));
+    // A damaged QAT file is caught by the checkpoint's checksums.
+    let st = path.join("qat.safetensors");
+    let mut bytes = std::fs::read(&st).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 1;
+    std::fs::write(&st, bytes).unwrap();
+    let e = actors::checkpoint::read_checkpoint(&path).err().unwrap().to_string();
+    assert!(e.contains("qat.safetensors"), "{e}");
+}

@@ -13,6 +13,7 @@ fn snapshot(step: u64) -> Snapshot {
         adam_v: vec![0.0; 2],
         adam_step: step,
         trainer_json: format!("{{\"step\":{step}}}"),
+        extra: Vec::new(),
     }
 }
 

@@ -1,5 +1,5 @@
 //! `moe-cli run`: the training pipeline on a run directory (data -> base -> importance ->
-//! moe-init -> p0 -> p1 -> p2 -> p3; baseline-small, the small dense reference on the same
+//! moe-init -> p0 -> p1 -> p2 -> p3 -> p4 (staged QAT); baseline-small, the small dense reference on the same
 //! micro-batches as base + p0 + p1; eval, same-mask PTQ and the comparison table through
 //! `moe-cli eval`), running missing prerequisites and resuming from checkpoints. Every
 //! config is checked before the first stage; the run holds the directory's lock; a stage whose
@@ -47,8 +47,8 @@ struct Common {
 
 #[derive(clap::Subcommand)]
 enum What {
-    /// Run one training phase (base, p0, p1, p2, p3, baseline-small, teacher-continued) and every
-    /// missing prerequisite.
+    /// Run one training phase (base, p0, p1, p2, p3, p4, baseline-small, teacher-continued) and
+    /// every missing prerequisite (p4, staged QAT, trains from the newest finished of p3, p2, p1).
     Phase {
         /// Phase name.
         phase: String,
@@ -57,7 +57,7 @@ enum What {
     },
     /// Run every stage up to and including `--until`.
     All {
-        /// Last stage (data, base, importance, moe-init, p0, p1, p2, p3, baseline-small,
+        /// Last stage (data, base, importance, moe-init, p0, p1, p2, p3, p4, baseline-small,
         /// teacher-continued, eval): it and the stages it reads are built (`eval`: data .. p1,
         /// baseline-small, then the table).
         #[arg(long, default_value = "p1")]
@@ -81,6 +81,7 @@ fn faults_from_env() -> actors::supervisor::Faults {
         stop_after_steps: num("MEDMOE_FAULT_STOP_AFTER"),
         rollback_at: num("MEDMOE_FAULT_ROLLBACK_AT"),
         kill_at: std::env::var("MEDMOE_FAULT_KILL_AT").ok().and_then(|v| actors::supervisor::KillPoint::parse(&v)),
+        qat_penalty_pp: num("MEDMOE_FAULT_QAT_PENALTY_PP"),
     }
 }
 
