@@ -137,7 +137,11 @@ pub(crate) fn serialize(tensors: &[(&str, &[usize], &[f32])], path: &Path) -> Re
 }
 
 /// [`serialize`] plus, when given, one I64 scalar tensor `(name, value)` (counters stay exact).
-pub(crate) fn serialize_with(tensors: &[(&str, &[usize], &[f32])], int: Option<(&str, &[u8])>, path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn serialize_with(
+    tensors: &[(&str, &[usize], &[f32])],
+    int: Option<(&str, &[u8])>,
+    path: &Path,
+) -> Result<Vec<u8>> {
     let mut views = tensors
         .iter()
         .map(|(name, shape, values)| {

@@ -25,6 +25,7 @@ pub mod lock;
 pub mod manifest;
 pub mod metrics;
 pub mod metrics_actor;
+mod p4_export;
 pub mod p4_stage;
 pub mod p4_state;
 pub mod phase;

@@ -30,16 +30,17 @@ use crate::phase::PhaseConfig;
 use crate::qat_eval::{ema_is_better, measure};
 use crate::qat_ledger::Ledger;
 use crate::qat_mask::{block_type, calibrate, stage_mask, with_vo};
-use crate::qat_policy::{crosses, ema_decay, observe_qat_eval, vo_gate, vo_keep, QatAction, QatPhaseConfig, VoDecision};
+use crate::qat_policy::{
+    crosses, ema_decay, observe_qat_eval, vo_gate, vo_keep, QatAction, QatPhaseConfig, VoDecision,
+};
 use crate::qat_training::QatTraining;
-use crate::stages::{Made, Pipeline};
+use crate::stages::Pipeline;
 use crate::trainer::Trainer;
 use data::pack::PackedDataset;
 use kernels_cpu::quant::BlockType;
-use model::gguf::{write_gguf, Arch, GgufOptions, GgufType, Mask, ModelSource};
+use model::gguf::{Arch, Mask};
 use model::Qwen3;
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -47,16 +48,16 @@ use std::sync::Arc;
 pub const VERSION: u64 = 1;
 
 /// Everything the loop works with.
-struct Run<'a> {
-    cfg: &'a PhaseConfig,
-    q: &'a QatPhaseConfig,
-    mask: Mask,
-    work: &'a Path,
-    name: &'a str,
-    inputs: Arc<EvalInputs>,
-    reference: Arc<Qwen3>,
-    tokenizer: PathBuf,
-    penalty: f64,
+pub(crate) struct Run<'a> {
+    pub(crate) cfg: &'a PhaseConfig,
+    pub(crate) q: &'a QatPhaseConfig,
+    pub(crate) mask: Mask,
+    pub(crate) work: &'a Path,
+    pub(crate) name: &'a str,
+    pub(crate) inputs: Arc<EvalInputs>,
+    pub(crate) reference: Arc<Qwen3>,
+    pub(crate) tokenizer: PathBuf,
+    pub(crate) penalty: f64,
 }
 
 impl Pipeline {
@@ -157,7 +158,10 @@ fn resume(t: &mut Trainer, dir: &Path, run: &Run, p: &Pipeline) -> Result<Option
         });
         match got {
             Ok(s) => {
-                crate::stages::say(&p.options, format!("stage p4         resuming from {} (step {step})", path.display()));
+                crate::stages::say(
+                    &p.options,
+                    format!("stage p4         resuming from {} (step {step})", path.display()),
+                );
                 return Ok(Some(s));
             }
             Err(e) => {
@@ -170,18 +174,6 @@ fn resume(t: &mut Trainer, dir: &Path, run: &Run, p: &Pipeline) -> Result<Option
         }
     }
     Ok(None)
-}
-
-/// Copies the files of directory `from` into `to` (created).
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to).map_err(EngineError::io(to))?;
-    for e in std::fs::read_dir(from).map_err(EngineError::io(from))? {
-        let e = e.map_err(EngineError::io(from))?;
-        if e.path().is_file() {
-            std::fs::copy(e.path(), to.join(e.file_name())).map_err(EngineError::io(e.path()))?;
-        }
-    }
-    Ok(())
 }
 
 impl Run<'_> {
@@ -205,7 +197,7 @@ impl Run<'_> {
         }
     }
 
-    fn stage_name(&self, i: usize) -> String {
+    pub(crate) fn stage_name(&self, i: usize) -> String {
         if i >= self.trial() {
             format!("{}+vo_q8_0", self.stage_type(i).name())
         } else {
@@ -392,7 +384,8 @@ impl Run<'_> {
             "stage_tokens": s.stage_tokens, "full": full, "raw": raw, "ema": ema_m, "picked": if use_ema { "ema" } else { "raw" },
             "medical_pp": dm, "general_pp": dg, "penalty_pp": penalty,
         }))?;
-        let (best_model, best_qat) = if use_ema { (em, eq) } else { (t.model.clone(), t.qat.as_ref().map(|q| q.state.clone())) };
+        let (best_model, best_qat) =
+            if use_ema { (em, eq) } else { (t.model.clone(), t.qat.as_ref().map(|q| q.state.clone())) };
         if stage_done || (interval && final_format) {
             self.export(s, ledger, &best_model, best_qat.as_ref(), step, use_ema)?;
         }
@@ -406,10 +399,7 @@ impl Run<'_> {
                     let reason = format!(
                         "Q5 more than {} pp below the pre-QAT model for {} evaluations (medical {dm:+.2} pp, general \
                          {dg:+.2} pp): stage {} rolled back to its start, budget {before} -> {} tokens, recalibrated",
-                        self.q.breaker.threshold_pp,
-                        self.q.breaker.evals,
-                        s.stage,
-                        s.budgets[s.stage]
+                        self.q.breaker.threshold_pp, self.q.breaker.evals, s.stage, s.budgets[s.stage]
                     );
                     self.event(s, ledger, json!({"event": "qat_breaker", "action": "rollback", "step": step,
                         "stage": s.stage, "budget_before": before, "budget_after": s.budgets[s.stage], "reason": reason}))?;
@@ -427,8 +417,12 @@ impl Run<'_> {
                          general {dg:+.2} pp): the pre-QAT model ships beside the Q5",
                         self.q.breaker.threshold_pp, s.breaker.rollbacks
                     );
-                    self.event(s, ledger, json!({"event": "qat_breaker", "action": "ship_pre_qat", "step": step,
-                        "reason": reason}))?;
+                    self.event(
+                        s,
+                        ledger,
+                        json!({"event": "qat_breaker", "action": "ship_pre_qat", "step": step,
+                        "reason": reason}),
+                    )?;
                 }
             }
         }
@@ -469,7 +463,11 @@ impl Run<'_> {
                     .ok_or_else(|| EngineError::Training(format!("{}: no QAT state", dir.display())))?;
                 t.qat = Some(QatTraining::new(state, self.q.scale_lr_mult));
                 s.vo = VoState::Reverted(reason.clone());
-                self.event(s, ledger, json!({"event": "vo_gate", "decision": "revert", "step": step, "reason": reason}))?;
+                self.event(
+                    s,
+                    ledger,
+                    json!({"event": "vo_gate", "decision": "revert", "step": step, "reason": reason}),
+                )?;
             }
         }
         Ok(())
@@ -491,10 +489,13 @@ impl Run<'_> {
                     q.state.save(&dir)?;
                 }
                 s.vo = VoState::Trial(d);
-                ("enable", format!(
-                    "medical {:+.2} pp >= {:+.2}, general {:+.2} pp >= {:+.2}: attention V/O at Q8_0 for {} tokens",
-                    d.0, g.medical_pp, d.1, g.general_pp, g.trial_tokens
-                ))
+                (
+                    "enable",
+                    format!(
+                        "medical {:+.2} pp >= {:+.2}, general {:+.2} pp >= {:+.2}: attention V/O at Q8_0 for {} tokens",
+                        d.0, g.medical_pp, d.1, g.general_pp, g.trial_tokens
+                    ),
+                )
             }
             VoDecision::Skip(why) => {
                 s.vo = VoState::Skipped(why.clone());
@@ -520,87 +521,5 @@ impl Run<'_> {
         ledger.append(e.clone())?;
         s.events.push(e);
         Ok(())
-    }
-
-    /// A stop-anytime export: `exports/<tag>/` (HF directory + QAT parameters + tokenizer) and
-    /// `exports/<tag>.gguf` written from the trained codes.
-    fn export(
-        &self,
-        s: &mut P4State,
-        ledger: &mut Ledger,
-        m: &Qwen3,
-        qat: Option<&model::qat::QatState>,
-        step: u64,
-        ema: bool,
-    ) -> Result<()> {
-        let tag = format!("{}-step-{step:06}", self.stage_name(s.stage).replace('+', "-"));
-        let exports = self.work.join("exports");
-        let dir = exports.join(&tag);
-        let gguf = exports.join(format!("{tag}.gguf"));
-        let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::remove_file(&gguf);
-        m.save(&dir, None)?;
-        if let Some(q) = qat {
-            q.save(&dir)?;
-        }
-        model::tokenizer_files::copy_tokenizer_files(&self.tokenizer, &dir)?;
-        let opts =
-            GgufOptions { ftype: GgufType::F32, mask: None, tokenizer_dir: Some(dir.clone()), moe_arch: Arch::Glm4Moe };
-        let src = match qat {
-            Some(q) => ModelSource::with_qat(m, q),
-            None => ModelSource::new(m),
-        };
-        let report = write_gguf(&src, &m.config, m.moe.as_ref(), &opts, &gguf)?;
-        let e = json!({
-            "event": "export", "step": step, "tokens": s.tokens, "type": self.stage_name(s.stage),
-            "model": format!("{}/exports/{tag}", self.name), "gguf": format!("{}/exports/{tag}.gguf", self.name),
-            "bytes": report.file_bytes, "qat_tensors": report.qat_tensors, "from": if ema { "ema" } else { "raw" },
-        });
-        ledger.append(e.clone())?;
-        s.exports.push(e);
-        Ok(())
-    }
-
-    /// The final model, its full measurement and the summary.
-    fn finish(&self, p: &Pipeline, t: &Trainer, s: &P4State, source: Stage, seconds: f64) -> Result<Made> {
-        let work = self.work;
-        let model_dir = work.join("model");
-        let _ = std::fs::remove_dir_all(&model_dir);
-        t.model.save(&model_dir, None)?;
-        if let Some(q) = &t.qat {
-            q.state.save(&model_dir)?;
-        }
-        model::tokenizer_files::copy_tokenizer_files(&self.tokenizer, &model_dir)?;
-        let last = measure(&t.model, t.qat.as_ref().map(|q| &q.state), &self.reference, &self.inputs, t.state.step, true)?;
-        let mut artifacts: BTreeMap<String, String> = BTreeMap::new();
-        for (k, v) in [("model", "model"), ("ledger", "ledger.jsonl"), ("mask", "mask.json"), ("exports", "exports")] {
-            artifacts.insert(k.to_string(), format!("{}/{v}", self.name));
-        }
-        if s.ship_pre_qat {
-            let dir = work.join("exports").join("pre-qat");
-            let _ = std::fs::remove_dir_all(&dir);
-            copy_dir(&p.dir(source).join("model"), &dir)?;
-            artifacts.insert("pre_qat_model".into(), format!("{}/exports/pre-qat", self.name));
-        }
-        for d in ["stage-start", "vo-before"] {
-            let _ = std::fs::remove_dir_all(work.join(d));
-        }
-        let (dm, dg) = last.deltas(&s.pre, self.penalty);
-        let mut summary = crate::summary::summarise(self.name, &t.state, Some(&last.eval), artifacts.clone(), seconds);
-        summary.qat = Some(json!({
-            "source": source.name(), "mask": self.q.mask, "stages": self.q.stages, "budgets": s.budgets,
-            "tokens": s.tokens, "pre_qat": s.pre, "ptq": s.ptq, "kl": last.kl, "medical_pp": dm, "general_pp": dg,
-            "exports": s.exports, "events": s.events, "vo": s.vo, "breaker": s.breaker,
-            "ship_pre_qat": s.ship_pre_qat, "ledger": format!("{}/ledger.jsonl", self.name),
-        }));
-        let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
-        atomicio::write_file(&work.join("summary.json"), text.as_bytes())?;
-        let metrics = serde_json::to_value(&summary).unwrap_or_default();
-        Ok(Made {
-            metrics,
-            artifacts,
-            outputs: &["model", "mask.json", "exports"],
-            records: &["summary.json", "ledger.jsonl"],
-        })
     }
 }

@@ -28,7 +28,8 @@ impl Ledger {
             None => String::new(),
             Some(n) => {
                 let old = std::fs::read_to_string(&path).unwrap_or_default();
-                let kept: Vec<&str> = old.split_inclusive('\n').filter(|l| l.ends_with('\n')).take(n as usize).collect();
+                let kept: Vec<&str> =
+                    old.split_inclusive('\n').filter(|l| l.ends_with('\n')).take(n as usize).collect();
                 if (kept.len() as u64) < n {
                     return Err(EngineError::Checkpoint {
                         path: path.clone(),
@@ -44,8 +45,11 @@ impl Ledger {
 
     /// Appends `entry` (an object; `event` names it) as one line, flushed to disk.
     pub fn append(&mut self, entry: Value) -> Result<()> {
-        let mut f =
-            std::fs::OpenOptions::new().append(true).create(true).open(&self.path).map_err(EngineError::io(&self.path))?;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.path)
+            .map_err(EngineError::io(&self.path))?;
         let mut line = entry.to_string();
         line.push('\n');
         f.write_all(line.as_bytes()).map_err(EngineError::io(&self.path))?;
@@ -87,7 +91,10 @@ mod tests {
         let mut l = Ledger::open(dir.path(), Some(2)).unwrap();
         l.append(json!({"event": "export"})).unwrap();
         let got = Ledger::read(&path).unwrap();
-        assert_eq!(got, vec![json!({"event": "eval", "i": 0}), json!({"event": "eval", "i": 1}), json!({"event": "export"})]);
+        assert_eq!(
+            got,
+            vec![json!({"event": "eval", "i": 0}), json!({"event": "eval", "i": 1}), json!({"event": "export"})]
+        );
         assert_eq!(l.lines, 3);
         let e = Ledger::open(dir.path(), Some(9)).err().unwrap().to_string();
         assert!(e.contains("9 ledger lines"), "{e}");

@@ -141,7 +141,10 @@ impl QatTraining {
         let path = std::path::Path::new(QAT_MOMENTS_FILE);
         let tensors: Vec<(&str, &[usize], &[f32])> =
             vec![("m", &shape[..], &self.moments.m[..]), ("v", &shape[..], &self.moments.v[..])];
-        out.push((QAT_MOMENTS_FILE.to_string(), crate::checkpoint::serialize_with(&tensors, Some(("step", &step[..])), path)?));
+        out.push((
+            QAT_MOMENTS_FILE.to_string(),
+            crate::checkpoint::serialize_with(&tensors, Some(("step", &step[..])), path)?,
+        ));
         Ok(out)
     }
 

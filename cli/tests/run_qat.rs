@@ -35,7 +35,7 @@ fn write_p4(dir: &Path) {
     tiny.insert(
         "qat".into(),
         serde_json::json!({
-            "mask": dir.join("mask.json").display().to_string(),
+            "mask": dir.join("mask.json").display().to_string(), "group": 32, "ema_decay": 0.8,
             "stages": [{"type": "q8_0", "tokens": 256}, {"type": "q6_k", "tokens": 256}, {"type": "q5_k", "tokens": 512}],
             "vo_gate": {"after_tokens": 512, "medical_pp": -1.0, "general_pp": -0.5, "trial_tokens": 256},
             "breaker": {"threshold_pp": 1.5, "evals": 2, "extra_tokens": 256, "max_rollbacks": 1},
@@ -69,7 +69,8 @@ fn ledger(run: &Path) -> Vec<serde_json::Value> {
 }
 
 fn model_bytes(dir: &Path) -> Vec<u8> {
-    [std::fs::read(dir.join("model.safetensors")).unwrap(), std::fs::read(dir.join("qat.safetensors")).unwrap()].concat()
+    [std::fs::read(dir.join("model.safetensors")).unwrap(), std::fs::read(dir.join("qat.safetensors")).unwrap()]
+        .concat()
 }
 
 #[test]

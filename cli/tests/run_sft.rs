@@ -172,10 +172,18 @@ fn q8_fake_quant_trains_the_final_fraction_of_p2() {
         assert!(ckpt(n).join("qat_moments.safetensors").is_file());
     }
     // The Q8 steps trained (steps 4 and 5 differ) and the checkpoint exports as a QAT model.
-    assert_ne!(tensor(ckpt(4).join("qat.safetensors"), "model.layers.0.mlp.shared_experts.up_proj.weight.qat_step"),
-               tensor(ckpt(5).join("qat.safetensors"), "model.layers.0.mlp.shared_experts.up_proj.weight.qat_step"));
+    assert_ne!(
+        tensor(ckpt(4).join("qat.safetensors"), "model.layers.0.mlp.shared_experts.up_proj.weight.qat_step"),
+        tensor(ckpt(5).join("qat.safetensors"), "model.layers.0.mlp.shared_experts.up_proj.weight.qat_step")
+    );
     let out = tmp.path().join("q.gguf");
-    let o = moe_cli().args(["export", "gguf", "--type", "f32", "--no-tokenizer", "--model"]).arg(ckpt(5)).arg("--out").arg(&out).output().unwrap();
+    let o = moe_cli()
+        .args(["export", "gguf", "--type", "f32", "--no-tokenizer", "--model"])
+        .arg(ckpt(5))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(o.status.success() && stderr(&o).contains("written from their trained codes"), "{}", stderr(&o));
     // A p2 file given for p1 is refused too.
     std::fs::copy(tmp.path().join("p2.json"), tmp.path().join("p1.json")).unwrap();

@@ -81,7 +81,7 @@ fn faults_from_env() -> actors::supervisor::Faults {
         stop_after_steps: num("MEDMOE_FAULT_STOP_AFTER"),
         rollback_at: num("MEDMOE_FAULT_ROLLBACK_AT"),
         kill_at: std::env::var("MEDMOE_FAULT_KILL_AT").ok().and_then(|v| actors::supervisor::KillPoint::parse(&v)),
-        qat_penalty_pp: num("MEDMOE_FAULT_QAT_PENALTY_PP"),
+        qat_penalty_pp: std::env::var("MEDMOE_FAULT_QAT_PENALTY_PP").ok().and_then(|v| v.parse().ok()),
     }
 }
 
