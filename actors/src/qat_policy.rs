@@ -161,7 +161,7 @@ impl QatPhaseConfig {
         if self.full_evals.at.windows(2).any(|w| w[0] >= w[1]) {
             return bad("full_evals.at", "token counts must increase");
         }
-        if !(self.early_lr.mult.is_finite() && self.early_lr.mult > 0.0) || !(0.0..=1.0).contains(&self.early_lr.frac) {
+        if !(self.early_lr.mult.is_finite() && self.early_lr.mult > 0.0 && (0.0..=1.0).contains(&self.early_lr.frac)) {
             return bad("early_lr", "mult > 0 and frac in [0, 1]");
         }
         Ok(())

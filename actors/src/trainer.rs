@@ -555,6 +555,18 @@ impl Trainer {
         let router_training = self.router_training_at(step);
         let lr = self.lr_override.unwrap_or_else(|| lr_at(&self.config.lr, step, self.total_steps()))
             * self.state.knobs.lr_scale;
+        let bad = self.qat.as_ref().and_then(|q| {
+            q.state
+                .tensors
+                .iter()
+                .find(|(_, t)| t.step.iter().chain(&t.min).any(|v| !v.is_finite()))
+                .map(|(n, _)| n.clone())
+        });
+        if let Some(name) = bad {
+            // The fake quantizer refuses non-finite parameters: the step is skipped by the
+            // non-finite guard like a non-finite loss.
+            return self.skip_nonfinite(step, &format!("QAT parameters of `{name}` not finite"), cursor_after, lr);
+        }
         let mut outs = Vec::with_capacity(micro.len());
         for (j, p) in micro.iter().enumerate() {
             let seed = self.config.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ (step << 8) ^ j as u64;
@@ -665,6 +677,49 @@ impl Trainer {
             applied: finite,
             temperature: router_training.map_or(1.0, |r| r.temperature),
             named,
+        };
+        self.state.last = Some(rec.clone());
+        Ok((rec, actions))
+    }
+
+    /// A step skipped by the non-finite guard before any forward (`why`): counted, the weights
+    /// and optimiser untouched, an error once `nonfinite_limit` steps in a row were skipped.
+    fn skip_nonfinite(
+        &mut self,
+        step: u64,
+        why: &str,
+        cursor_after: LoaderCursor,
+        lr: f32,
+    ) -> Result<(StepRecord, Vec<BreakerAction>)> {
+        self.state.nonfinite_skipped += 1;
+        self.state.nonfinite_streak += 1;
+        if self.state.nonfinite_streak >= self.config.nonfinite_limit {
+            return Err(EngineError::Training(format!(
+                "{} non-finite steps in a row ({why}) at step {}",
+                self.state.nonfinite_streak,
+                step + 1
+            )));
+        }
+        self.state.step += 1;
+        self.state.cursor = cursor_after;
+        let actions = self.state.breakers.observe_nonfinite(self.state.step, f32::NAN, f32::NAN);
+        for a in &actions {
+            a.apply(&mut self.state.knobs);
+        }
+        let rec = StepRecord {
+            step: self.state.step,
+            loss: f32::NAN,
+            ce: f32::NAN,
+            kl: 0.0,
+            lb: 0.0,
+            z: 0.0,
+            grad_norm: f32::NAN,
+            clip: 0.0,
+            lr,
+            tokens: 0,
+            applied: false,
+            temperature: 1.0,
+            named: 0.0,
         };
         self.state.last = Some(rec.clone());
         Ok((rec, actions))
