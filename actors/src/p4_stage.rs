@@ -214,7 +214,8 @@ impl Run<'_> {
     /// The pre-QAT measurements, the ledger's first lines and the initial state.
     fn start(&self, ledger: &mut Ledger) -> Result<P4State> {
         let pre = measure(&self.reference, None, &self.reference, &self.inputs, 0, true)?;
-        ledger.append(json!({"event": "pre_qat", "measure": pre}))?;
+        let pre_subset = measure(&self.reference, None, &self.reference, &self.inputs, 0, false)?;
+        ledger.append(json!({"event": "pre_qat", "measure": pre, "subset": pre_subset}))?;
         let last = self.q.stages.len() - 1;
         let ptq_state = calibrate(&self.reference, &self.stage_mask(last), self.q.group, &[1.0])?;
         let ptq = measure(&self.reference, Some(&ptq_state), &self.reference, &self.inputs, 0, true)?;
@@ -237,6 +238,7 @@ impl Run<'_> {
             ship_pre_qat: false,
             ledger_lines: ledger.lines,
             pre,
+            pre_subset: Some(pre_subset),
             ptq,
             exports: Vec::new(),
             events: Vec::new(),
@@ -378,7 +380,7 @@ impl Run<'_> {
         let picked = if use_ema { ema_m.as_ref().unwrap_or(&raw) } else { &raw };
         let final_format = self.is_final_format(s.stage);
         let penalty = if final_format { self.penalty } else { 0.0 };
-        let (dm, dg) = picked.deltas(&s.pre, penalty);
+        let (dm, dg) = picked.deltas(s.pre_for(full), penalty);
         ledger.append(json!({
             "event": "eval", "step": step, "tokens": s.tokens, "stage": s.stage, "type": self.stage_name(s.stage),
             "stage_tokens": s.stage_tokens, "full": full, "raw": raw, "ema": ema_m, "picked": if use_ema { "ema" } else { "raw" },

@@ -60,8 +60,14 @@ pub struct P4State {
     pub ship_pre_qat: bool,
     /// Ledger lines this state covers.
     pub ledger_lines: u64,
-    /// The pre-QAT model's measurement (the reference of every delta).
+    /// The pre-QAT model's measurement at the full evaluation sizes (the reference of the
+    /// deltas of full evaluations).
     pub pre: QatMeasure,
+    /// Its measurement at the periodic (subset) sizes: a subset evaluation is compared with
+    /// this, the same items and sequences, never with the full one. None in a state written
+    /// before it existed (then `pre`).
+    #[serde(default)]
+    pub pre_subset: Option<QatMeasure>,
     /// Its PTQ in the last stage's format (min-max, no training).
     pub ptq: QatMeasure,
     /// Stop-anytime exports so far (summary entries).
@@ -70,6 +76,17 @@ pub struct P4State {
     pub events: Vec<serde_json::Value>,
     /// Done (every stage, the trial and the final evaluation).
     pub done: bool,
+}
+
+impl P4State {
+    /// The pre-QAT measurement a measurement at full (`full`) or periodic sizes compares with.
+    pub fn pre_for(&self, full: bool) -> &QatMeasure {
+        if full {
+            &self.pre
+        } else {
+            self.pre_subset.as_ref().unwrap_or(&self.pre)
+        }
+    }
 }
 
 /// The EMA of the weights and the QAT parameters (reset at every stage start).

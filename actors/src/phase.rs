@@ -616,6 +616,20 @@ mod tests {
         let n = p1.router.as_ref().unwrap().named_experts.as_ref().unwrap();
         assert_eq!((n.coef, n.map.get("medical")), (0.1, Some(&0)));
         assert_ne!(p1.hash(), PhaseConfig::embedded("p1", "tiny").unwrap().hash());
+        // Direct Q5: one Q5_K stage of the staged run's total tokens, the rest as p4.json.
+        for preset in ["tiny", "seed"] {
+            let text = include_str!("../../configs/experiments/p4-direct-q5.json");
+            let direct = PhaseConfig::parse(text, "p4-direct-q5.json", preset).unwrap();
+            let staged = PhaseConfig::embedded("p4", preset).unwrap();
+            let (d, s) = (direct.qat.as_ref().unwrap(), staged.qat.as_ref().unwrap());
+            assert_eq!(d.stages.len(), 1);
+            assert_eq!(d.stages[0].ty, s.stages.last().unwrap().ty);
+            assert_eq!(d.stages[0].tokens, s.stages.iter().map(|x| x.tokens).sum::<u64>(), "{preset}");
+            let (mut d, mut s) = (d.clone(), s.clone());
+            (d.stages, s.stages) = (Vec::new(), Vec::new());
+            assert_eq!(d, s, "{preset}: only the stages differ");
+            assert_eq!((direct.tokens, direct.lr.max), (staged.tokens, staged.lr.max));
+        }
         let text = include_str!("../../configs/experiments/p0-teacher-cache.json");
         let p0 = PhaseConfig::parse(text, "p0-teacher-cache.json", "tiny").unwrap();
         assert_eq!(p0.distill.as_ref().unwrap().teacher_cache.as_ref().unwrap().k, 20);

@@ -5,6 +5,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::evaluator::{EvalInputs, EvalRecord};
+use crate::harness::kl_row;
 use data::pack::{batch_of, PackedDataset};
 use model::qat::QatState;
 use model::Qwen3;
@@ -117,16 +118,6 @@ pub fn kl_per_domain(
     }
     out.insert("all".to_string(), all_sum / all_n.max(1) as f64);
     Ok(out)
-}
-
-/// `KL(softmax(t) || softmax(s))` of one row of logits, in f64.
-pub fn kl_row(t: &[f32], s: &[f32]) -> f64 {
-    let lse = |z: &[f32]| {
-        let m = z.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x as f64));
-        m + z.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
-    };
-    let (lt, ls) = (lse(t), lse(s));
-    t.iter().zip(s).map(|(&a, &b)| (a as f64 - lt).exp() * ((a as f64 - lt) - (b as f64 - ls))).sum::<f64>().max(0.0)
 }
 
 /// Measures the fake-quantized `model` (`qat`; None: the model as it is) against `reference`

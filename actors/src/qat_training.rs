@@ -52,21 +52,50 @@ impl QatTraining {
     }
 
     /// One AdamW update with the flat gradient `grads` at the weights' learning rate `lr`.
+    ///
+    /// Adam runs in relative coordinates: `ln(step)` and `min / step` (the group's step before
+    /// the update), so `lr * lr_mult` is a relative change per update whatever a group's size.
+    /// In absolute coordinates Adam's sign-like updates of `lr * lr_mult` move the small steps of
+    /// Q8_0 (max|w| / 127) by most of themselves per update, and the model drifts from the
+    /// pre-QAT one instead of approaching it. A step that is not positive and finite keeps its
+    /// values (the non-finite guard sees a NaN).
     pub fn step(&mut self, grads: &[f32], lr: f32, betas: [f32; 2]) {
-        let mut flat: Vec<f32> = Vec::with_capacity(grads.len());
+        let usable = |st: f32| st > 0.0 && st.is_finite();
+        let (mut u, mut gu) = (Vec::with_capacity(grads.len()), Vec::with_capacity(grads.len()));
+        let mut at = 0;
         for t in self.state.tensors.values() {
-            flat.extend_from_slice(&t.step);
-            flat.extend_from_slice(&t.min);
+            let s = t.step.len();
+            for (i, &st) in t.step.iter().enumerate() {
+                let ok = usable(st);
+                u.push(if ok { st.ln() } else { 0.0 });
+                gu.push(if ok { grads[at + i] * st } else { 0.0 });
+            }
+            for (j, &mn) in t.min.iter().enumerate() {
+                let st = t.step[j];
+                let ok = usable(st);
+                u.push(if ok { mn / st } else { 0.0 });
+                gu.push(if ok { grads[at + s + j] * st } else { 0.0 });
+            }
+            at += s + t.min.len();
         }
         let cfg = AdamWConfig { lr: lr * self.lr_mult, beta1: betas[0], beta2: betas[1], eps: 1e-8, weight_decay: 0.0 };
         self.moments.step += 1;
-        adamw_step(&mut flat, grads, &mut self.moments.m, &mut self.moments.v, &cfg, self.moments.step);
+        adamw_step(&mut u, &gu, &mut self.moments.m, &mut self.moments.v, &cfg, self.moments.step);
         let mut at = 0;
         for t in self.state.tensors.values_mut() {
-            let (s, m) = (t.step.len(), t.min.len());
-            t.step.copy_from_slice(&flat[at..at + s]);
-            t.min.copy_from_slice(&flat[at + s..at + s + m]);
-            at += s + m;
+            let s = t.step.len();
+            let old: Vec<f32> = t.step.clone();
+            for (i, st) in t.step.iter_mut().enumerate() {
+                if usable(old[i]) {
+                    *st = u[at + i].exp();
+                }
+            }
+            for (j, mn) in t.min.iter_mut().enumerate() {
+                if usable(old[j]) {
+                    *mn = u[at + s + j] * old[j];
+                }
+            }
+            at += s + t.min.len();
         }
     }
 }
@@ -164,5 +193,43 @@ impl QatTraining {
         }
         let step = step[0].max(0) as u64;
         Ok(Some(QatTraining { state, lr_mult, moments: QatMoments { m, v, step } }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kernels_cpu::fake_quant::FakeQuantDims;
+    use kernels_cpu::quant::BlockType;
+    use model::qat::QatTensor;
+
+    fn tensor(ty: BlockType, step: Vec<f32>, min: Vec<f32>) -> QatTensor {
+        let dims = FakeQuantDims { ty, rows: step.len(), row_len: 32, group: 32 };
+        QatTensor { dims, stored_row_len: 32, step, min }
+    }
+
+    #[test]
+    fn updates_are_relative_to_each_groups_step() {
+        // Steps four orders of magnitude apart, one gradient sign for all: Adam's first update is
+        // (up to its eps)
+        // `lr * mult` in ln(step) and in min / step, so every step moves by the same factor.
+        let tensors = [
+            ("a".to_string(), tensor(BlockType::Q8_0, vec![1e-4, 1e-2], vec![])),
+            ("b".to_string(), tensor(BlockType::Q5_K, vec![1.0, f32::NAN], vec![-16.0, 3.0])),
+        ];
+        let state = QatState { group: 32, rules: Vec::new(), tensors: tensors.into_iter().collect() };
+        let mut q = QatTraining::new(state, 10.0);
+        let g = vec![0.5, 2.0, 1e-3, 7.0, -0.25, 1.0];
+        assert_eq!(q.flat_grads(&model::qat::QatGrads::default()).len(), g.len());
+        q.step(&g, 1e-3, [0.9, 0.95]);
+        let factor = (-1e-2f32).exp();
+        let a = &q.state.tensors["a"];
+        assert!((a.step[0] / 1e-4 - factor).abs() < 1e-5 && (a.step[1] / 1e-2 - factor).abs() < 1e-5, "{:?}", a.step);
+        let b = &q.state.tensors["b"];
+        assert!((b.step[0] - factor).abs() < 1e-6, "{:?}", b.step);
+        assert!(b.step[1].is_nan(), "a NaN step stays for the guard");
+        // min / step of group 0 rises by 1e-2 (its gradient is negative), in units of its old step 1.
+        assert!((b.min[0] - (-16.0 + 1e-2)).abs() < 1e-5, "{:?}", b.min);
+        assert_eq!(b.min[1], 3.0, "the min of a NaN step keeps its value");
     }
 }

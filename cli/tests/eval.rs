@@ -141,6 +141,37 @@ fn eval_scores_every_model_on_the_same_items_resumes_and_feeds_the_report() {
     let third = String::from_utf8(ok(d, &more).stdout).unwrap();
     assert_eq!(third.matches("(reused)").count(), ppl.len(), "only the perplexity is reused: {third}");
 
+    // KL from a reference model: every other model, per domain; the Q8_0 export of `moe` stays
+    // close to it, the dense model it came from (top-1 of 16 experts) does not; reused next time.
+    let mut kl_args = args.clone();
+    kl_args.extend(["--kl-ref", "moe"]);
+    let kl_out = String::from_utf8(ok(d, &kl_args).stdout).unwrap();
+    let s = json(&d.join("E/summary.json"));
+    let kl = s["kl"].as_array().unwrap();
+    let domains = ppl.iter().filter(|r| r["model"] == "moe").count();
+    assert_eq!(kl.len(), 2 * domains, "dense and q8, not the reference: {kl:?}");
+    let mean = |m: &str| -> f64 {
+        let rows: Vec<&Value> = kl.iter().filter(|r| r["model"] == m).collect();
+        assert!(rows.iter().all(|r| r["reference"] == "moe" && r["tokens"].as_u64().unwrap() > 0));
+        rows.iter().map(|r| r["mean_kl"].as_f64().unwrap()).sum::<f64>() / rows.len() as f64
+    };
+    let (q8, dense) = (mean("q8"), mean("dense"));
+    assert!(q8 > 0.0 && q8 < 0.01 && dense > 10.0 * q8, "q8 {q8}, dense {dense}");
+    assert_eq!(
+        kl_out.lines().filter(|l| l.starts_with("kl ") && !l.ends_with("(reused)")).count(),
+        kl.len(),
+        "{kl_out}"
+    );
+    let again = String::from_utf8(ok(d, &kl_args).stdout).unwrap();
+    assert_eq!(again.lines().filter(|l| l.starts_with("kl ") && l.ends_with("(reused)")).count(), kl.len(), "{again}");
+    let mut bad = args.clone();
+    bad.extend(["--kl-ref", "nope"]);
+    fails(d, &bad, &["--kl-ref `nope`", "no --model is named so"]);
+    bad.extend(["--no-ppl"]);
+    let at = bad.iter().position(|a| *a == "nope").unwrap();
+    bad[at] = "moe";
+    fails(d, &bad, &["--kl-ref `moe`", "perplexity documents"]);
+
     // The report: a phase's metrics and the evaluation, PNGs that exist, no network.
     let run = d.join("R");
     std::fs::create_dir_all(run.join("p1/metrics")).unwrap();

@@ -9,8 +9,9 @@
 mod common;
 
 use common::{copy_tree, run_micro, write_micro_configs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::OnceLock;
 
 const MASK: &str = r#"[
   {"pattern": "blk.*.ffn_*_exps.weight", "type": "q5_k"},
@@ -43,6 +44,22 @@ fn write_p4(dir: &Path) {
         }),
     );
     std::fs::write(dir.join("p4.json"), p.to_string()).unwrap();
+}
+
+/// The micro run through p1, built once per test process; every test copies it (its micro
+/// configs are the same files' contents, so data .. p1 are up to date in each copy).
+fn prerequisites() -> &'static Path {
+    static PRE: OnceLock<PathBuf> = OnceLock::new();
+    PRE.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("run_qat-prerequisites");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        write_micro_configs(&root);
+        let pre = root.join("pre");
+        let o = run_micro(&root, &pre, &["phase", "p1"], &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        pre
+    })
 }
 
 fn p4(cfg: &Path, run: &Path, envs: &[(&str, &str)]) -> Output {
@@ -79,14 +96,11 @@ fn p4_trains_staged_qat_exports_stop_anytime_and_resumes_bit_for_bit() {
     let cfg = tmp.path();
     write_micro_configs(cfg);
     write_p4(cfg);
-    // The prerequisites once (data .. p1), shared by every run below.
-    let pre = cfg.join("pre");
-    let o = run_micro(cfg, &pre, &["phase", "p1"], &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let pre = prerequisites();
 
     // Bad input first: refused with the reason, nothing trained.
     let bad = cfg.join("bad");
-    copy_tree(&pre, &bad);
+    copy_tree(pre, &bad);
     std::fs::write(cfg.join("mask.json"), MASK.replace("ffn_*_exps", "ffn_gate_inp")).unwrap();
     let o = p4(cfg, &bad, &[]);
     let err = stderr(&o);
@@ -104,7 +118,7 @@ fn p4_trains_staged_qat_exports_stop_anytime_and_resumes_bit_for_bit() {
 
     // The whole p4, uninterrupted.
     let full = cfg.join("full");
-    copy_tree(&pre, &full);
+    copy_tree(pre, &full);
     let o = p4(cfg, &full, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let summary = json(&full.join("summary.json"));
@@ -128,7 +142,7 @@ fn p4_trains_staged_qat_exports_stop_anytime_and_resumes_bit_for_bit() {
 
     // Interrupted after 3 steps, then resumed: the same model, bit for bit.
     let cut = cfg.join("cut");
-    copy_tree(&pre, &cut);
+    copy_tree(pre, &cut);
     let o = p4(cfg, &cut, &[("MEDMOE_FAULT_STOP_AFTER", "3")]);
     assert!(!o.status.success() && stderr(&o).contains("stopped early"), "{}", stderr(&o));
     // Resuming with another mask is refused, naming both files.
@@ -151,8 +165,7 @@ fn an_injected_qat_regression_is_gated_rolled_back_and_ships_the_pre_qat_model()
     write_micro_configs(cfg);
     write_p4(cfg);
     let run = cfg.join("run");
-    let o = run_micro(cfg, &run, &["phase", "p1"], &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    copy_tree(prerequisites(), &run);
     let o = p4(cfg, &run, &[("MEDMOE_FAULT_QAT_PENALTY_PP", "50")]);
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");

@@ -112,11 +112,15 @@ fn chat_answers_are_asked_like_p3_and_read_after_the_think_block() {
 }
 
 fn tiny(moe: Option<MoeSpec>) -> Qwen3 {
+    tiny_seeded(moe, 5)
+}
+
+fn tiny_seeded(moe: Option<MoeSpec>, seed: u64) -> Qwen3 {
     let json = r#"{"model_type": "qwen3", "vocab_size": 50, "hidden_size": 16, "intermediate_size": 24,
         "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8,
         "max_position_embeddings": 64, "tie_word_embeddings": true}"#;
     let config = Qwen3Config::from_json(json, Path::new("tiny/config.json")).expect("config");
-    Qwen3::from_init(config, moe, DType::F32, qwen3_init(5, 0.3))
+    Qwen3::from_init(config, moe, DType::F32, qwen3_init(seed, 0.3))
 }
 
 /// Mean next-token cross-entropy of one document by a full forward and a naive log-softmax.
@@ -167,6 +171,74 @@ fn text_perplexity_equals_naive_per_document_log_softmax() {
     let bad = [PplDoc { domain: "a".into(), ids: vec![1, 2, 99] }];
     let err = text_perplexity(&tiny(None), &bad, 16, 2, &mut RoutingTally::default(), &mut |_| {});
     assert!(err.unwrap_err().to_string().contains("outside the model's vocabulary"));
+}
+
+/// Naive `KL(p || q)` in f64 of two rows of logits.
+fn naive_kl(t: &[f32], s: &[f32]) -> f64 {
+    let softmax = |z: &[f32]| {
+        let e: Vec<f64> = z.iter().map(|&x| (x as f64).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        e.into_iter().map(|x| x / sum).collect::<Vec<f64>>()
+    };
+    let (p, q) = (softmax(t), softmax(s));
+    p.iter().zip(&q).map(|(a, b)| a * (a / b).ln()).sum()
+}
+
+#[test]
+fn text_kl_equals_naive_per_document_kl_and_is_zero_against_itself() {
+    let spec = MoeSpec { num_experts: 4, expert_width: 6, shared_width: 8, weighting: RouterWeighting::Ste };
+    for moe in [None, Some(spec)] {
+        let (model, reference) = (tiny_seeded(moe.clone(), 5), tiny_seeded(moe, 6));
+        let doc = |domain: &str, n: usize, k: u32| PplDoc {
+            domain: domain.into(),
+            ids: (0..n as u32).map(|i| (i * 7 + k) % 50).collect(),
+        };
+        // Row length 16: the 20-token document is cut, its rest a new segment of the next row.
+        let docs = vec![doc("a", 5, 1), doc("a", 20, 2), doc("b", 12, 4)];
+        let mut seen = 0;
+        let got = text_kl(&model, &reference, &docs, 16, 2, &mut |n| seen += n).expect("kl");
+        assert_eq!(seen, 25 + 12);
+        let v = model.config.vocab_size;
+        let pieces = |ids: &[u32]| -> Vec<Vec<u32>> {
+            ids.chunks(11).map(<[u32]>::to_vec).collect() // 5 + 11 = 16, then the 9 left
+        };
+        for (domain, segments) in
+            [("a", [vec![docs[0].ids.clone()], pieces(&docs[1].ids)].concat()), ("b", vec![docs[2].ids.clone()])]
+        {
+            let (mut sum, mut n, mut same) = (0f64, 0u64, 0u64);
+            for ids in segments {
+                let batch = TokenBatch::new(ids.clone(), 1, ids.len()).expect("batch");
+                let (zs, zt) = (model.logits(&batch).expect("logits"), reference.logits(&batch).expect("logits"));
+                for j in 0..ids.len() - 1 {
+                    let (t, s) = (&zt[j * v..(j + 1) * v], &zs[j * v..(j + 1) * v]);
+                    sum += naive_kl(t, s);
+                    n += 1;
+                    let top = |z: &[f32]| z.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
+                    same += u64::from(top(t) == top(s));
+                }
+            }
+            let g = &got[domain];
+            assert_eq!(g.tokens, n, "{domain}");
+            assert!((g.mean_kl - sum / n as f64).abs() < 1e-6, "{domain}: {} vs {}", g.mean_kl, sum / n as f64);
+            assert!(g.mean_kl > 1e-3, "different models differ");
+            assert!((g.same_top1 - same as f64 / n as f64).abs() < 1e-12);
+            assert!(g.p99_kl >= g.mean_kl * 0.5);
+        }
+        let itself = text_kl(&model, &model, &docs, 16, 2, &mut |_| {}).expect("kl");
+        assert!(itself.values().all(|d| d.mean_kl < 1e-9 && d.same_top1 == 1.0), "{itself:?}");
+    }
+    let json = r#"{"model_type": "qwen3", "vocab_size": 60, "hidden_size": 16, "intermediate_size": 24,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8,
+        "max_position_embeddings": 64, "tie_word_embeddings": true}"#;
+    let other = Qwen3::from_init(
+        Qwen3Config::from_json(json, Path::new("other/config.json")).expect("config"),
+        None,
+        DType::F32,
+        qwen3_init(1, 0.3),
+    );
+    let docs = [PplDoc { domain: "a".into(), ids: vec![1, 2, 3] }];
+    let err = text_kl(&tiny(None), &other, &docs, 16, 2, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("vocabulary has 60 tokens"), "{err}");
 }
 
 #[test]

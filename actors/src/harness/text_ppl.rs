@@ -24,6 +24,9 @@ pub struct PplDoc {
     pub ids: Vec<u32>,
 }
 
+/// One forward's batch and its next-token targets (-100: none).
+pub(crate) type Forward = (TokenBatch, Vec<i32>);
+
 /// A row: `(token, document number)` per position.
 type Row = Vec<(u32, usize)>;
 
@@ -70,6 +73,40 @@ fn batch_of(rows: &[Row]) -> (TokenBatch, Vec<i32>) {
     (TokenBatch { ids, b: rows.len(), t, pos: Arc::from(pos), seg: Some(Arc::from(seg)) }, targets)
 }
 
+/// The forwards of every domain of `docs`: rows of `row_len` tokens (clamped by the caller),
+/// `rows_per_batch` full rows per batch, a last short row alone, with next-token targets.
+pub(crate) fn domain_batches(docs: &[PplDoc], row_len: usize, rows_per_batch: usize) -> Vec<(&str, Vec<Forward>)> {
+    let mut by_domain: BTreeMap<&str, Vec<&PplDoc>> = BTreeMap::new();
+    for d in docs {
+        by_domain.entry(d.domain.as_str()).or_default().push(d);
+    }
+    by_domain
+        .into_iter()
+        .map(|(domain, ds)| {
+            let rows = rows_of(&ds, row_len);
+            let (full, last): (Vec<Row>, Vec<Row>) = rows.into_iter().partition(|r| r.len() == row_len);
+            let batches = full.chunks(rows_per_batch).chain(last.chunks(1)).map(batch_of).collect();
+            (domain, batches)
+        })
+        .collect()
+}
+
+/// Checks the rows' shape and that every token is in the model's vocabulary; the row length
+/// the model can take.
+pub(crate) fn checked_row_len(model: &Qwen3, docs: &[PplDoc], row_len: usize, rows_per_batch: usize) -> Result<usize> {
+    if row_len < 2 || rows_per_batch == 0 {
+        return Err(EvalError::config("ppl rows", format!("{rows_per_batch} rows of {row_len} tokens")));
+    }
+    let vocab = model.config.vocab_size;
+    if let Some(t) = docs.iter().flat_map(|d| &d.ids).find(|&&t| t as usize >= vocab) {
+        return Err(EvalError::config(
+            "documents",
+            format!("token id {t} is outside the model's vocabulary of {vocab}: tokenizer and model disagree"),
+        ));
+    }
+    Ok(row_len.min(model.config.max_position_embeddings))
+}
+
 /// Perplexity of every domain of `docs` under `model` (evaluation mode: dropless), rows of
 /// `row_len` tokens, `rows_per_batch` rows per forward; the router statistics of every forward
 /// go to `tally`, and `on_tokens` sees the tokens of each forward (progress).
@@ -81,31 +118,12 @@ pub fn text_perplexity(
     tally: &mut RoutingTally,
     on_tokens: &mut dyn FnMut(usize),
 ) -> Result<BTreeMap<String, DomainPpl>> {
-    if row_len < 2 || rows_per_batch == 0 {
-        return Err(EvalError::config("ppl rows", format!("{rows_per_batch} rows of {row_len} tokens")));
-    }
-    let row_len = row_len.min(model.config.max_position_embeddings);
-    let vocab = model.config.vocab_size;
-    if let Some(t) = docs.iter().flat_map(|d| &d.ids).find(|&&t| t as usize >= vocab) {
-        return Err(EvalError::config(
-            "documents",
-            format!("token id {t} is outside the model's vocabulary of {vocab}: tokenizer and model disagree"),
-        ));
-    }
-    let mut by_domain: BTreeMap<&str, Vec<&PplDoc>> = BTreeMap::new();
-    for d in docs {
-        by_domain.entry(d.domain.as_str()).or_default().push(d);
-    }
+    let row_len = checked_row_len(model, docs, row_len, rows_per_batch)?;
     let opts = ForwardOptions::eval();
     let mut out = BTreeMap::new();
-    for (domain, ds) in by_domain {
-        let rows = rows_of(&ds, row_len);
-        let (full, last): (Vec<Row>, Vec<Row>) = rows.into_iter().partition(|r| r.len() == row_len);
-        let mut batches: Vec<&[Row]> = full.chunks(rows_per_batch).collect();
-        batches.extend(last.chunks(1));
+    for (domain, batches) in domain_batches(docs, row_len, rows_per_batch) {
         let (mut sum, mut count) = (0f64, 0u64);
-        for rows in batches {
-            let (batch, targets) = batch_of(rows);
+        for (batch, targets) in batches {
             let tape = Tape::inference();
             let bound = model.bind(&tape);
             let loss = model.loss(&tape, &bound, &batch, &targets, &opts)?;

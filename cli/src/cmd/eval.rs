@@ -3,10 +3,12 @@
 //! CSV of the items and a JSON of the counts; per model: perplexity per domain on the held-out
 //! documents of the world directories (refused across different tokenizers), router usage and
 //! the overflow of capacity 1.0 / 1.05 / 1.25 on those dropless forwards, prefill and decode
-//! tokens/s of the generation runs. A result whose key (model files, tokenizer, items,
+//! tokens/s of the generation runs; with `--kl-ref`, each model's KL divergence from a reference model
+//! on those documents (`eval_kl`). A result whose key (model files, tokenizer, items,
 //! settings) matches is reused, so an interrupted evaluation resumes. Ends with summary.json
 //! (Wilson 95% intervals).
 
+use super::eval_kl::{eval_kl, KlReference};
 use super::eval_sets::{check_overlap, held_out_docs, load_sets, EvalSet};
 use super::eval_summary::{EvalSummary, LatencyRow, McqRow, ModelInfo, PplRow, RoutingRow, SetInfo, FORMAT};
 use actors::eval::{encode_items, score_items, subset_indices, DomainPpl, McqConfig};
@@ -79,6 +81,10 @@ pub struct Args {
     /// With --chat: ask under `/think` instead of `/no_think`.
     #[arg(long, requires = "chat")]
     pub think: bool,
+    /// The name of one of the `--model`s: every other model's KL divergence from it per domain
+    /// on the perplexity documents (e.g. quantized models against the model they came from).
+    #[arg(long)]
+    pub kl_ref: Option<String>,
 }
 
 fn parse_model(s: &str) -> std::result::Result<(String, PathBuf), String> {
@@ -125,18 +131,18 @@ fn fingerprint(path: &Path) -> Result<String> {
     Ok(parts.join("|"))
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(super) fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A previous result at `path` with the same key, if any (a damaged file is recomputed).
-fn resumed<T: for<'de> Deserialize<'de>>(path: &Path, key: &str, key_of: impl Fn(&T) -> &str) -> Option<T> {
+pub(super) fn resumed<T: for<'de> Deserialize<'de>>(path: &Path, key: &str, key_of: impl Fn(&T) -> &str) -> Option<T> {
     let text = std::fs::read_to_string(path).ok()?;
     let v: T = serde_json::from_str(&text).ok()?;
     (key_of(&v) == key).then_some(v)
 }
 
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+pub(super) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     let mut bytes = serde_json::to_vec_pretty(v)?;
     bytes.push(b'\n');
     atomicio::write_file(path, &bytes).with_context(|| format!("writing {}", path.display()))
@@ -236,16 +242,13 @@ fn eval_set(
 fn eval_ppl(
     model: &Qwen3,
     tok: &Tokenizer,
-    docs: &[data::corpus::Document],
+    docs: &[PplDoc],
     a: &Args,
     model_key: &str,
     dir: &Path,
     bar: &ProgressBar,
 ) -> Result<(PplResult, bool)> {
-    let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
-    let ids = tok.encode_batch(&texts)?;
-    bar.set_length(ids.iter().map(|d| d.len() as u64).sum());
-    let docs: Vec<PplDoc> = docs.iter().zip(ids).map(|(d, ids)| PplDoc { domain: d.domain.clone(), ids }).collect();
+    bar.set_length(docs.iter().map(|d| d.ids.len() as u64).sum());
     let docs_sha = sha256_hex(format!("{docs:?}").as_bytes());
     let key_src = serde_json::json!({
         "model": model_key, "tokenizer": tok.sha256(), "docs": docs_sha, "seq_len": a.ppl_seq_len, "version": 1,
@@ -257,7 +260,7 @@ fn eval_ppl(
     }
     let started = Instant::now();
     let mut routing = RoutingTally::default();
-    let per_domain = text_perplexity(model, &docs, a.ppl_seq_len, 4, &mut routing, &mut |n| bar.inc(n as u64))?;
+    let per_domain = text_perplexity(model, docs, a.ppl_seq_len, 4, &mut routing, &mut |n| bar.inc(n as u64))?;
     let r = PplResult { key, per_domain, routing, seconds: started.elapsed().as_secs_f64() };
     write_json(&path, &r)?;
     Ok((r, false))
@@ -295,6 +298,19 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let docs = if ppl_on { held_out_docs(&sources.worlds, a.dev_every, a.ppl_docs)? } else { Vec::new() };
+    let kl_ref = match &a.kl_ref {
+        None => None,
+        Some(r) => {
+            let Some((name, path)) = a.models.iter().find(|(n, _)| n == r) else {
+                bail!("--kl-ref `{r}`: no --model is named so");
+            };
+            if !ppl_on {
+                bail!("--kl-ref `{r}`: the KL is measured on the perplexity documents; give a world directory in --sets and no --no-ppl");
+            }
+            let model = Qwen3::load(path).with_context(|| format!("model `{name}`: loading {}", path.display()))?;
+            Some(KlReference { name: name.clone(), model, key: fingerprint(path)? })
+        }
+    };
     let train = if a.train_text.is_empty() { sources.worlds.clone() } else { a.train_text.clone() };
     let overlaps = check_overlap(&sets, &train)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
@@ -317,6 +333,7 @@ pub fn run(a: Args) -> Result<()> {
         ppl: Vec::new(),
         routing: Vec::new(),
         latency: Vec::new(),
+        kl: Vec::new(),
     };
     let started = Instant::now();
     for ((name, path), tok) in a.models.iter().zip(&toks) {
@@ -381,6 +398,10 @@ pub fn run(a: Args) -> Result<()> {
             });
         }
         if ppl_on {
+            let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
+            let ids = tok.encode_batch(&texts)?;
+            let docs: Vec<PplDoc> =
+                docs.iter().zip(ids).map(|(d, ids)| PplDoc { domain: d.domain.clone(), ids }).collect();
             let bar = progress(a.quiet, 0, &format!("{name} ppl"));
             let (r, reused) = eval_ppl(&model, tok, &docs, &a, &model_key, &dir, &bar)?;
             bar.finish_and_clear();
@@ -404,6 +425,23 @@ pub fn run(a: Args) -> Result<()> {
                     row.overflow.iter().map(|o| format!("{:.2}: {:.2}%", o.capacity_factor, 100.0 * o.frac)).collect();
                 println!("routing  {name:<12} overflow {}  -> ship capacity {:.2}", over.join(", "), row.ship_capacity);
                 summary.routing.push(row);
+            }
+            if let Some(reference) = kl_ref.as_ref().filter(|r| r.name != *name) {
+                let bar = progress(a.quiet, 0, &format!("{name} KL"));
+                let (rows, reused) = eval_kl(name, &model, &model_key, reference, &docs, a.ppl_seq_len, &dir, &bar)?;
+                bar.finish_and_clear();
+                for k in &rows {
+                    println!(
+                        "kl       {name:<12} {:<14} {:>9.6} nats (p99 {:.4}, same top-1 {:.1}%) from `{}`{}",
+                        k.domain,
+                        k.mean_kl,
+                        k.p99_kl,
+                        100.0 * k.same_top1,
+                        k.reference,
+                        if reused { "  (reused)" } else { "" }
+                    );
+                }
+                summary.kl.extend(rows);
             }
         }
     }

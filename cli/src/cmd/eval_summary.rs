@@ -120,6 +120,25 @@ pub struct PplRow {
     pub ppl: f64,
 }
 
+/// One (model, domain) KL divergence from the `--kl-ref` model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KlRow {
+    /// Model name.
+    pub model: String,
+    /// The reference model's name.
+    pub reference: String,
+    /// Domain.
+    pub domain: String,
+    /// Tokens scored.
+    pub tokens: u64,
+    /// Mean `KL(reference || model)` per token (nats).
+    pub mean_kl: f64,
+    /// Its 99th percentile.
+    pub p99_kl: f64,
+    /// Share of tokens whose top-1 prediction equals the reference's.
+    pub same_top1: f64,
+}
+
 /// Tokens a capacity factor would drop.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Overflow {
@@ -206,4 +225,7 @@ pub struct EvalSummary {
     pub routing: Vec<RoutingRow>,
     /// One row per model whose answers were generated.
     pub latency: Vec<LatencyRow>,
+    /// One row per (model, domain) with `--kl-ref` (the reference itself has none).
+    #[serde(default)]
+    pub kl: Vec<KlRow>,
 }

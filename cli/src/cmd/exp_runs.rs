@@ -135,6 +135,7 @@ pub fn evaluate(
         quiet,
         chat: false,
         think: false,
+        kl_ref: None,
     };
     super::eval::run(args)?;
     read_summary(&out.join("summary.json"))

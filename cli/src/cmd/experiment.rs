@@ -254,6 +254,7 @@ pub fn run(a: Args) -> Result<()> {
                 quiet: a.quiet,
                 chat: false,
                 think: false,
+                kl_ref: None,
             };
             super::eval::run(args)?;
             (out.join("eval").join("summary.json"), Some(training))

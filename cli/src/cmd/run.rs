@@ -126,6 +126,7 @@ fn evaluator() -> actors::eval_job::Evaluator {
             quiet: !job.progress,
             chat: false,
             think: false,
+            kl_ref: None,
         };
         super::eval::run(args).map_err(|e| format!("{e:#}"))
     }))
