@@ -66,7 +66,7 @@ fn route_docs(model: &Qwen3, dev: &Path, seqs: usize) -> Result<(Vec<String>, Ve
                 }
             }
             let refs: Vec<&[u32]> = toks.iter().map(Vec::as_slice).collect();
-            let (records, _) = tracer.trace(&refs)?;
+            let (records, _) = tracer.trace(&refs, None)?;
             let mut at = 0;
             for t in &toks {
                 let mut counts = vec![vec![0u64; experts]; layers];

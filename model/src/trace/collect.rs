@@ -98,14 +98,24 @@ impl<'m> Tracer<'m> {
         probs.chunks_exact(self.experts).flat_map(|row| row.iter().zip(b).map(|(p, b)| p + b)).collect()
     }
 
+    /// Hidden size D (the width of the states [`Tracer::trace`] can keep).
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+
     /// Traces `docs` (each its own context, all in one forward): the records of every token,
     /// documents in order, `layers()` records per token, and in how many (token, layer) pairs
     /// the router recomputed here picks the expert the MoE op chose (a self-check: all of them
-    /// but exact ties).
-    pub fn trace(&self, docs: &[&[u32]]) -> Result<(Vec<LayerRecord>, usize)> {
-        let (e, layers) = (self.experts, self.layers());
+    /// but exact ties). With `states`, also every token's input to every MoE layer `[T, L, D]`
+    /// (replacing what it held).
+    pub fn trace(&self, docs: &[&[u32]], mut states: Option<&mut Vec<f32>>) -> Result<(Vec<LayerRecord>, usize)> {
+        let (e, layers, d) = (self.experts, self.layers(), self.hidden);
         let rows: usize = docs.iter().map(|d| d.len()).sum();
         let mut out = vec![LayerRecord::default(); rows * layers];
+        if let Some(s) = states.as_deref_mut() {
+            s.clear();
+            s.resize(rows * layers * d, 0.0);
+        }
         let mut caches: Vec<KvCache> = docs.iter().map(|_| self.decoder.new_cache()).collect();
         let inputs: Vec<StepInput<'_>> = docs
             .iter()
@@ -121,6 +131,11 @@ impl<'m> Tracer<'m> {
         let mut observe = |t: LayerTrace<'_>| {
             let l = t.layer;
             let Some(chosen) = t.experts else { return };
+            if let Some(s) = states.as_deref_mut() {
+                for (r, x) in t.input.chunks_exact(d).enumerate() {
+                    s[(r * layers + l) * d..][..d].copy_from_slice(x);
+                }
+            }
             let probs = self.probs(l, t.mid);
             let scores = self.scores(l, &probs);
             let (from_mid, from_input) = if l == 0 {
@@ -172,7 +187,8 @@ mod tests {
         let tracer = Tracer::new(&model).unwrap();
         let (a, b): (Vec<u32>, Vec<u32>) =
             ((0..40).map(|i| (i * 37 % 4000) as u32).collect(), (0..25).map(|i| (i * 11 + 5) as u32).collect());
-        let (together, agree) = tracer.trace(&[&a, &b]).unwrap();
+        let mut states = Vec::new();
+        let (together, agree) = tracer.trace(&[&a, &b], Some(&mut states)).unwrap();
         let layers = tracer.layers();
         assert_eq!(together.len(), (a.len() + b.len()) * layers);
         assert_eq!(agree, together.len(), "the router recomputed for the trace disagrees with the MoE op");
@@ -180,8 +196,20 @@ mod tests {
             assert!(r.prob > 0.0 && r.prob <= 1.0 && r.runner_up != r.expert && (r.expert as usize) < 16, "{r:?}");
             assert_eq!(i % layers == 0, r.from_mid == [NO_EXPERT; 2] && r.from_input == [NO_EXPERT; 2], "{i}: {r:?}");
         }
-        let (alone_a, _) = tracer.trace(&[&a]).unwrap();
-        let (alone_b, _) = tracer.trace(&[&b]).unwrap();
+        let d = tracer.hidden();
+        assert_eq!(states.len(), together.len() * d);
+        let mut alone_states = Vec::new();
+        let (alone_a, _) = tracer.trace(&[&a], Some(&mut alone_states)).unwrap();
+        let (alone_b, _) = tracer.trace(&[&b], None).unwrap();
+        let n_a = alone_a.len() * d;
+        assert!(states[..n_a].iter().zip(&alone_states).all(|(x, y)| (x - y).abs() < 1e-4), "states differ alone");
+        assert!(states.iter().any(|&v| v != 0.0) && states.iter().all(|v| v.is_finite()));
+        // The kept states are each layer's input: the gate on them reproduces `from_input`.
+        for (i, r) in together.iter().enumerate().filter(|(i, _)| i % layers != 0) {
+            let x = &states[i * d..][..d];
+            let l = i % layers;
+            assert_eq!(top2(&tracer.scores(l, &tracer.probs(l, x))), r.from_input, "{i}");
+        }
         let close = |x: &[LayerRecord], y: &[LayerRecord]| {
             x.len() == y.len()
                 && x.iter().zip(y).all(|(p, q)| {

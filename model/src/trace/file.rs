@@ -32,6 +32,10 @@ pub struct TraceMeta {
     pub chunk_seqs: usize,
     /// Sequences traced in all.
     pub seqs: usize,
+    /// Width D of the hidden states kept per token and layer (`hidden-<i>.bin`, see
+    /// [`super::hidden`]); 0: none kept (the default trace).
+    #[serde(default)]
+    pub hidden: usize,
 }
 
 /// The path of chunk `i`.
@@ -64,6 +68,9 @@ pub fn open_dir(dir: &Path, meta: &TraceMeta) -> Result<()> {
                 let a = (old.layers, old.experts, old.chunk_seqs, old.seqs);
                 let b = (meta.layers, meta.experts, meta.chunk_seqs, meta.seqs);
                 return Err(differs("layers, experts, chunk_seqs, seqs", &a, &b));
+            }
+            if old.hidden != meta.hidden {
+                return Err(differs("hidden (kept hidden-state width, 0: none; --hidden)", &old.hidden, &meta.hidden));
             }
             Ok(())
         }

@@ -15,13 +15,21 @@
 //!   expert given the previous layer's expert, the gates' guesses and the previous token's
 //!   expert, backing off to coarser contexts), top-1 / top-2 accuracy per layer on held-out
 //!   traces.
+//! - [`hidden`]: optional hidden-state chunk files (`--hidden`): every token's input to every
+//!   MoE layer, f16, memory-mapped.
+//! - [`probe`], [`probe_features`]: a softmax probe (linear or one hidden layer, plain Adam)
+//!   per layer on the hidden state entering layer `l`, optionally with the counting
+//!   predictor's discrete features as one-hot inputs and combined with its counts.
 //! - [`prefetch`]: a cache of `k` experts per layer under LRU, predictor-driven and combined
 //!   policies: hit rate and expert loads (bytes) per token.
 
 pub mod collect;
 pub mod file;
+pub mod hidden;
 pub mod predict;
 pub mod prefetch;
+pub mod probe;
+pub mod probe_features;
 
 /// No expert (a prediction that does not exist: layer 0 has no earlier layer).
 pub const NO_EXPERT: u16 = u16::MAX;

@@ -1,6 +1,7 @@
 //! Predictors of the expert a token uses in layer `l`, from what is known before layer `l`
 //! runs, and their accuracy on held-out traces (module docs of [`super`]).
 
+use super::prefetch::Predict;
 use super::{file::Chunk, LayerRecord, NO_EXPERT};
 use serde::Serialize;
 
@@ -85,7 +86,7 @@ pub struct Fitted {
 }
 
 /// The tokens of some chunks, in order: `(doc_start, records of every layer)`.
-pub fn tokens<'a>(chunks: &'a [&'a Chunk]) -> impl Iterator<Item = (bool, &'a [LayerRecord])> + 'a {
+pub fn tokens<'a>(chunks: &'a [&'a Chunk]) -> impl Iterator<Item = (bool, &'a [LayerRecord])> + Clone + 'a {
     chunks.iter().flat_map(|c| {
         let recs = c.records();
         (0..c.tokens).map(move |t| (c.doc_start(t), &recs[t * c.layers..][..c.layers]))
@@ -154,6 +155,14 @@ impl Fitted {
         Some(key)
     }
 
+    /// The trained predictor's use counts of each expert `[E]` in layer `l` (>= 1) after the
+    /// most specific context of this token seen in training (None: none was).
+    pub fn counts(&self, l: usize, recs: &[LayerRecord], prev: Option<&[LayerRecord]>) -> Option<&[u32]> {
+        (0..CONTEXTS.len())
+            .find_map(|c| Self::key(c, l, recs, prev).and_then(|k| self.tables[l][c].get(&k)))
+            .map(Vec::as_slice)
+    }
+
     /// What `p` predicts for layer `l` (>= 1) of the token with records `recs`, whose
     /// document's previous token (if any) had records `prev`.
     pub fn predict(&self, p: Predictor, l: usize, recs: &[LayerRecord], prev: Option<&[LayerRecord]>) -> [u16; 2] {
@@ -163,9 +172,7 @@ impl Fitted {
             Predictor::PrevToken => prev.map_or(self.frequent[l], |pr| [pr[l].expert, pr[l].runner_up]),
             Predictor::MostFrequent => self.frequent[l],
             Predictor::Trained => {
-                let counts = (0..CONTEXTS.len())
-                    .find_map(|c| Self::key(c, l, recs, prev).and_then(|k| self.tables[l][c].get(&k)));
-                let Some(counts) = counts else { return recs[l].from_input };
+                let Some(counts) = self.counts(l, recs, prev) else { return recs[l].from_input };
                 let guess = best2(counts);
                 match guess {
                     [NO_EXPERT, _] => recs[l].from_input,
@@ -203,20 +210,33 @@ impl Hits {
 
 /// Accuracy of every predictor, per layer `1..layers` (`[predictor][layer - 1]`), on the
 /// held-out tokens.
-pub fn accuracy<'a>(fitted: &Fitted, held_out: impl Iterator<Item = (bool, &'a [LayerRecord])>) -> Vec<Vec<Hits>> {
-    let layers = fitted.layers;
-    let mut hits = vec![vec![Hits::default(); layers.saturating_sub(1)]; Predictor::ALL.len()];
+pub fn accuracy<'a>(
+    fitted: &Fitted,
+    held_out: impl Iterator<Item = (bool, &'a [LayerRecord])> + Clone,
+) -> Vec<Vec<Hits>> {
+    Predictor::ALL
+        .iter()
+        .map(|&p| accuracy_of(fitted.layers, held_out.clone(), &|_, l, recs, prev| fitted.predict(p, l, recs, prev)))
+        .collect()
+}
+
+/// Accuracy of one predictor per layer `1..layers` on the held-out tokens; `predict` is asked
+/// with each token's position in `held_out` ([`Predict`]).
+pub fn accuracy_of<'a>(
+    layers: usize,
+    held_out: impl Iterator<Item = (bool, &'a [LayerRecord])>,
+    predict: &Predict,
+) -> Vec<Hits> {
+    let mut hits = vec![Hits::default(); layers.saturating_sub(1)];
     let mut prev: Option<&[LayerRecord]> = None;
-    for (start, recs) in held_out {
+    for (t, (start, recs)) in held_out.enumerate() {
         let before = if start { None } else { prev };
-        for (pi, &p) in Predictor::ALL.iter().enumerate() {
-            for l in 1..layers {
-                let guess = fitted.predict(p, l, recs, before);
-                let h = &mut hits[pi][l - 1];
-                h.tokens += 1;
-                h.top1 += (guess[0] == recs[l].expert) as u64;
-                h.top2 += guess.contains(&recs[l].expert) as u64;
-            }
+        for l in 1..layers {
+            let guess = predict(t, l, recs, before);
+            let h = &mut hits[l - 1];
+            h.tokens += 1;
+            h.top1 += (guess[0] == recs[l].expert) as u64;
+            h.top2 += guess.contains(&recs[l].expert) as u64;
         }
         prev = Some(recs);
     }

@@ -86,9 +86,10 @@ impl Lru {
     }
 }
 
-/// What a predictor is asked: the layer, the token's records, and the records of the previous
-/// token of its document (None at a document's start).
-pub type Predict<'p> = dyn Fn(usize, &[LayerRecord], Option<&[LayerRecord]>) -> [u16; 2] + 'p;
+/// What a predictor is asked: the token's position in the held-out stream, the layer, the
+/// token's records, and the records of the previous token of its document (None at a
+/// document's start).
+pub type Predict<'p> = dyn Fn(usize, usize, &[LayerRecord], Option<&[LayerRecord]>) -> [u16; 2] + 'p;
 
 /// Simulates `policy` with `k` experts per layer over `tokens` (held-out, in order, with whether
 /// each starts a document), with `predict` giving the predictor's two guesses for a layer.
@@ -103,7 +104,7 @@ pub fn simulate<'a>(
     let mut caches: Vec<Lru> = (0..layers).map(|_| Lru { k, order: Vec::new() }).collect();
     let mut out = Outcome::default();
     let mut prev: Option<&[LayerRecord]> = None;
-    for (start, recs) in tokens {
+    for (t, (start, recs)) in tokens.enumerate() {
         let before = if start { None } else { prev };
         prev = Some(recs);
         out.tokens += 1;
@@ -118,7 +119,7 @@ pub fn simulate<'a>(
                     out.loads += loaded as u64;
                 }
                 Policy::Predicted => {
-                    let guesses = predict(l, recs, before);
+                    let guesses = predict(t, l, recs, before);
                     let want: Vec<u16> =
                         guesses.iter().copied().filter(|&g| g != super::NO_EXPERT).take(k.min(2)).collect();
                     out.loads += want.iter().filter(|g| !cache.order.contains(g)).count() as u64;
@@ -130,7 +131,7 @@ pub fn simulate<'a>(
                     }
                 }
                 Policy::LruPredicted => {
-                    let g = predict(l, recs, before)[0];
+                    let g = predict(t, l, recs, before)[0];
                     if g != super::NO_EXPERT {
                         out.loads += cache.touch(g) as u64;
                     }
@@ -158,7 +159,7 @@ mod tests {
     fn policies_count_hits_and_loads_by_hand() {
         let toks = [token(1, 1), token(2, 2), token(1, 2), token(3, 3)];
         let run = |p: Policy, k: usize| {
-            let guess = |l: usize, r: &[LayerRecord], _: Option<&[LayerRecord]>| r[l].from_input;
+            let guess = |_: usize, l: usize, r: &[LayerRecord], _: Option<&[LayerRecord]>| r[l].from_input;
             simulate(p, k, 2, toks.iter().map(|t| (false, t.as_slice())), &guess)
         };
         // LRU k=1: every use differs from the previous one: 4 misses.
