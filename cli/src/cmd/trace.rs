@@ -227,7 +227,13 @@ fn report(dir: &Path, meta: &TraceMeta, chunks: usize, probe: &ProbeConfig, prev
         let all = per_layer.iter().fold((0, 0, 0), |s, h| (s.0 + h.tokens, s.1 + h.top1, s.2 + h.top2));
         let mean1 = all.1 as f64 / all.0.max(1) as f64;
         let mean2 = all.2 as f64 / all.0.max(1) as f64;
-        println!("  {:<20} layers 1..: {}   all: {:.1}% / {:.1}%", name, cells.join("  "), 100.0 * mean1, 100.0 * mean2);
+        println!(
+            "  {:<20} layers 1..: {}   all: {:.1}% / {:.1}%",
+            name,
+            cells.join("  "),
+            100.0 * mean1,
+            100.0 * mean2
+        );
         acc_json.insert(name.clone(), serde_json::json!({ "per_layer": per_layer, "top1": mean1, "top2": mean2 }));
     }
     println!("prefetch simulation (expert of {} bytes in f32), held-out tokens in order:", meta.expert_bytes);

@@ -272,9 +272,8 @@ mod tests {
         for (i, &y) in labels.iter().enumerate() {
             let mut a: Vec<f64> = x[i * p.inputs..][..p.inputs].iter().map(|&v| v as f64).collect();
             for (li, &(r, c, w, b)) in lay.maps.iter().enumerate() {
-                let mut o: Vec<f64> = (0..r)
-                    .map(|j| params[b + j] + (0..c).map(|k| params[w + j * c + k] * a[k]).sum::<f64>())
-                    .collect();
+                let mut o: Vec<f64> =
+                    (0..r).map(|j| params[b + j] + (0..c).map(|k| params[w + j * c + k] * a[k]).sum::<f64>()).collect();
                 if li + 1 < lay.maps.len() {
                     o.iter_mut().for_each(|v| *v = v.max(0.0));
                 }
@@ -312,7 +311,8 @@ mod tests {
                 let (mut up, mut dn) = (base.clone(), base.clone());
                 up[k] += h;
                 dn[k] -= h;
-                let fd = (loss_f64(&p, &x, &labels, l2 as f64, &up) - loss_f64(&p, &x, &labels, l2 as f64, &dn)) / (2.0 * h);
+                let fd =
+                    (loss_f64(&p, &x, &labels, l2 as f64, &up) - loss_f64(&p, &x, &labels, l2 as f64, &dn)) / (2.0 * h);
                 let err = (g[k] as f64 - fd).abs() / (1e-3 + fd.abs());
                 worst = worst.max(err);
             }
@@ -334,7 +334,9 @@ mod tests {
             let labels: Vec<u16> = (0..n).map(|_| rng.gen_range(0..classes as u16)).collect();
             let x: Vec<f32> = labels
                 .iter()
-                .flat_map(|&y| (0..d).map(|k| centres[y as usize * d + k] * 3.0 + rng.gen_range(-0.3..0.3)).collect::<Vec<_>>())
+                .flat_map(|&y| {
+                    (0..d).map(|k| centres[y as usize * d + k] * 3.0 + rng.gen_range(-0.3..0.3)).collect::<Vec<_>>()
+                })
                 .collect();
             (x, labels)
         };

@@ -37,7 +37,12 @@ pub fn tokens_with_hidden<'a>(chunks: &[(&'a Chunk, &'a HiddenChunk)]) -> Vec<To
         .iter()
         .flat_map(|&(c, h)| {
             let recs = c.records();
-            (0..c.tokens).map(move |t| Token { start: c.doc_start(t), recs: &recs[t * c.layers..][..c.layers], hidden: h, t })
+            (0..c.tokens).map(move |t| Token {
+                start: c.doc_start(t),
+                recs: &recs[t * c.layers..][..c.layers],
+                hidden: h,
+                t,
+            })
         })
         .collect()
 }
@@ -120,9 +125,8 @@ impl Probes {
         let mut losses = vec![Vec::new()];
         for l in 1..layers {
             let labels: Vec<u16> = train_tokens.iter().map(|t| t.recs[l].expert).collect();
-            let fill = |i: usize, out: &mut [f32]| {
-                features.fill(l, experts, &train_tokens[i], prev_of(train_tokens, i), out)
-            };
+            let fill =
+                |i: usize, out: &mut [f32]| features.fill(l, experts, &train_tokens[i], prev_of(train_tokens, i), out);
             let (p, loss) = train(inputs, experts, &labels, &fill, cfg);
             probes.push(Some(p));
             losses.push(loss);
