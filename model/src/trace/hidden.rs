@@ -23,7 +23,10 @@ pub fn hidden_path(dir: &Path, i: usize) -> PathBuf {
 /// Writes hidden-state chunk `i` atomically: `states` `[T, L, D]` in f32, stored as f16.
 pub fn write_hidden(dir: &Path, i: usize, layers: usize, dim: usize, states: &[f32]) -> Result<()> {
     let per_token = layers * dim;
-    assert!(per_token > 0 && states.len() % per_token == 0, "write_hidden: states are not [T, {layers}, {dim}]");
+    assert!(
+        per_token > 0 && states.len().is_multiple_of(per_token),
+        "write_hidden: states are not [T, {layers}, {dim}]"
+    );
     let tokens = states.len() / per_token;
     let mut bytes = Vec::with_capacity(HEADER + states.len() * 2);
     bytes.extend_from_slice(MAGIC);
