@@ -116,6 +116,7 @@ impl Pipeline {
                     (s, Ema::of(&trainer), ledger)
                 }
             };
+            trainer.freeze_weights = !run.q.train_weights;
             let stopped = run.train(self, &mut trainer, &stream, &ckpt_dir, &mut state, &mut ema, &mut ledger)?;
             if stopped {
                 return Err(EngineError::Training(format!(

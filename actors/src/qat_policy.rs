@@ -82,6 +82,10 @@ pub struct QatPhaseConfig {
     pub ema_power: f64,
     /// Clip ratios of the per-group MSE search at calibration (1.0 alone: min-max).
     pub clip_ratios: Vec<f32>,
+    /// The weights train with the steps and mins (LSQ); false: only the steps and mins train
+    /// (EfficientQAT's E2E-QP), the weights stay the pre-QAT model's.
+    #[serde(default = "train_weights_default")]
+    pub train_weights: bool,
     /// The V/O gate (None: off).
     #[serde(default)]
     pub vo_gate: Option<VoGateConfig>,
@@ -94,6 +98,10 @@ pub struct QatPhaseConfig {
     pub full_evals: FullEvalConfig,
     /// The higher learning rate early in each stage.
     pub early_lr: EarlyLrConfig,
+}
+
+fn train_weights_default() -> bool {
+    true
 }
 
 /// Full evaluations at these QAT token counts, then every `every` tokens after the last (seed

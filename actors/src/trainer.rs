@@ -174,6 +174,9 @@ pub struct Trainer {
     /// The learning rate of the next steps before the breakers' `lr_scale` (P4's per-stage
     /// schedule); None: the phase's cosine schedule.
     pub lr_override: Option<f32>,
+    /// Only the QAT steps and mins train (P4 with `qat.train_weights: false`, EfficientQAT's
+    /// E2E-QP): the weights' AdamW update is skipped.
+    pub freeze_weights: bool,
 }
 
 /// Values per learnable step of P2's Q8 fake-quant (one Q8_0 block).
@@ -328,6 +331,7 @@ impl Trainer {
             pair_reference: None,
             teacher_cache: None,
             lr_override: None,
+            freeze_weights: false,
         })
     }
 
@@ -624,7 +628,9 @@ impl Trainer {
             self.opt.cfg.lr = lr;
             let kept = frozen.map(|r| self.model.params.flat()[r].to_vec());
             let (device, params) = (self.device, &mut self.model.params);
-            profile::stage("adamw", || self.opt.step_on(device, params, &grads))?;
+            if !self.freeze_weights {
+                profile::stage("adamw", || self.opt.step_on(device, params, &grads))?;
+            }
             if let Some(q) = &mut self.qat {
                 q.step(&qat_grads, lr, self.config.betas);
             }
