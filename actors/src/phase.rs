@@ -149,6 +149,13 @@ pub struct SftPhaseConfig {
     pub examples: usize,
     /// Share of hard two-hop cases answered under `/think` with a rationale.
     pub hard_fraction: f64,
+    /// Share of multiple-choice questions in P3's prompt form answered with the letter and the
+    /// option text (absent: none, the conversations of configs written before it).
+    #[serde(default)]
+    pub mcq_fraction: f64,
+    /// Share of those questions asked under `/think`, answered after a one-sentence rationale.
+    #[serde(default = "default_mcq_think_fraction")]
+    pub mcq_think_fraction: f64,
     /// Untie the LM head from the embedding at the start of the phase.
     pub untie_embeddings: bool,
     /// Fraction of the steps (from the start) during which the embedding does not move.
@@ -157,6 +164,10 @@ pub struct SftPhaseConfig {
     /// (0.15 in the seed plan): the QAT mask's tensors at Q8_0 through `Trainer::qat`.
     #[serde(default)]
     pub q8_fraction: f32,
+}
+
+fn default_mcq_think_fraction() -> f64 {
+    0.15
 }
 
 /// Preference optimisation settings (P3): candidates sampled from the P2 model on the world's
@@ -468,10 +479,21 @@ impl PhaseConfig {
                     s.examples, s.hard_fraction
                 ));
             }
-            for (name, f) in [("freeze_embeddings_frac", s.freeze_embeddings_frac), ("q8_fraction", s.q8_fraction)] {
+            for (name, f) in [
+                ("freeze_embeddings_frac", s.freeze_embeddings_frac as f64),
+                ("q8_fraction", s.q8_fraction as f64),
+                ("mcq_fraction", s.mcq_fraction),
+                ("mcq_think_fraction", s.mcq_think_fraction),
+            ] {
                 if !(0.0..=1.0).contains(&f) {
                     return bad(format!("field `sft.{name}`: {f} is not a fraction in [0, 1]"));
                 }
+            }
+            if s.hard_fraction + s.mcq_fraction > 1.0 {
+                return bad(format!(
+                    "sft: hard_fraction {} + mcq_fraction {} exceed 1 (both are shares of the conversations)",
+                    s.hard_fraction, s.mcq_fraction
+                ));
             }
         }
         if (self.kind == PhaseKind::Preference) != self.preference.is_some() {

@@ -17,7 +17,7 @@ use std::path::Path;
 pub struct SftData {
     /// Rows `[T]` each.
     pub rows: Vec<SftRow>,
-    /// Counts for the summary: `sft_examples`, `sft_think_examples`, `sft_rows`,
+    /// Counts for the summary: `sft_examples`, `sft_think_examples`, `sft_mcq_examples`, `sft_rows`,
     /// `sft_too_long`, `sft_trained_tokens`.
     pub stats: BTreeMap<String, f64>,
 }
@@ -45,7 +45,13 @@ pub fn chat_of(data_dir: &Path) -> Result<(Tokenizer, ChatTemplate)> {
 pub fn build_sft_rows(data_dir: &Path, cfg: &SftPhaseConfig, seq_len: usize, seed: u64) -> Result<SftData> {
     let world = read_world(data_dir)?;
     let (tok, template) = chat_of(data_dir)?;
-    let examples = sft_examples(&world, seed, &SftConfig { examples: cfg.examples, hard_fraction: cfg.hard_fraction });
+    let sft = SftConfig {
+        examples: cfg.examples,
+        hard_fraction: cfg.hard_fraction,
+        mcq_fraction: cfg.mcq_fraction,
+        mcq_think_fraction: cfg.mcq_think_fraction,
+    };
+    let examples = sft_examples(&world, seed, &sft);
     let docs =
         examples.iter().map(|e| tokenize_chat(&tok, &template, &e.messages)).collect::<data::Result<Vec<_>>>()?;
     let pad = tok.token_id(ENDOFTEXT).unwrap_or(0);
@@ -63,6 +69,7 @@ pub fn build_sft_rows(data_dir: &Path, cfg: &SftPhaseConfig, seq_len: usize, see
     let stats = [
         ("sft_examples", examples.len() as f64),
         ("sft_think_examples", examples.iter().filter(|e| e.think).count() as f64),
+        ("sft_mcq_examples", examples.iter().filter(|e| e.kind == "mcq").count() as f64),
         ("sft_rows", packing.rows.len() as f64),
         ("sft_too_long", packing.too_long.len() as f64),
         ("sft_trained_tokens", packing.trained_tokens as f64),

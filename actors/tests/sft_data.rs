@@ -24,6 +24,8 @@ fn cfg(examples: usize) -> SftPhaseConfig {
     SftPhaseConfig {
         examples,
         hard_fraction: 0.15,
+        mcq_fraction: 0.25,
+        mcq_think_fraction: 0.15,
         untie_embeddings: true,
         freeze_embeddings_frac: 0.2,
         q8_fraction: 0.0,
@@ -38,7 +40,9 @@ fn rows_are_deterministic_and_train_only_assistant_tokens() {
     let b = build_sft_rows(tmp.path(), &cfg(40), 256, 7).unwrap();
     assert_eq!(a.rows, b.rows);
     assert_eq!(a.stats["sft_examples"], 40.0);
-    assert_eq!(a.stats["sft_think_examples"], 6.0);
+    // 6 two-hop cases (15%), 10 multiple-choice questions (25%), 2 of them (15%, rounded) under /think.
+    assert_eq!(a.stats["sft_mcq_examples"], 10.0);
+    assert_eq!(a.stats["sft_think_examples"], 8.0);
     let trained: usize = a.rows.iter().map(|r| r.targets.iter().filter(|&&t| t != -100).count()).sum();
     assert_eq!(trained as f64, a.stats["sft_trained_tokens"]);
     let tok = Tokenizer::load(&tmp.path().join("tokenizer")).unwrap();

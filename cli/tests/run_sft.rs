@@ -102,7 +102,10 @@ fn p2_trains_the_worlds_conversations_with_an_untied_head_and_a_frozen_embedding
     assert_eq!(summary["phase"], "p2");
     assert_eq!(summary["steps"], 5);
     assert_eq!(summary["data"]["sft_examples"], 120.0);
-    assert_eq!(summary["data"]["sft_think_examples"], 18.0, "15% of 120 under /think");
+    // configs/phases/p2.json's shares: 18 two-hop cases (15% of 120) and 30 multiple-choice
+    // questions (25%), round(0.15 * 30) = 5 of them under /think.
+    assert_eq!(summary["data"]["sft_mcq_examples"], 30.0, "25% of 120 are multiple-choice questions");
+    assert_eq!(summary["data"]["sft_think_examples"], 23.0, "18 two-hop cases + 5 questions under /think");
     assert!(summary["data"]["sft_rows"].as_f64().unwrap() >= 5.0, "{summary}");
     assert!(summary["final_loss"].as_f64().unwrap().is_finite());
     let config = std::fs::read_to_string(run.join("p2/model/config.json")).unwrap();

@@ -1,12 +1,17 @@
 //! SFT conversations from the synthetic world: fact Q&A, drug-label Q&A, case dialogues
 //! (answered under `/no_think` with the empty think block inside the assistant turn, as Qwen3
-//! trains it) and hard two-hop cases (~15%, under `/think` with a `<think>` rationale).
+//! trains it), hard two-hop cases (~15%, under `/think` with a `<think>` rationale) and
+//! multiple-choice questions over single facts (`mcq_fraction`, ~25% in configs/phases/p2.json)
+//! in the user-turn form of P3's verifiable prompts, answered with the letter and the option
+//! text (`B. hepatic`), a share of them (`mcq_think_fraction`) under `/think` with a one-sentence
+//! rationale.
 //!
 //! The hard cases chain symptoms -> (unnamed) disease -> its specialty, laboratory marker or
 //! pathogen; never its drug, so the two_hop evaluation (symptoms -> first-line drug) stays a
 //! composition the model was never shown. Phrasings are our own (tests check the n-gram
 //! overlap with the evaluation sets).
 
+use super::mcq::{fact_mcq, mcq_answer, mcq_user_turn, FactKind, FactPools};
 use crate::chat::{strip_rationale, with_rationale, Message};
 use crate::rng::sub_rng;
 use crate::world::World;
@@ -23,11 +28,16 @@ pub struct SftConfig {
     pub examples: usize,
     /// Share of hard two-hop cases answered with a rationale under `/think`.
     pub hard_fraction: f64,
+    /// Share of multiple-choice questions answered with a letter (`hard_fraction +
+    /// mcq_fraction` <= 1).
+    pub mcq_fraction: f64,
+    /// Share of the multiple-choice questions asked under `/think` (with a rationale).
+    pub mcq_think_fraction: f64,
 }
 
 impl Default for SftConfig {
     fn default() -> Self {
-        SftConfig { examples: 4000, hard_fraction: 0.15 }
+        SftConfig { examples: 4000, hard_fraction: 0.15, mcq_fraction: 0.25, mcq_think_fraction: 0.15 }
     }
 }
 
@@ -36,7 +46,7 @@ impl Default for SftConfig {
 pub struct SftExample {
     /// `sft-NNNNNN`.
     pub id: String,
-    /// `fact_qa`, `drug_label`, `case_dialogue` or `two_hop_case`.
+    /// `fact_qa`, `drug_label`, `case_dialogue`, `two_hop_case` or `mcq`.
     pub kind: String,
     /// Answered with a rationale (`/think`) or with the empty think block (`/no_think`).
     pub think: bool,
@@ -188,32 +198,67 @@ fn two_hop_case(w: &World, rng: &mut ChaCha8Rng) -> Turn {
     }
 }
 
+/// The facts P2's multiple-choice conversations ask about.
+const MCQ_KINDS: &[FactKind] = &[FactKind::FirstLine, FactKind::SecondLine, FactKind::System, FactKind::DrugFamily];
+
+/// What one position of the plan holds.
+#[derive(Clone, Copy, PartialEq)]
+enum Slot {
+    /// A two-hop case under `/think`.
+    Hard,
+    /// A multiple-choice question, under `/think` or not.
+    Mcq { think: bool },
+    /// Fact Q&A, drug label or case dialogue.
+    Plain,
+}
+
+/// A multiple-choice conversation (the world always has four distinct options for every fact;
+/// a degenerate world whose pool is too small gets a fact Q&A instead).
+fn mcq(w: &World, pools: &FactPools, rng: &mut ChaCha8Rng, think: bool) -> Option<Vec<Message>> {
+    let q = fact_mcq(w, pools, rng, MCQ_KINDS)?;
+    Some(vec![
+        Message::new("user", mcq_user_turn(&q.question, &q.options, think)),
+        Message::new("assistant", mcq_answer(&q, think)),
+    ])
+}
+
 /// Generates `config.examples` conversations; same world, seed and config, same examples.
-/// The first `round(hard_fraction * examples)` positions of a shuffled plan are hard cases.
+/// A shuffled plan holds `round(hard_fraction * examples)` hard cases and `round(mcq_fraction *
+/// examples)` multiple-choice questions (`round(mcq_think_fraction * that)` of them under
+/// `/think`); with `mcq_fraction` 0 the examples are those of the builder before it had MCQs.
 pub fn sft_examples(w: &World, seed: u64, config: &SftConfig) -> Vec<SftExample> {
     let mut rng = sub_rng(seed, "sft");
     let n = config.examples;
-    let hard = ((config.hard_fraction.clamp(0.0, 1.0) * n as f64).round() as usize).min(n);
-    let mut plan: Vec<bool> = (0..n).map(|i| i < hard).collect();
+    let share = |f: f64, of: usize| ((f.clamp(0.0, 1.0) * of as f64).round() as usize).min(of);
+    let hard = share(config.hard_fraction, n);
+    let mcqs = share(config.mcq_fraction, n).min(n - hard);
+    let mcq_think = share(config.mcq_think_fraction, mcqs);
+    let mut plan: Vec<Slot> = (0..n)
+        .map(|i| match i {
+            _ if i < hard => Slot::Hard,
+            _ if i < hard + mcq_think => Slot::Mcq { think: true },
+            _ if i < hard + mcqs => Slot::Mcq { think: false },
+            _ => Slot::Plain,
+        })
+        .collect();
     plan.shuffle(&mut rng);
+    let pools = FactPools::new(w);
     plan.into_iter()
         .enumerate()
-        .map(|(k, is_hard)| {
-            let (kind, turns) = if is_hard {
-                ("two_hop_case", vec![two_hop_case(w, &mut rng)])
-            } else {
-                match rng.gen_range(0..3) {
-                    0 => ("fact_qa", vec![fact_qa(w, &mut rng)]),
-                    1 => ("drug_label", vec![drug_label(w, &mut rng)]),
-                    _ => ("case_dialogue", case_dialogue(w, &mut rng)),
-                }
+        .map(|(k, slot)| {
+            let (kind, think, messages) = match slot {
+                Slot::Hard => ("two_hop_case", true, messages(&[two_hop_case(w, &mut rng)], true)),
+                Slot::Mcq { think } => match mcq(w, &pools, &mut rng, think) {
+                    Some(m) => ("mcq", think, m),
+                    None => ("fact_qa", false, messages(&[fact_qa(w, &mut rng)], false)),
+                },
+                Slot::Plain => match rng.gen_range(0..3) {
+                    0 => ("fact_qa", false, messages(&[fact_qa(w, &mut rng)], false)),
+                    1 => ("drug_label", false, messages(&[drug_label(w, &mut rng)], false)),
+                    _ => ("case_dialogue", false, messages(&case_dialogue(w, &mut rng), false)),
+                },
             };
-            SftExample {
-                id: format!("sft-{k:06}"),
-                kind: kind.into(),
-                think: is_hard,
-                messages: messages(&turns, is_hard),
-            }
+            SftExample { id: format!("sft-{k:06}"), kind: kind.into(), think, messages }
         })
         .collect()
 }

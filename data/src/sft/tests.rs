@@ -10,7 +10,7 @@ fn world() -> World {
 }
 
 fn examples(w: &World, n: usize) -> Vec<SftExample> {
-    sft_examples(w, 5, &SftConfig { examples: n, hard_fraction: 0.15 })
+    sft_examples(w, 5, &SftConfig { examples: n, hard_fraction: 0.15, mcq_fraction: 0.25, mcq_think_fraction: 0.15 })
 }
 
 #[test]
@@ -18,10 +18,13 @@ fn examples_are_seeded_and_follow_the_think_conventions() {
     let w = world();
     let ex = examples(&w, 400);
     assert_eq!(ex, examples(&w, 400), "same seed, different examples");
-    let hard = ex.iter().filter(|e| e.think).count();
-    assert_eq!(hard, 60, "15% of 400 are hard cases");
+    let count = |kind: &str, think: bool| ex.iter().filter(|e| e.kind == kind && e.think == think).count();
+    assert_eq!(count("two_hop_case", true), 60, "15% of 400 are hard cases");
+    assert_eq!(count("two_hop_case", false), 0);
+    assert_eq!(count("mcq", true) + count("mcq", false), 100, "25% of 400 are multiple-choice questions");
+    assert_eq!(count("mcq", true), 15, "15% of the 100 questions under /think");
     for e in &ex {
-        assert_eq!(e.think, e.kind == "two_hop_case", "{}", e.id);
+        assert!(!e.think || e.kind == "two_hop_case" || e.kind == "mcq", "{}: {} under /think", e.id, e.kind);
         let flag = if e.think { " /think" } else { " /no_think" };
         for pair in e.messages.chunks(2) {
             assert_eq!(pair[0].role, "user");
@@ -36,7 +39,7 @@ fn examples_are_seeded_and_follow_the_think_conventions() {
             }
         }
     }
-    for kind in ["fact_qa", "drug_label", "case_dialogue", "two_hop_case"] {
+    for kind in ["fact_qa", "drug_label", "case_dialogue", "two_hop_case", "mcq"] {
         assert!(ex.iter().any(|e| e.kind == kind), "no {kind} example");
     }
 }

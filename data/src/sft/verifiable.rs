@@ -11,11 +11,11 @@
 //! (`A`..), or failing that the one option whose text appears; none or several is `Invalid`;
 //! then `Correct` or `Wrong` against the key.
 
+use super::mcq::{fact_mcq, mcq_user_turn, FactKind, FactPools};
 use crate::chat::Message;
 use crate::rng::sub_rng;
 use crate::world::World;
 use rand::seq::SliceRandom;
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 /// One verifiable prompt.
@@ -47,75 +47,27 @@ pub enum Reward {
     Invalid,
 }
 
-/// Letter of option `i` (`A`, `B`, ...).
-fn letter(i: usize) -> char {
-    (b'A' + i as u8) as char
-}
-
-/// Three distinct options other than `right` from `pool`, plus `right` at a random position.
-fn options(rng: &mut impl Rng, pool: &[String], right: &str) -> Option<(Vec<String>, usize)> {
-    let mut others: Vec<&String> = pool.iter().filter(|p| p.as_str() != right).collect();
-    others.sort();
-    others.dedup();
-    if others.len() < 3 {
-        return None;
-    }
-    others.shuffle(rng);
-    let mut opts: Vec<String> = others.into_iter().take(3).cloned().collect();
-    let at = rng.gen_range(0..=3);
-    opts.insert(at, right.to_string());
-    Some((opts, at))
-}
-
-/// The user turn of a multiple-choice question (P3's verifiable prompts, and `moe-cli eval
-/// --chat`): the question, one `A. option` line per option, the instruction, `/think` or
-/// `/no_think`.
-pub fn mcq_user_turn(question: &str, options: &[String], think: bool) -> String {
-    let listed: Vec<String> = options.iter().enumerate().map(|(i, o)| format!("{}. {o}", letter(i))).collect();
-    format!(
-        "{question}\n{}\nReply with the letter of the right option. {}",
-        listed.join("\n"),
-        if think { "/think" } else { "/no_think" }
-    )
-}
+/// The facts P3 asks about (P2's MCQ conversations add the backup drug).
+const PROMPT_KINDS: &[FactKind] = &[FactKind::FirstLine, FactKind::System, FactKind::DrugFamily];
 
 /// `n` prompts from the world; same world, seed and counts, same prompts.
 pub fn verifiable_prompts(w: &World, seed: u64, n: usize, think_fraction: f64) -> Vec<VerifiablePrompt> {
     let mut rng = sub_rng(seed, "preference-prompts");
-    let drugs: Vec<String> = w.drugs.iter().map(|d| d.name.clone()).collect();
-    let systems: Vec<String> = w.organ_systems.iter().map(|s| s.name.clone()).collect();
-    let classes: Vec<String> = w.drug_classes.iter().map(|c| c.name.clone()).collect();
+    let pools = FactPools::new(w);
     let think_n = ((think_fraction.clamp(0.0, 1.0) * n as f64).round() as usize).min(n);
     let mut out = Vec::with_capacity(n);
     let mut tries = 0;
     while out.len() < n && tries < 20 * n + 100 {
         tries += 1;
-        let (kind, question, pool, right) = match rng.gen_range(0..3) {
-            0 => {
-                let d = &w.diseases[rng.gen_range(0..w.diseases.len())];
-                let q = format!("Treating {}: which drug do you begin with?", d.name);
-                ("first_line", q, &drugs, w.drugs[d.first_line].name.clone())
-            }
-            1 => {
-                let d = &w.diseases[rng.gen_range(0..w.diseases.len())];
-                ("system", format!("What body system does {} affect?", d.name), &systems, systems[d.system].clone())
-            }
-            _ => {
-                let x = rng.gen_range(0..w.drugs.len());
-                let q = format!("Tell me the drug family of {}.", w.drugs[x].name);
-                ("drug_family", q, &classes, w.class_of(x).name.clone())
-            }
-        };
-        let Some((opts, answer)) = options(&mut rng, pool, &right) else { continue };
+        let Some(q) = fact_mcq(w, &pools, &mut rng, PROMPT_KINDS) else { continue };
         let think = out.len() < think_n;
-        let text = mcq_user_turn(&question, &opts, think);
         out.push(VerifiablePrompt {
             id: format!("po-{:06}", out.len()),
-            kind: kind.to_string(),
+            kind: q.kind.name().to_string(),
             think,
-            messages: vec![Message::new("user", text)],
-            options: opts,
-            answer,
+            messages: vec![Message::new("user", mcq_user_turn(&q.question, &q.options, think))],
+            options: q.options,
+            answer: q.answer,
         });
     }
     // Modes interleaved rather than the first `think_n` all thinking.
@@ -170,6 +122,7 @@ pub fn reward(prompt: &VerifiablePrompt, answer: &str) -> Reward {
 
 #[cfg(test)]
 mod tests {
+    use super::super::mcq::letter;
     use super::*;
     use crate::eval::overlap::NgramIndex;
     use crate::eval::{generate_eval, EvalConfig};
