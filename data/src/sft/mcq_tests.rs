@@ -31,7 +31,8 @@ fn listed_options(user: &str) -> Vec<String> {
 /// The world's answer to a question in the SFT phrasings, found from the question alone.
 fn truth(w: &World, question: &str) -> String {
     let disease = |name: &str| w.diseases.iter().find(|d| d.name == name).unwrap_or_else(|| panic!("{name}"));
-    if let Some(d) = question.strip_prefix("Treating ").and_then(|q| q.strip_suffix(": which drug do you begin with?")) {
+    if let Some(d) = question.strip_prefix("Treating ").and_then(|q| q.strip_suffix(": which drug do you begin with?"))
+    {
         w.drugs[disease(d).first_line].name.clone()
     } else if let Some(d) = question.strip_prefix("Name the backup drug for ").and_then(|q| q.strip_suffix('.')) {
         w.drugs[disease(d).second_line].name.clone()
@@ -71,7 +72,7 @@ fn mcq_answers_are_right_under_p3s_reward_rule() {
         };
         assert_eq!(reward(&prompt(key), &assistant.content), Reward::Correct, "{}: {:?}", e.id, assistant.content);
         assert_eq!(reward(&prompt((key + 1) % 4), &assistant.content), Reward::Wrong, "{}", e.id);
-        let tail = after_think(&assistant.content).unwrap();
+        let tail = after_think(&assistant.content).unwrap().trim_start();
         assert_eq!(tail, format!("{}. {}", letter(key), options[key]), "{}", e.id);
         if e.think {
             let r = crate::chat::rationale_of(&assistant.content).expect("a rationale under /think");
@@ -111,7 +112,7 @@ fn mcq_answer_letters_are_uniform() {
     let ex = mcq_examples(&w, 4000);
     let mut counts = [0usize; 4];
     for e in &ex {
-        let tail = after_think(&e.messages[1].content).unwrap();
+        let tail = after_think(&e.messages[1].content).unwrap().trim_start();
         let l = tail.chars().next().unwrap();
         counts[(l as u8 - b'A') as usize] += 1;
     }
@@ -133,7 +134,8 @@ fn mcq_conversations_are_not_eval_items() {
     let eval = generate_eval(&w, 3, &EvalConfig::default()).unwrap();
     let users: HashSet<&str> = ex.iter().map(|e| e.messages[0].content.as_str()).collect();
     let questions: HashSet<&str> = users.iter().map(|u| u.lines().next().unwrap()).collect();
-    let texts: Vec<String> = ex.iter().map(|e| format!("{}\n{}", e.messages[0].content, e.messages[1].content)).collect();
+    let texts: Vec<String> =
+        ex.iter().map(|e| format!("{}\n{}", e.messages[0].content, e.messages[1].content)).collect();
     let idx8 = NgramIndex::new(texts.iter().map(String::as_str), 8);
     let idx13 = NgramIndex::new(texts.iter().map(String::as_str), 13);
     for (set, items) in eval.sets() {
