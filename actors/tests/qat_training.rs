@@ -102,6 +102,26 @@ fn qat_trains_weights_and_quantizer_and_skips_non_finite_steps() {
 }
 
 #[test]
+fn with_frozen_weights_only_the_steps_and_mins_train() {
+    let mut t = trainer();
+    t.freeze_weights = true;
+    let (weights, init) = (t.model.params.flat().to_vec(), t.qat.as_ref().unwrap().state.clone());
+    let b = batch(2, 16);
+    let mut losses = Vec::new();
+    for _ in 0..12 {
+        let (rec, _) = t.step(std::slice::from_ref(&b), Default::default()).unwrap();
+        assert!(rec.applied, "{rec:?}");
+        losses.push(rec.loss);
+    }
+    println!("QAT losses, steps and mins only: {losses:?}");
+    assert!(losses[11] < losses[0], "{losses:?}");
+    let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    assert!(same(&t.model.params.flat(), &weights), "a frozen weight moved");
+    let q = t.qat.as_ref().unwrap();
+    assert!(q.state.tensors.iter().all(|(n, x)| x.step != init.tensors[n].step), "every tensor's steps trained");
+}
+
+#[test]
 fn a_stage_switch_keeps_each_groups_clip_range() {
     let mut t = trainer();
     let q8 = Mask::from_json(&MASK.replace("q5_k", "q8_0"), std::path::Path::new("q8.json")).unwrap();
