@@ -646,6 +646,7 @@ mod tests {
             let (d, s) = (direct.qat.as_ref().unwrap(), staged.qat.as_ref().unwrap());
             assert_eq!(d.stages.len(), 1);
             assert_eq!(d.stages[0].ty, s.stages.last().unwrap().ty);
+            assert_eq!(s.train_weights, preset == "seed", "LSQ for the seed plan, steps alone for tiny");
             assert_eq!(d.stages[0].tokens, s.stages.iter().map(|x| x.tokens).sum::<u64>(), "{preset}");
             let (mut d, mut s) = (d.clone(), s.clone());
             (d.stages, s.stages) = (Vec::new(), Vec::new());
