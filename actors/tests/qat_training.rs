@@ -70,17 +70,23 @@ fn trainer() -> Trainer {
     t
 }
 
+/// `n` applied steps on the repeated batch `b`; their losses.
+fn train_on(t: &mut Trainer, b: &PackedBatch, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let (rec, _) = t.step(std::slice::from_ref(b), Default::default()).unwrap();
+            assert!(rec.applied, "{rec:?}");
+            rec.loss
+        })
+        .collect()
+}
+
 #[test]
 fn qat_trains_weights_and_quantizer_and_skips_non_finite_steps() {
     let mut t = trainer();
     let init = t.qat.as_ref().unwrap().state.clone();
     let b = batch(2, 16);
-    let mut losses = Vec::new();
-    for _ in 0..12 {
-        let (rec, _) = t.step(std::slice::from_ref(&b), Default::default()).unwrap();
-        assert!(rec.applied, "{rec:?}");
-        losses.push(rec.loss);
-    }
+    let losses = train_on(&mut t, &b, 12);
     println!("QAT losses on a repeated batch: {losses:?}");
     assert!(losses[11] < losses[0] * 0.95, "{losses:?}");
     let q = t.qat.as_ref().unwrap();
@@ -107,12 +113,7 @@ fn with_frozen_weights_only_the_steps_and_mins_train() {
     t.freeze_weights = true;
     let (weights, init) = (t.model.params.flat().to_vec(), t.qat.as_ref().unwrap().state.clone());
     let b = batch(2, 16);
-    let mut losses = Vec::new();
-    for _ in 0..12 {
-        let (rec, _) = t.step(std::slice::from_ref(&b), Default::default()).unwrap();
-        assert!(rec.applied, "{rec:?}");
-        losses.push(rec.loss);
-    }
+    let losses = train_on(&mut t, &b, 12);
     println!("QAT losses, steps and mins only: {losses:?}");
     assert!(losses[11] < losses[0], "{losses:?}");
     let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
