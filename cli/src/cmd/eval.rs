@@ -8,6 +8,7 @@
 //! settings) matches is reused, so an interrupted evaluation resumes. Ends with summary.json
 //! (Wilson 95% intervals).
 
+use super::eval_io::{resumed, sha256_hex, write_json};
 use super::eval_kl::{eval_kl, KlReference};
 use super::eval_sets::{check_overlap, held_out_docs, load_sets, EvalSet};
 use super::eval_summary::{EvalSummary, LatencyRow, McqRow, ModelInfo, PplRow, RoutingRow, SetInfo, FORMAT};
@@ -20,7 +21,6 @@ use data::tokenizer::Tokenizer;
 use indicatif::ProgressBar;
 use model::Qwen3;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -129,23 +129,6 @@ fn fingerprint(path: &Path) -> Result<String> {
         parts.push(format!("{name}:{}:{}", m.len(), mtime.map_or(0, |d| d.as_nanos())));
     }
     Ok(parts.join("|"))
-}
-
-pub(super) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A previous result at `path` with the same key, if any (a damaged file is recomputed).
-pub(super) fn resumed<T: for<'de> Deserialize<'de>>(path: &Path, key: &str, key_of: impl Fn(&T) -> &str) -> Option<T> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: T = serde_json::from_str(&text).ok()?;
-    (key_of(&v) == key).then_some(v)
-}
-
-pub(super) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(v)?;
-    bytes.push(b'\n');
-    atomicio::write_file(path, &bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Perplexity and routing of one model.

@@ -4,7 +4,7 @@
 //! One `kl.json` per model, reused when its key (both models' files, documents, row length)
 //! matches.
 
-use super::eval::{resumed, sha256_hex, write_json};
+use super::eval_io::{resumed, sha256_hex, write_json};
 use super::eval_summary::KlRow;
 use actors::harness::{text_kl, DomainKl, PplDoc};
 use anyhow::{Context, Result};

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod data;
 pub mod data_prepare;
 pub mod eval;
+pub mod eval_io;
 pub mod eval_kl;
 pub mod eval_sets;
 pub mod eval_summary;
