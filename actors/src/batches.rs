@@ -4,7 +4,7 @@
 //! repeated.
 
 use crate::error::{EngineError, Result};
-use crate::phase::MixConfig;
+use crate::phase::{LongRows, MixConfig};
 use crate::preference_data::PreferencePair;
 use data::pack::{Mix, PackedBatch, PackedDataset, Sampler, SamplerConfig, SamplerState};
 use data::rng::unit_f64;
@@ -42,12 +42,19 @@ enum Source {
     /// The run's packed train set, drawn by domain.
     Pack(Arc<PackedDataset>),
     /// Packed SFT conversations (phase p2).
-    Sft(Arc<Vec<SftRow>>),
+    Sft(Arc<SftRows>),
     /// Preference pairs (phase p3): `micro_batch / 2` pairs a micro-batch.
     Pairs(Arc<Vec<PreferencePair>>),
     /// Other phases' streams one after another: (first micro-batch, stream), in order
     /// (`baseline-small` on the micro-batches of base + p0 + p1).
     Chain(Arc<Vec<(u64, BatchStream)>>),
+}
+
+/// The rows of an SFT stream: rows of the phase's length, and the long rows with their share of
+/// the micro-batches and their rows per micro-batch.
+struct SftRows {
+    rows: Vec<SftRow>,
+    long: Option<(Vec<SftRow>, LongRows, usize)>,
 }
 
 /// Items `k*per .. (k+1)*per` of the endless sequence that visits `0..n` once per epoch, each
@@ -140,11 +147,41 @@ impl BatchStream {
 
     /// The stream of an SFT phase: `rows` (packed conversations) in a seeded order, reshuffled
     /// every epoch; micro-batch `k` holds the rows `k*B .. (k+1)*B` of that endless sequence.
-    pub fn sft(rows: Arc<Vec<SftRow>>, micro_batch: usize, seed: u64) -> Result<Self> {
+    pub fn sft(rows: Vec<SftRow>, micro_batch: usize, seed: u64) -> Result<Self> {
+        Self::sft_with_long(rows, None, micro_batch, seed)
+    }
+
+    /// An SFT stream where micro-batch `k` is made of `per` long rows when `long.is_long(k)`
+    /// (each kind in its own seeded order, reshuffled every epoch), else of `micro_batch` rows.
+    pub fn sft_with_long(
+        rows: Vec<SftRow>,
+        long: Option<(Vec<SftRow>, LongRows)>,
+        micro_batch: usize,
+        seed: u64,
+    ) -> Result<Self> {
         if rows.is_empty() || micro_batch == 0 {
             return Err(EngineError::config("sft", "no packed conversation rows to train on"));
         }
-        Ok(BatchStream { source: Source::Sft(rows), weights: BTreeMap::new(), micro_batch, seed, biased_until: 0 })
+        let long = match long {
+            Some((long_rows, l)) if l.fraction > 0.0 => {
+                let t = rows[0].ids.len();
+                let per = l.rows_per_micro(micro_batch, t);
+                if long_rows.is_empty() || per == 0 || per * l.seq_len != micro_batch * t {
+                    return Err(EngineError::config(
+                        "sft.long",
+                        format!(
+                            "{} long rows of {} tokens cannot fill micro-batches of {micro_batch} x {t} positions",
+                            long_rows.len(),
+                            l.seq_len
+                        ),
+                    ));
+                }
+                Some((long_rows, l, per))
+            }
+            _ => None,
+        };
+        let source = Source::Sft(Arc::new(SftRows { rows, long }));
+        Ok(BatchStream { source, weights: BTreeMap::new(), micro_batch, seed, biased_until: 0 })
     }
 
     /// The stream of a preference phase: `micro_batch / 2` pairs a micro-batch, in a seeded
@@ -178,11 +215,19 @@ impl BatchStream {
         })
     }
 
-    /// SFT micro-batch `k`: row slot `j = k*B + i` is position `j % n` of epoch `j / n`'s shuffle.
-    fn sft_next(&self, rows: &[SftRow], k: u64) -> PackedBatch {
-        let picked = epoch_slots(rows.len(), self.micro_batch, k, self.seed);
-        let mut batch = sft_batch(&picked.iter().map(|&i| &rows[i]).collect::<Vec<_>>());
-        batch.sequences = picked.iter().map(|&i| i as u64).collect();
+    /// SFT micro-batch `k`: row slot `j = k*B + i` is position `j % n` of epoch `j / n`'s shuffle,
+    /// `k` counting the micro-batches of its kind (long rows are numbered after the others).
+    fn sft_next(&self, rows: &SftRows, k: u64) -> PackedBatch {
+        let (set, per, k, seed, first) = match &rows.long {
+            Some((long_rows, l, per)) if l.is_long(k) => {
+                (long_rows, *per, l.long_before(k), self.seed ^ 0x10A6_5EED, rows.rows.len())
+            }
+            Some((_, l, _)) => (&rows.rows, self.micro_batch, k - l.long_before(k), self.seed, 0),
+            None => (&rows.rows, self.micro_batch, k, self.seed, 0),
+        };
+        let picked = epoch_slots(set.len(), per, k, seed);
+        let mut batch = sft_batch(&picked.iter().map(|&i| &set[i]).collect::<Vec<_>>());
+        batch.sequences = picked.iter().map(|&i| (first + i) as u64).collect();
         batch
     }
 

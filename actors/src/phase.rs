@@ -164,6 +164,41 @@ pub struct SftPhaseConfig {
     /// (0.15 in the seed plan): the QAT mask's tensors at Q8_0 through `Trainer::qat`.
     #[serde(default)]
     pub q8_fraction: f32,
+    /// Long rows (seed plan: seq 2048 with ~25% at 8192): a share of the micro-batches holds
+    /// fewer, longer rows with the same token positions (absent: every row has `seq_len`).
+    #[serde(default)]
+    pub long: Option<LongRows>,
+}
+
+/// The long rows of an SFT phase: `fraction` of the micro-batches (and so of the trained
+/// positions) hold rows of `seq_len` tokens, `micro_batch x phase seq_len / seq_len` of them.
+/// Conversations longer than the phase's rows go there, then seeded others until their tokens
+/// are about `fraction` of all.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongRows {
+    /// Tokens of a long row.
+    pub seq_len: usize,
+    /// Share of the micro-batches made of long rows, in [0, 1).
+    pub fraction: f64,
+}
+
+impl LongRows {
+    /// Long rows of one micro-batch of a phase with `micro_batch` rows of `seq_len`.
+    pub fn rows_per_micro(&self, micro_batch: usize, seq_len: usize) -> usize {
+        micro_batch * seq_len / self.seq_len.max(1)
+    }
+
+    /// True when micro-batch `k` is made of long rows: the long ones are spread evenly,
+    /// `floor(k f)` of the first `k` (so any window of micro-batches holds its share).
+    pub fn is_long(&self, k: u64) -> bool {
+        self.long_before(k + 1) > self.long_before(k)
+    }
+
+    /// Long micro-batches among the first `k`.
+    pub fn long_before(&self, k: u64) -> u64 {
+        (k as f64 * self.fraction).floor() as u64
+    }
 }
 
 fn default_mcq_think_fraction() -> f64 {
@@ -494,6 +529,19 @@ impl PhaseConfig {
                     "sft: hard_fraction {} + mcq_fraction {} exceed 1 (both are shares of the conversations)",
                     s.hard_fraction, s.mcq_fraction
                 ));
+            }
+            if let Some(l) = &s.long {
+                let positions = self.micro_batch * self.seq_len;
+                if l.seq_len <= self.seq_len || !positions.is_multiple_of(l.seq_len) {
+                    return bad(format!(
+                        "field `sft.long.seq_len`: {} must be longer than seq_len {} and divide a micro-batch's \
+                         {positions} positions (micro_batch {} x seq_len), so long micro-batches train as many",
+                        l.seq_len, self.seq_len, self.micro_batch
+                    ));
+                }
+                if !(0.0..1.0).contains(&l.fraction) {
+                    return bad(format!("field `sft.long.fraction`: {} is not in [0, 1)", l.fraction));
+                }
             }
         }
         if (self.kind == PhaseKind::Preference) != self.preference.is_some() {

@@ -773,7 +773,8 @@ impl Pipeline {
                 }
                 (Some(s), _) => {
                     let sft = crate::sft_data::build_sft_rows(&data, s, cfg.seq_len, cfg.seed)?;
-                    (BatchStream::sft(Arc::new(sft.rows), cfg.micro_batch, cfg.seed)?, sft.stats, None)
+                    let long = s.long.clone().map(|l| (sft.long_rows, l));
+                    (BatchStream::sft_with_long(sft.rows, long, cfg.micro_batch, cfg.seed)?, sft.stats, None)
                 }
                 (_, Some(pc)) => {
                     let p2 = self.dir(Stage::P2).join("model");
