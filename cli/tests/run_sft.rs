@@ -16,7 +16,8 @@ fn moe_cli() -> Command {
 }
 
 /// The micro configs: run.json and one phase file per training phase (p2: 5 steps of 4 rows of
-/// 128 tokens, 120 conversations, embedding frozen for the first 2 steps, a checkpoint a step).
+/// 128 tokens, step 4's micro-batch 2 long rows of 256, 120 conversations, embedding frozen for
+/// the first 2 steps, a checkpoint a step).
 fn write_configs(dir: &Path) {
     let mut run: serde_json::Value = serde_json::from_str(include_str!("../../configs/runs/tiny.json")).unwrap();
     run["world"]["corpus"]["tokens"] = 60_000.into();
@@ -55,7 +56,8 @@ fn write_configs(dir: &Path) {
             tiny.insert(
                 "sft".into(),
                 serde_json::json!({ "examples": 120, "hard_fraction": 0.15, "untie_embeddings": true,
-                                    "freeze_embeddings_frac": 0.4, "q8_fraction": 0.0 }),
+                                    "freeze_embeddings_frac": 0.4, "q8_fraction": 0.0,
+                                    "long": { "seq_len": 256, "fraction": 0.25 } }),
             );
         }
         if phase == "p3" {
@@ -107,6 +109,10 @@ fn p2_trains_the_worlds_conversations_with_an_untied_head_and_a_frozen_embedding
     assert_eq!(summary["data"]["sft_mcq_examples"], 30.0, "25% of 120 are multiple-choice questions");
     assert_eq!(summary["data"]["sft_think_examples"], 23.0, "18 two-hop cases + 5 questions under /think");
     assert!(summary["data"]["sft_rows"].as_f64().unwrap() >= 5.0, "{summary}");
+    // A quarter of the micro-batches (step 4 of 5) trains 2 long rows of 256 holding the
+    // conversations longer than 128 and others: every conversation is trained, none left out.
+    assert!(summary["data"]["sft_long_rows"].as_f64().unwrap() >= 2.0, "{summary}");
+    assert_eq!(summary["data"]["sft_too_long"], 0.0, "{summary}");
     assert!(summary["final_loss"].as_f64().unwrap().is_finite());
     let config = std::fs::read_to_string(run.join("p2/model/config.json")).unwrap();
     assert!(config.contains("\"tie_word_embeddings\": false"), "{config}");
