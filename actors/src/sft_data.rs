@@ -7,7 +7,7 @@
 use crate::error::{EngineError, Result};
 use crate::phase::{LongRows, SftPhaseConfig};
 use data::chat::ChatTemplate;
-use data::sft::{pack_sft, sft_examples, tokenize_chat, MaskedTokens, SftConfig, SftPacking, SftRow};
+use data::sft::{pack_sft, pack_sft_mixed, sft_examples, tokenize_chat, MaskedTokens, SftConfig, SftPacking, SftRow};
 use data::tokenizer::{Tokenizer, ENDOFTEXT};
 use data::world::World;
 use rand::seq::SliceRandom;
@@ -62,8 +62,10 @@ pub fn build_sft_rows(data_dir: &Path, cfg: &SftPhaseConfig, seq_len: usize, see
         Some(l) if l.fraction > 0.0 => split_long(&docs, seq_len, l, seed),
         _ => vec![false; docs.len()],
     };
-    let short = pack_subset(&docs, &in_long, false, seq_len, pad);
-    let long = cfg.long.as_ref().map(|l| pack_subset(&docs, &in_long, true, l.seq_len, pad));
+    let short = pack_subset(&docs, &in_long, false, |d| pack_sft(d, seq_len, pad));
+    // A long micro-batch holds one or two rows: they must mix conversations (RESULTS.md).
+    let long =
+        cfg.long.as_ref().map(|l| pack_subset(&docs, &in_long, true, |d| pack_sft_mixed(d, l.seq_len, pad, seed)));
     if short.rows.is_empty() {
         let shortest = docs.iter().map(|d| d.ids.len()).min().unwrap_or(0);
         return Err(EngineError::config(
@@ -119,12 +121,17 @@ fn split_long(docs: &[MaskedTokens], seq_len: usize, long: &LongRows, seed: u64)
     in_long
 }
 
-/// Packs the conversations with `in_long[i] == long` into rows of `seq_len`; rows name their
-/// conversations by index into `docs`.
-fn pack_subset(docs: &[MaskedTokens], in_long: &[bool], long: bool, seq_len: usize, pad: u32) -> SftPacking {
+/// Packs the conversations with `in_long[i] == long` with `pack`; rows name their conversations
+/// by index into `docs`.
+fn pack_subset(
+    docs: &[MaskedTokens],
+    in_long: &[bool],
+    long: bool,
+    pack: impl FnOnce(&[MaskedTokens]) -> SftPacking,
+) -> SftPacking {
     let picked: Vec<usize> = (0..docs.len()).filter(|&i| in_long[i] == long).collect();
     let subset: Vec<MaskedTokens> = picked.iter().map(|&i| docs[i].clone()).collect();
-    let mut packing = pack_sft(&subset, seq_len, pad);
+    let mut packing = pack(&subset);
     for r in &mut packing.rows {
         r.docs.iter_mut().for_each(|d| *d = picked[*d]);
     }

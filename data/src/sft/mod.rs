@@ -17,6 +17,6 @@ pub mod verifiable;
 
 pub use examples::{sft_examples, SftConfig, SftExample};
 pub use mcq::{mcq_answer, mcq_user_turn};
-pub use pack::{pack_sft, SftPacking, SftRow, IGNORE};
+pub use pack::{pack_sft, pack_sft_mixed, SftPacking, SftRow, IGNORE};
 pub use render::{assistant_segments, tokenize_chat, MaskedTokens};
 pub use verifiable::{after_think, option_named, reward, verifiable_prompts, Reward, VerifiablePrompt};

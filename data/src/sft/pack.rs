@@ -43,6 +43,22 @@ pub struct SftPacking {
 pub fn pack_sft(docs: &[MaskedTokens], seq_len: usize, pad_id: u32) -> SftPacking {
     let mut order: Vec<usize> = (0..docs.len()).collect();
     order.sort_by_key(|&i| (std::cmp::Reverse(docs[i].ids.len()), i));
+    pack_in_order(docs, order, seq_len, pad_id)
+}
+
+/// Best fit in a seeded random order instead of longest first: each row holds a random mix of
+/// documents rather than documents of one length (longest-first packing fills the first rows
+/// with the longest conversations and the last with the shortest, so a row is one kind of
+/// conversation; fine when a micro-batch draws many rows, not when it holds one or two long ones).
+pub fn pack_sft_mixed(docs: &[MaskedTokens], seq_len: usize, pad_id: u32, seed: u64) -> SftPacking {
+    use rand::seq::SliceRandom;
+    let mut order: Vec<usize> = (0..docs.len()).collect();
+    order.shuffle(&mut crate::rng::sub_rng(seed, "sft-pack-mixed"));
+    pack_in_order(docs, order, seq_len, pad_id)
+}
+
+/// Best-fit packing of `docs` taken in `order`.
+fn pack_in_order(docs: &[MaskedTokens], order: Vec<usize>, seq_len: usize, pad_id: u32) -> SftPacking {
     let mut too_long = Vec::new();
     let mut rows: Vec<(usize, Vec<usize>)> = Vec::new(); // (used, docs)
     let mut free: BTreeSet<(usize, usize)> = BTreeSet::new(); // (space left, row)

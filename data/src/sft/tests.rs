@@ -160,3 +160,30 @@ fn packing_keeps_documents_apart() {
     let q = pack_sft(&docs, 8, 0);
     assert_eq!(q.too_long, vec![2, 5]);
 }
+
+/// Mixed packing: every document once, whole, deterministic in the seed, and rows that mix
+/// lengths where longest-first packing sorts them into rows of one kind.
+#[test]
+fn mixed_packing_mixes_documents_of_different_lengths_into_rows() {
+    let doc = |n: usize, salt: u32| MaskedTokens { ids: vec![salt; n], mask: vec![1; n] };
+    // 24 long (10 tokens) and 24 short (3 tokens) documents, rows of 64.
+    let docs: Vec<MaskedTokens> = (0..48).map(|i| doc(if i < 24 { 10 } else { 3 }, i as u32)).collect();
+    let most_short = |p: &SftPacking| p.rows.iter().map(|r| r.docs.iter().filter(|&&d| d >= 24).count()).max();
+    let sorted = pack_sft(&docs, 64, 0);
+    let mixed = pack_sft_mixed(&docs, 64, 0, 5);
+    assert_eq!(mixed, pack_sft_mixed(&docs, 64, 0, 5), "deterministic");
+    assert_ne!(mixed.rows, pack_sft_mixed(&docs, 64, 0, 6).rows, "the seed matters");
+    let mut all: Vec<usize> = mixed.rows.iter().flat_map(|r| r.docs.clone()).collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..48).collect::<Vec<_>>());
+    for r in &mixed.rows {
+        let n: usize = r.docs.iter().map(|&d| docs[d].ids.len()).sum();
+        assert!(r.ids[..n].iter().zip(r.docs.iter().flat_map(|&d| &docs[d].ids)).all(|(a, b)| a == b));
+    }
+    assert_eq!(mixed.trained_tokens, sorted.trained_tokens);
+    // Longest first: 4 rows of 6 long documents + 1 short, then one row of the other 20 short
+    // ones; mixed: the short documents spread over the rows (about 5 a row).
+    assert_eq!(sorted.rows.len(), 5);
+    assert_eq!(most_short(&sorted), Some(20));
+    assert!(most_short(&mixed).unwrap() <= 10, "{:?}", mixed.rows.iter().map(|r| r.docs.len()).collect::<Vec<_>>());
+}
