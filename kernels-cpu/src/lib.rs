@@ -22,6 +22,7 @@ pub mod embedding;
 pub mod fake_quant;
 pub mod fastmath;
 pub mod gemm;
+pub mod gemv;
 pub mod gptq;
 pub mod moe;
 pub mod pool;

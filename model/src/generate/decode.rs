@@ -2,11 +2,13 @@
 //! pass, each attending to its own cache (prefill: a whole prompt; decode: one token per
 //! sequence).
 //!
-//! Every op except attention is the one the training forward uses (`autograd::ops` on an
-//! inference tape, so the same kernels and the same MoE routing); rows of different sequences
-//! are stacked, which changes nothing per row: RMSNorm, RoPE, the GEMMs and the dropless eval
-//! routing are all row-wise. Attention runs per sequence against the cache
-//! ([`super::attend::cached_attention`]).
+//! Every op except attention and the projections of small steps is the one the training forward
+//! uses (`autograd::ops` on an inference tape, so the same kernels and the same MoE routing);
+//! rows of different sequences are stacked, which changes nothing per row: RMSNorm, RoPE, the
+//! GEMMs, the dot products and the dropless eval routing are all row-wise. Attention runs per
+//! sequence against the cache ([`super::attend::cached_attention`]); the attention, dense / shared
+//! FFN and LM-head projections of steps of at most [`GEMV_ROWS`] rows (decoding) are dot products
+//! ([`kernels_cpu::gemv`]) instead of GEMMs that would pack the whole weight every token.
 
 use super::attend::{cached_attention, Heads};
 use super::kv_cache::KvCache;
@@ -14,6 +16,30 @@ use crate::error::{ModelError, Result};
 use crate::qwen3::{ag, swiglu_ffn, Bound, FfnTensors, ForwardOptions, Qwen3};
 use autograd::{ops, Tape, Tensor};
 use std::sync::Arc;
+
+/// Steps of at most this many rows project with dot products ([`kernels_cpu::gemv`]), more
+/// with the training forward's GEMM.
+pub const GEMV_ROWS: usize = 8;
+
+/// `x [n, K] · wᵀ` (`w [M, K]`, HF layout). Decode steps (a few rows) take one dot product per
+/// output: the GEMM would pack the whole weight for every token (a third of a decode step).
+fn project(tape: &Tape, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (n, k, m) = (x.shape()[0], x.last_dim(), w.shape()[0]);
+    if n > GEMV_ROWS || w.shape().len() != 2 || w.shape()[1] != k {
+        return ops::linear(tape, x, w).map_err(ag);
+    }
+    Ok(Tensor::from_vec(kernels_cpu::gemv::matvec_rows(&x.f32s(), &w.f32s(), n, k, m), &[n, m]))
+}
+
+/// The SwiGLU FFN of the training forward ([`swiglu_ffn`]) with [`project`]'s projections.
+fn ffn(tape: &Tape, x: &Tensor, gate_up: &Tensor, down: &Tensor) -> Result<Tensor> {
+    if x.shape()[0] > GEMV_ROWS {
+        return swiglu_ffn(tape, x, gate_up, down);
+    }
+    let gu = project(tape, x, gate_up)?;
+    let m = ops::swiglu_fused(tape, &gu).map_err(ag)?;
+    project(tape, &m, down)
+}
 
 /// Which rows of a step get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +139,7 @@ impl<'m> Decoder<'m> {
         for (li, l) in self.bound.layers.iter().enumerate() {
             let input = x.clone();
             let n1 = ops::rmsnorm(tape, &x, &l.input_norm, eps).map_err(ag)?;
-            let qkv = ops::linear(tape, &n1, &l.qkv).map_err(ag)?;
+            let qkv = project(tape, &n1, &l.qkv)?;
             let q = ops::slice_cols(tape, &qkv, 0, h * dh).map_err(ag)?.reshape(&[n * h, dh]);
             let k = ops::slice_cols(tape, &qkv, h * dh, kv * dh).map_err(ag)?.reshape(&[n * kv, dh]);
             let v = ops::slice_cols(tape, &qkv, (h + kv) * dh, kv * dh).map_err(ag)?;
@@ -130,19 +156,19 @@ impl<'m> Decoder<'m> {
                 let qs = &q[r0 * h * dh..][..len * h * dh];
                 cached_attention(out, qs, cache.keys(li), cache.values(li), past, heads);
             }
-            let a = ops::linear(tape, &Tensor::from_vec(att, &[n, h * dh]), &l.o).map_err(ag)?;
+            let a = project(tape, &Tensor::from_vec(att, &[n, h * dh]), &l.o)?;
             x = ops::add(tape, &x, &a).map_err(ag)?;
             let n2 = ops::rmsnorm(tape, &x, &l.post_norm, eps).map_err(ag)?;
             let mut chosen = None;
             let f = match (&l.ffn, &moe_cfg) {
-                (FfnTensors::Dense { gate_up, down }, _) => swiglu_ffn(tape, &n2, gate_up, down)?,
+                (FfnTensors::Dense { gate_up, down }, _) => ffn(tape, &n2, gate_up, down)?,
                 (FfnTensors::Moe { shared, router, experts }, Some(cfg)) => {
                     let bias = m.router_bias.get(li).map(Vec::as_slice);
                     let moe = ops::moe_routed(tape, &n2, router, experts, bias, cfg, 0, false).map_err(ag)?;
                     chosen = Some(moe.expert_of_token);
                     let routed = moe.out;
                     match shared {
-                        Some((gu, down)) => ops::add(tape, &swiglu_ffn(tape, &n2, gu, down)?, &routed).map_err(ag)?,
+                        Some((gu, down)) => ops::add(tape, &ffn(tape, &n2, gu, down)?, &routed).map_err(ag)?,
                         None => routed,
                     }
                 }
@@ -164,7 +190,7 @@ impl<'m> Decoder<'m> {
             }
         };
         let hidden = ops::rmsnorm(tape, &x, &self.bound.norm, eps).map_err(ag)?;
-        Ok(ops::linear(tape, &hidden, &self.bound.lm_head).map_err(ag)?.to_vec())
+        Ok(project(tape, &hidden, &self.bound.lm_head)?.to_vec())
     }
 
     /// Inputs name distinct, existing caches, hold tokens of the vocabulary, and fit the context.
