@@ -26,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 
+from gen_gguf_oracle import llama_server, top_logprobs
+
 
 def vocab_size(path):
     from gguf import GGUFReader
@@ -46,32 +48,8 @@ def default_ids(vocab, n=48):
 
 
 def llama_top(path, ids, top):
-    import xllamacpp as xlc
-
-    p = xlc.CommonParams()
-    p.model.path = path
-    p.n_ctx = max(64, len(ids) + 8)
-    p.n_batch = p.n_ctx
-    p.n_ubatch = p.n_ctx
-    p.n_parallel = 1
-    p.cache_type_k = xlc.ggml_type(0)  # GGML_TYPE_F32
-    p.cache_type_v = xlc.ggml_type(0)
-    p.flash_attn_type = xlc.llama_flash_attn_type(0)  # disabled
-    p.cache_prompt = False
-    p.warmup = False
-    p.cpuparams.n_threads = 2
-    p.cpuparams_batch.n_threads = 2
-    server = xlc.Server(p)
-    out = []
-    for pos in range(1, len(ids) + 1):
-        res = server.handle_completions({"prompt": ids[:pos], "max_tokens": 1, "n_probs": top, "temperature": 0.0,
-                                         "cache_prompt": False})
-        if isinstance(res, str):
-            res = json.loads(res)
-        if "error" in res or not res.get("choices") or not res["choices"][0].get("logprobs"):
-            raise RuntimeError(f"{path}: {json.dumps(res)[:2000]}")
-        probs = res["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-        out.append([(int(t["id"]), float(t["logprob"])) for t in probs])
+    server = llama_server(path, n_ctx=max(64, len(ids) + 8))
+    out = [top_logprobs(server, path, ids[:pos], top) for pos in range(1, len(ids) + 1)]
     del server
     return out
 

@@ -196,34 +196,44 @@ def check_with_gguf_py(path, arch, moe):
     return {t.name: t.tensor_type.name for t in r.tensors}
 
 
-def llama_logprobs(path):
+def llama_server(path, n_ctx=64, threads=2):
+    """An xllamacpp server on `path`: CPU, f32 K/V cache, flash attention off, no prompt cache, no warmup."""
     import xllamacpp as xlc
 
     p = xlc.CommonParams()
     p.model.path = path
-    p.n_ctx = 64
-    p.n_batch = 64
-    p.n_ubatch = 64
+    p.n_ctx = n_ctx
+    p.n_batch = n_ctx
+    p.n_ubatch = n_ctx
     p.n_parallel = 1
     p.cache_type_k = xlc.ggml_type(0)  # GGML_TYPE_F32
     p.cache_type_v = xlc.ggml_type(0)
     p.flash_attn_type = xlc.llama_flash_attn_type(0)  # disabled
     p.cache_prompt = False
     p.warmup = False
-    p.cpuparams.n_threads = 2
-    p.cpuparams_batch.n_threads = 2
-    server = xlc.Server(p)
+    p.cpuparams.n_threads = threads
+    p.cpuparams_batch.n_threads = threads
+    return xlc.Server(p)
+
+
+def top_logprobs(server, path, prefix, n_probs):
+    """llama.cpp's top-`n_probs` (token id, log-prob) of the next token after the ids `prefix`."""
+    res = server.handle_completions({"prompt": prefix, "max_tokens": 1, "n_probs": n_probs, "temperature": 0.0,
+                                     "cache_prompt": False})
+    if isinstance(res, str):
+        res = json.loads(res)
+    if "error" in res or not res.get("choices") or not res["choices"][0].get("logprobs"):
+        raise RuntimeError(f"{path}: {json.dumps(res)[:2000]}")
+    probs = res["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+    return [[int(t["id"]), float(t["logprob"])] for t in probs]
+
+
+def llama_logprobs(path):
+    server = llama_server(path)
     out = []
     for s, seq in enumerate(SEQUENCES):
         for pos in range(1, len(seq) + 1):
-            res = server.handle_completions({"prompt": seq[:pos], "max_tokens": 1, "n_probs": N_PROBS, "temperature": 0.0,
-                                             "cache_prompt": False})
-            if isinstance(res, str):
-                res = json.loads(res)
-            if "error" in res or not res.get("choices") or not res["choices"][0].get("logprobs"):
-                raise RuntimeError(f"{path}: {json.dumps(res)[:2000]}")
-            probs = res["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-            out.append({"seq": s, "pos": pos - 1, "top": [[int(t["id"]), float(t["logprob"])] for t in probs]})
+            out.append({"seq": s, "pos": pos - 1, "top": top_logprobs(server, path, seq[:pos], N_PROBS)})
     del server
     return out
 
