@@ -149,6 +149,22 @@ pub fn has_avx512() -> bool {
     }
 }
 
+/// `Σ a·b` in eight f32 lanes summed in order, then the tail (no target features: the loop
+/// vectorises for whatever the build targets). Used by the attention backward and as the
+/// portable dot product of `gemv`.
+#[inline]
+pub fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// `e^x` in f32 (Cephes `expf`: Cody-Waite reduction, degree-5 minimax; about 2 ulp),
 /// branch-free so loops over it vectorise. Returns 0 for `x < -87` (including -inf), where
 /// `e^x < 2e-38` is below anything a softmax row normalised by its max can notice.

@@ -10,7 +10,7 @@
 //!
 //! Both sum every gradient element in the same order, so they agree to rounding of the GEMM.
 
-use super::tile::{self, bwd_rows, Scratch, TilePos, Vis, KB, QB};
+use super::tile::{bwd_rows, Scratch, TilePos, Vis, KB, QB};
 use super::{a_bt, ab_acc, at_b_acc, tile_chunks, AttnDims, Inputs};
 use crate::gemm::GemmBackend;
 use rayon::prelude::*;
@@ -111,7 +111,7 @@ pub(super) fn backward_with(
     dvec.par_chunks_mut(h).enumerate().for_each(|(row, d)| {
         for (hd, x) in d.iter_mut().enumerate() {
             let o = (row * h + hd) * dh;
-            *x = tile::dot(&dout[o..o + dh], &out[o..o + dh]);
+            *x = crate::fastmath::dot8(&dout[o..o + dh], &out[o..o + dh]);
         }
     });
     let inp = Inputs { q, k, v, seg, dims, gemm };

@@ -195,20 +195,6 @@ fn softmax_grad_row(s: &mut [f32], dp: &mut [f32], ncol: usize, seg: Option<(u32
     }
 }
 
-/// `sum(a * b)` in eight lanes.
-pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            lanes[k] += x[k] * y[k];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
 /// Where a score tile sits: stacked row `r` is query position `q0 + r / g` (the G heads of a KV
 /// group are adjacent rows), columns are key positions `k0..k0+bk`, and `seg` holds the
 /// sequence's document ids when they must be compared.

@@ -122,16 +122,24 @@ pub struct Chunk {
     pub seqs: usize,
 }
 
+/// Maps a chunk file written once by the trace (`kind` names it in errors), refusing a file
+/// shorter than its `header` or without its `magic`.
+pub(crate) fn map_chunk(path: &Path, magic: &[u8; 8], header: usize, kind: &str) -> Result<memmap2::Mmap> {
+    let f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    // SAFETY: chunk files are written once, atomically, and never modified in place.
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| ModelError::io(path, e))?;
+    if map.len() < header || &map[..8] != magic {
+        let msg = format!("not a medmoe {kind} (bad magic or shorter than its header)");
+        return Err(ModelError::Trace { path: path.to_path_buf(), msg });
+    }
+    Ok(map)
+}
+
 impl Chunk {
     /// Maps chunk file `path`, checking its header and size against `layers` and `experts`.
     pub fn open(path: &Path, layers: usize, experts: usize) -> Result<Self> {
-        let f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
-        // SAFETY: chunk files are written once, atomically, and never modified in place.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| ModelError::io(path, e))?;
+        let map = map_chunk(path, MAGIC, HEADER, "trace chunk")?;
         let bad = |msg: String| ModelError::Trace { path: path.to_path_buf(), msg };
-        if map.len() < HEADER || &map[..8] != MAGIC {
-            return Err(bad("not a medmoe trace chunk (bad magic or shorter than its header)".into()));
-        }
         let u32_at = |o: usize| u32::from_le_bytes(map[o..o + 4].try_into().expect("4 bytes")) as usize;
         let u64_at = |o: usize| u64::from_le_bytes(map[o..o + 8].try_into().expect("8 bytes"));
         let (l, e, tokens, seqs) = (u32_at(8), u32_at(12), u64_at(16), u64_at(24));

@@ -55,13 +55,8 @@ impl HiddenChunk {
     /// Maps `path`, checking its header and size against `layers`, `dim` and the `tokens` of
     /// the matching record chunk.
     pub fn open(path: &Path, layers: usize, dim: usize, tokens: usize) -> Result<Self> {
-        let f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
-        // SAFETY: hidden chunk files are written once, atomically, and never modified in place.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| ModelError::io(path, e))?;
+        let map = super::file::map_chunk(path, MAGIC, HEADER, "hidden-state chunk")?;
         let bad = |msg: String| ModelError::Trace { path: path.to_path_buf(), msg };
-        if map.len() < HEADER || &map[..8] != MAGIC {
-            return Err(bad("not a medmoe hidden-state chunk (bad magic or shorter than its header)".into()));
-        }
         let u32_at = |o: usize| u32::from_le_bytes(map[o..o + 4].try_into().expect("4 bytes")) as usize;
         let t = u64::from_le_bytes(map[16..24].try_into().expect("8 bytes"));
         let (l, d) = (u32_at(8), u32_at(12));
