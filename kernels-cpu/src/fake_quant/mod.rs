@@ -44,18 +44,21 @@
 //! (`fake_quant_forward` / `fake_quant_backward`), `encode.rs` (the GGUF blocks), `init.rs`
 //! (min-max initialisation, the optional MSE clip search, keeping the clip range across a
 //! bit-width change), `naive.rs` (f64 reference of the forward and gradients, and the
-//! straight-through surrogate the finite-difference tests differentiate).
+//! straight-through surrogate the finite-difference tests differentiate), `table.rs` (the grid of
+//! a whole tensor, to quantize one weight at a time: GPTQ on the QAT grid).
 
 mod encode;
 mod forward;
 mod grid;
 mod init;
 mod naive;
+mod table;
 
 pub use encode::encode_rows;
 pub use forward::{fake_quant_backward, fake_quant_forward};
 pub use init::{init_minmax, init_mse, rescale_for_format};
 pub use naive::{fake_quant_naive, ste_surrogate_loss, NaiveFakeQuant};
+pub use table::GridTable;
 
 use crate::quant::BlockType;
 

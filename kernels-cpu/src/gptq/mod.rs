@@ -28,6 +28,9 @@
 //!    with round half to even (torch.round).
 //!
 //! [`rtn_quantize`] is the same quantizer on the unmodified weights, groups in column order.
+//! [`gptq_on_grid`] is steps 1, 3 and 4 with a grid fixed in advance instead of the quantizer of
+//! step 6 (the QAT grid of a GGUF format, whose steps and mins the QAT calibration chose): it
+//! returns the error-compensated latent weights whose rounding to that grid is GPTQ's choice.
 //! [`output_error`] is the layer-output error `Σ_n (w_n - w'_n)ᵀ H (w_n - w'_n)` both are judged by.
 //!
 //! The scales kept here are the f32 rounding of the algorithm's f64 scales; GPTQ checkpoints
@@ -44,7 +47,7 @@ mod tests;
 pub use cholesky::{cholesky_lower, inverse_upper_factor};
 pub use hessian::Hessian;
 pub use quantizer::{output_error, GroupQuantizer};
-pub use solve::{gptq_quantize, rtn_quantize};
+pub use solve::{gptq_on_grid, gptq_quantize, rtn_quantize};
 
 /// Default relative damping (`percdamp`), as the paper and AutoGPTQ.
 pub const DEFAULT_DAMP: f64 = 0.01;

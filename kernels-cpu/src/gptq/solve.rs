@@ -34,79 +34,60 @@ fn codes_by_row(qt: &[u8], perm: &[usize], n: usize, k: usize) -> Vec<u8> {
     codes
 }
 
-/// GPTQ of `w [N, K]` with the Hessian `h [K, K]` of its inputs (see the module doc for the steps
-/// and the reference's quirks kept here). Returns the codes, scales and `g_idx`, and the loss.
-pub fn gptq_quantize(
-    w: &[f32],
-    n: usize,
-    k: usize,
-    h: &[f64],
-    cfg: &GptqConfig,
-) -> Result<(QuantizedMatrix, GptqStats), GptqError> {
-    cfg.check(n, k)?;
-    check_len("weight", w.len(), n * k)?;
-    check_len("Hessian", h.len(), k * k)?;
-    let mut h = h.to_vec();
-    let mut wt = columns(w, n, k);
-    // 1. Dead columns.
-    let mut dead_columns = 0;
+/// Step 1: dead columns (`H[i,i] == 0`) get `H[i,i] = 1` (and, with `zero`, a zero weight column,
+/// as the reference). Returns how many.
+fn dead_columns(h: &mut [f64], wt: &mut [f64], n: usize, k: usize, zero: bool) -> usize {
+    let mut dead = 0;
     for i in 0..k {
         if h[i * k + i] == 0.0 {
             h[i * k + i] = 1.0;
-            wt[i * n..(i + 1) * n].iter_mut().for_each(|x| *x = 0.0);
-            dead_columns += 1;
-        }
-    }
-    // 2. Act-order: a stable sort by descending diagonal.
-    let mut perm: Vec<usize> = (0..k).collect();
-    if cfg.act_order {
-        perm.sort_by(|&a, &b| h[b * k + b].total_cmp(&h[a * k + a]));
-        let mut pw = vec![0f64; n * k];
-        let mut ph = vec![0f64; k * k];
-        for (i, &pi) in perm.iter().enumerate() {
-            pw[i * n..(i + 1) * n].copy_from_slice(&wt[pi * n..(pi + 1) * n]);
-            for (j, &pj) in perm.iter().enumerate() {
-                ph[i * k + j] = h[pi * k + pj];
+            if zero {
+                wt[i * n..(i + 1) * n].iter_mut().for_each(|x| *x = 0.0);
             }
+            dead += 1;
         }
-        wt = pw;
-        h = ph;
     }
-    // 3. Damping and the upper factor of the inverse.
-    let damp = cfg.damp * (0..k).map(|i| h[i * k + i]).sum::<f64>() / k as f64;
+    dead
+}
+
+/// Step 3: damping `H += damp · mean(diag H) · I`, then the upper Cholesky factor of `H⁻¹`.
+fn damped_inverse_factor(h: &mut [f64], k: usize, damp: f64) -> Result<Vec<f64>, GptqError> {
+    let damp = damp * (0..k).map(|i| h[i * k + i]).sum::<f64>() / k as f64;
     (0..k).for_each(|i| h[i * k + i] += damp);
-    cholesky_lower(&mut h, k)?;
-    let hinv = inverse_upper_factor(&h, k)?;
-    // 4.-6. Blocks of columns.
-    let (g, maxq) = (cfg.group, cfg.maxq());
-    let mut qt = vec![0u8; n * k];
-    let mut scales = vec![0f32; (k / g) * n];
-    let mut quant = GroupQuantizer { scale: vec![1.0; n], zero: 0.0, maxq: maxq as f64 };
+    cholesky_lower(h, k)?;
+    inverse_upper_factor(h, k)
+}
+
+/// Steps 4-6: the lazy column blocks over `wt [K, N]` (column-major, in quantization order).
+/// `quantize(col, wt, wcol, out)` writes the quantized value of each of column `col`'s weights
+/// `wcol` (the working copy, with every earlier column's error in it) into `out`; `wt` is the
+/// matrix outside the current block (the reference reads group parameters from it). Returns the
+/// reference's loss `Σ (w - q)² / Hinv[i,i]² / 2`.
+fn lazy_blocks(
+    wt: &mut [f64],
+    hinv: &[f64],
+    n: usize,
+    k: usize,
+    block: usize,
+    mut quantize: impl FnMut(usize, &[f64], &[f64], &mut [f64]),
+) -> f64 {
     let mut loss = 0f64;
+    let mut q = vec![0f64; n];
     let mut i1 = 0;
     while i1 < k {
-        let i2 = (i1 + cfg.block).min(k);
+        let i2 = (i1 + block).min(k);
         let count = i2 - i1;
         let mut w1 = wt[i1 * n..i2 * n].to_vec();
         let mut err1 = vec![0f64; count * n];
         for i in 0..count {
             let col = i1 + i;
-            if col % g == 0 {
-                // The reference reads the group from W, not from the block's working copy.
-                let end = (col + g).min(k);
-                quant = GroupQuantizer::fit(&wt[col * n..end * n], n, maxq);
-                for (s, &x) in scales[(col / g) * n..(col / g + 1) * n].iter_mut().zip(&quant.scale) {
-                    *s = x as f32;
-                }
-            }
             let d = hinv[col * k + col];
             let (head, tail) = w1.split_at_mut((i + 1) * n);
             let wcol = &head[i * n..];
+            quantize(col, wt, wcol, &mut q);
             let e = &mut err1[i * n..(i + 1) * n];
             for r in 0..n {
-                let q = quant.code(wcol[r], r);
-                qt[col * n + r] = q as u8;
-                let diff = wcol[r] - quant.value(q, r);
+                let diff = wcol[r] - q[r];
                 loss += diff * diff / (d * d) / 2.0;
                 e[r] = diff / d;
             }
@@ -127,6 +108,59 @@ pub fn gptq_quantize(
         });
         i1 = i2;
     }
+    loss
+}
+
+/// GPTQ of `w [N, K]` with the Hessian `h [K, K]` of its inputs (see the module doc for the steps
+/// and the reference's quirks kept here). Returns the codes, scales and `g_idx`, and the loss.
+pub fn gptq_quantize(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    h: &[f64],
+    cfg: &GptqConfig,
+) -> Result<(QuantizedMatrix, GptqStats), GptqError> {
+    cfg.check(n, k)?;
+    check_len("weight", w.len(), n * k)?;
+    check_len("Hessian", h.len(), k * k)?;
+    let mut h = h.to_vec();
+    let mut wt = columns(w, n, k);
+    let dead_columns = dead_columns(&mut h, &mut wt, n, k, true);
+    // 2. Act-order: a stable sort by descending diagonal.
+    let mut perm: Vec<usize> = (0..k).collect();
+    if cfg.act_order {
+        perm.sort_by(|&a, &b| h[b * k + b].total_cmp(&h[a * k + a]));
+        let mut pw = vec![0f64; n * k];
+        let mut ph = vec![0f64; k * k];
+        for (i, &pi) in perm.iter().enumerate() {
+            pw[i * n..(i + 1) * n].copy_from_slice(&wt[pi * n..(pi + 1) * n]);
+            for (j, &pj) in perm.iter().enumerate() {
+                ph[i * k + j] = h[pi * k + pj];
+            }
+        }
+        wt = pw;
+        h = ph;
+    }
+    let hinv = damped_inverse_factor(&mut h, k, cfg.damp)?;
+    let (g, maxq) = (cfg.group, cfg.maxq());
+    let mut qt = vec![0u8; n * k];
+    let mut scales = vec![0f32; (k / g) * n];
+    let mut quant = GroupQuantizer { scale: vec![1.0; n], zero: 0.0, maxq: maxq as f64 };
+    let loss = lazy_blocks(&mut wt, &hinv, n, k, cfg.block, |col, wt, wcol, out| {
+        if col % g == 0 {
+            // The reference reads the group from W, not from the block's working copy.
+            let end = (col + g).min(k);
+            quant = GroupQuantizer::fit(&wt[col * n..end * n], n, maxq);
+            for (s, &x) in scales[(col / g) * n..(col / g + 1) * n].iter_mut().zip(&quant.scale) {
+                *s = x as f32;
+            }
+        }
+        for r in 0..n {
+            let q = quant.code(wcol[r], r);
+            qt[col * n + r] = q as u8;
+            out[r] = quant.value(q, r);
+        }
+    });
     let mut g_idx = vec![0u32; k];
     for (i, &c) in perm.iter().enumerate() {
         g_idx[c] = (i / g) as u32;
@@ -141,6 +175,42 @@ pub fn gptq_quantize(
         g_idx,
     };
     Ok((m, GptqStats { loss, dead_columns }))
+}
+
+/// GPTQ's error compensation on a grid fixed in advance (the QAT grid of a GGUF format: its
+/// steps and mins come from the calibration, not from the weights as they are updated):
+/// `value(row, col, x)` is the quantized value of weight `x` at `(row, col)` of `w [N, K]`.
+/// Columns are quantized in order (no act-order), a column never active in the calibration
+/// inputs keeps its weights (rounded to the grid, no error spread). Returns the *latent* weights
+/// `[N, K]`: each weight as it was when its column came up (the original plus the errors of the
+/// earlier columns, rounded to f32), so `value(row, col, latent)` is GPTQ's choice for it.
+pub fn gptq_on_grid(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    h: &[f64],
+    damp: f64,
+    block: usize,
+    value: &(dyn Fn(usize, usize, f32) -> f32 + Sync),
+) -> Result<(Vec<f32>, GptqStats), GptqError> {
+    check_len("weight", w.len(), n * k)?;
+    check_len("Hessian", h.len(), k * k)?;
+    if block == 0 || !(damp >= 0.0 && damp.is_finite()) {
+        return Err(GptqError::Settings(format!("block {block} must be positive, damping {damp} finite and >= 0")));
+    }
+    let mut h = h.to_vec();
+    let mut wt = columns(w, n, k);
+    let dead_columns = dead_columns(&mut h, &mut wt, n, k, false);
+    let hinv = damped_inverse_factor(&mut h, k, damp)?;
+    let mut latent = vec![0f32; n * k];
+    let loss = lazy_blocks(&mut wt, &hinv, n, k, block, |col, _, wcol, out| {
+        for r in 0..n {
+            let x = wcol[r] as f32;
+            latent[r * k + col] = x;
+            out[r] = value(r, col, x) as f64;
+        }
+    });
+    Ok((latent, GptqStats { loss, dead_columns }))
 }
 
 /// Round-to-nearest of `w [N, K]` with the same groups (in column order, `act_order` ignored).

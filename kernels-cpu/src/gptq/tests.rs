@@ -80,3 +80,70 @@ fn dead_columns_quantize_to_zero_and_bad_settings_are_refused() {
     );
     assert!(matches!(gptq_quantize(&w, n, k, &h[1..], &GptqConfig::new(4, 32, false)), Err(GptqError::Length { .. })));
 }
+
+/// `H = 2/T Xᵀ X` of inputs with correlated columns.
+fn correlated_hessian(k: usize, t: usize) -> Vec<f64> {
+    let mut hs = Hessian::new(k);
+    let x: Vec<f32> = (0..t * k).map(|i| noise(3 * i) + 0.7 * noise(3 * (i - i % k) + 1) + 0.3 * noise(i / k)).collect();
+    hs.add(&x).unwrap();
+    hs.finish()
+}
+
+#[test]
+fn on_the_reference_grid_gptq_on_grid_picks_the_gptq_codes() {
+    // One group spanning the row: the reference fits it from the untouched weights, so a grid
+    // fixed in advance from those weights is the same grid.
+    let (n, k) = (6, 64);
+    let w: Vec<f32> = (0..n * k).map(|i| noise(i) * 0.1).collect();
+    let h = correlated_hessian(k, 256);
+    let cfg = GptqConfig { block: 16, ..GptqConfig::new(4, k, false) };
+    let (q, stats) = gptq_quantize(&w, n, k, &h, &cfg).unwrap();
+    let cols: Vec<f64> = (0..k).flat_map(|c| (0..n).map(move |r| (r, c))).map(|(r, c)| w[r * k + c] as f64).collect();
+    let grid = GroupQuantizer::fit(&cols, n, cfg.maxq());
+    let value = |r: usize, _c: usize, x: f32| grid.value(grid.code(x as f64, r), r) as f32;
+    let (latent, s2) = gptq_on_grid(&w, n, k, &h, cfg.damp, cfg.block, &value).unwrap();
+    let want = q.dequantize();
+    let scales = q.scales_f16();
+    for r in 0..n {
+        for c in 0..k {
+            // Compare codes (the checkpoint's values use f16 scales, the grid f64 ones).
+            let code = grid.code(latent[r * k + c] as f64, r) as u8;
+            assert_eq!(code, q.codes[r * k + c], "({r}, {c}): dequantized {}", want[r * k + c]);
+        }
+        assert!(scales[r] > 0.0);
+    }
+    assert!((stats.loss - s2.loss).abs() <= 1e-9 * stats.loss.max(1.0), "{} vs {}", stats.loss, s2.loss);
+}
+
+#[test]
+fn gptq_on_grid_lowers_the_output_error_of_round_to_nearest_on_the_same_grid() {
+    let (n, k) = (8, 128);
+    let w: Vec<f32> = (0..n * k).map(|i| noise(5 * i) * 0.05).collect();
+    let h = correlated_hessian(k, 512);
+    // A fixed asymmetric 5-bit grid per row and group of 32 (a Q5_1-like grid).
+    let step = |r: usize, c: usize| 0.1 / 31.0 * (1.0 + 0.1 * ((r + c / 32) % 3) as f32);
+    let value = |r: usize, c: usize, x: f32| {
+        let s = step(r, c);
+        ((x + 0.05) / s).round_ties_even().clamp(0.0, 31.0) * s - 0.05
+    };
+    let rtn: Vec<f32> = w.iter().enumerate().map(|(i, &x)| value(i / k, i % k, x)).collect();
+    let (latent, _) = gptq_on_grid(&w, n, k, &h, 0.01, 32, &value).unwrap();
+    let gptq: Vec<f32> = latent.iter().enumerate().map(|(i, &x)| value(i / k, i % k, x)).collect();
+    let (e_rtn, e_gptq) = (output_error(&w, &rtn, &h, k), output_error(&w, &gptq, &h, k));
+    assert!(e_gptq < 0.7 * e_rtn, "GPTQ {e_gptq} vs RTN {e_rtn}");
+    // Uncorrelated inputs: nothing to compensate, the latent weights are the weights.
+    let diag: Vec<f64> = (0..k * k).map(|i| if i % (k + 1) == 0 { 1.0 + (i % 5) as f64 } else { 0.0 }).collect();
+    let (same, _) = gptq_on_grid(&w, n, k, &diag, 0.01, 32, &value).unwrap();
+    assert_eq!(same, w);
+    // A dead column keeps its weights; bad settings are refused.
+    let mut dead = h.clone();
+    for j in 0..k {
+        dead[7 * k + j] = 0.0;
+        dead[j * k + 7] = 0.0;
+    }
+    let (l, stats) = gptq_on_grid(&w, n, k, &dead, 0.01, 32, &value).unwrap();
+    assert_eq!(stats.dead_columns, 1);
+    assert!((0..n).all(|r| l[r * k + 7] == w[r * k + 7]), "a dead column is not compensated");
+    assert!(matches!(gptq_on_grid(&w, n, k, &h, 0.01, 0, &value), Err(GptqError::Settings(_))));
+    assert!(matches!(gptq_on_grid(&w, n, k, &h[1..], 0.01, 32, &value), Err(GptqError::Length { .. })));
+}
