@@ -76,12 +76,72 @@ fn stacked(model: &Qwen3, names: &[String], cols: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, &[rows, cols]))
 }
 
+/// What quantizes one linear weight in the sequential pass ([`sequential_pass`]).
+pub trait LinearQuantizer {
+    /// Whether it uses the Hessian (GPTQ): routed experts with too few tokens are then reported.
+    fn uses_hessian(&self) -> bool;
+
+    /// Quantizes `w [n, k]`; `h` is the Hessian of its calibration inputs (None when no token
+    /// reached it), `use_hessian` false for a routed expert below the token threshold. Returns
+    /// the values that replace `w` in the pass's model (what later layers see) and the report.
+    #[allow(clippy::too_many_arguments)]
+    fn quantize(
+        &mut self,
+        name: &str,
+        w: &[f32],
+        n: usize,
+        k: usize,
+        h: Option<&[f64]>,
+        tokens: usize,
+        use_hessian: bool,
+    ) -> Result<(Vec<f32>, TensorReport)>;
+}
+
+/// GPTQ / RTN to the integer codes of a GPTQ checkpoint.
+struct IntQuantizer<'a> {
+    opts: &'a QuantizeOptions,
+    tensors: BTreeMap<String, QuantizedMatrix>,
+}
+
+impl LinearQuantizer for IntQuantizer<'_> {
+    fn uses_hessian(&self) -> bool {
+        self.opts.method == QuantMethod::Gptq
+    }
+
+    fn quantize(
+        &mut self,
+        name: &str,
+        w: &[f32],
+        n: usize,
+        k: usize,
+        h: Option<&[f64]>,
+        tokens: usize,
+        use_hessian: bool,
+    ) -> Result<(Vec<f32>, TensorReport)> {
+        let cfg = self.opts.gptq_config();
+        let bad = |e: kernels_cpu::gptq::GptqError| ModelError::Invalid(format!("`{name}` [{n}, {k}]: {e}"));
+        let rtn = rtn_quantize(w, n, k, &cfg).map_err(bad)?;
+        let rtn_error = h.map(|h| output_error(w, &rtn.dequantize(), h, k));
+        let (q, method, error, dead) = match h {
+            Some(h) if use_hessian && self.uses_hessian() => {
+                let (q, stats) = gptq_quantize(w, n, k, h, &cfg).map_err(bad)?;
+                let err = output_error(w, &q.dequantize(), h, k);
+                (q, QuantMethod::Gptq, Some(err), stats.dead_columns)
+            }
+            _ => (rtn, QuantMethod::Rtn, rtn_error, 0),
+        };
+        let values = q.dequantize();
+        self.tensors.insert(name.to_string(), q);
+        let r = TensorReport { name: name.to_string(), method, tokens, error, rtn_error, dead_columns: dead };
+        Ok((values, r))
+    }
+}
+
 /// The running state of one pass.
 struct Pass<'a> {
     model: Qwen3,
-    opts: &'a QuantizeOptions,
+    quantizer: &'a mut dyn LinearQuantizer,
     selected: Vec<String>,
-    tensors: BTreeMap<String, QuantizedMatrix>,
     report: Vec<TensorReport>,
     starved: Vec<(usize, usize, usize)>,
     progress: &'a mut dyn FnMut(&TensorReport),
@@ -92,14 +152,13 @@ impl Pass<'_> {
         self.selected.iter().any(|n| n == name)
     }
 
-    /// Quantizes each picked weight of `names` with the Hessian of `x [tokens, K]` (GPTQ) or by
-    /// RTN (`force_rtn`, or method RTN), and writes the dequantized values into the model.
+    /// Quantizes each picked weight of `names` with the Hessian of `x [tokens, K]` (unless
+    /// `force_rtn`), and writes the quantized values into the model.
     fn quantize(&mut self, names: &[String], x: &[f32], k: usize, force_rtn: bool) -> Result<()> {
         let names: Vec<&String> = names.iter().filter(|n| self.picked(n)).collect();
         if names.is_empty() {
             return Ok(());
         }
-        let cfg = self.opts.gptq_config();
         let mut hessian = Hessian::new(k);
         hessian.add(x).map_err(|e| ModelError::Invalid(format!("{}: {e}", names[0])))?;
         let tokens = hessian.rows();
@@ -107,23 +166,10 @@ impl Pass<'_> {
         for name in names {
             let w = values(&self.model, name)?;
             let n = w.len() / k;
-            let bad = |e: kernels_cpu::gptq::GptqError| ModelError::Invalid(format!("`{name}` [{n}, {k}]: {e}"));
-            let rtn = rtn_quantize(&w, n, k, &cfg).map_err(bad)?;
-            let rtn_error = h.as_ref().map(|h| output_error(&w, &rtn.dequantize(), h, k));
-            let use_gptq = self.opts.method == QuantMethod::Gptq && !force_rtn && h.is_some();
-            let (q, method, error, dead) = match (&h, use_gptq) {
-                (Some(h), true) => {
-                    let (q, stats) = gptq_quantize(&w, n, k, h, &cfg).map_err(bad)?;
-                    let err = output_error(&w, &q.dequantize(), h, k);
-                    (q, QuantMethod::Gptq, Some(err), stats.dead_columns)
-                }
-                _ => (rtn, QuantMethod::Rtn, rtn_error, 0),
-            };
-            self.model.params.set(name, &q.dequantize()).map_err(ag)?;
-            let r = TensorReport { name: name.clone(), method, tokens, error, rtn_error, dead_columns: dead };
+            let (q, r) = self.quantizer.quantize(name, &w, n, k, h.as_deref(), tokens, !force_rtn)?;
+            self.model.params.set(name, &q).map_err(ag)?;
             (self.progress)(&r);
             self.report.push(r);
-            self.tensors.insert(name.clone(), q);
         }
         Ok(())
     }
@@ -155,6 +201,40 @@ pub fn quantize_model(
         let shape = &model.params.entry(name).map_err(ag)?.shape;
         cfg.check(shape[0], shape[1]).map_err(|e| ModelError::Invalid(format!("`{name}` {shape:?}: {e}")))?;
     }
+    let mut q = IntQuantizer { opts, tensors: BTreeMap::new() };
+    let out = sequential_pass(model, batch, selected, opts.min_expert_tokens, &mut q, progress)?;
+    Ok(QuantizedModel {
+        model: out.model,
+        tensors: q.tensors,
+        report: out.report,
+        starved_experts: out.starved_experts,
+        options: opts.clone(),
+    })
+}
+
+/// What [`sequential_pass`] returns.
+pub struct PassOutput {
+    /// The model with every selected weight replaced by its quantized values.
+    pub model: Qwen3,
+    /// One entry per quantized tensor, in quantization order.
+    pub report: Vec<TensorReport>,
+    /// Routed experts below the token threshold (quantized without their Hessian): (layer,
+    /// expert, tokens); only when the quantizer uses Hessians.
+    pub starved_experts: Vec<(usize, usize, usize)>,
+}
+
+/// The sequential calibration pass (module doc of [`crate::gptq`]) over `model` (f32 storage):
+/// each weight of `selected` is quantized by `quantizer` with the Hessian of the inputs it sees
+/// in the partly quantized model. Routed experts with fewer than `min_expert_tokens` tokens
+/// (None: hidden size / 4) are quantized without their Hessian.
+pub fn sequential_pass(
+    model: &Qwen3,
+    batch: &TokenBatch,
+    selected: Vec<String>,
+    min_expert_tokens: Option<usize>,
+    quantizer: &mut dyn LinearQuantizer,
+    progress: &mut dyn FnMut(&TensorReport),
+) -> Result<PassOutput> {
     if let Some(&bad) = batch.ids.iter().find(|&&id| id as usize >= model.config.vocab_size) {
         return Err(ModelError::Invalid(format!(
             "calibration token id {bad} is outside the model's vocabulary of {}",
@@ -168,17 +248,10 @@ pub fn quantize_model(
     let rope = Arc::new(RopeTable::new(dh, c.max_position_embeddings, c.rope_theta));
     let dims = AttnDims { b: batch.b, t: batch.t, h, kv, dh };
     let moe_cfg = model.moe_config(&ForwardOptions::eval());
-    let min_tokens = opts.min_expert_tokens.unwrap_or(d / 4);
+    let min_tokens = min_expert_tokens.unwrap_or(d / 4);
     let tape = Tape::inference();
-    let mut pass = Pass {
-        model: model.clone(),
-        opts,
-        selected,
-        tensors: BTreeMap::new(),
-        report: Vec::new(),
-        starved: Vec::new(),
-        progress,
-    };
+    let mut pass =
+        Pass { model: model.clone(), quantizer, selected, report: Vec::new(), starved: Vec::new(), progress };
     let get = |pass: &Pass, name: &str| -> Result<Tensor> { pass.model.params.get(name).map_err(ag) };
     let mut x = ops::embedding(&tape, &batch.ids, &get(&pass, "model.embed_tokens.weight")?).map_err(ag)?;
     for i in 0..c.num_hidden_layers {
@@ -227,7 +300,7 @@ pub fn quantize_model(
                     let xe = Tensor::from_vec(gather(&n2v, d, &rows), &[rows.len(), d]);
                     let starved = rows.len() < min_tokens;
                     let picked = pass.picked(&p(&format!("mlp.experts.{e}.gate_proj")));
-                    if starved && picked && opts.method == QuantMethod::Gptq {
+                    if starved && picked && pass.quantizer.uses_hessian() {
                         pass.starved.push((i, e, rows.len()));
                     }
                     let s = |k: &str| p(&format!("mlp.experts.{e}.{k}"));
@@ -243,13 +316,7 @@ pub fn quantize_model(
         };
         x = ops::add(&tape, &x, &m).map_err(ag)?;
     }
-    Ok(QuantizedModel {
-        model: pass.model,
-        tensors: pass.tensors,
-        report: pass.report,
-        starved_experts: pass.starved,
-        options: opts.clone(),
-    })
+    Ok(PassOutput { model: pass.model, report: pass.report, starved_experts: pass.starved })
 }
 
 /// One SwiGLU FFN (`[gate, up, down]` weight names) on `x [T, D]`: gate/up quantized from `x`,
