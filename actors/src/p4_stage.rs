@@ -6,7 +6,9 @@
 //! Q8_0 -> Q6_K -> Q5_K) with learnable per-group steps (and Q5_K mins), under KD from the pre-QAT
 //! model (the source phase's model, tau 1). Before each stage a calibration pass: min-max + the
 //! per-group MSE clip search at the first stage (and after a rollback), the clip range kept at a
-//! format change. The EMA of the weights and QAT parameters restarts at every stage; at every
+//! format change; then (`qat.gptq`) GPTQ's codes on that grid from calibration rows of the
+//! training mix (`model::qat::gptq_on_qat_grid`: the latent weights move, the steps and mins do
+//! not; with frozen weights each stage starts again from the pre-QAT weights). The EMA of the weights and QAT parameters restarts at every stage; at every
 //! evaluation both the raw and the EMA model are measured and the better is exported, and kept at
 //! a stage's end. The learning rate follows a cosine per stage, x`early_lr.mult` for its first
 //! `early_lr.frac`. Every `export_every` QAT tokens: a checkpoint (QAT state, moments, EMA and this
@@ -20,9 +22,10 @@
 //! summary and stderr. `MEDMOE_FAULT_QAT_PENALTY_PP` ([`crate::faults::Faults::qat_penalty_pp`])
 //! injects a regression.
 
-use crate::batches::BatchStream;
+use crate::batches::{BatchStream, LoaderCursor};
 use crate::checkpoint::{self, DiskBudget, Snapshot};
 use crate::error::{EngineError, Result};
+use crate::eval::token_batch_of;
 use crate::evaluator::EvalInputs;
 use crate::manifest::{Stage, StageManifest};
 use crate::p4_state::{checkpoint_files, read_checkpoint_files, Ema, P4State, VoState};
@@ -39,7 +42,7 @@ use crate::trainer::Trainer;
 use data::pack::PackedDataset;
 use kernels_cpu::quant::BlockType;
 use model::gguf::{Arch, Mask};
-use model::Qwen3;
+use model::{Qwen3, TokenBatch};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,6 +61,8 @@ pub(crate) struct Run<'a> {
     pub(crate) reference: Arc<Qwen3>,
     pub(crate) tokenizer: PathBuf,
     pub(crate) penalty: f64,
+    /// Calibration rows of GPTQ on the stage grids (`qat.gptq`).
+    pub(crate) gptq_batch: Option<TokenBatch>,
 }
 
 impl Pipeline {
@@ -79,7 +84,7 @@ impl Pipeline {
             ds.verify()?;
             PackedDataset::open(&data.join("dev"))?.verify()?;
             let total_micro = cfg.total_steps() * cfg.accumulation();
-            let stream = BatchStream::new(ds, &cfg.mix, cfg.micro_batch, cfg.seed, total_micro)?;
+            let stream = BatchStream::new(ds.clone(), &cfg.mix, cfg.micro_batch, cfg.seed, total_micro)?;
             let ckpt_dir = work.join("checkpoints");
             checkpoint::remove_stale_temps(&ckpt_dir);
             let mut trainer = self.new_trainer(Stage::P4, &cfg)?;
@@ -93,6 +98,13 @@ impl Pipeline {
                 model::qat::qat_plan(&reference.config, reference.moe.as_ref(), Arch::Glm4Moe, &m, q.group)?;
             }
             check_mask_file(&q.mask, work, !checkpoint::list_checkpoints(&ckpt_dir)?.is_empty())?;
+            let gptq_batch = match &q.gptq {
+                Some(g) => {
+                    let calib = BatchStream::new(ds.clone(), &cfg.mix, g.sequences, cfg.seed, 1)?;
+                    Some(token_batch_of(calib.next(&LoaderCursor::default())?.0).0)
+                }
+                None => None,
+            };
             let run = Run {
                 cfg: &cfg,
                 q: &q,
@@ -103,6 +115,7 @@ impl Pipeline {
                 reference,
                 tokenizer: data.join("tokenizer"),
                 penalty: self.options.faults.qat_penalty_pp.unwrap_or(0.0),
+                gptq_batch,
             };
             let resumed = resume(&mut trainer, &ckpt_dir, &run, self)?;
             let (mut state, mut ema, mut ledger) = match resumed {
@@ -250,6 +263,15 @@ impl Run<'_> {
     /// The calibration pass before stage `s.stage`.
     fn calibrate_stage(&self, t: &mut Trainer, s: &mut P4State, ledger: &mut Ledger) -> Result<()> {
         let mask = self.stage_mask(s.stage);
+        if s.stage < self.trial() && !self.q.train_weights {
+            // Frozen weights: every stage calibrates from the pre-QAT weights (GPTQ of an earlier
+            // stage moved the latent ones), so stages and rollbacks do not compound.
+            let plan = model::qat::qat_plan(&t.model.config, t.model.moe.as_ref(), Arch::Glm4Moe, &mask, self.q.group)?;
+            for name in plan.keys() {
+                let w = self.reference.params.get(name).map_err(|e| EngineError::Training(e.to_string()))?;
+                t.model.params.set(name, &w.to_vec()).map_err(|e| EngineError::Training(e.to_string()))?;
+            }
+        }
         let how;
         if s.recalibrate || t.qat.is_none() {
             let state = calibrate(&t.model, &mask, self.q.group, &self.q.clip_ratios)?;
@@ -270,17 +292,39 @@ impl Run<'_> {
             q.switch_to(&plan, &mask)?;
             how = "clip range kept from the previous format";
         }
+        // Saved before GPTQ moves the latent weights.
         let dir = self.work.join("stage-start");
         let _ = std::fs::remove_dir_all(&dir);
         t.model.save(&dir, None)?;
+        let gptq = match (&self.gptq_batch, s.stage < self.trial()) {
+            (Some(batch), true) => Some(self.gptq_on_grid(t, batch)?),
+            _ => None,
+        };
         s.calibrated = true;
         s.recalibrate = false;
         s.ema_t = 0;
         let tensors = t.qat.as_ref().map_or(0, |q| q.state.tensors.len());
         ledger.append(json!({"event": "stage_start", "stage": s.stage, "type": self.stage_name(s.stage),
                              "budget": s.budgets[s.stage], "tokens": s.tokens, "calibration": how,
-                             "tensors": tensors}))?;
+                             "tensors": tensors, "gptq": gptq}))?;
         Ok(())
+    }
+
+    /// GPTQ's codes on the stage's grid (`model::qat::gptq_on_qat_grid`): the latent weights of
+    /// the fake-quantized tensors are replaced by GPTQ's. Returns the ledger's summary.
+    fn gptq_on_grid(&self, t: &mut Trainer, batch: &TokenBatch) -> Result<serde_json::Value> {
+        let q = t.qat.as_ref().ok_or_else(|| EngineError::Training("p4: no QAT state to calibrate".into()))?;
+        let min_tokens = self.q.gptq.as_ref().and_then(|g| g.min_expert_tokens);
+        let cal = model::qat::gptq_on_qat_grid(&t.model, &q.state, batch, min_tokens)?;
+        for (name, w) in &cal.latent {
+            t.model.params.set(name, w).map_err(|e| EngineError::Training(e.to_string()))?;
+        }
+        let used = cal.report.iter().filter(|r| r.method == model::gptq::QuantMethod::Gptq).count();
+        let sum = |f: fn(&model::gptq::TensorReport) -> Option<f64>| cal.report.iter().filter_map(f).sum::<f64>();
+        let (error, rtn_error) = (sum(|r| r.error), sum(|r| r.rtn_error));
+        Ok(json!({"sequences": batch.b, "tokens": batch.rows(), "tensors": cal.report.len(), "gptq_tensors": used,
+                  "output_error": error, "rtn_output_error": rtn_error,
+                  "starved_experts": cal.starved_experts.len()}))
     }
 
     /// The loop; true when stopped early by fault injection.

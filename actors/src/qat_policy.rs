@@ -86,6 +86,10 @@ pub struct QatPhaseConfig {
     /// (EfficientQAT's E2E-QP), the weights stay the pre-QAT model's.
     #[serde(default = "train_weights_default")]
     pub train_weights: bool,
+    /// GPTQ's choice of codes on each stage's grid once its steps and mins are set (None: the
+    /// codes round to nearest).
+    #[serde(default)]
+    pub gptq: Option<QatGptqConfig>,
     /// The V/O gate (None: off).
     #[serde(default)]
     pub vo_gate: Option<VoGateConfig>,
@@ -102,6 +106,17 @@ pub struct QatPhaseConfig {
 
 fn train_weights_default() -> bool {
     true
+}
+
+/// The Hessian-aware part of a stage's calibration (`model::qat::gptq_on_qat_grid`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QatGptqConfig {
+    /// Calibration rows (of the phase's `seq_len`, from the phase's training mix).
+    pub sequences: usize,
+    /// Routed experts with fewer calibration tokens round to nearest (default: hidden size / 4).
+    #[serde(default)]
+    pub min_expert_tokens: Option<usize>,
 }
 
 /// Full evaluations at these QAT token counts, then every `every` tokens after the last (seed
@@ -159,6 +174,9 @@ impl QatPhaseConfig {
         }
         if self.clip_ratios.is_empty() || self.clip_ratios.iter().any(|r| r.is_nan() || *r <= 0.0 || *r > 1.0) {
             return bad("clip_ratios", "ratios in (0, 1]");
+        }
+        if self.gptq.as_ref().is_some_and(|g| g.sequences == 0) {
+            return bad("gptq.sequences", "must be positive");
         }
         if self.breaker.evals == 0 || self.breaker.threshold_pp.is_nan() || self.breaker.threshold_pp <= 0.0 {
             return bad("breaker", "threshold_pp > 0 and evals >= 1");
@@ -351,6 +369,20 @@ mod tests {
         let mut v = section();
         v["group"] = json!(48);
         assert!(QatPhaseConfig::from_value(v, "p4.json").unwrap_err().to_string().contains("qat.group"));
+        // GPTQ calibration: off unless given, then checked.
+        assert_eq!(c.gptq, None);
+        let mut v = section();
+        v["gptq"] = json!({"sequences": 64});
+        let g = QatPhaseConfig::from_value(v.clone(), "p4.json").unwrap().gptq.unwrap();
+        assert_eq!((g.sequences, g.min_expert_tokens), (64, None));
+        v["gptq"] = json!({"sequences": 0});
+        assert!(QatPhaseConfig::from_value(v.clone(), "p4.json")
+            .unwrap_err()
+            .to_string()
+            .contains("qat.gptq.sequences"));
+        v["gptq"] = json!({"sequences": 4, "damp": 0.1});
+        let e = QatPhaseConfig::from_value(v, "p4.json").unwrap_err().to_string();
+        assert!(e.contains("qat.gptq") && e.contains("unknown field `damp`"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `moe-cli run phase p4` (staged QAT) through the real binary on a micro run (the micro configs
-//! of `common`, p4 at Q8_0 256 -> Q6_K 256 -> Q5_K 512 tokens): the ledger, stop-anytime exports
+//! of `common`, p4 at Q8_0 256 -> Q6_K 256 -> Q5_K 512 tokens, GPTQ's codes on each stage's grid
+//! from 32 calibration rows): the ledger, stop-anytime exports
 //! (GGUF written from the trained codes) and summary; an injected QAT regression
 //! (`MEDMOE_FAULT_QAT_PENALTY_PP`) that the V/O gate refuses, the breaker rolls back (512 -> 768
 //! tokens) and, persisting, ships the pre-QAT model beside the Q5; an interrupted p4 that resumes
@@ -139,6 +140,17 @@ fn p4_trains_staged_qat_exports_stop_anytime_and_resumes_bit_for_bit() {
         assert!(events.iter().any(|e| e == want), "no `{want}` in the ledger: {events:?}");
     }
     assert_eq!(json(&full.join("p4/mask.json")), json(&cfg.join("mask.json")));
+    // Every stage's calibration chose GPTQ's codes on its grid (`qat.gptq` of p4.json), with a
+    // lower output error than round-to-nearest on the same grid; the V/O trial kept the others'.
+    for e in ledger(&full).iter().filter(|e| e["event"] == "stage_start") {
+        let g = &e["gptq"];
+        if e["type"].as_str().unwrap().contains("vo_q8_0") {
+            assert!(g.is_null(), "{e}");
+            continue;
+        }
+        assert!(g["gptq_tensors"].as_u64().unwrap() > 0 && g["tokens"].as_u64() == Some(32 * 64), "{e}");
+        assert!(g["output_error"].as_f64().unwrap() < g["rtn_output_error"].as_f64().unwrap(), "{e}");
+    }
 
     // Interrupted after 3 steps, then resumed: the same model, bit for bit.
     let cut = cfg.join("cut");

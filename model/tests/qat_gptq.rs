@@ -86,8 +86,10 @@ fn gptq_on_the_qat_grid_beats_round_to_nearest_on_the_same_grid() {
     state.apply(&mut gptq_model).unwrap();
     let held_out = text(2, 4, 128);
     let want = m.logits(&held_out).unwrap();
-    let (e_rtn, e_gptq) =
-        (logits_mse(&want, &rtn_model.logits(&held_out).unwrap()), logits_mse(&want, &gptq_model.logits(&held_out).unwrap()));
+    let (e_rtn, e_gptq) = (
+        logits_mse(&want, &rtn_model.logits(&held_out).unwrap()),
+        logits_mse(&want, &gptq_model.logits(&held_out).unwrap()),
+    );
     println!("held-out logits MSE vs f32: round-to-nearest {e_rtn:.4e}, GPTQ on the grid {e_gptq:.4e}");
     assert!(e_gptq < 0.8 * e_rtn, "GPTQ {e_gptq} vs RTN {e_rtn}");
 }

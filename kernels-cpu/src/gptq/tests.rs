@@ -84,7 +84,8 @@ fn dead_columns_quantize_to_zero_and_bad_settings_are_refused() {
 /// `H = 2/T Xᵀ X` of inputs with correlated columns.
 fn correlated_hessian(k: usize, t: usize) -> Vec<f64> {
     let mut hs = Hessian::new(k);
-    let x: Vec<f32> = (0..t * k).map(|i| noise(3 * i) + 0.7 * noise(3 * (i - i % k) + 1) + 0.3 * noise(i / k)).collect();
+    let x: Vec<f32> =
+        (0..t * k).map(|i| noise(3 * i) + 0.7 * noise(3 * (i - i % k) + 1) + 0.3 * noise(i / k)).collect();
     hs.add(&x).unwrap();
     hs.finish()
 }
