@@ -314,8 +314,9 @@ impl Run<'_> {
     /// the fake-quantized tensors are replaced by GPTQ's. Returns the ledger's summary.
     fn gptq_on_grid(&self, t: &mut Trainer, batch: &TokenBatch) -> Result<serde_json::Value> {
         let q = t.qat.as_ref().ok_or_else(|| EngineError::Training("p4: no QAT state to calibrate".into()))?;
-        let min_tokens = self.q.gptq.as_ref().and_then(|g| g.min_expert_tokens);
-        let cal = model::qat::gptq_on_qat_grid(&t.model, &q.state, batch, min_tokens)?;
+        let g = self.q.gptq.as_ref();
+        let (min_tokens, act_order) = (g.and_then(|g| g.min_expert_tokens), g.is_some_and(|g| g.act_order));
+        let cal = model::qat::gptq_on_qat_grid(&t.model, &q.state, batch, min_tokens, act_order)?;
         for (name, w) in &cal.latent {
             t.model.params.set(name, w).map_err(|e| EngineError::Training(e.to_string()))?;
         }

@@ -117,6 +117,9 @@ pub struct QatGptqConfig {
     /// Routed experts with fewer calibration tokens round to nearest (default: hidden size / 4).
     #[serde(default)]
     pub min_expert_tokens: Option<usize>,
+    /// Columns in order of descending Hessian diagonal (default: in order).
+    #[serde(default)]
+    pub act_order: bool,
 }
 
 /// Full evaluations at these QAT token counts, then every `every` tokens after the last (seed
@@ -374,7 +377,7 @@ mod tests {
         let mut v = section();
         v["gptq"] = json!({"sequences": 64});
         let g = QatPhaseConfig::from_value(v.clone(), "p4.json").unwrap().gptq.unwrap();
-        assert_eq!((g.sequences, g.min_expert_tokens), (64, None));
+        assert_eq!((g.sequences, g.min_expert_tokens, g.act_order), (64, None, false));
         v["gptq"] = json!({"sequences": 0});
         assert!(QatPhaseConfig::from_value(v.clone(), "p4.json")
             .unwrap_err()

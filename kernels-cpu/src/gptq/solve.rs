@@ -50,6 +50,27 @@ fn dead_columns(h: &mut [f64], wt: &mut [f64], n: usize, k: usize, zero: bool) -
     dead
 }
 
+/// Step 2, act-order: the columns of `wt [K, N]` and rows/columns of `h` in the order of a
+/// stable sort by descending diagonal (`on` false: unchanged). Returns `perm`, `perm[i]` the
+/// original column quantized `i`-th.
+fn act_order(h: &mut Vec<f64>, wt: &mut Vec<f64>, n: usize, k: usize, on: bool) -> Vec<usize> {
+    let mut perm: Vec<usize> = (0..k).collect();
+    if on {
+        perm.sort_by(|&a, &b| h[b * k + b].total_cmp(&h[a * k + a]));
+        let mut pw = vec![0f64; n * k];
+        let mut ph = vec![0f64; k * k];
+        for (i, &pi) in perm.iter().enumerate() {
+            pw[i * n..(i + 1) * n].copy_from_slice(&wt[pi * n..(pi + 1) * n]);
+            for (j, &pj) in perm.iter().enumerate() {
+                ph[i * k + j] = h[pi * k + pj];
+            }
+        }
+        *wt = pw;
+        *h = ph;
+    }
+    perm
+}
+
 /// Step 3: damping `H += damp · mean(diag H) · I`, then the upper Cholesky factor of `H⁻¹`.
 fn damped_inverse_factor(h: &mut [f64], k: usize, damp: f64) -> Result<Vec<f64>, GptqError> {
     let damp = damp * (0..k).map(|i| h[i * k + i]).sum::<f64>() / k as f64;
@@ -126,21 +147,7 @@ pub fn gptq_quantize(
     let mut h = h.to_vec();
     let mut wt = columns(w, n, k);
     let dead_columns = dead_columns(&mut h, &mut wt, n, k, true);
-    // 2. Act-order: a stable sort by descending diagonal.
-    let mut perm: Vec<usize> = (0..k).collect();
-    if cfg.act_order {
-        perm.sort_by(|&a, &b| h[b * k + b].total_cmp(&h[a * k + a]));
-        let mut pw = vec![0f64; n * k];
-        let mut ph = vec![0f64; k * k];
-        for (i, &pi) in perm.iter().enumerate() {
-            pw[i * n..(i + 1) * n].copy_from_slice(&wt[pi * n..(pi + 1) * n]);
-            for (j, &pj) in perm.iter().enumerate() {
-                ph[i * k + j] = h[pi * k + pj];
-            }
-        }
-        wt = pw;
-        h = ph;
-    }
+    let perm = act_order(&mut h, &mut wt, n, k, cfg.act_order);
     let hinv = damped_inverse_factor(&mut h, k, cfg.damp)?;
     let (g, maxq) = (cfg.group, cfg.maxq());
     let mut qt = vec![0u8; n * k];
@@ -180,10 +187,12 @@ pub fn gptq_quantize(
 /// GPTQ's error compensation on a grid fixed in advance (the QAT grid of a GGUF format: its
 /// steps and mins come from the calibration, not from the weights as they are updated):
 /// `value(row, col, x)` is the quantized value of weight `x` at `(row, col)` of `w [N, K]`.
-/// Columns are quantized in order (no act-order), a column never active in the calibration
+/// Columns are quantized in order, or with `act_order` by descending Hessian diagonal (the grid
+/// is fixed, so the groups stay put: "static groups"); a column never active in the calibration
 /// inputs keeps its weights (rounded to the grid, no error spread). Returns the *latent* weights
 /// `[N, K]`: each weight as it was when its column came up (the original plus the errors of the
-/// earlier columns, rounded to f32), so `value(row, col, latent)` is GPTQ's choice for it.
+/// columns before it, rounded to f32), so `value(row, col, latent)` is GPTQ's choice for it.
+#[allow(clippy::too_many_arguments)]
 pub fn gptq_on_grid(
     w: &[f32],
     n: usize,
@@ -191,6 +200,7 @@ pub fn gptq_on_grid(
     h: &[f64],
     damp: f64,
     block: usize,
+    act_order_on: bool,
     value: &(dyn Fn(usize, usize, f32) -> f32 + Sync),
 ) -> Result<(Vec<f32>, GptqStats), GptqError> {
     check_len("weight", w.len(), n * k)?;
@@ -201,9 +211,11 @@ pub fn gptq_on_grid(
     let mut h = h.to_vec();
     let mut wt = columns(w, n, k);
     let dead_columns = dead_columns(&mut h, &mut wt, n, k, false);
+    let perm = act_order(&mut h, &mut wt, n, k, act_order_on);
     let hinv = damped_inverse_factor(&mut h, k, damp)?;
     let mut latent = vec![0f32; n * k];
-    let loss = lazy_blocks(&mut wt, &hinv, n, k, block, |col, _, wcol, out| {
+    let loss = lazy_blocks(&mut wt, &hinv, n, k, block, |i, _, wcol, out| {
+        let col = perm[i];
         for r in 0..n {
             let x = wcol[r] as f32;
             latent[r * k + col] = x;

@@ -102,7 +102,7 @@ fn on_the_reference_grid_gptq_on_grid_picks_the_gptq_codes() {
     let cols: Vec<f64> = (0..k).flat_map(|c| (0..n).map(move |r| (r, c))).map(|(r, c)| w[r * k + c] as f64).collect();
     let grid = GroupQuantizer::fit(&cols, n, cfg.maxq());
     let value = |r: usize, _c: usize, x: f32| grid.value(grid.code(x as f64, r), r) as f32;
-    let (latent, s2) = gptq_on_grid(&w, n, k, &h, cfg.damp, cfg.block, &value).unwrap();
+    let (latent, s2) = gptq_on_grid(&w, n, k, &h, cfg.damp, cfg.block, false, &value).unwrap();
     let want = q.dequantize();
     let scales = q.scales_f16();
     for r in 0..n {
@@ -128,13 +128,15 @@ fn gptq_on_grid_lowers_the_output_error_of_round_to_nearest_on_the_same_grid() {
         ((x + 0.05) / s).round_ties_even().clamp(0.0, 31.0) * s - 0.05
     };
     let rtn: Vec<f32> = w.iter().enumerate().map(|(i, &x)| value(i / k, i % k, x)).collect();
-    let (latent, _) = gptq_on_grid(&w, n, k, &h, 0.01, 32, &value).unwrap();
-    let gptq: Vec<f32> = latent.iter().enumerate().map(|(i, &x)| value(i / k, i % k, x)).collect();
-    let (e_rtn, e_gptq) = (output_error(&w, &rtn, &h, k), output_error(&w, &gptq, &h, k));
-    assert!(e_gptq < 0.7 * e_rtn, "GPTQ {e_gptq} vs RTN {e_rtn}");
+    for act_order in [false, true] {
+        let (latent, _) = gptq_on_grid(&w, n, k, &h, 0.01, 32, act_order, &value).unwrap();
+        let gptq: Vec<f32> = latent.iter().enumerate().map(|(i, &x)| value(i / k, i % k, x)).collect();
+        let (e_rtn, e_gptq) = (output_error(&w, &rtn, &h, k), output_error(&w, &gptq, &h, k));
+        assert!(e_gptq < 0.7 * e_rtn, "act-order {act_order}: GPTQ {e_gptq} vs RTN {e_rtn}");
+    }
     // Uncorrelated inputs: nothing to compensate, the latent weights are the weights.
     let diag: Vec<f64> = (0..k * k).map(|i| if i % (k + 1) == 0 { 1.0 + (i % 5) as f64 } else { 0.0 }).collect();
-    let (same, _) = gptq_on_grid(&w, n, k, &diag, 0.01, 32, &value).unwrap();
+    let (same, _) = gptq_on_grid(&w, n, k, &diag, 0.01, 32, true, &value).unwrap();
     assert_eq!(same, w);
     // A dead column keeps its weights; bad settings are refused.
     let mut dead = h.clone();
@@ -142,9 +144,9 @@ fn gptq_on_grid_lowers_the_output_error_of_round_to_nearest_on_the_same_grid() {
         dead[7 * k + j] = 0.0;
         dead[j * k + 7] = 0.0;
     }
-    let (l, stats) = gptq_on_grid(&w, n, k, &dead, 0.01, 32, &value).unwrap();
+    let (l, stats) = gptq_on_grid(&w, n, k, &dead, 0.01, 32, true, &value).unwrap();
     assert_eq!(stats.dead_columns, 1);
     assert!((0..n).all(|r| l[r * k + 7] == w[r * k + 7]), "a dead column is not compensated");
-    assert!(matches!(gptq_on_grid(&w, n, k, &h, 0.01, 0, &value), Err(GptqError::Settings(_))));
-    assert!(matches!(gptq_on_grid(&w, n, k, &h[1..], 0.01, 32, &value), Err(GptqError::Length { .. })));
+    assert!(matches!(gptq_on_grid(&w, n, k, &h, 0.01, 0, false, &value), Err(GptqError::Settings(_))));
+    assert!(matches!(gptq_on_grid(&w, n, k, &h[1..], 0.01, 32, false, &value), Err(GptqError::Length { .. })));
 }
