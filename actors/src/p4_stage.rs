@@ -316,7 +316,7 @@ impl Run<'_> {
         let q = t.qat.as_ref().ok_or_else(|| EngineError::Training("p4: no QAT state to calibrate".into()))?;
         let g = self.q.gptq.as_ref();
         let (min_tokens, act_order) = (g.and_then(|g| g.min_expert_tokens), g.is_some_and(|g| g.act_order));
-        let cal = model::qat::gptq_on_qat_grid(&t.model, &q.state, batch, min_tokens, act_order)?;
+        let cal = model::qat::gptq_on_qat_grid(&t.model, &q.state, batch, min_tokens, act_order, g.and_then(|g| g.damp))?;
         for (name, w) in &cal.latent {
             t.model.params.set(name, w).map_err(|e| EngineError::Training(e.to_string()))?;
         }

@@ -120,6 +120,9 @@ pub struct QatGptqConfig {
     /// Columns in order of descending Hessian diagonal (default: in order).
     #[serde(default)]
     pub act_order: bool,
+    /// Relative damping of the Hessian (default: GPTQ's 0.01).
+    #[serde(default)]
+    pub damp: Option<f64>,
 }
 
 /// Full evaluations at these QAT token counts, then every `every` tokens after the last (seed
@@ -180,6 +183,9 @@ impl QatPhaseConfig {
         }
         if self.gptq.as_ref().is_some_and(|g| g.sequences == 0) {
             return bad("gptq.sequences", "must be positive");
+        }
+        if self.gptq.as_ref().and_then(|g| g.damp).is_some_and(|d| !(d.is_finite() && d > 0.0)) {
+            return bad("gptq.damp", "must be positive");
         }
         if self.breaker.evals == 0 || self.breaker.threshold_pp.is_nan() || self.breaker.threshold_pp <= 0.0 {
             return bad("breaker", "threshold_pp > 0 and evals >= 1");
@@ -383,9 +389,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("qat.gptq.sequences"));
-        v["gptq"] = json!({"sequences": 4, "damp": 0.1});
+        v["gptq"] = json!({"sequences": 4, "damp": 0.0});
+        assert!(QatPhaseConfig::from_value(v.clone(), "p4.json").unwrap_err().to_string().contains("qat.gptq.damp"));
+        v["gptq"] = json!({"sequences": 4, "blocks": 8});
         let e = QatPhaseConfig::from_value(v, "p4.json").unwrap_err().to_string();
-        assert!(e.contains("qat.gptq") && e.contains("unknown field `damp`"), "{e}");
+        assert!(e.contains("qat.gptq") && e.contains("unknown field `blocks`"), "{e}");
     }
 
     #[test]

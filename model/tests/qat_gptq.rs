@@ -45,7 +45,7 @@ fn gptq_on_the_qat_grid_beats_round_to_nearest_on_the_same_grid() {
     let mask = Mask::from_json(MASK, Path::new("qat-mask.json")).unwrap();
     let plan = qat_plan(&m.config, m.moe.as_ref(), Arch::Glm4Moe, &mask, 32).unwrap();
     let state = QatState::init(&plan, &mask, &m, &[1.0, 0.9, 0.8]).unwrap();
-    let cal = gptq_on_qat_grid(&m, &state, &text(1, 16, 128), Some(16), false).unwrap();
+    let cal = gptq_on_qat_grid(&m, &state, &text(1, 16, 128), Some(16), false, None).unwrap();
 
     assert_eq!(cal.latent.len(), state.tensors.len(), "every QAT tensor is a linear the pass reaches");
     let (mut err, mut rtn) = (0f64, 0f64);
@@ -102,6 +102,6 @@ fn a_calibration_token_outside_the_vocabulary_is_refused() {
     let plan = qat_plan(&m.config, m.moe.as_ref(), Arch::Glm4Moe, &mask, 32).unwrap();
     let state = QatState::init(&plan, &mask, &m, &[1.0]).unwrap();
     let bad = TokenBatch::new(vec![5, 4096, 7, 8], 1, 4).unwrap();
-    let e = gptq_on_qat_grid(&m, &state, &bad, None, true).err().unwrap().to_string();
+    let e = gptq_on_qat_grid(&m, &state, &bad, None, true, Some(0.1)).err().unwrap().to_string();
     assert!(e.contains("4096") && e.contains("vocabulary"), "{e}");
 }

@@ -33,6 +33,7 @@ pub struct GridCalibration {
 struct GridQuantizer<'a> {
     state: &'a QatState,
     act_order: bool,
+    damp: f64,
     latent: BTreeMap<String, Vec<f32>>,
 }
 
@@ -68,7 +69,7 @@ impl LinearQuantizer for GridQuantizer<'_> {
         if let (Some(h), true) = (h, use_hessian) {
             let table = GridTable::new(&t.step, &t.min, t.dims);
             let value = |r: usize, c: usize, x: f32| table.value(r, c, x);
-            let (latent, stats) = gptq_on_grid(w, n, k, h, DEFAULT_DAMP, DEFAULT_BLOCK, self.act_order, &value)
+            let (latent, stats) = gptq_on_grid(w, n, k, h, self.damp, DEFAULT_BLOCK, self.act_order, &value)
                 .map_err(|e| ModelError::Invalid(format!("`{name}` [{n}, {k}]: {e}")))?;
             let values = t.fake_quantize(&latent);
             let error = output_error(w, &values, h, k);
@@ -85,17 +86,20 @@ impl LinearQuantizer for GridQuantizer<'_> {
 /// GPTQ on the grid of `state` for every linear weight it fake-quantizes, with calibration
 /// `batch` through `model` (f32 storage; the weights of `state`'s tensors are the ones to
 /// quantize). Routed experts with fewer than `min_expert_tokens` tokens (None: hidden size / 4)
-/// are rounded to nearest; `act_order` quantizes the columns by descending Hessian diagonal.
-/// Tensors the pass does not reach (not a linear projection) are absent from the result.
+/// are rounded to nearest; `act_order` quantizes the columns by descending Hessian diagonal;
+/// `damp` is the relative damping of the Hessian (None: GPTQ's 0.01). Tensors the pass does not
+/// reach (not a linear projection) are absent from the result.
 pub fn gptq_on_qat_grid(
     model: &Qwen3,
     state: &QatState,
     batch: &TokenBatch,
     min_expert_tokens: Option<usize>,
     act_order: bool,
+    damp: Option<f64>,
 ) -> Result<GridCalibration> {
     let selected: Vec<String> = state.tensors.keys().filter(|n| is_quantizable(n)).cloned().collect();
-    let mut q = GridQuantizer { state, act_order, latent: BTreeMap::new() };
+    let damp = damp.unwrap_or(DEFAULT_DAMP);
+    let mut q = GridQuantizer { state, act_order, damp, latent: BTreeMap::new() };
     let out = sequential_pass(model, batch, selected, min_expert_tokens, &mut q, &mut |_| {})?;
     Ok(GridCalibration { latent: q.latent, report: out.report, starved_experts: out.starved_experts })
 }
