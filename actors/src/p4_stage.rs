@@ -100,7 +100,15 @@ impl Pipeline {
             check_mask_file(&q.mask, work, !checkpoint::list_checkpoints(&ckpt_dir)?.is_empty())?;
             let gptq_batch = match &q.gptq {
                 Some(g) => {
-                    let calib = BatchStream::new(ds.clone(), &cfg.mix, g.sequences, cfg.seed, 1)?;
+                    let mut mix = cfg.mix.clone();
+                    if let Some(w) = &g.mix {
+                        mix.weights = w.clone();
+                    }
+                    let calib =
+                        BatchStream::new(ds.clone(), &mix, g.sequences, cfg.seed, 1).map_err(|e| match &g.mix {
+                            Some(_) => EngineError::config("p4", format!("field `qat.gptq.mix`: {e}")),
+                            None => e,
+                        })?;
                     Some(token_batch_of(calib.next(&LoaderCursor::default())?.0).0)
                 }
                 None => None,
@@ -316,7 +324,8 @@ impl Run<'_> {
         let q = t.qat.as_ref().ok_or_else(|| EngineError::Training("p4: no QAT state to calibrate".into()))?;
         let g = self.q.gptq.as_ref();
         let (min_tokens, act_order) = (g.and_then(|g| g.min_expert_tokens), g.is_some_and(|g| g.act_order));
-        let cal = model::qat::gptq_on_qat_grid(&t.model, &q.state, batch, min_tokens, act_order, g.and_then(|g| g.damp))?;
+        let cal =
+            model::qat::gptq_on_qat_grid(&t.model, &q.state, batch, min_tokens, act_order, g.and_then(|g| g.damp))?;
         for (name, w) in &cal.latent {
             t.model.params.set(name, w).map_err(|e| EngineError::Training(e.to_string()))?;
         }

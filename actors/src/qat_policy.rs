@@ -123,6 +123,9 @@ pub struct QatGptqConfig {
     /// Relative damping of the Hessian (default: GPTQ's 0.01).
     #[serde(default)]
     pub damp: Option<f64>,
+    /// Domain weights of the calibration rows (default: the phase's `mix.weights`).
+    #[serde(default)]
+    pub mix: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 /// Full evaluations at these QAT token counts, then every `every` tokens after the last (seed
@@ -391,6 +394,9 @@ mod tests {
             .contains("qat.gptq.sequences"));
         v["gptq"] = json!({"sequences": 4, "damp": 0.0});
         assert!(QatPhaseConfig::from_value(v.clone(), "p4.json").unwrap_err().to_string().contains("qat.gptq.damp"));
+        v["gptq"] = json!({"sequences": 4, "mix": {"general": 1.0}});
+        let g = QatPhaseConfig::from_value(v.clone(), "p4.json").unwrap().gptq.unwrap();
+        assert_eq!(g.mix.unwrap()["general"], 1.0);
         v["gptq"] = json!({"sequences": 4, "blocks": 8});
         let e = QatPhaseConfig::from_value(v, "p4.json").unwrap_err().to_string();
         assert!(e.contains("qat.gptq") && e.contains("unknown field `blocks`"), "{e}");
