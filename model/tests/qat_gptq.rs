@@ -38,13 +38,20 @@ fn logits_mse(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>() / a.len() as f64
 }
 
-#[test]
-fn gptq_on_the_qat_grid_beats_round_to_nearest_on_the_same_grid() {
+/// The tiny MoE (random init) and its QAT state under [`MASK`], steps and mins from min-max
+/// refined by the clip ratios `ratios`.
+fn tiny_with_state(ratios: &[f32]) -> (Qwen3, QatState) {
     let (c, spec) = presets::embedded_moe("tiny-k1p1-n16").unwrap();
     let m = Qwen3::from_init(c, Some(spec), DType::F32, qwen3_init(7, 0.02));
     let mask = Mask::from_json(MASK, Path::new("qat-mask.json")).unwrap();
     let plan = qat_plan(&m.config, m.moe.as_ref(), Arch::Glm4Moe, &mask, 32).unwrap();
-    let state = QatState::init(&plan, &mask, &m, &[1.0, 0.9, 0.8]).unwrap();
+    let state = QatState::init(&plan, &mask, &m, ratios).unwrap();
+    (m, state)
+}
+
+#[test]
+fn gptq_on_the_qat_grid_beats_round_to_nearest_on_the_same_grid() {
+    let (m, state) = tiny_with_state(&[1.0, 0.9, 0.8]);
     let cal = gptq_on_qat_grid(&m, &state, &text(1, 16, 128), Some(16), false, None).unwrap();
 
     assert_eq!(cal.latent.len(), state.tensors.len(), "every QAT tensor is a linear the pass reaches");
@@ -96,11 +103,7 @@ fn gptq_on_the_qat_grid_beats_round_to_nearest_on_the_same_grid() {
 
 #[test]
 fn a_calibration_token_outside_the_vocabulary_is_refused() {
-    let (c, spec) = presets::embedded_moe("tiny-k1p1-n16").unwrap();
-    let m = Qwen3::from_init(c, Some(spec), DType::F32, qwen3_init(7, 0.02));
-    let mask = Mask::from_json(MASK, Path::new("qat-mask.json")).unwrap();
-    let plan = qat_plan(&m.config, m.moe.as_ref(), Arch::Glm4Moe, &mask, 32).unwrap();
-    let state = QatState::init(&plan, &mask, &m, &[1.0]).unwrap();
+    let (m, state) = tiny_with_state(&[1.0]);
     let bad = TokenBatch::new(vec![5, 4096, 7, 8], 1, 4).unwrap();
     let e = gptq_on_qat_grid(&m, &state, &bad, None, true, Some(0.1)).err().unwrap().to_string();
     assert!(e.contains("4096") && e.contains("vocabulary"), "{e}");

@@ -76,25 +76,32 @@ fn stacked(model: &Qwen3, names: &[String], cols: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, &[rows, cols]))
 }
 
+/// One linear weight as the sequential pass hands it to a [`LinearQuantizer`].
+pub struct LinearWeight<'a> {
+    /// Parameter name.
+    pub name: &'a str,
+    /// Values `[n, k]`.
+    pub w: &'a [f32],
+    /// Output rows.
+    pub n: usize,
+    /// Input columns.
+    pub k: usize,
+    /// The Hessian of its calibration inputs (None when no token reached it).
+    pub h: Option<&'a [f64]>,
+    /// Calibration tokens in `h`.
+    pub tokens: usize,
+    /// False for a routed expert below the token threshold (quantize without `h`).
+    pub use_hessian: bool,
+}
+
 /// What quantizes one linear weight in the sequential pass ([`sequential_pass`]).
 pub trait LinearQuantizer {
     /// Whether it uses the Hessian (GPTQ): routed experts with too few tokens are then reported.
     fn uses_hessian(&self) -> bool;
 
-    /// Quantizes `w [n, k]`; `h` is the Hessian of its calibration inputs (None when no token
-    /// reached it), `use_hessian` false for a routed expert below the token threshold. Returns
-    /// the values that replace `w` in the pass's model (what later layers see) and the report.
-    #[allow(clippy::too_many_arguments)]
-    fn quantize(
-        &mut self,
-        name: &str,
-        w: &[f32],
-        n: usize,
-        k: usize,
-        h: Option<&[f64]>,
-        tokens: usize,
-        use_hessian: bool,
-    ) -> Result<(Vec<f32>, TensorReport)>;
+    /// Quantizes `x`. Returns the values that replace its weights in the pass's model (what later
+    /// layers see) and the report.
+    fn quantize(&mut self, x: LinearWeight) -> Result<(Vec<f32>, TensorReport)>;
 }
 
 /// GPTQ / RTN to the integer codes of a GPTQ checkpoint.
@@ -108,16 +115,8 @@ impl LinearQuantizer for IntQuantizer<'_> {
         self.opts.method == QuantMethod::Gptq
     }
 
-    fn quantize(
-        &mut self,
-        name: &str,
-        w: &[f32],
-        n: usize,
-        k: usize,
-        h: Option<&[f64]>,
-        tokens: usize,
-        use_hessian: bool,
-    ) -> Result<(Vec<f32>, TensorReport)> {
+    fn quantize(&mut self, x: LinearWeight) -> Result<(Vec<f32>, TensorReport)> {
+        let LinearWeight { name, w, n, k, h, tokens, use_hessian } = x;
         let cfg = self.opts.gptq_config();
         let bad = |e: kernels_cpu::gptq::GptqError| ModelError::Invalid(format!("`{name}` [{n}, {k}]: {e}"));
         let rtn = rtn_quantize(w, n, k, &cfg).map_err(bad)?;
@@ -166,7 +165,8 @@ impl Pass<'_> {
         for name in names {
             let w = values(&self.model, name)?;
             let n = w.len() / k;
-            let (q, r) = self.quantizer.quantize(name, &w, n, k, h.as_deref(), tokens, !force_rtn)?;
+            let x = LinearWeight { name, w: &w, n, k, h: h.as_deref(), tokens, use_hessian: !force_rtn };
+            let (q, r) = self.quantizer.quantize(x)?;
             self.model.params.set(name, &q).map_err(ag)?;
             (self.progress)(&r);
             self.report.push(r);

@@ -22,7 +22,7 @@ pub mod load;
 pub mod pack;
 pub mod write;
 
-pub use calibrate::{quantize_model, sequential_pass, LinearQuantizer, PassOutput};
+pub use calibrate::{quantize_model, sequential_pass, LinearQuantizer, LinearWeight, PassOutput};
 pub use load::{is_gptq_dir, load_gptq};
 pub use write::write_gptq;
 

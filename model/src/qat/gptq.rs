@@ -14,7 +14,7 @@
 use super::QatState;
 use crate::batch::TokenBatch;
 use crate::error::{ModelError, Result};
-use crate::gptq::{is_quantizable, sequential_pass, LinearQuantizer, QuantMethod, TensorReport};
+use crate::gptq::{is_quantizable, sequential_pass, LinearQuantizer, LinearWeight, QuantMethod, TensorReport};
 use crate::qwen3::Qwen3;
 use kernels_cpu::fake_quant::GridTable;
 use kernels_cpu::gptq::{gptq_on_grid, output_error, DEFAULT_BLOCK, DEFAULT_DAMP};
@@ -42,16 +42,8 @@ impl LinearQuantizer for GridQuantizer<'_> {
         true
     }
 
-    fn quantize(
-        &mut self,
-        name: &str,
-        w: &[f32],
-        n: usize,
-        k: usize,
-        h: Option<&[f64]>,
-        tokens: usize,
-        use_hessian: bool,
-    ) -> Result<(Vec<f32>, TensorReport)> {
+    fn quantize(&mut self, x: LinearWeight) -> Result<(Vec<f32>, TensorReport)> {
+        let LinearWeight { name, w, n, k, h, tokens, use_hessian } = x;
         let t = self
             .state
             .tensors
