@@ -8,8 +8,8 @@
 //! per-group MSE clip search at the first stage (and after a rollback), the clip range kept at a
 //! format change; then (`qat.gptq`) GPTQ's codes on that grid from calibration rows of the
 //! training mix (`model::qat::gptq_on_qat_grid`: the latent weights move, the steps and mins do
-//! not; with frozen weights each stage starts again from the pre-QAT weights). The EMA of the weights and QAT parameters restarts at every stage; at every
-//! evaluation both the raw and the EMA model are measured and the better is exported, and kept at
+//! not; with frozen weights each stage starts again from the pre-QAT weights). The EMA of the
+//! weights and QAT parameters restarts at every stage; at every evaluation both the raw and the EMA model are measured and the better is exported, and kept at
 //! a stage's end. The learning rate follows a cosine per stage, x`early_lr.mult` for its first
 //! `early_lr.frac`. Every `export_every` QAT tokens: a checkpoint (QAT state, moments, EMA and this
 //! driver's state: an interrupted p4 resumes bit for bit) and a subset evaluation; full
